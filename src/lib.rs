@@ -1,0 +1,5 @@
+//! kubetape: a Kubernetes API server proxy that records kubectl sessions and API
+//! requests. Layers, bottom-up: `wire` → `net` → `kube` → apps (`proxy`, `sim`) → `cli`.
+
+pub mod error;
+pub mod wire;

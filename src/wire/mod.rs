@@ -1,0 +1,12 @@
+//! I/O-free parsers and encoders: HTTP/1.1 heads and bodies, SPDY/3.1 frames and
+//! header blocks, WebSocket frames, the Kubernetes channel protocol, DER subjects.
+
+pub mod base64;
+pub mod channel;
+pub mod der;
+pub mod http;
+pub mod spdy;
+pub mod ws;
+
+#[cfg(test)]
+pub(crate) mod testutil;
