@@ -59,6 +59,7 @@ macro_rules! from_display {
 }
 from_display!(
     serde_json::Error,
+    std::env::VarError,
     rustls::Error,
     crate::wire::http::HeadError,
     crate::wire::http::FramingError,

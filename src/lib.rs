@@ -2,4 +2,6 @@
 //! requests. Layers, bottom-up: `wire` → `net` → `kube` → apps (`proxy`, `sim`) → `cli`.
 
 pub mod error;
+pub mod kube;
+pub mod net;
 pub mod wire;

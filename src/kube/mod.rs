@@ -1,0 +1,7 @@
+//! Kubernetes client-side pieces: reaching an API server, identities, Status bodies,
+//! and the YAML subset kubeconfigs use.
+
+pub mod auth;
+pub mod client;
+pub mod status;
+pub mod yaml;

@@ -1,0 +1,340 @@
+//! A TCP connection, plain or TLS, split into a read half and a write half that two
+//! threads can use at once (an upgraded exec stream flows both ways).
+//!
+//! A rustls connection cannot be split, so both halves share it behind a mutex. The
+//! read half blocks on its own clone of the socket *without* the lock, then takes the
+//! lock to feed `read_tls` and drain plaintext. Writers serialise on a second lock
+//! that covers "encrypt, then write to the socket", so records leave in order while
+//! the reader is never blocked behind a slow peer.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::CertificateDer;
+
+use crate::error::{Context, Result};
+
+/// Raw bytes read from the socket per call.
+const READ_CHUNK: usize = 16 * 1024;
+
+struct TlsShared {
+    conn: Mutex<rustls::Connection>,
+    /// Held while TLS records are extracted and written, so records stay in order.
+    write_order: Mutex<()>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic in another holder leaves the TLS state usable enough to fail cleanly.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl TlsShared {
+    /// Writes every pending TLS record to `sock`.
+    fn flush(&self, sock: &mut TcpStream) -> io::Result<()> {
+        let _order = lock(&self.write_order);
+        let mut out = Vec::new();
+        {
+            let mut conn = lock(&self.conn);
+            while conn.wants_write() {
+                conn.write_tls(&mut out)?;
+            }
+        }
+        sock.write_all(&out)
+    }
+}
+
+enum ReadInner {
+    Plain(TcpStream),
+    Tls { shared: Arc<TlsShared>, sock: TcpStream, raw: Vec<u8>, eof: bool },
+}
+
+/// The read half of a connection.
+pub struct ReadHalf {
+    inner: ReadInner,
+    socket: TcpStream,
+}
+
+enum WriteInner {
+    Plain(TcpStream),
+    Tls { shared: Arc<TlsShared>, sock: TcpStream },
+}
+
+/// The write half of a connection.
+pub struct WriteHalf {
+    inner: WriteInner,
+}
+
+/// An accepted or dialled connection, after any TLS handshake.
+pub struct Conn {
+    pub read: ReadHalf,
+    pub write: WriteHalf,
+    pub peer: SocketAddr,
+    /// The client certificate chain a TLS peer presented (verified by rustls).
+    pub peer_certs: Vec<CertificateDer<'static>>,
+}
+
+impl Conn {
+    pub fn plain(sock: TcpStream) -> Result<Conn> {
+        let peer = sock.peer_addr().context("reading peer address")?;
+        let _ = sock.set_nodelay(true);
+        Ok(Conn {
+            read: ReadHalf { inner: ReadInner::Plain(sock.try_clone()?), socket: sock.try_clone()? },
+            write: WriteHalf { inner: WriteInner::Plain(sock) },
+            peer,
+            peer_certs: Vec::new(),
+        })
+    }
+
+    /// Completes a TLS handshake on `sock` within `timeout`, then splits.
+    pub fn tls(sock: TcpStream, mut conn: rustls::Connection, timeout: Duration) -> Result<Conn> {
+        let peer = sock.peer_addr().context("reading peer address")?;
+        let _ = sock.set_nodelay(true);
+        let deadline = Instant::now() + timeout;
+        let mut s = sock.try_clone()?;
+        while conn.is_handshaking() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                crate::bail!("TLS handshake: timed out after {timeout:?}");
+            }
+            s.set_read_timeout(Some(left))?;
+            conn.complete_io(&mut s).context("TLS handshake")?;
+        }
+        while conn.wants_write() {
+            conn.write_tls(&mut s).context("TLS handshake")?;
+        }
+        s.set_read_timeout(None)?;
+        let peer_certs = conn
+            .peer_certificates()
+            .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+            .unwrap_or_default();
+        let shared = Arc::new(TlsShared { conn: Mutex::new(conn), write_order: Mutex::new(()) });
+        Ok(Conn {
+            read: ReadHalf {
+                inner: ReadInner::Tls {
+                    shared: shared.clone(),
+                    sock: sock.try_clone()?,
+                    raw: Vec::new(),
+                    eof: false,
+                },
+                socket: sock.try_clone()?,
+            },
+            write: WriteHalf { inner: WriteInner::Tls { shared, sock } },
+            peer,
+            peer_certs,
+        })
+    }
+}
+
+impl ReadHalf {
+    /// Bounds how long one read may block (`None`: forever). Applies to the socket,
+    /// so it also bounds a TLS record that arrives byte by byte.
+    pub fn set_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.socket.set_read_timeout(timeout.map(|t| t.max(Duration::from_millis(1))))
+    }
+
+    /// Shuts down both directions of the socket, waking any blocked reader or writer.
+    pub fn shutdown(&self) {
+        let _ = self.socket.shutdown(Shutdown::Both);
+    }
+
+    /// A handle that can shut the socket down from another thread.
+    pub fn shutdown_handle(&self) -> io::Result<TcpStream> {
+        self.socket.try_clone()
+    }
+}
+
+impl Read for ReadHalf {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let (shared, sock, raw, eof) = match &mut self.inner {
+            ReadInner::Plain(s) => return s.read(out),
+            ReadInner::Tls { shared, sock, raw, eof } => (shared, sock, raw, eof),
+        };
+        if out.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            let wants_write;
+            {
+                let mut conn = lock(&shared.conn);
+                // Feed what the socket gave us, as far as rustls takes it.
+                while !raw.is_empty() {
+                    let mut slice = &raw[..];
+                    match conn.read_tls(&mut slice) {
+                        Ok(0) => break,
+                        Ok(n) => {
+                            raw.drain(..n);
+                        }
+                        // Plaintext buffer full: drain it below first.
+                        Err(e) if e.kind() == io::ErrorKind::Other => break,
+                        Err(e) => return Err(e),
+                    }
+                    if let Err(e) = conn.process_new_packets() {
+                        let _ = conn.write_tls(&mut *sock);
+                        return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+                    }
+                }
+                if *eof && raw.is_empty() {
+                    let _ = conn.read_tls(&mut &[][..]);
+                    let _ = conn.process_new_packets();
+                }
+                match conn.reader().read(out) {
+                    Ok(n) => return Ok(n),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    // A peer that closes without close_notify: end of stream all the same.
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+                    Err(e) => return Err(e),
+                }
+                if *eof && raw.is_empty() {
+                    return Ok(0);
+                }
+                wants_write = conn.wants_write();
+            }
+            if wants_write {
+                shared.flush(sock)?;
+            }
+            if raw.is_empty() {
+                let mut buf = [0u8; READ_CHUNK];
+                let n = sock.read(&mut buf)?;
+                if n == 0 {
+                    *eof = true;
+                } else {
+                    raw.extend_from_slice(&buf[..n]);
+                }
+            }
+        }
+    }
+}
+
+impl WriteHalf {
+    /// Ends our direction: TLS close_notify, then a TCP half-close. The peer may go on
+    /// sending (half-close), which a `kubectl exec -i` whose stdin ended relies on.
+    pub fn shutdown_write(&mut self) -> io::Result<()> {
+        match &mut self.inner {
+            WriteInner::Plain(s) => s.shutdown(Shutdown::Write),
+            WriteInner::Tls { shared, sock } => {
+                lock(&shared.conn).send_close_notify();
+                shared.flush(sock)?;
+                sock.shutdown(Shutdown::Write)
+            }
+        }
+    }
+}
+
+impl Write for WriteHalf {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match &mut self.inner {
+            WriteInner::Plain(s) => s.write(buf),
+            WriteInner::Tls { shared, sock } => {
+                let _order = lock(&shared.write_order);
+                let mut out = Vec::with_capacity(buf.len() + 64);
+                let n = {
+                    let mut conn = lock(&shared.conn);
+                    let n = conn.writer().write(buf)?;
+                    while conn.wants_write() {
+                        conn.write_tls(&mut out)?;
+                    }
+                    n
+                };
+                sock.write_all(&out)?;
+                Ok(n)
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A read half with a buffer, for parsing heads and handing leftover bytes on.
+pub struct Input {
+    pub half: ReadHalf,
+    buf: Vec<u8>,
+}
+
+impl Input {
+    pub fn new(half: ReadHalf) -> Self {
+        Input { half, buf: Vec::new() }
+    }
+
+    /// Bytes read but not yet consumed.
+    pub fn buffered(&self) -> &[u8] {
+        &self.buf
+    }
+
+    pub fn consume(&mut self, n: usize) {
+        self.buf.drain(..n);
+    }
+
+    /// Reads more bytes into the buffer; `Ok(0)` at end of stream.
+    pub fn fill(&mut self) -> io::Result<usize> {
+        let mut chunk = [0u8; READ_CHUNK];
+        let n = self.half.read(&mut chunk)?;
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(n)
+    }
+
+    /// Parses a head with `parse`, reading until it is complete. `Ok(None)` if the
+    /// stream ended cleanly before the first byte. `first_byte` bounds the wait for the
+    /// head to start (an idle keep-alive connection); `whole` bounds the rest, so a
+    /// client that sends a byte at a time cannot hold the thread.
+    pub fn read_head<T, E>(
+        &mut self,
+        parse: impl Fn(&[u8]) -> std::result::Result<Option<(T, usize)>, E>,
+        max_len: usize,
+        first_byte: Duration,
+        whole: Duration,
+    ) -> Result<Option<T>>
+    where
+        E: Into<crate::error::Error>,
+    {
+        let mut deadline: Option<Instant> = None;
+        loop {
+            if !self.buf.is_empty() {
+                if let Some((head, n)) = parse(&self.buf).map_err(Into::into)? {
+                    self.consume(n);
+                    return Ok(Some(head));
+                }
+                if self.buf.len() > max_len {
+                    crate::bail!("head exceeds {max_len} bytes");
+                }
+            }
+            let timeout = match deadline {
+                None if self.buf.is_empty() => first_byte,
+                None => {
+                    deadline = Some(Instant::now() + whole);
+                    whole
+                }
+                Some(d) => d.saturating_duration_since(Instant::now()),
+            };
+            if timeout.is_zero() {
+                crate::bail!("head not complete within {whole:?}");
+            }
+            self.half.set_timeout(Some(timeout))?;
+            let n = self.fill()?;
+            if n == 0 {
+                if self.buf.is_empty() {
+                    return Ok(None);
+                }
+                crate::bail!("connection closed in the middle of a head");
+            }
+            if deadline.is_none() {
+                deadline = Some(Instant::now() + whole);
+            }
+        }
+    }
+}
+
+impl Read for Input {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if !self.buf.is_empty() {
+            let n = out.len().min(self.buf.len());
+            out[..n].copy_from_slice(&self.buf[..n]);
+            self.buf.drain(..n);
+            return Ok(n);
+        }
+        self.half.read(out)
+    }
+}

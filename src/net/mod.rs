@@ -1,0 +1,10 @@
+//! Sockets: TLS set-up, split connections, body readers, tunnels, the accept loop,
+//! termination signals, and certificate generation.
+
+pub mod body;
+pub mod conn;
+pub mod pki;
+pub mod server;
+pub mod signal;
+pub mod tls;
+pub mod tunnel;
