@@ -1,7 +1,9 @@
 //! kubetape: a Kubernetes API server proxy that records kubectl sessions and API
 //! requests. Layers, bottom-up: `wire` → `net` → `kube` → apps (`proxy`, `sim`) → `cli`.
 
+pub mod args;
 pub mod error;
 pub mod kube;
 pub mod net;
+pub mod proxy;
 pub mod wire;

@@ -1,0 +1,449 @@
+//! `kubetape proxy`: the Kubernetes API server proxy every kubectl user goes through.
+//!
+//! One thread per client connection parses HTTP/1.1 by hand, authenticates the
+//! caller, applies the policy, rewrites identity (see `rewrite`) and forwards to the
+//! API server over a verified TLS connection that lives as long as the client's.
+//! Bodies stream in both directions; chunked bodies are re-framed, so a smuggled
+//! message can never reach the API server. Upgrades (exec, attach, port-forward)
+//! become a two-way tunnel.
+
+pub mod policy;
+mod respond;
+pub mod rewrite;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::args::{Args, Flag};
+use crate::error::{Context, Error, Result};
+use crate::kube::auth::{self, TokenFile, UserInfo};
+use crate::kube::client::ApiServer;
+use crate::net::body::BodyReader;
+use crate::net::conn::{Conn, Input, WriteHalf};
+use crate::net::server::{self, Lifecycle};
+use crate::net::{signal, tls, tunnel};
+use crate::wire::http::{self, BodyLength, RequestHead, ResponseHead};
+use policy::{PolicyHandle, Policy};
+use respond::Refusal;
+use rewrite::{Impersonation, Mode};
+
+/// Larger request or response heads are refused (kube-apiserver allows 1 MiB, but
+/// no kubectl request comes near this).
+const MAX_HEAD: usize = 64 * 1024;
+/// A client must finish its TLS handshake within this.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// An idle keep-alive connection is closed after this.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Once a head has started it must be complete within this (slow-loris bound).
+const HEAD_TIMEOUT: Duration = Duration::from_secs(15);
+/// A request body may pause this long between reads.
+const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The API server must start answering within this (watches answer at once).
+const UPSTREAM_RESPONSE_TIMEOUT: Duration = Duration::from_secs(120);
+const COPY_CHUNK: usize = 32 * 1024;
+
+pub const FLAGS: &[Flag] = &[
+    Flag { name: "listen", default: Some("0.0.0.0:8443"), help: "address to serve kubectl on" },
+    Flag { name: "tls-cert", default: None, help: "serving certificate chain (PEM), required" },
+    Flag { name: "tls-key", default: None, help: "serving private key (PEM), required" },
+    Flag { name: "client-ca", default: None, help: "CA that signs client certificates (CN user, O groups)" },
+    Flag { name: "token-file", default: None, help: "static tokens: token,user,uid,\"group1,group2\"" },
+    Flag { name: "kubeconfig", default: None, help: "upstream API server and the proxy's credentials [default: in-cluster]" },
+    Flag { name: "context", default: None, help: "kubeconfig context [default: current-context]" },
+    Flag { name: "mode", default: Some("auth"), help: "auth: impersonate callers; noauth: pass their credentials through" },
+    Flag { name: "policy", default: None, help: "policy file (JSON), reloaded on change; required in auth mode" },
+    Flag { name: "max-connections", default: Some("1024"), help: "open client connections at most" },
+    Flag { name: "shutdown-grace", default: Some("30"), help: "seconds open sessions may run on after SIGTERM" },
+    Flag { name: "proxy-id", default: None, help: "this proxy's name in logs and recordings [default: hostname]" },
+];
+
+pub struct Config {
+    pub listen: String,
+    pub mode: Mode,
+    server_tls: Arc<rustls::ServerConfig>,
+    tokens: Option<TokenFile>,
+    upstream: ApiServer,
+    policy: Option<PathBuf>,
+    pub max_connections: usize,
+    pub shutdown_grace: Duration,
+    pub proxy_id: String,
+}
+
+impl Config {
+    pub fn from_args(args: &Args) -> Result<Config> {
+        let mode = match args.required("mode")?.as_str() {
+            "auth" => Mode::Auth,
+            "noauth" => Mode::NoAuth,
+            other => crate::bail!("--mode: expected auth or noauth, found {other:?}"),
+        };
+        let cert_path = args.required_path("tls-cert")?;
+        let key_path = args.required_path("tls-key")?;
+        let chain = tls::certs_from_pem(&tls::read_file(&cert_path)?, &format!("--tls-cert {}", cert_path.display()))?;
+        let key = tls::key_from_pem(&tls::read_file(&key_path)?, &format!("--tls-key {}", key_path.display()))?;
+        let client_roots = match args.path("client-ca") {
+            Some(p) => Some((tls::roots_from_pem(&tls::read_file(&p)?, &format!("--client-ca {}", p.display()))?, tls::ClientAuth::Optional)),
+            None => None,
+        };
+        let tokens = match args.path("token-file") {
+            Some(p) => Some(TokenFile::load(&p).context("--token-file")?),
+            None => None,
+        };
+        if mode == Mode::Auth && client_roots.is_none() && tokens.is_none() {
+            crate::bail!("--client-ca or --token-file: auth mode needs at least one way to authenticate callers");
+        }
+        let upstream = match args.path("kubeconfig") {
+            Some(p) => ApiServer::from_kubeconfig(&p, args.opt("context").as_deref()).context("--kubeconfig")?,
+            None => ApiServer::in_cluster().context("--kubeconfig not given and not in a cluster")?,
+        };
+        let policy = args.path("policy");
+        if mode == Mode::Auth && policy.is_none() {
+            crate::bail!("--policy: required in auth mode (callers who match no grant are refused)");
+        }
+        Ok(Config {
+            listen: args.required("listen")?,
+            mode,
+            server_tls: tls::server_config(chain, key, client_roots)?,
+            tokens,
+            upstream,
+            policy,
+            max_connections: args.parsed("max-connections")?,
+            shutdown_grace: Duration::from_secs(args.parsed("shutdown-grace")?),
+            proxy_id: args.opt("proxy-id").unwrap_or_else(hostname),
+        })
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "kubetape-proxy".into())
+}
+
+struct State {
+    config: Config,
+    policy: Arc<PolicyHandle>,
+    life: Arc<Lifecycle>,
+}
+
+/// Serves until SIGTERM or SIGINT, then lets open connections finish for the grace period.
+pub fn run(config: Config) -> Result<()> {
+    let listener = TcpListener::bind(&config.listen).with_context(|| format!("--listen {}", config.listen))?;
+    let policy = match &config.policy {
+        Some(p) => PolicyHandle::watch(p.clone()).context("--policy")?,
+        None => PolicyHandle::new(Policy::default()),
+    };
+    log::info!(
+        "proxy listening addr={} mode={:?} upstream={} proxy_id={}",
+        listener.local_addr()?,
+        config.mode,
+        config.upstream.host_header(),
+        config.proxy_id
+    );
+    let life = Arc::new(Lifecycle::default());
+    let state = Arc::new(State { config, policy, life: life.clone() });
+    let accept = {
+        let state = state.clone();
+        std::thread::Builder::new().name("accept".into()).spawn(move || {
+            let max = state.config.max_connections;
+            let life = state.life.clone();
+            server::serve(listener, "conn", max, life, move |sock, id| handle_connection(&state, sock, id));
+        })?
+    };
+    let sig = signal::wait_for_termination()?;
+    log::info!("stopping signal={sig} open_connections={}", life.active());
+    life.stop();
+    let _ = accept.join();
+    let left = life.drain(state.config.shutdown_grace);
+    if left > 0 {
+        log::warn!("grace period over, closing connections open_connections={left}");
+    }
+    Ok(())
+}
+
+/// The upstream half of a client connection, opened on first use.
+struct Upstream {
+    input: Input,
+    output: WriteHalf,
+}
+
+fn handle_connection(state: &State, sock: TcpStream, id: u64) {
+    let peer = sock.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    let server = rustls::ServerConnection::new(state.config.server_tls.clone());
+    let conn = match server.map_err(Error::from).and_then(|s| Conn::tls(sock, rustls::Connection::Server(s), TLS_HANDSHAKE_TIMEOUT)) {
+        Ok(c) => c,
+        Err(e) => {
+            log::debug!("handshake failed conn={id} peer={peer} error={e}");
+            return;
+        }
+    };
+    let cert_user = conn.peer_certs.first().and_then(|c| auth::user_from_cert(c));
+    let client_ip = conn.peer.ip().to_string();
+    let mut client = (Input::new(conn.read), conn.write);
+    let mut upstream: Option<Upstream> = None;
+    loop {
+        let head = match client.0.read_head(http::parse_request, MAX_HEAD, IDLE_TIMEOUT, HEAD_TIMEOUT) {
+            Ok(Some(h)) => h,
+            Ok(None) => break,
+            Err(e) => {
+                if client.0.buffered().is_empty() && (e.is_timeout() || e.io_kind().is_some()) {
+                    break; // idle keep-alive connection closed or timed out
+                }
+                log::info!("bad request head conn={id} peer={peer} error={e}");
+                let _ = respond::refuse(&mut client.1, &Refusal::BadRequest(e.to_string()));
+                break;
+            }
+        };
+        let ctx = Request { state, id, peer: &peer, client_ip: &client_ip, cert_user: cert_user.as_ref() };
+        match ctx.serve(head, &mut client, &mut upstream) {
+            Ok(Next::KeepAlive) => {}
+            Ok(Next::Close) => break,
+            Ok(Next::Tunnel(up)) => {
+                let started = Instant::now();
+                let result = tunnel::tunnel(&format!("conn-{id}"), client, (up.input, up.output));
+                match result {
+                    Ok(t) => log::info!(
+                        "upgraded stream ended conn={id} up_bytes={} down_bytes={} secs={:.1}",
+                        t.client_to_server,
+                        t.server_to_client,
+                        started.elapsed().as_secs_f64()
+                    ),
+                    Err(e) => log::info!("upgraded stream failed conn={id} error={e}"),
+                }
+                return;
+            }
+            Err(e) => {
+                log::info!("request failed conn={id} peer={peer} error={e}");
+                break;
+            }
+        }
+    }
+    let _ = client.1.shutdown_write();
+}
+
+enum Next {
+    KeepAlive,
+    Close,
+    Tunnel(Upstream),
+}
+
+struct Request<'a> {
+    state: &'a State,
+    id: u64,
+    peer: &'a str,
+    client_ip: &'a str,
+    cert_user: Option<&'a UserInfo>,
+}
+
+impl Request<'_> {
+    /// Who the caller is: a verified client certificate first, then a bearer token,
+    /// as kube-apiserver's union authenticator orders them.
+    fn authenticate(&self, head: &RequestHead) -> Option<UserInfo> {
+        if let Some(u) = self.cert_user {
+            return Some(u.clone());
+        }
+        let token = auth::bearer_token(&head.headers)?;
+        self.state.config.tokens.as_ref()?.lookup(token).cloned()
+    }
+
+    fn serve(&self, head: RequestHead, client: &mut (Input, WriteHalf), upstream: &mut Option<Upstream>) -> Result<Next> {
+        let config = &self.state.config;
+        let refuse = |client: &mut (Input, WriteHalf), r: Refusal| -> Result<Next> {
+            respond::refuse(&mut client.1, &r)?;
+            Ok(Next::Close)
+        };
+        let framing = match http::request_body(&head) {
+            Ok(f) => f,
+            Err(e) => return refuse(client, Refusal::BadRequest(e.to_string())),
+        };
+        let client_close = head.headers.has_token("connection", "close");
+        if let Some(body) = self.local_endpoint(&head) {
+            respond::plain(&mut client.1, body.0, body.1)?;
+            return Ok(if client_close || framing != BodyLength::Empty { Next::Close } else { Next::KeepAlive });
+        }
+        let user = self.authenticate(&head);
+        let grants = self.state.policy.get().grants_for(user.as_ref());
+        let impersonation = match (config.mode, &user, &grants) {
+            (Mode::Auth, None, _) => return refuse(client, Refusal::Unauthenticated),
+            (Mode::Auth, Some(u), None) => {
+                log::info!("request refused conn={} user={} reason=no-grant", self.id, u.name);
+                return refuse(client, Refusal::Forbidden(format!("user {:?} matches no grant in the kubetape policy", u.name)));
+            }
+            (Mode::Auth, Some(u), Some(g)) => {
+                let mut groups = u.groups.clone();
+                for extra in &g.groups {
+                    if !groups.contains(extra) {
+                        groups.push(extra.clone());
+                    }
+                }
+                Some(Impersonation { user: u, groups })
+            }
+            (Mode::NoAuth, _, _) => None,
+        };
+        let upstream_auth = match config.mode {
+            Mode::Auth => config.upstream.authorization()?,
+            Mode::NoAuth => None,
+        };
+        let up_head = rewrite::upstream_request(
+            &head,
+            framing,
+            config.mode,
+            impersonation.as_ref(),
+            upstream_auth.as_deref(),
+            &config.upstream.host_header(),
+            self.client_ip,
+        );
+        let who = user.as_ref().map(|u| u.name.as_str()).unwrap_or("-");
+        log::debug!("request conn={} user={who} method={} path={}", self.id, head.method, head.path());
+        let is_upgrade = head.upgrade().is_some();
+        if is_upgrade {
+            log::info!("upgrade requested conn={} user={who} peer={} path={} protocol={}", self.id, self.peer, head.path(), head.upgrade().unwrap_or(""));
+        }
+
+        // A reused connection may have been closed by the API server while idle; a
+        // request with no body is safe to send again on a fresh one.
+        let mut attempt = 0;
+        let response = loop {
+            attempt += 1;
+            let fresh = upstream.is_none();
+            if fresh {
+                match config.upstream.connect(UPSTREAM_CONNECT_TIMEOUT) {
+                    Ok(c) => *upstream = Some(Upstream { input: Input::new(c.read), output: c.write }),
+                    Err(e) => return refuse(client, Refusal::UpstreamUnavailable(e.to_string())),
+                }
+            }
+            let Some(up) = upstream.as_mut() else { unreachable!("connected above") };
+            let sent = self.send_request(&up_head, framing, client, up);
+            if let Err(e) = sent {
+                *upstream = None;
+                if e.0 == Side::Client {
+                    return Err(e.1);
+                }
+                if !fresh && framing == BodyLength::Empty && attempt == 1 {
+                    continue;
+                }
+                return refuse(client, Refusal::UpstreamUnavailable(e.1.to_string()));
+            }
+            match read_response_head(up) {
+                Ok(r) => break r,
+                Err(e) => {
+                    *upstream = None;
+                    if !fresh && framing == BodyLength::Empty && attempt == 1 && !e.is_timeout() {
+                        continue;
+                    }
+                    let r = if e.is_timeout() { Refusal::UpstreamTimeout(e.to_string()) } else { Refusal::UpstreamUnavailable(e.to_string()) };
+                    return refuse(client, r);
+                }
+            }
+        };
+        let Some(up) = upstream.as_mut() else { unreachable!("response read above") };
+
+        if response.status == 101 {
+            if !is_upgrade {
+                *upstream = None;
+                return refuse(client, Refusal::UpstreamUnavailable("API server switched protocols unasked".into()));
+            }
+            let out = rewrite::client_response(&response, BodyLength::Empty, false);
+            client.1.write_all(&out.encode()).context("writing 101 to client")?;
+            let Some(up) = upstream.take() else { unreachable!("response read above") };
+            return Ok(Next::Tunnel(up));
+        }
+
+        let up_framing = match http::response_body(&head.method, &response) {
+            Ok(f) => f,
+            Err(e) => {
+                *upstream = None;
+                return refuse(client, Refusal::UpstreamUnavailable(format!("bad response framing: {e}")));
+            }
+        };
+        let upstream_close = response.headers.has_token("connection", "close") || up_framing == BodyLength::UntilClose || is_upgrade;
+        let close = client_close || up_framing == BodyLength::UntilClose;
+        let out = rewrite::client_response(&response, up_framing, close);
+        client.1.write_all(&out.encode()).context("writing response head to client")?;
+        let copied = copy_body(&mut up.input, up_framing, &mut client.1);
+        if upstream_close || copied.is_err() {
+            *upstream = None;
+        }
+        match copied {
+            Ok(_) if close => Ok(Next::Close),
+            Ok(_) => Ok(Next::KeepAlive),
+            Err(CopyError::Write(e)) => Err(e).context("writing response body to client"),
+            Err(CopyError::Read(e)) => Err(e).context("reading response body from API server"),
+        }
+    }
+
+    fn local_endpoint(&self, head: &RequestHead) -> Option<(u16, &'static str)> {
+        match (head.method.as_str(), head.path()) {
+            ("GET", "/healthz") => Some((200, "ok")),
+            ("GET", "/readyz") if self.state.life.is_stopping() => Some((503, "shutting down")),
+            ("GET", "/readyz") => Some((200, "ok")),
+            _ => None,
+        }
+    }
+
+    fn send_request(
+        &self,
+        up_head: &RequestHead,
+        framing: BodyLength,
+        client: &mut (Input, WriteHalf),
+        up: &mut Upstream,
+    ) -> std::result::Result<(), (Side, Error)> {
+        up.output.write_all(&up_head.encode()).map_err(|e| (Side::Upstream, e.into()))?;
+        if framing == BodyLength::Empty {
+            return Ok(());
+        }
+        client.0.half.set_timeout(Some(BODY_IDLE_TIMEOUT)).map_err(|e| (Side::Client, e.into()))?;
+        copy_body(&mut client.0, framing, &mut up.output).map(|_| ()).map_err(|e| match e {
+            CopyError::Read(e) => (Side::Client, e),
+            CopyError::Write(e) => (Side::Upstream, e),
+        })
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Side {
+    Client,
+    Upstream,
+}
+
+enum CopyError {
+    Read(Error),
+    Write(Error),
+}
+
+fn read_response_head(up: &mut Upstream) -> Result<ResponseHead> {
+    loop {
+        let head = up
+            .input
+            .read_head(http::parse_response, MAX_HEAD, UPSTREAM_RESPONSE_TIMEOUT, UPSTREAM_RESPONSE_TIMEOUT)
+            .context("reading response from API server")?
+            .ok_or_else(|| Error::new("API server closed the connection"))?;
+        // Interim responses (100 Continue) are consumed here; kubectl never asks for them.
+        if head.status >= 200 || head.status == 101 {
+            up.input.half.set_timeout(None)?;
+            return Ok(head);
+        }
+    }
+}
+
+/// Copies one body, re-framing chunked bodies chunk by chunk so streams (watches,
+/// `logs -f`) reach the reader as soon as each piece arrives.
+fn copy_body(from: &mut Input, framing: BodyLength, to: &mut WriteHalf) -> std::result::Result<u64, CopyError> {
+    let chunked = framing == BodyLength::Chunked;
+    let mut body = BodyReader::new(from, framing);
+    let mut buf = vec![0u8; COPY_CHUNK];
+    let mut total = 0u64;
+    loop {
+        let n = body.read(&mut buf).map_err(|e| CopyError::Read(e.into()))?;
+        if n == 0 {
+            if chunked {
+                to.write_all(http::LAST_CHUNK).map_err(|e| CopyError::Write(e.into()))?;
+            }
+            return Ok(total);
+        }
+        total += n as u64;
+        let written = if chunked { to.write_all(&http::encode_chunk(&buf[..n])) } else { to.write_all(&buf[..n]) };
+        written.map_err(|e| CopyError::Write(e.into()))?;
+    }
+}

@@ -1,0 +1,73 @@
+//! The one place that decides what a client is told when the proxy refuses or
+//! cannot serve a request: an HTTP status and a Kubernetes `Status` body.
+
+use std::io::{self, Write};
+
+use crate::kube::status;
+use crate::net::conn::WriteHalf;
+use crate::wire::http::ResponseHead;
+
+#[derive(Debug)]
+pub enum Refusal {
+    BadRequest(String),
+    Unauthenticated,
+    Forbidden(String),
+    UpstreamUnavailable(String),
+    UpstreamTimeout(String),
+}
+
+/// The status code and message for a refusal.
+pub fn decide(r: &Refusal) -> (u16, String) {
+    match r {
+        Refusal::BadRequest(why) => (400, format!("kubetape: bad request: {why}")),
+        Refusal::Unauthenticated => (401, "Unauthorized".to_string()),
+        Refusal::Forbidden(why) => (403, format!("kubetape: forbidden: {why}")),
+        Refusal::UpstreamUnavailable(why) => (502, format!("kubetape: API server unavailable: {why}")),
+        Refusal::UpstreamTimeout(why) => (504, format!("kubetape: API server did not answer in time: {why}")),
+    }
+}
+
+/// Writes the refusal and marks the connection for closing.
+pub fn refuse(out: &mut WriteHalf, r: &Refusal) -> io::Result<()> {
+    let (code, message) = decide(r);
+    let body = status::failure(code, &message).to_string();
+    let mut head = ResponseHead::new(code);
+    head.headers.push("Content-Type", "application/json");
+    head.headers.push("Content-Length", body.len().to_string());
+    head.headers.push("Connection", "close");
+    if code == 401 {
+        head.headers.push("WWW-Authenticate", "Bearer");
+    }
+    let mut bytes = head.encode();
+    bytes.extend_from_slice(body.as_bytes());
+    out.write_all(&bytes)
+}
+
+/// A short plain-text answer from the proxy itself (health checks).
+pub fn plain(out: &mut WriteHalf, code: u16, text: &str) -> io::Result<()> {
+    let mut head = ResponseHead::new(code);
+    head.headers.push("Content-Type", "text/plain; charset=utf-8");
+    head.headers.push("Content-Length", text.len().to_string());
+    let mut bytes = head.encode();
+    bytes.extend_from_slice(text.as_bytes());
+    out.write_all(&bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes() {
+        let table: &[(Refusal, u16)] = &[
+            (Refusal::BadRequest("x".into()), 400),
+            (Refusal::Unauthenticated, 401),
+            (Refusal::Forbidden("x".into()), 403),
+            (Refusal::UpstreamUnavailable("x".into()), 502),
+            (Refusal::UpstreamTimeout("x".into()), 504),
+        ];
+        for (r, code) in table {
+            assert_eq!(decide(r).0, *code, "{r:?}");
+        }
+    }
+}

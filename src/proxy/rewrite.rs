@@ -1,0 +1,189 @@
+//! Pure header rewriting between client and upstream: what the API server sees of a
+//! request and what the client sees of a response. Identity is decided here, once:
+//! in `auth` mode nothing the client sent can name a user, a group or a credential.
+
+use crate::kube::auth::UserInfo;
+use crate::wire::http::{BodyLength, Headers, RequestHead, ResponseHead};
+
+/// Hop-by-hop fields (RFC 9110 section 7.6.1) never forwarded as they are.
+const HOP_BY_HOP: &[&str] =
+    &["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "proxy-authorization", "proxy-authenticate"];
+
+/// Client fields that could assert an identity upstream, removed in `auth` mode.
+fn is_identity_field(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    n == "authorization"
+        || n.starts_with("impersonate-")
+        || n == "x-remote-user"
+        || n == "x-remote-group"
+        || n.starts_with("x-remote-extra-")
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// The proxy authenticates callers and impersonates them with its own credentials.
+    Auth,
+    /// The proxy passes client credentials through and only records.
+    NoAuth,
+}
+
+/// Removes hop-by-hop fields and any field the `Connection` header names.
+fn strip_hop_by_hop(headers: &mut Headers) {
+    let named: Vec<String> = headers.tokens("connection").map(|t| t.to_ascii_lowercase()).collect();
+    headers.retain(|h| {
+        let n = h.name.to_ascii_lowercase();
+        !HOP_BY_HOP.contains(&n.as_str()) && !named.contains(&n)
+    });
+}
+
+/// What identity to present upstream in `auth` mode.
+pub struct Impersonation<'a> {
+    pub user: &'a UserInfo,
+    /// The caller's groups plus those their grants add, without duplicates.
+    pub groups: Vec<String>,
+}
+
+/// Builds the request the API server receives.
+pub fn upstream_request(
+    client: &RequestHead,
+    framing: BodyLength,
+    mode: Mode,
+    impersonate: Option<&Impersonation<'_>>,
+    upstream_auth: Option<&str>,
+    upstream_host: &str,
+    client_ip: &str,
+) -> RequestHead {
+    let mut head = RequestHead { method: client.method.clone(), target: client.target.clone(), headers: client.headers.clone() };
+    let upgrade = client.upgrade().map(str::to_string);
+    strip_hop_by_hop(&mut head.headers);
+    let forwarded_for = head.headers.get_str("x-forwarded-for").map(|v| format!("{v}, {client_ip}"));
+    head.headers.remove("x-forwarded-for");
+    head.headers.remove("host");
+    if mode == Mode::Auth {
+        head.headers.retain(|h| !is_identity_field(&h.name));
+        if let Some(auth) = upstream_auth {
+            head.headers.push("Authorization", auth);
+        }
+        if let Some(imp) = impersonate {
+            head.headers.push("Impersonate-User", imp.user.name.as_bytes());
+            for g in &imp.groups {
+                head.headers.push("Impersonate-Group", g.as_bytes());
+            }
+        }
+    }
+    head.headers.0.insert(0, crate::wire::http::Header { name: "Host".into(), value: upstream_host.as_bytes().to_vec() });
+    head.headers.push("X-Forwarded-For", forwarded_for.unwrap_or_else(|| client_ip.to_string()));
+    if framing == BodyLength::Chunked {
+        head.headers.push("Transfer-Encoding", "chunked");
+    }
+    if let Some(proto) = upgrade {
+        head.headers.push("Connection", "Upgrade");
+        head.headers.push("Upgrade", proto);
+    }
+    head
+}
+
+/// Builds the response head the client receives, for a body re-framed as `framing`.
+pub fn client_response(upstream: &ResponseHead, framing: BodyLength, close: bool) -> ResponseHead {
+    let mut head = upstream.clone();
+    let upgrade = (upstream.status == 101).then(|| upstream.headers.get("upgrade").map(<[u8]>::to_vec)).flatten();
+    strip_hop_by_hop(&mut head.headers);
+    match framing {
+        BodyLength::Chunked => head.headers.push("Transfer-Encoding", "chunked"),
+        BodyLength::UntilClose => {}
+        BodyLength::Empty | BodyLength::Length(_) => {}
+    }
+    if let Some(proto) = upgrade {
+        head.headers.push("Connection", "Upgrade");
+        head.headers.push("Upgrade", proto);
+    } else if close {
+        head.headers.push("Connection", "close");
+    }
+    head
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kube::auth::AuthMethod;
+
+    fn alice() -> UserInfo {
+        UserInfo { name: "alice".into(), uid: String::new(), groups: vec!["sre".into()], method: AuthMethod::ClientCert }
+    }
+
+    fn spoofing_request() -> RequestHead {
+        let mut h = RequestHead::new("POST", "/api/v1/namespaces/default/pods/web-0/exec?command=sh");
+        for (n, v) in [
+            ("Host", "proxy:8443"),
+            ("Authorization", "Bearer stolen"),
+            ("impersonate-user", "admin"),
+            ("Impersonate-Group", "system:masters"),
+            ("Impersonate-Extra-scopes", "x"),
+            ("Impersonate-Uid", "0"),
+            ("X-Remote-User", "admin"),
+            ("Connection", "Upgrade, X-Secret"),
+            ("X-Secret", "hop"),
+            ("Upgrade", "SPDY/3.1"),
+            ("X-Stream-Protocol-Version", "v4.channel.k8s.io"),
+            ("X-Forwarded-For", "10.0.0.9"),
+        ] {
+            h.headers.push(n, v);
+        }
+        h
+    }
+
+    #[test]
+    fn auth_mode_replaces_every_identity_field() {
+        let user = alice();
+        let imp = Impersonation { user: &user, groups: vec!["sre".into(), "system:masters".into()] };
+        let out = upstream_request(&spoofing_request(), BodyLength::Empty, Mode::Auth, Some(&imp), Some("Bearer proxy"), "api:6443", "192.0.2.1");
+        let h = &out.headers;
+        assert_eq!(h.get_all("authorization").collect::<Vec<_>>(), vec![&b"Bearer proxy"[..]]);
+        assert_eq!(h.get_all("impersonate-user").collect::<Vec<_>>(), vec![&b"alice"[..]]);
+        assert_eq!(h.get_all("impersonate-group").collect::<Vec<_>>(), vec![&b"sre"[..], &b"system:masters"[..]]);
+        for gone in ["impersonate-extra-scopes", "impersonate-uid", "x-remote-user", "x-secret"] {
+            assert_eq!(h.get(gone), None, "{gone}");
+        }
+        assert_eq!(h.get_str("host"), Some("api:6443"));
+        assert_eq!(h.get_str("x-forwarded-for"), Some("10.0.0.9, 192.0.2.1"));
+        assert_eq!(out.upgrade(), Some("SPDY/3.1"));
+        assert_eq!(h.get_str("x-stream-protocol-version"), Some("v4.channel.k8s.io"));
+    }
+
+    #[test]
+    fn auth_mode_without_upstream_token_sends_none() {
+        let user = alice();
+        let imp = Impersonation { user: &user, groups: vec![] };
+        let out = upstream_request(&spoofing_request(), BodyLength::Empty, Mode::Auth, Some(&imp), None, "api", "1.2.3.4");
+        assert_eq!(out.headers.get("authorization"), None);
+        assert_eq!(out.headers.get("impersonate-group"), None);
+    }
+
+    #[test]
+    fn noauth_mode_passes_credentials_through() {
+        let out = upstream_request(&spoofing_request(), BodyLength::Chunked, Mode::NoAuth, None, None, "api", "1.2.3.4");
+        assert_eq!(out.headers.get_str("authorization"), Some("Bearer stolen"));
+        assert_eq!(out.headers.get_str("impersonate-user"), Some("admin"));
+        assert_eq!(out.headers.get_str("transfer-encoding"), Some("chunked"));
+        assert_eq!(out.headers.get("x-secret"), None);
+    }
+
+    #[test]
+    fn response_reframing() {
+        let mut up = ResponseHead::new(200);
+        up.headers.push("Transfer-Encoding", "chunked");
+        up.headers.push("Connection", "keep-alive");
+        up.headers.push("Content-Type", "application/json");
+        let out = client_response(&up, BodyLength::Chunked, true);
+        assert_eq!(out.headers.get_str("transfer-encoding"), Some("chunked"));
+        assert_eq!(out.headers.get_str("connection"), Some("close"));
+        assert_eq!(out.headers.count("transfer-encoding"), 1);
+        let mut sw = ResponseHead::new(101);
+        sw.headers.push("Connection", "Upgrade");
+        sw.headers.push("Upgrade", "websocket");
+        sw.headers.push("Sec-WebSocket-Protocol", "v5.channel.k8s.io");
+        let out = client_response(&sw, BodyLength::Empty, false);
+        assert_eq!(out.headers.get_str("upgrade"), Some("websocket"));
+        assert_eq!(out.headers.get_str("sec-websocket-protocol"), Some("v5.channel.k8s.io"));
+    }
+}
