@@ -2,8 +2,11 @@
 //! requests. Layers, bottom-up: `wire` → `net` → `kube` → apps (`proxy`, `sim`) → `cli`.
 
 pub mod args;
+pub mod cli;
 pub mod error;
 pub mod kube;
 pub mod net;
 pub mod proxy;
+#[cfg(feature = "sim")]
+pub mod sim;
 pub mod wire;

@@ -1,1 +1,11 @@
-fn main() {}
+fn main() {
+    // Both ring and (through rust-s3) aws-lc-rs may be linked: pick one, first.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    // Before any thread starts, so sigwait(2) in one thread sees every SIGTERM.
+    if let Err(e) = kubetape::net::signal::block_termination() {
+        eprintln!("kubetape: blocking signals: {e}");
+        std::process::exit(1);
+    }
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).format_timestamp_millis().init();
+    std::process::exit(kubetape::cli::main(std::env::args().collect()));
+}

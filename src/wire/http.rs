@@ -517,6 +517,42 @@ impl ChunkedDecoder {
     }
 }
 
+/// Decodes `%XX` escapes and `+` (as a space) in a query component.
+pub fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16) {
+                    Ok(v) => {
+                        out.push(v);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The `name=value` pairs of a query string, decoded, in order (names may repeat).
+pub fn query_pairs(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) => (percent_decode(k), percent_decode(v)),
+            None => (percent_decode(p), String::new()),
+        })
+        .collect()
+}
+
 /// The line that starts a chunk of `len` bytes (`len` > 0).
 pub fn chunk_header(len: usize) -> Vec<u8> {
     format!("{len:x}\r\n").into_bytes()
@@ -659,6 +695,18 @@ mod tests {
             let mut dec = ChunkedDecoder::default();
             assert_eq!(dec.decode(raw, &mut Vec::new()).unwrap_err(), *want, "{name}");
         }
+    }
+
+    #[test]
+    fn queries_decode() {
+        let q = query_pairs("command=sh&command=-c&command=echo%20a+b%2&tty=true&x");
+        let want: Vec<(String, String)> = [("command", "sh"), ("command", "-c"), ("command", "echo a b%2"), ("tty", "true"), ("x", "")]
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        assert_eq!(q, want);
+        assert_eq!(percent_decode("%"), "%");
+        assert_eq!(percent_decode("%e2%82%ac"), "€");
     }
 
     #[test]

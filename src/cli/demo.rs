@@ -1,0 +1,238 @@
+//! `kubetape demo`: a simulated cluster and the proxy, each a child process of this
+//! binary, with generated certificates, kubeconfigs and a policy under one directory.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::args::{Args, Flag};
+use crate::error::{Context, Error, Result};
+use crate::net::conn::Conn;
+use crate::net::pki::{Ca, Pem};
+use crate::net::{signal, tls};
+use crate::wire::base64;
+
+pub const FLAGS: &[Flag] = &[Flag { name: "dir", default: None, help: "where to put certificates, kubeconfigs and data [default: a new temporary directory]" }];
+
+/// How long the components get to answer before the demo gives up.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long children get to exit after SIGTERM before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+fn write(path: &Path, text: &str) -> Result<()> {
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0").context("finding a free port")?.local_addr()?.port())
+}
+
+/// A kubeconfig (YAML) for `user` with a client certificate, trusting `ca_pem`.
+pub fn kubeconfig(server: &str, ca_pem: &str, user: &str, client: &Pem) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: kubetape\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\nusers:\n- name: {user}\n  user:\n    client-certificate-data: {cert}\n    client-key-data: {key}\ncontexts:\n- name: {user}@kubetape\n  context:\n    cluster: kubetape\n    user: {user}\n    namespace: default\ncurrent-context: {user}@kubetape\npreferences: {{}}\n",
+        ca = base64::encode(ca_pem.as_bytes()),
+        cert = base64::encode(client.cert.as_bytes()),
+        key = base64::encode(client.key.as_bytes()),
+    )
+}
+
+/// The demo policy: alice (group sre) fail-open, bob (group dev) fail-closed; both
+/// with API events. Recorders join when the recorder component exists.
+pub fn policy() -> String {
+    serde_json::json!({
+        "recorders": [],
+        "grants": [
+            {"src": ["group:sre"], "impersonate": {"groups": ["system:masters"]}, "enableEvents": true},
+            {"src": ["group:dev"], "impersonate": {"groups": ["system:masters"]}, "enforceRecorder": true, "enableEvents": true}
+        ]
+    })
+    .to_string()
+}
+
+struct Component {
+    name: &'static str,
+    child: Child,
+}
+
+fn start(dir: &Path, name: &'static str, args: &[String]) -> Result<Component> {
+    let exe = std::env::current_exe().context("locating the kubetape binary")?;
+    let log = std::fs::File::create(dir.join(format!("{name}.log"))).context("creating log file")?;
+    let child = Command::new(&exe)
+        .arg(name)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {name}"))?;
+    let quoted: Vec<String> = std::iter::once(exe.display().to_string()).chain(std::iter::once(name.to_string())).chain(args.iter().cloned()).collect();
+    write(&dir.join(format!("{name}.pid")), &format!("{}\n", child.id()))?;
+    write(&dir.join(format!("{name}.cmdline")), &format!("{}\n", quoted.join(" ")))?;
+    Ok(Component { name, child })
+}
+
+/// Whether `GET /healthz` over TLS answers 200.
+fn healthy(port: u16, roots: &rustls::RootCertStore) -> bool {
+    let probe = || -> Result<bool> {
+        let config = tls::client_config(roots.clone(), None)?;
+        let sock = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(1))?;
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").map_err(|e| Error::new(e.to_string()))?;
+        let conn = rustls::ClientConnection::new(config, name)?;
+        let mut c = Conn::tls(sock, rustls::Connection::Client(conn), Duration::from_secs(2))?;
+        c.write.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+        c.read.set_timeout(Some(Duration::from_secs(2)))?;
+        let mut buf = [0u8; 12];
+        let mut got = 0;
+        while got < buf.len() {
+            let n = c.read.read(&mut buf[got..])?;
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+        Ok(buf.starts_with(b"HTTP/1.1 200"))
+    };
+    probe().unwrap_or(false)
+}
+
+fn stop(components: &mut [Component]) {
+    for c in components.iter() {
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(c.child.id() as i32, libc::SIGTERM) };
+    }
+    let deadline = Instant::now() + STOP_GRACE;
+    for c in components.iter_mut() {
+        while Instant::now() < deadline && matches!(c.child.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if matches!(c.child.try_wait(), Ok(None)) {
+            let _ = c.child.kill();
+        }
+        let _ = c.child.wait();
+    }
+}
+
+fn fresh_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("kubetape-demo-{}", crate::net::random::hex(8)))
+}
+
+pub fn run(args: &Args) -> Result<()> {
+    let dir = match args.path("dir") {
+        Some(d) => d,
+        None => fresh_dir(),
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("--dir {}", dir.display()))?;
+    let dir = std::fs::canonicalize(&dir)?;
+    let _ = std::fs::remove_file(dir.join("ready"));
+    let pki = dir.join("pki");
+    std::fs::create_dir_all(&pki)?;
+    std::fs::create_dir_all(dir.join("recordings"))?;
+
+    let cluster_ca = Ca::new("kubetape-demo-cluster-ca")?;
+    let proxy_ca = Ca::new("kubetape-demo-proxy-ca")?;
+    let hosts = ["127.0.0.1", "localhost"];
+    let files: Vec<(&str, String)> = vec![
+        ("cluster-ca.pem", cluster_ca.cert_pem.clone()),
+        ("proxy-ca.pem", proxy_ca.cert_pem.clone()),
+    ];
+    for (name, pem) in &files {
+        write(&pki.join(name), pem)?;
+    }
+    let save = |name: &str, pem: &Pem| -> Result<()> {
+        write(&pki.join(format!("{name}.pem")), &pem.cert)?;
+        write(&pki.join(format!("{name}-key.pem")), &pem.key)
+    };
+    let sim_cert = cluster_ca.server("kubetape-sim", &hosts)?;
+    save("sim", &sim_cert)?;
+    let proxy_cert = proxy_ca.server("kubetape-proxy", &hosts)?;
+    save("proxy", &proxy_cert)?;
+    let sim_port = free_port()?;
+    let proxy_port = free_port()?;
+    let sim_url = format!("https://127.0.0.1:{sim_port}");
+    let proxy_url = format!("https://127.0.0.1:{proxy_port}");
+
+    let admin = cluster_ca.client("admin", &["system:masters"])?;
+    let upstream = cluster_ca.client("kubetape-proxy", &["system:masters"])?;
+    let alice = proxy_ca.client("alice", &["sre"])?;
+    let bob = proxy_ca.client("bob", &["dev"])?;
+    write(&dir.join("admin.kubeconfig"), &kubeconfig(&sim_url, &cluster_ca.cert_pem, "admin", &admin))?;
+    write(&dir.join("proxy-upstream.kubeconfig"), &kubeconfig(&sim_url, &cluster_ca.cert_pem, "kubetape-proxy", &upstream))?;
+    write(&dir.join("kubeconfig"), &kubeconfig(&proxy_url, &proxy_ca.cert_pem, "alice", &alice))?;
+    write(&dir.join("bob.kubeconfig"), &kubeconfig(&proxy_url, &proxy_ca.cert_pem, "bob", &bob))?;
+    write(&dir.join("policy.json"), &policy())?;
+
+    let p = |name: &str| pki.join(name).display().to_string();
+    let s = |v: &str| v.to_string();
+    let mut components = Vec::new();
+    let started = (|| -> Result<()> {
+        components.push(start(&dir, "sim", &[
+            s("--listen"), format!("127.0.0.1:{sim_port}"),
+            s("--tls-cert"), p("sim.pem"), s("--tls-key"), p("sim-key.pem"),
+            s("--client-ca"), p("cluster-ca.pem"),
+            s("--data-dir"), dir.join("sim-data").display().to_string(), s("--seed"),
+        ])?);
+        components.push(start(&dir, "proxy", &[
+            s("--listen"), format!("127.0.0.1:{proxy_port}"),
+            s("--tls-cert"), p("proxy.pem"), s("--tls-key"), p("proxy-key.pem"),
+            s("--client-ca"), p("proxy-ca.pem"),
+            s("--kubeconfig"), dir.join("proxy-upstream.kubeconfig").display().to_string(),
+            s("--policy"), dir.join("policy.json").display().to_string(),
+        ])?);
+        let checks = [
+            ("sim", sim_port, tls::roots_from_pem(cluster_ca.cert_pem.as_bytes(), "cluster CA")?),
+            ("proxy", proxy_port, tls::roots_from_pem(proxy_ca.cert_pem.as_bytes(), "proxy CA")?),
+        ];
+        let deadline = Instant::now() + READY_TIMEOUT;
+        for (name, port, roots) in &checks {
+            while !healthy(*port, roots) {
+                if let Some(c) = components.iter_mut().find(|c| c.name == *name) {
+                    if let Ok(Some(status)) = c.child.try_wait() {
+                        crate::bail!("{name} exited ({status}); see {}", dir.join(format!("{name}.log")).display());
+                    }
+                }
+                if Instant::now() > deadline {
+                    crate::bail!("{name} did not become ready within {READY_TIMEOUT:?}; see {}", dir.join(format!("{name}.log")).display());
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        Ok(())
+    })();
+    if let Err(e) = started {
+        stop(&mut components);
+        return Err(e);
+    }
+    write(&dir.join("ready"), "ready\n")?;
+    let d = dir.display();
+    println!("kubetape demo is running in {d}\n");
+    println!("  export KUBECONFIG={d}/kubeconfig     # alice (group sre), through the proxy");
+    println!("  kubectl get pods");
+    println!("  kubectl exec -it web-0 -- sh");
+    println!("  kubectl auth whoami");
+    println!("\n  {d}/bob.kubeconfig is bob (group dev); {d}/admin.kubeconfig goes straight to the simulated cluster.");
+    println!("  Edit {d}/policy.json to change grants; logs are in {d}/*.log.\n\nCtrl-C stops everything.");
+    let _ = std::io::stdout().flush();
+    let components = Arc::new(std::sync::Mutex::new(components));
+    let watched = components.clone();
+    std::thread::Builder::new().name("demo-watch".into()).spawn(move || loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let mut cs = watched.lock().unwrap_or_else(|e| e.into_inner());
+        for c in cs.iter_mut() {
+            if let Ok(Some(status)) = c.child.try_wait() {
+                log::error!("demo component exited component={} status={status}; stopping the demo", c.name);
+                // SAFETY: asks this process to stop through the same path as Ctrl-C.
+                unsafe { libc::kill(std::process::id() as i32, libc::SIGTERM) };
+                return;
+            }
+        }
+    })?;
+    let _ = signal::wait_for_termination();
+    println!("stopping");
+    stop(&mut components.lock().unwrap_or_else(|e| e.into_inner()));
+    let _ = std::fs::remove_file(dir.join("ready"));
+    Ok(())
+}

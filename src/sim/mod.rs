@@ -1,0 +1,303 @@
+//! `kubetape sim`: a simulated kube-apiserver (and, with `--kubelet`, the kubelet's
+//! streaming endpoints) for demos and tests. Bound to loopback only: pod commands run
+//! as host processes.
+//!
+//! It is faithful where kubectl looks: legacy discovery, Tables for `kubectl get`,
+//! watches with resource versions, exec/attach over SPDY/3.1 and WebSocket
+//! (v4/v5.channel.k8s.io) with a real PTY for `tty=true`, port-forward, logs,
+//! ephemeral containers, SelfSubjectReview, client-certificate and token
+//! authentication, and the impersonation rules of the real API server.
+
+mod api;
+mod discovery;
+mod process;
+mod runtime;
+mod session;
+mod store;
+mod streams;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::args::{Args, Flag};
+use crate::error::{Context, Error, Result};
+use crate::kube::auth::{self, TokenFile, UserInfo};
+use crate::kube::status;
+use crate::net::body;
+use crate::net::conn::{Conn, Input, WriteHalf};
+use crate::net::server::{self, Lifecycle};
+use crate::net::{signal, tls};
+use crate::wire::http::{self, RequestHead, ResponseHead};
+
+const MAX_HEAD: usize = 64 * 1024;
+/// Object bodies larger than this are refused, as kube-apiserver refuses >3 MiB.
+const MAX_BODY: usize = 3 * 1024 * 1024;
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+const HEAD_TIMEOUT: Duration = Duration::from_secs(15);
+const MAX_CONNECTIONS: usize = 512;
+
+pub const FLAGS: &[Flag] = &[
+    Flag { name: "listen", default: Some("127.0.0.1:6443"), help: "loopback address to serve on" },
+    Flag { name: "tls-cert", default: None, help: "serving certificate (PEM), required" },
+    Flag { name: "tls-key", default: None, help: "serving key (PEM), required" },
+    Flag { name: "client-ca", default: None, help: "CA for client certificates (CN user, O groups)" },
+    Flag { name: "token-file", default: None, help: "static tokens: token,user,uid,\"group1,group2\"" },
+    Flag { name: "data-dir", default: None, help: "scratch directory for pod files, required" },
+    Flag { name: "impersonators", default: Some("system:masters"), help: "comma-separated groups allowed to impersonate" },
+    Flag { name: "kubelet", default: None, help: "serve the kubelet streaming endpoints only (for a real kube-apiserver)" },
+    Flag { name: "seed", default: None, help: "create namespace default with running pod web-0 (container main)" },
+];
+
+pub struct Config {
+    listen: String,
+    tls: Arc<rustls::ServerConfig>,
+    tokens: TokenFile,
+    data_dir: PathBuf,
+    impersonators: Vec<String>,
+    kubelet: bool,
+    seed: bool,
+}
+
+impl Config {
+    pub fn from_args(args: &Args) -> Result<Config> {
+        let listen = args.required("listen")?;
+        let addrs: Vec<_> = std::net::ToSocketAddrs::to_socket_addrs(listen.as_str())
+            .with_context(|| format!("--listen {listen}"))?
+            .collect();
+        if addrs.is_empty() || !addrs.iter().all(|a| a.ip().is_loopback()) {
+            crate::bail!("--listen {listen}: the simulator runs commands on this host, so it binds to loopback only");
+        }
+        let cert = args.required_path("tls-cert")?;
+        let key = args.required_path("tls-key")?;
+        let chain = tls::certs_from_pem(&tls::read_file(&cert)?, "--tls-cert")?;
+        let key = tls::key_from_pem(&tls::read_file(&key)?, "--tls-key")?;
+        let roots = match args.path("client-ca") {
+            Some(p) => Some((tls::roots_from_pem(&tls::read_file(&p)?, "--client-ca")?, tls::ClientAuth::Optional)),
+            None => None,
+        };
+        let tokens = match args.path("token-file") {
+            Some(p) => TokenFile::load(&p).context("--token-file")?,
+            None => TokenFile::default(),
+        };
+        let data_dir = args.required_path("data-dir")?;
+        std::fs::create_dir_all(&data_dir).with_context(|| format!("--data-dir {}", data_dir.display()))?;
+        Ok(Config {
+            listen,
+            tls: tls::server_config(chain, key, roots)?,
+            tokens,
+            data_dir: std::fs::canonicalize(&data_dir).with_context(|| format!("--data-dir {}", data_dir.display()))?,
+            impersonators: args.required("impersonators")?.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+            kubelet: args.bool("kubelet")?,
+            seed: args.bool("seed")?,
+        })
+    }
+}
+
+/// (namespace, pod, container)
+type ContainerKey = (String, String, String);
+
+pub struct Cluster {
+    config: Config,
+    store: store::Store,
+    containers: Mutex<HashMap<ContainerKey, Arc<runtime::Container>>>,
+}
+
+pub fn run(config: Config) -> Result<()> {
+    let listener = TcpListener::bind(&config.listen).with_context(|| format!("--listen {}", config.listen))?;
+    let cluster = Arc::new(Cluster { config, store: store::Store::default(), containers: Mutex::new(HashMap::new()) });
+    api::bootstrap(&cluster)?;
+    log::info!(
+        "sim listening addr={} mode={} data_dir={}",
+        listener.local_addr()?,
+        if cluster.config.kubelet { "kubelet" } else { "apiserver" },
+        cluster.config.data_dir.display()
+    );
+    let life = Arc::new(Lifecycle::default());
+    let serving = {
+        let cluster = cluster.clone();
+        let life = life.clone();
+        std::thread::Builder::new().name("accept".into()).spawn(move || {
+            server::serve(listener, "conn", MAX_CONNECTIONS, life, move |sock, id| handle_connection(&cluster, sock, id))
+        })?
+    };
+    let sig = signal::wait_for_termination()?;
+    log::info!("stopping signal={sig}");
+    life.stop();
+    let _ = serving.join();
+    for c in cluster.containers.lock().unwrap_or_else(|e| e.into_inner()).values() {
+        c.kill();
+    }
+    Ok(())
+}
+
+/// One parsed, authenticated request.
+pub struct Request {
+    pub head: RequestHead,
+    pub body: Vec<u8>,
+    pub user: UserInfo,
+    pub query: Vec<(String, String)>,
+}
+
+impl Request {
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    pub fn params(&self, name: &str) -> Vec<String> {
+        self.query.iter().filter(|(k, _)| k == name).map(|(_, v)| v.clone()).collect()
+    }
+
+    pub fn flag(&self, name: &str) -> bool {
+        matches!(self.param(name), Some("true" | "1"))
+    }
+}
+
+/// An HTTP error the simulator answers with a Status body.
+pub struct ApiError {
+    pub code: u16,
+    pub body: serde_json::Value,
+}
+
+impl ApiError {
+    pub fn new(code: u16, message: impl Into<String>) -> Self {
+        ApiError { code, body: status::failure(code, &message.into()) }
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        ApiError::new(500, e.to_string())
+    }
+}
+
+/// What the connection does after a handler.
+pub enum Outcome {
+    KeepAlive,
+    Close,
+    /// The handler switched protocols and owns the connection from here.
+    Upgrade(Box<dyn FnOnce(Input, WriteHalf) + Send>),
+}
+
+pub fn send_json(out: &mut WriteHalf, code: u16, value: &serde_json::Value) -> std::io::Result<()> {
+    let body = value.to_string();
+    let mut head = ResponseHead::new(code);
+    head.headers.push("Content-Type", "application/json");
+    head.headers.push("Content-Length", body.len().to_string());
+    head.headers.push("Audit-Id", store::new_uid());
+    let mut bytes = head.encode();
+    bytes.extend_from_slice(body.as_bytes());
+    out.write_all(&bytes)
+}
+
+fn authenticate(cluster: &Cluster, cert_user: Option<&UserInfo>, head: &RequestHead) -> Option<UserInfo> {
+    if let Some(u) = cert_user {
+        return Some(u.clone());
+    }
+    cluster.config.tokens.lookup(auth::bearer_token(&head.headers)?).cloned()
+}
+
+/// Applies `Impersonate-*` headers the way kube-apiserver does: only members of the
+/// impersonator groups may, and the result is an ordinary authenticated user.
+fn impersonate(cluster: &Cluster, mut user: UserInfo, head: &RequestHead) -> Result<UserInfo, ApiError> {
+    let target = head.headers.get_str("impersonate-user").map(String::from);
+    let groups: Vec<String> = head.headers.get_all("impersonate-group").map(|g| String::from_utf8_lossy(g).into_owned()).collect();
+    let extras = head.headers.0.iter().any(|h| {
+        let n = h.name.to_ascii_lowercase();
+        n.starts_with("impersonate-extra-") || n == "impersonate-uid"
+    });
+    match target {
+        None if groups.is_empty() && !extras => {}
+        None => return Err(ApiError::new(500, "requested impersonation of groups or extras without impersonating a user")),
+        Some(target) => {
+            if !user.groups.iter().any(|g| cluster.config.impersonators.contains(g)) {
+                let msg = format!("users \"{target}\" is forbidden: User \"{}\" cannot impersonate resource \"users\" in API group \"\" at the cluster scope", user.name);
+                return Err(ApiError::new(403, msg));
+            }
+            user = UserInfo { name: target, uid: String::new(), groups, method: user.method };
+        }
+    }
+    if !user.groups.iter().any(|g| g == "system:authenticated") {
+        user.groups.push("system:authenticated".into());
+    }
+    Ok(user)
+}
+
+fn handle_connection(cluster: &Arc<Cluster>, sock: TcpStream, id: u64) {
+    let tls_conn = rustls::ServerConnection::new(cluster.config.tls.clone());
+    let conn = match tls_conn.map_err(Error::from).and_then(|s| Conn::tls(sock, rustls::Connection::Server(s), TLS_HANDSHAKE_TIMEOUT)) {
+        Ok(c) => c,
+        Err(e) => {
+            log::debug!("handshake failed conn={id} error={e}");
+            return;
+        }
+    };
+    let cert_user = conn.peer_certs.first().and_then(|c| auth::user_from_cert(c));
+    let mut input = Input::new(conn.read);
+    let mut out = conn.write;
+    loop {
+        let head = match input.read_head(http::parse_request, MAX_HEAD, IDLE_TIMEOUT, HEAD_TIMEOUT) {
+            Ok(Some(h)) => h,
+            Ok(None) => return,
+            Err(e) => {
+                if !input.buffered().is_empty() {
+                    let _ = send_json(&mut out, 400, &status::failure(400, &e.to_string()));
+                }
+                return;
+            }
+        };
+        // A body that cannot be read leaves the connection out of step: answer and close.
+        let body = http::request_body(&head)
+            .map_err(|e| ApiError::new(400, e.to_string()))
+            .and_then(|framing| body::read_to_vec(&mut input, framing, MAX_BODY).map_err(|e| ApiError::new(413, e.to_string())));
+        let outcome = match body {
+            Err(e) => {
+                let _ = send_json(&mut out, e.code, &e.body);
+                Outcome::Close
+            }
+            Ok(body) => serve(cluster, &head, body, cert_user.as_ref(), &mut out).unwrap_or_else(|e| match send_json(&mut out, e.code, &e.body) {
+                Ok(()) => Outcome::KeepAlive,
+                Err(_) => Outcome::Close,
+            }),
+        };
+        match outcome {
+            Outcome::KeepAlive if !head.headers.has_token("connection", "close") => {}
+            Outcome::KeepAlive | Outcome::Close => {
+                let _ = out.shutdown_write();
+                return;
+            }
+            Outcome::Upgrade(session) => {
+                let _ = input.half.set_timeout(None);
+                session(input, out);
+                return;
+            }
+        }
+    }
+}
+
+fn serve(cluster: &Arc<Cluster>, head: &RequestHead, body: Vec<u8>, cert_user: Option<&UserInfo>, out: &mut WriteHalf) -> Result<Outcome, ApiError> {
+    let content_type = head.headers.get_str("content-type").unwrap_or("");
+    if content_type.starts_with("application/vnd.kubernetes.protobuf") {
+        // kubectl sends protobuf only from typed generators (`kubectl create configmap`).
+        return Err(ApiError::new(415, "kubetape sim speaks JSON only; create objects from files (kubectl create -f / apply -f)"));
+    }
+    if matches!(head.path(), "/healthz" | "/readyz" | "/livez") {
+        send_json(out, 200, &serde_json::json!("ok"))?;
+        return Ok(Outcome::KeepAlive);
+    }
+    let user = authenticate(cluster, cert_user, head).ok_or_else(|| ApiError::new(401, "Unauthorized"))?;
+    let user = impersonate(cluster, user, head)?;
+    let req = Request { head: head.clone(), body, user, query: http::query_pairs(head.query()) };
+    log::debug!("request user={} method={} path={}", req.user.name, head.method, head.path());
+    api::route(cluster, &req, out)
+}
+
+impl From<std::io::Error> for ApiError {
+    fn from(e: std::io::Error) -> Self {
+        ApiError::new(500, e.to_string())
+    }
+}

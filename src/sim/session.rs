@@ -1,0 +1,126 @@
+//! Exec and attach sessions: a process (new, or a container's) wired to a client's
+//! channels, ending with the exit Status on the error channel as a kubelet does.
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::sync::Arc;
+use std::thread;
+
+use crossbeam_channel::Receiver;
+
+use crate::kube::status;
+use crate::sim::process;
+use crate::sim::runtime::{Container, Output};
+use crate::sim::streams::{Inbound, Outbound, Wanted};
+use crate::wire::channel;
+
+/// Runs `argv` for one `kubectl exec`.
+pub fn run_exec(argv: Vec<String>, dir: &Path, env: &[(String, String)], wanted: Wanted, inbound: Receiver<Inbound>, out: Arc<dyn Outbound>) {
+    let spawned = match process::spawn(&argv, dir, env, wanted.tty, wanted.stdin) {
+        Ok(s) => s,
+        Err(e) => {
+            let msg = format!("failed to exec in container: starting {argv:?}: {e}");
+            out.finish(&status::failure(500, &msg));
+            return;
+        }
+    };
+    let process::Spawned { mut child, stdin, stdout, stderr, pty } = spawned;
+    let pid = child.id();
+    let mut copiers = Vec::new();
+    for (ch, file) in [(channel::STDOUT, Some(stdout)), (channel::STDERR, stderr)] {
+        let Some(mut file) = file else { continue };
+        let out = out.clone();
+        copiers.push(thread::spawn(move || {
+            let mut buf = [0u8; 32 * 1024];
+            while let Ok(n @ 1..) = file.read(&mut buf) {
+                if out.output(ch, &buf[..n]).is_err() {
+                    break;
+                }
+            }
+        }));
+    }
+    // Ends when the client goes away; not joined, so a client that lingers after the
+    // final status holds only this thread.
+    thread::spawn(move || {
+        let mut stdin = stdin;
+        for event in inbound.iter() {
+            match event {
+                Inbound::Stdin(data) => {
+                    if let Some(f) = stdin.as_mut() {
+                        if f.write_all(&data).is_err() {
+                            stdin = None;
+                        }
+                    }
+                }
+                Inbound::StdinClosed => {
+                    if pty.is_some() {
+                        // A terminal has no end of file; ^D is what a closed stdin means.
+                        if let Some(f) = stdin.as_mut() {
+                            let _ = f.write_all(&[4]);
+                        }
+                    }
+                    stdin = None;
+                }
+                Inbound::Resize(size) => {
+                    if let Some(p) = &pty {
+                        let _ = process::resize(p, size);
+                    }
+                }
+                Inbound::Gone => {
+                    process::kill_group(pid);
+                    return;
+                }
+            }
+        }
+    });
+    let code = child.wait().map(process::exit_code).unwrap_or(-1);
+    for c in copiers {
+        let _ = c.join();
+    }
+    out.finish(&channel::exit_status(code, &argv));
+}
+
+/// Connects one `kubectl attach` to a running container.
+pub fn run_attach(container: Arc<Container>, wanted: Wanted, inbound: Receiver<Inbound>, out: Arc<dyn Outbound>) {
+    if let Some(code) = container.exit_code() {
+        let msg = format!("cannot attach to a container that has terminated (exit code {code})");
+        out.finish(&status::failure(400, &msg));
+        return;
+    }
+    let (id, _log, feed) = container.subscribe();
+    let forward_out = out.clone();
+    let forward = thread::spawn(move || {
+        for item in feed.iter() {
+            match item {
+                Output::Data(ch, data) => {
+                    let ch = if wanted.tty { channel::STDOUT } else { ch };
+                    if (ch == channel::STDOUT && !wanted.stdout) || (ch == channel::STDERR && !wanted.stderr) {
+                        continue;
+                    }
+                    if forward_out.output(ch, &data).is_err() {
+                        return;
+                    }
+                }
+                Output::Exit(code) => {
+                    forward_out.finish(&channel::exit_status(code, &[]));
+                    return;
+                }
+            }
+        }
+    });
+    for event in inbound.iter() {
+        match event {
+            Inbound::Stdin(data) if wanted.stdin => container.write_stdin(&data),
+            Inbound::Stdin(_) => {}
+            Inbound::StdinClosed if container.stdin_once => container.close_stdin(),
+            Inbound::StdinClosed => {}
+            Inbound::Resize(size) => container.resize(size),
+            Inbound::Gone => break,
+        }
+    }
+    if container.stdin_once && wanted.stdin {
+        container.close_stdin();
+    }
+    container.unsubscribe(id);
+    let _ = forward.join();
+}
