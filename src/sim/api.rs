@@ -603,7 +603,7 @@ fn logs(cluster: &Arc<Cluster>, req: &Request, out: &mut WriteHalf, pod: &Value,
                         return Ok(Outcome::Close);
                     }
                 }
-                Output::Exit(_) => break,
+                Output::Exited => break,
             }
         }
     }

@@ -21,7 +21,7 @@ const SUBSCRIBER_QUEUE: usize = 256;
 #[derive(Clone, Debug)]
 pub enum Output {
     Data(u8, Vec<u8>),
-    Exit(i32),
+    Exited,
 }
 
 #[derive(Default)]
@@ -82,7 +82,7 @@ impl Container {
                 let _ = r.join();
             }
             lock(&waiter.state).exit = Some(code);
-            waiter.publish(Output::Exit(code));
+            waiter.publish(Output::Exited);
             on_exit(code);
         })?;
         Ok(c)
@@ -104,8 +104,8 @@ impl Container {
     pub fn subscribe(&self) -> (u64, Vec<u8>, Receiver<Output>) {
         let (tx, rx) = bounded(SUBSCRIBER_QUEUE);
         let mut s = lock(&self.state);
-        if let Some(code) = s.exit {
-            let _ = tx.try_send(Output::Exit(code));
+        if s.exit.is_some() {
+            let _ = tx.try_send(Output::Exited);
         }
         s.next_id += 1;
         let id = s.next_id;

@@ -20,7 +20,7 @@ pub fn run_exec(argv: Vec<String>, dir: &Path, env: &[(String, String)], wanted:
         Ok(s) => s,
         Err(e) => {
             let msg = format!("failed to exec in container: starting {argv:?}: {e}");
-            out.finish(&status::failure(500, &msg));
+            out.finish(Some(&status::failure(500, &msg)));
             return;
         }
     };
@@ -77,14 +77,14 @@ pub fn run_exec(argv: Vec<String>, dir: &Path, env: &[(String, String)], wanted:
     for c in copiers {
         let _ = c.join();
     }
-    out.finish(&channel::exit_status(code, &argv));
+    out.finish(Some(&channel::exit_status(code, &argv)));
 }
 
 /// Connects one `kubectl attach` to a running container.
 pub fn run_attach(container: Arc<Container>, wanted: Wanted, inbound: Receiver<Inbound>, out: Arc<dyn Outbound>) {
     if let Some(code) = container.exit_code() {
         let msg = format!("cannot attach to a container that has terminated (exit code {code})");
-        out.finish(&status::failure(400, &msg));
+        out.finish(Some(&status::failure(400, &msg)));
         return;
     }
     let (id, _log, feed) = container.subscribe();
@@ -101,8 +101,9 @@ pub fn run_attach(container: Arc<Container>, wanted: Wanted, inbound: Receiver<I
                         return;
                     }
                 }
-                Output::Exit(code) => {
-                    forward_out.finish(&channel::exit_status(code, &[]));
+                Output::Exited => {
+                    // As a kubelet: attach ends with no status; the exit code is the pod's.
+                    forward_out.finish(None);
                     return;
                 }
             }

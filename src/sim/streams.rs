@@ -38,8 +38,8 @@ pub enum Inbound {
 /// Writes to a client's channels.
 pub trait Outbound: Send + Sync {
     fn output(&self, channel: u8, data: &[u8]) -> io::Result<()>;
-    /// Sends the final Status on the error channel and ends the connection.
-    fn finish(&self, status: &Value);
+    /// Sends the final Status, if any, on the error channel and ends the connection.
+    fn finish(&self, status: Option<&Value>);
 }
 
 /// The channels a session request asked for.
@@ -147,9 +147,9 @@ impl Outbound for SpdyOutbound {
         Ok(())
     }
 
-    fn finish(&self, status: &Value) {
+    fn finish(&self, status: Option<&Value>) {
         let mut o = lock(&self.out);
-        if let Some(&id) = self.ids.get(&channel::ERROR) {
+        if let (Some(&id), Some(status)) = (self.ids.get(&channel::ERROR), status) {
             let _ = o.out.write_all(&spdy::encode_data(id, 0, status.to_string().as_bytes()));
         }
         for ch in [channel::ERROR, channel::STDOUT, channel::STDERR] {
@@ -335,10 +335,12 @@ impl Outbound for WsOutbound {
         Ok(())
     }
 
-    fn finish(&self, status: &Value) {
-        let mut msg = vec![channel::ERROR];
-        msg.extend_from_slice(status.to_string().as_bytes());
-        let _ = self.send(ws::OP_BINARY, &msg);
+    fn finish(&self, status: Option<&Value>) {
+        if let Some(status) = status {
+            let mut msg = vec![channel::ERROR];
+            msg.extend_from_slice(status.to_string().as_bytes());
+            let _ = self.send(ws::OP_BINARY, &msg);
+        }
         let _ = self.send(ws::OP_CLOSE, &ws::close_payload(1000, ""));
         let _ = lock(&self.out).shutdown_write();
     }
