@@ -101,6 +101,14 @@ pub fn route(cluster: &Arc<Cluster>, req: &Request, out: &mut WriteHalf) -> Repl
         ("GET", ["apis"]) => ok_json(out, 200, &discovery::api_groups()),
         ("GET", ["api", v]) => resources(out, v),
         ("GET", ["apis", g, v]) => resources(out, &format!("{g}/{v}")),
+        ("GET", ["openapi", "v2"]) => {
+            let body = discovery::openapi_v2_protobuf();
+            let mut head = ResponseHead::new(200);
+            head.headers.push("Content-Type", "application/com.github.proto-openapi.spec.v2.v1.0+protobuf");
+            head.headers.push("Content-Length", body.len().to_string());
+            out.write_all(&[head.encode(), body].concat())?;
+            Ok(Outcome::KeepAlive)
+        }
         ("GET", ["openapi", "v3"]) => ok_json(out, 200, &discovery::openapi_v3_root()),
         ("GET", ["openapi", "v3", rest @ ..]) => match discovery::openapi_v3(&rest.join("/")) {
             Some(doc) => ok_json(out, 200, &doc),
@@ -116,7 +124,7 @@ pub fn route(cluster: &Arc<Cluster>, req: &Request, out: &mut WriteHalf) -> Repl
             ok_json(out, 201, &review)
         }
         ("POST", ["apis", "authorization.k8s.io", "v1", "selfsubjectaccessreviews"]) => {
-            let mut review: Value = serde_json::from_slice(&req.body).map_err(|e| ApiError::new(400, e.to_string()))?;
+            let mut review = json_body(req)?;
             review["status"] = json!({"allowed": true, "reason": "kubetape sim authorizes every authenticated user"});
             ok_json(out, 201, &review)
         }
@@ -128,6 +136,16 @@ pub fn route(cluster: &Arc<Cluster>, req: &Request, out: &mut WriteHalf) -> Repl
         (_, ["api", "v1", "namespaces", ns, "pods", name, sub]) => pod_subresource(cluster, req, out, ns, name, sub),
         _ => Err(ApiError::new(404, "the server could not find the requested resource")),
     }
+}
+
+/// The request body as JSON; kubectl sends protobuf only from typed generators such
+/// as `kubectl create configmap`, which this simulator does not decode.
+fn json_body(req: &Request) -> Result<Value, ApiError> {
+    let ct = req.head.headers.get_str("content-type").unwrap_or("");
+    if ct.starts_with("application/vnd.kubernetes.protobuf") {
+        return Err(ApiError::new(415, "kubetape sim decodes JSON bodies only; create objects from files (kubectl create -f / apply -f)"));
+    }
+    serde_json::from_slice(&req.body).map_err(|e| ApiError::new(400, format!("decoding body: {e}")))
 }
 
 fn resources(out: &mut WriteHalf, group_version: &str) -> Reply {
@@ -157,7 +175,7 @@ fn collection(cluster: &Arc<Cluster>, req: &Request, out: &mut WriteHalf, resour
             ok_json(out, 200, &list)
         }
         "POST" => {
-            let obj: Value = serde_json::from_slice(&req.body).map_err(|e| ApiError::new(400, format!("decoding body: {e}")))?;
+            let obj = json_body(req)?;
             if obj["kind"].as_str().is_some_and(|k| k != kind) {
                 return Err(ApiError::new(400, format!("expected kind {kind}, found {}", obj["kind"])));
             }
@@ -243,7 +261,7 @@ fn object(cluster: &Arc<Cluster>, req: &Request, out: &mut WriteHalf, resource: 
             ok_json(out, 200, &obj)
         }
         "PUT" => {
-            let mut new: Value = serde_json::from_slice(&req.body).map_err(|e| ApiError::new(400, e.to_string()))?;
+            let mut new = json_body(req)?;
             let rv = new["metadata"]["resourceVersion"].as_str().map(String::from);
             new["kind"] = json!(kind);
             let updated = cluster
@@ -397,6 +415,7 @@ fn create_pod(cluster: &Arc<Cluster>, ns: &str, mut pod: Value) -> Result<Value,
             return Err(ApiError::new(422, format!("spec.containers.name: Invalid value: {}", c["name"])));
         }
     }
+    default_pod(&mut pod);
     pod["kind"] = json!("Pod");
     pod["apiVersion"] = json!("v1");
     pod["metadata"]["namespace"] = json!(ns);
@@ -414,6 +433,43 @@ fn create_pod(cluster: &Arc<Cluster>, ns: &str, mut pod: Value) -> Result<Value,
         start_pod(&cluster, &ns, &name, &containers);
     }).map_err(|e| ApiError::new(500, e.to_string()))?;
     Ok(created)
+}
+
+/// The defaults kube-apiserver fills in on every pod; kubectl relies on some of them
+/// being present (kubectl 1.33 `debug` reads `spec.securityContext`).
+fn default_pod(pod: &mut Value) {
+    let spec = &mut pod["spec"];
+    for (field, value) in [
+        ("securityContext", json!({})),
+        ("dnsPolicy", json!("ClusterFirst")),
+        ("schedulerName", json!("default-scheduler")),
+        ("terminationGracePeriodSeconds", json!(30)),
+        ("enableServiceLinks", json!(true)),
+    ] {
+        if spec[field].is_null() {
+            spec[field] = value;
+        }
+    }
+    for list in ["containers", "ephemeralContainers"] {
+        for c in spec[list].as_array_mut().into_iter().flatten() {
+            default_container(c);
+        }
+    }
+}
+
+fn default_container(c: &mut Value) {
+    let image = c["image"].as_str().unwrap_or_default();
+    let latest = !image.rsplit('/').next().unwrap_or_default().contains(':') || image.ends_with(":latest");
+    for (field, value) in [
+        ("imagePullPolicy", json!(if latest { "Always" } else { "IfNotPresent" })),
+        ("terminationMessagePath", json!("/dev/termination-log")),
+        ("terminationMessagePolicy", json!("File")),
+        ("resources", json!({})),
+    ] {
+        if c[field].is_null() {
+            c[field] = value;
+        }
+    }
 }
 
 fn running_status(name: &str, spec: &Value, ns: &str, pod: &str) -> Value {
@@ -524,7 +580,8 @@ fn pod_subresource(cluster: &Arc<Cluster>, req: &Request, out: &mut WriteHalf, n
             let patch = parse_patch(req)?;
             let added: Vec<Value> = patch["spec"]["ephemeralContainers"].as_array().cloned().unwrap_or_default();
             let existing = pod["spec"]["ephemeralContainers"].as_array().cloned().unwrap_or_default();
-            let fresh: Vec<Value> = added.into_iter().filter(|c| !existing.iter().any(|e| e["name"] == c["name"])).collect();
+            let mut fresh: Vec<Value> = added.into_iter().filter(|c| !existing.iter().any(|e| e["name"] == c["name"])).collect();
+            fresh.iter_mut().for_each(default_container);
             for c in &fresh {
                 if !c["name"].as_str().is_some_and(is_dns_subdomain) {
                     return Err(ApiError::new(422, "spec.ephemeralContainers.name: Invalid value"));

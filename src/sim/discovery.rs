@@ -108,6 +108,49 @@ pub fn openapi_v3(group_version: &str) -> Option<Value> {
     Some(json!({"openapi": "3.0.0", "info": {"title": "Kubernetes (kubetape sim)", "version": "v1.32.0"}, "paths": paths, "components": {"schemas": {}}}))
 }
 
+fn varint(mut x: u64, out: &mut Vec<u8>) {
+    while x >= 0x80 {
+        out.push((x & 0x7f) as u8 | 0x80);
+        x >>= 7;
+    }
+    out.push(x as u8);
+}
+
+/// Protobuf (proto3 wire format) field `num` holding length-delimited `bytes`.
+fn pb_field(num: u32, bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len() + 6);
+    varint(u64::from(num) << 3 | 2, &mut out);
+    varint(bytes.len() as u64, &mut out);
+    out.extend_from_slice(bytes);
+    out
+}
+
+/// The OpenAPI v2 document kubectl 1.27 fetches (gnostic `openapi.v2.Document`, the
+/// protobuf form `/openapi/v2` serves), with the same content as [`openapi_v3`]: a
+/// PATCH per object path carrying its GVK extension and the `fieldValidation` query
+/// parameter. Field numbers are those of gnostic's OpenAPIv2.proto.
+pub fn openapi_v2_protobuf() -> Vec<u8> {
+    let mut paths = Vec::new();
+    for (resource, kind, namespaced) in CORE_RESOURCES {
+        let path = if *namespaced {
+            format!("/api/v1/namespaces/{{namespace}}/{resource}/{{name}}")
+        } else {
+            format!("/api/v1/{resource}/{{name}}")
+        };
+        // QueryParameterSubSchema{in=2, name=4, type=6} in NonBodyParameter(3) in Parameter(2) in ParametersItem(1)
+        let query = [pb_field(2, b"query"), pb_field(4, b"fieldValidation"), pb_field(6, b"string")].concat();
+        let param = pb_field(1, &pb_field(2, &pb_field(3, &query)));
+        // NamedAny{name=1, value=Any{yaml=2}}
+        let gvk = format!("group: \"\"\nversion: v1\nkind: {kind}\n");
+        let ext = [pb_field(1, b"x-kubernetes-group-version-kind"), pb_field(2, &pb_field(2, gvk.as_bytes()))].concat();
+        let operation = [pb_field(8, &param), pb_field(13, &ext)].concat();
+        let path_item = pb_field(8, &operation); // PathItem.patch
+        paths.extend(pb_field(2, &[pb_field(1, path.as_bytes()), pb_field(2, &path_item)].concat()));
+    }
+    let info = [pb_field(1, b"Kubernetes (kubetape sim)"), pb_field(2, b"v1.32.0")].concat();
+    [pb_field(1, b"2.0"), pb_field(2, &info), pb_field(8, &paths)].concat()
+}
+
 /// A duration the way `kubectl get` shows ages (k8s.io/apimachinery `HumanDuration`).
 pub fn human_age(secs: u64) -> String {
     let (m, h, d) = (secs / 60, secs / 3600, secs / 86_400);

@@ -280,11 +280,6 @@ fn handle_connection(cluster: &Arc<Cluster>, sock: TcpStream, id: u64) {
 }
 
 fn serve(cluster: &Arc<Cluster>, head: &RequestHead, body: Vec<u8>, cert_user: Option<&UserInfo>, out: &mut WriteHalf) -> Result<Outcome, ApiError> {
-    let content_type = head.headers.get_str("content-type").unwrap_or("");
-    if content_type.starts_with("application/vnd.kubernetes.protobuf") {
-        // kubectl sends protobuf only from typed generators (`kubectl create configmap`).
-        return Err(ApiError::new(415, "kubetape sim speaks JSON only; create objects from files (kubectl create -f / apply -f)"));
-    }
     if matches!(head.path(), "/healthz" | "/readyz" | "/livez") {
         send_json(out, 200, &serde_json::json!("ok"))?;
         return Ok(Outcome::KeepAlive);

@@ -42,7 +42,8 @@ pub fn resize(pty: &File, size: TerminalSize) -> io::Result<()> {
 }
 
 /// Starts `argv` in `dir` with a scrubbed environment.
-pub fn spawn(argv: &[String], dir: &Path, env: &[(String, String)], tty: bool, stdin: bool) -> io::Result<Spawned> {
+/// `tty` gives the process a terminal of that size.
+pub fn spawn(argv: &[String], dir: &Path, env: &[(String, String)], tty: Option<TerminalSize>, stdin: bool) -> io::Result<Spawned> {
     let (program, args) = argv.split_first().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty command"))?;
     let mut cmd = Command::new(program);
     cmd.args(args).current_dir(dir).env_clear();
@@ -51,10 +52,10 @@ pub fn spawn(argv: &[String], dir: &Path, env: &[(String, String)], tty: bool, s
     for (k, v) in env {
         cmd.env(k, v);
     }
-    if tty {
+    if let Some(size) = tty {
         cmd.env("TERM", "xterm");
         let (mut master, mut slave) = (0, 0);
-        let ws = winsize(DEFAULT_SIZE);
+        let ws = winsize(size);
         // SAFETY: openpty writes two descriptors; the name buffer and termios may be null.
         if unsafe { libc::openpty(&mut master, &mut slave, std::ptr::null_mut(), std::ptr::null(), &ws) } != 0 {
             return Err(io::Error::last_os_error());
@@ -122,7 +123,7 @@ mod tests {
     #[test]
     fn pipes_and_pty() {
         let dir = std::env::temp_dir();
-        let mut p = spawn(&["sh".into(), "-c".into(), "echo out; echo err >&2; exit 3".into()], &dir, &[], false, false).unwrap();
+        let mut p = spawn(&["sh".into(), "-c".into(), "echo out; echo err >&2; exit 3".into()], &dir, &[], None, false).unwrap();
         let mut out = String::new();
         p.stdout.read_to_string(&mut out).unwrap();
         let mut err = String::new();
@@ -130,7 +131,7 @@ mod tests {
         assert_eq!((out.as_str(), err.as_str()), ("out\n", "err\n"));
         assert_eq!(exit_code(p.child.wait().unwrap()), 3);
 
-        let mut p = spawn(&["sh".into(), "-c".into(), "stty size; tty >/dev/null && echo tty".into()], &dir, &[], true, false).unwrap();
+        let mut p = spawn(&["sh".into(), "-c".into(), "stty size; tty >/dev/null && echo tty".into()], &dir, &[], Some(DEFAULT_SIZE), false).unwrap();
         let mut out = Vec::new();
         let mut buf = [0u8; 1024];
         loop {

@@ -55,7 +55,7 @@ impl Container {
         stdin_once: bool,
         on_exit: impl FnOnce(i32) + Send + 'static,
     ) -> std::io::Result<Arc<Container>> {
-        let Spawned { mut child, stdin: input, stdout, stderr, pty } = process::spawn(argv, dir, env, tty, stdin)?;
+        let Spawned { mut child, stdin: input, stdout, stderr, pty } = process::spawn(argv, dir, env, tty.then_some(process::DEFAULT_SIZE), stdin)?;
         let c = Arc::new(Container {
             stdin_once,
             pid: child.id(),

@@ -5,6 +5,7 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::Arc;
 use std::thread;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 
@@ -14,9 +15,28 @@ use crate::sim::runtime::{Container, Output};
 use crate::sim::streams::{Inbound, Outbound, Wanted};
 use crate::wire::channel;
 
+/// How long a terminal session waits for kubectl's first resize before starting at
+/// the default size (kubectl sends it right after the streams open).
+const FIRST_RESIZE_WAIT: Duration = Duration::from_secs(1);
+
 /// Runs `argv` for one `kubectl exec`.
 pub fn run_exec(argv: Vec<String>, dir: &Path, env: &[(String, String)], wanted: Wanted, inbound: Receiver<Inbound>, out: Arc<dyn Outbound>) {
-    let spawned = match process::spawn(&argv, dir, env, wanted.tty, wanted.stdin) {
+    // Start a terminal at the client's size, so the first thing a shell prints fits.
+    let mut early = Vec::new();
+    let mut size = process::DEFAULT_SIZE;
+    if wanted.tty {
+        let deadline = Instant::now() + FIRST_RESIZE_WAIT;
+        while let Ok(event) = inbound.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            match event {
+                Inbound::Resize(s) => {
+                    size = s;
+                    break;
+                }
+                other => early.push(other),
+            }
+        }
+    }
+    let spawned = match process::spawn(&argv, dir, env, wanted.tty.then_some(size), wanted.stdin) {
         Ok(s) => s,
         Err(e) => {
             let msg = format!("failed to exec in container: starting {argv:?}: {e}");
@@ -43,7 +63,7 @@ pub fn run_exec(argv: Vec<String>, dir: &Path, env: &[(String, String)], wanted:
     // final status holds only this thread.
     thread::spawn(move || {
         let mut stdin = stdin;
-        for event in inbound.iter() {
+        for event in early.into_iter().chain(inbound.iter()) {
             match event {
                 Inbound::Stdin(data) => {
                     if let Some(f) = stdin.as_mut() {

@@ -1,0 +1,367 @@
+//! Shared by the integration tests: starts `kubetape demo` (simulated cluster plus
+//! proxy) in a temporary directory and stops it on drop, finds real kubectl binaries,
+//! and speaks raw HTTP over TLS for what kubectl cannot send.
+
+#![allow(dead_code)]
+
+pub mod matrix;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_kubetape");
+
+static PROVIDER: Once = Once::new();
+
+pub fn init_crypto() {
+    PROVIDER.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+/// A fresh directory under the system temp dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("kubetape-test-{tag}-{}", kubetape::net::random::hex(8)));
+        std::fs::create_dir_all(&p).expect("creating temp dir");
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The directory holding `kubectl.1.27` … `kubectl.1.33` (TESTING.md).
+fn kubectl_dir() -> PathBuf {
+    let found = Command::new("sh").args(["-c", "readlink -f \"$(command -v kubectl)\""]).output();
+    let path = found.ok().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
+    match Path::new(&path).parent() {
+        Some(dir) if !path.is_empty() => dir.to_path_buf(),
+        _ => panic!("kubectl is not installed: install Debian's google-cloud-cli package (it ships kubectl.1.27 … kubectl.1.33)"),
+    }
+}
+
+/// A versioned kubectl, e.g. `kubectl("1.32")`; panics with install advice if missing.
+pub fn kubectl(version: &str) -> PathBuf {
+    let p = kubectl_dir().join(format!("kubectl.{version}"));
+    assert!(p.exists(), "{} is missing: install google-cloud-cli, which ships versioned kubectl binaries", p.display());
+    p
+}
+
+/// `kubetape demo` running in a temp dir.
+pub struct Demo {
+    pub dir: TempDir,
+    child: Child,
+}
+
+impl Demo {
+    pub fn start() -> Demo {
+        let dir = TempDir::new("demo");
+        let child = Command::new(BIN)
+            .args(["demo", "--dir"])
+            .arg(&dir.0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.0.join("demo.log")).expect("demo log"))
+            .spawn()
+            .expect("starting kubetape demo");
+        let mut demo = Demo { dir, child };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !demo.path("ready").exists() {
+            if let Ok(Some(status)) = demo.child.try_wait() {
+                panic!("kubetape demo exited early ({status}): {}", demo.logs());
+            }
+            assert!(Instant::now() < deadline, "kubetape demo not ready in 60s: {}", demo.logs());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        demo.wait_for_pod("web-0");
+        demo
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.0.join(name)
+    }
+
+    pub fn logs(&self) -> String {
+        ["demo.log", "proxy.log", "sim.log"]
+            .iter()
+            .map(|f| format!("--- {f}\n{}", std::fs::read_to_string(self.path(f)).unwrap_or_default()))
+            .collect()
+    }
+
+    pub fn pid(&self, component: &str) -> i32 {
+        std::fs::read_to_string(self.path(&format!("{component}.pid"))).expect("pid file").trim().parse().expect("pid")
+    }
+
+    /// The proxy's `host:port` from the alice kubeconfig.
+    pub fn proxy_addr(&self) -> String {
+        let kc = std::fs::read_to_string(self.path("kubeconfig")).expect("kubeconfig");
+        let line = kc.lines().find(|l| l.trim_start().starts_with("server:")).expect("server line");
+        line.trim().trim_start_matches("server: https://").to_string()
+    }
+
+    pub fn wait_for_pod(&self, name: &str) {
+        let k = Kubectl::new(self, "admin.kubeconfig", "1.32", Proto::WebSocket);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = k.run(&["get", "pod", name, "-o", "jsonpath={.status.phase}"]);
+            if out.stdout_str() == "Running" {
+                return;
+            }
+            assert!(Instant::now() < deadline, "pod {name} not running: {}", out.describe());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// How kubectl carries exec, attach and port-forward.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proto {
+    WebSocket,
+    Spdy,
+}
+
+impl std::fmt::Display for Proto {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Proto::WebSocket => "websocket",
+            Proto::Spdy => "spdy",
+        })
+    }
+}
+
+pub trait OutputExt {
+    fn stdout_str(&self) -> String;
+    fn describe(&self) -> String;
+}
+
+impl OutputExt for Output {
+    fn stdout_str(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).trim().to_string()
+    }
+    fn describe(&self) -> String {
+        format!(
+            "status={} stdout={:?} stderr={:?}",
+            self.status,
+            String::from_utf8_lossy(&self.stdout).chars().take(2000).collect::<String>(),
+            String::from_utf8_lossy(&self.stderr).chars().take(2000).collect::<String>()
+        )
+    }
+}
+
+/// A kubectl binary, a kubeconfig and a stream protocol.
+#[derive(Clone)]
+pub struct Kubectl {
+    pub bin: PathBuf,
+    pub kubeconfig: PathBuf,
+    pub proto: Proto,
+    pub version: String,
+}
+
+impl Kubectl {
+    pub fn new(demo: &Demo, kubeconfig: &str, version: &str, proto: Proto) -> Kubectl {
+        Kubectl { bin: kubectl(version), kubeconfig: demo.path(kubeconfig), proto, version: version.into() }
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.args(args).env("KUBECONFIG", &self.kubeconfig).env("HOME", std::env::temp_dir()).env_remove("KUBERNETES_SERVICE_HOST");
+        let ws = if self.proto == Proto::WebSocket { "true" } else { "false" };
+        c.env("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", ws).env("KUBECTL_PORT_FORWARD_WEBSOCKETS", ws);
+        c
+    }
+
+    /// Runs with stdin closed, killed after `timeout`.
+    pub fn run_timeout(&self, args: &[&str], stdin: Option<&[u8]>, timeout: Duration) -> Output {
+        let mut c = self.command(args);
+        c.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = c.spawn().expect("starting kubectl");
+        if let Some(data) = stdin {
+            let mut pipe = child.stdin.take().expect("stdin pipe");
+            let data = data.to_vec();
+            std::thread::spawn(move || {
+                let _ = pipe.write_all(&data);
+            });
+        }
+        wait_with_timeout(child, timeout)
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.run_timeout(args, None, Duration::from_secs(60))
+    }
+
+    /// Runs under a real terminal of 120x40 (`script`), typing `input` after a pause.
+    pub fn run_tty(&self, args: &[&str], input: &str, timeout: Duration) -> Output {
+        let cmdline: Vec<String> = std::iter::once(self.bin.display().to_string()).chain(args.iter().map(|a| shell_quote(a))).collect();
+        let inner = format!("stty cols 120 rows 40; {}", cmdline.join(" "));
+        let mut c = Command::new("script");
+        c.args(["-qec", &inner, "/dev/null"]).env("KUBECONFIG", &self.kubeconfig).env("HOME", std::env::temp_dir());
+        let ws = if self.proto == Proto::WebSocket { "true" } else { "false" };
+        c.env("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", ws);
+        c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = c.spawn().expect("starting script(1): install bsdutils");
+        let mut pipe = child.stdin.take().expect("stdin");
+        let input = input.to_string();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(1500));
+            let _ = pipe.write_all(input.as_bytes());
+            std::thread::sleep(timeout);
+        });
+        wait_with_timeout(child, timeout)
+    }
+}
+
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+pub fn wait_with_timeout(mut child: Child, timeout: Duration) -> Output {
+    let mut stdout = child.stdout.take();
+    let mut stderr = child.stderr.take();
+    let out_t = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        if let Some(s) = stdout.as_mut() {
+            let _ = s.read_to_end(&mut v);
+        }
+        v
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        if let Some(s) = stderr.as_mut() {
+            let _ = s.read_to_end(&mut v);
+        }
+        v
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Ok(Some(s)) = child.try_wait() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break child.wait().expect("waiting for killed child");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output { status, stdout: out_t.join().unwrap_or_default(), stderr: err_t.join().unwrap_or_default() }
+}
+
+/// A raw HTTP/1.1 client over TLS with an optional client certificate from a kubeconfig.
+pub struct RawClient {
+    pub stream: rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
+}
+
+fn kubeconfig_field(kubeconfig: &Path, field: &str) -> Vec<u8> {
+    let text = std::fs::read_to_string(kubeconfig).expect("kubeconfig");
+    let line = text.lines().find(|l| l.trim_start().starts_with(&format!("{field}:"))).unwrap_or_else(|| panic!("{field} in kubeconfig"));
+    let value = line.split_once(':').map(|(_, v)| v.trim()).unwrap_or_default();
+    kubetape::wire::base64::decode(value).expect("base64")
+}
+
+impl RawClient {
+    /// Connects to `addr`, trusting the kubeconfig's CA; presents its client
+    /// certificate when `with_cert`.
+    pub fn connect(addr: &str, kubeconfig: &Path, with_cert: bool) -> RawClient {
+        init_crypto();
+        let ca = kubeconfig_field(kubeconfig, "certificate-authority-data");
+        let roots = kubetape::net::tls::roots_from_pem(&ca, "ca").expect("roots");
+        let identity = with_cert.then(|| {
+            let cert = kubeconfig_field(kubeconfig, "client-certificate-data");
+            let key = kubeconfig_field(kubeconfig, "client-key-data");
+            (kubetape::net::tls::certs_from_pem(&cert, "cert").expect("cert"), kubetape::net::tls::key_from_pem(&key, "key").expect("key"))
+        });
+        let config = kubetape::net::tls::client_config(roots, identity).expect("client config");
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
+        let conn = rustls::ClientConnection::new(config, name).expect("client conn");
+        let sock = TcpStream::connect(addr).expect("connect");
+        sock.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+        RawClient { stream: rustls::StreamOwned::new(conn, sock) }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes)?;
+        self.stream.flush()
+    }
+
+    /// Reads one response (head and a Content-Length or chunked body).
+    pub fn response(&mut self) -> Option<(u16, String)> {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Ok(Some((head, n))) = kubetape::wire::http::parse_response(&buf) {
+                let framing = kubetape::wire::http::response_body("GET", &head).ok()?;
+                let mut rest = buf[n..].to_vec();
+                let body = match framing {
+                    kubetape::wire::http::BodyLength::Length(len) => {
+                        while (rest.len() as u64) < len {
+                            let k = self.stream.read(&mut chunk).ok()?;
+                            if k == 0 {
+                                break;
+                            }
+                            rest.extend_from_slice(&chunk[..k]);
+                        }
+                        rest
+                    }
+                    kubetape::wire::http::BodyLength::Chunked => {
+                        let mut dec = kubetape::wire::http::ChunkedDecoder::default();
+                        let mut out = Vec::new();
+                        loop {
+                            let used = dec.decode(&rest, &mut out).ok()?;
+                            rest.drain(..used);
+                            if dec.is_done() {
+                                break out;
+                            }
+                            let k = self.stream.read(&mut chunk).ok()?;
+                            if k == 0 {
+                                break out;
+                            }
+                            rest.extend_from_slice(&chunk[..k]);
+                        }
+                    }
+                    _ => rest,
+                };
+                return Some((head.status, String::from_utf8_lossy(&body).into_owned()));
+            }
+            match self.stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return None,
+                Ok(k) => buf.extend_from_slice(&chunk[..k]),
+            }
+        }
+    }
+
+    /// Whether the server has closed the connection (reads EOF or an error).
+    pub fn is_closed(&mut self) -> bool {
+        let mut b = [0u8; 1];
+        matches!(self.stream.read(&mut b), Ok(0) | Err(_))
+    }
+}
+
+/// Every `key: value` pair of a `kubectl auth whoami` table, e.g. `Username`.
+pub fn whoami_field(out: &str, field: &str) -> String {
+    out.lines().find_map(|l| l.strip_prefix(field)).map(|v| v.trim().to_string()).unwrap_or_default()
+}
