@@ -30,13 +30,25 @@ fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0").context("finding a free port")?.local_addr()?.port())
 }
 
-/// A kubeconfig (YAML) for `user` with a client certificate, trusting `ca_pem`.
-pub fn kubeconfig(server: &str, ca_pem: &str, user: &str, client: &Pem) -> String {
+/// How a kubeconfig user proves who it is.
+pub enum Credential<'a> {
+    Cert(&'a Pem),
+    Token(&'a str),
+}
+
+/// A kubeconfig (YAML) for `user` against `server`, trusting `ca_pem`.
+pub fn kubeconfig(server: &str, ca_pem: &str, user: &str, cred: Credential<'_>) -> String {
+    let user_fields = match cred {
+        Credential::Cert(pem) => format!(
+            "    client-certificate-data: {}\n    client-key-data: {}\n",
+            base64::encode(pem.cert.as_bytes()),
+            base64::encode(pem.key.as_bytes())
+        ),
+        Credential::Token(t) => format!("    token: {t}\n"),
+    };
     format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: kubetape\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\nusers:\n- name: {user}\n  user:\n    client-certificate-data: {cert}\n    client-key-data: {key}\ncontexts:\n- name: {user}@kubetape\n  context:\n    cluster: kubetape\n    user: {user}\n    namespace: default\ncurrent-context: {user}@kubetape\npreferences: {{}}\n",
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: kubetape\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\nusers:\n- name: {user}\n  user:\n{user_fields}contexts:\n- name: {user}@kubetape\n  context:\n    cluster: kubetape\n    user: {user}\n    namespace: default\ncurrent-context: {user}@kubetape\npreferences: {{}}\n",
         ca = base64::encode(ca_pem.as_bytes()),
-        cert = base64::encode(client.cert.as_bytes()),
-        key = base64::encode(client.key.as_bytes()),
     )
 }
 
@@ -159,11 +171,15 @@ pub fn run(args: &Args) -> Result<()> {
     let upstream = cluster_ca.client("kubetape-proxy", &["system:masters"])?;
     let alice = proxy_ca.client("alice", &["sre"])?;
     let bob = proxy_ca.client("bob", &["dev"])?;
-    write(&dir.join("admin.kubeconfig"), &kubeconfig(&sim_url, &cluster_ca.cert_pem, "admin", &admin))?;
-    write(&dir.join("proxy-upstream.kubeconfig"), &kubeconfig(&sim_url, &cluster_ca.cert_pem, "kubetape-proxy", &upstream))?;
-    write(&dir.join("kubeconfig"), &kubeconfig(&proxy_url, &proxy_ca.cert_pem, "alice", &alice))?;
-    write(&dir.join("bob.kubeconfig"), &kubeconfig(&proxy_url, &proxy_ca.cert_pem, "bob", &bob))?;
+    write(&dir.join("admin.kubeconfig"), &kubeconfig(&sim_url, &cluster_ca.cert_pem, "admin", Credential::Cert(&admin)))?;
+    write(&dir.join("proxy-upstream.kubeconfig"), &kubeconfig(&sim_url, &cluster_ca.cert_pem, "kubetape-proxy", Credential::Cert(&upstream)))?;
+    write(&dir.join("kubeconfig"), &kubeconfig(&proxy_url, &proxy_ca.cert_pem, "alice", Credential::Cert(&alice)))?;
+    write(&dir.join("bob.kubeconfig"), &kubeconfig(&proxy_url, &proxy_ca.cert_pem, "bob", Credential::Cert(&bob)))?;
     write(&dir.join("policy.json"), &policy())?;
+    // carol (group sre) signs in with a bearer token instead of a certificate.
+    let carol_token = crate::net::random::hex(32);
+    write(&dir.join("tokens.csv"), &format!("{carol_token},carol,carol-uid,\"sre\"\n"))?;
+    write(&dir.join("carol.kubeconfig"), &kubeconfig(&proxy_url, &proxy_ca.cert_pem, "carol", Credential::Token(&carol_token)))?;
 
     let p = |name: &str| pki.join(name).display().to_string();
     let s = |v: &str| v.to_string();
@@ -179,6 +195,7 @@ pub fn run(args: &Args) -> Result<()> {
             s("--listen"), format!("127.0.0.1:{proxy_port}"),
             s("--tls-cert"), p("proxy.pem"), s("--tls-key"), p("proxy-key.pem"),
             s("--client-ca"), p("proxy-ca.pem"),
+            s("--token-file"), dir.join("tokens.csv").display().to_string(),
             s("--kubeconfig"), dir.join("proxy-upstream.kubeconfig").display().to_string(),
             s("--policy"), dir.join("policy.json").display().to_string(),
         ])?);
@@ -213,7 +230,8 @@ pub fn run(args: &Args) -> Result<()> {
     println!("  kubectl get pods");
     println!("  kubectl exec -it web-0 -- sh");
     println!("  kubectl auth whoami");
-    println!("\n  {d}/bob.kubeconfig is bob (group dev); {d}/admin.kubeconfig goes straight to the simulated cluster.");
+    println!("\n  {d}/bob.kubeconfig is bob (group dev), {d}/carol.kubeconfig is carol (group sre, bearer token);");
+    println!("  {d}/admin.kubeconfig goes straight to the simulated cluster, bypassing the proxy.");
     println!("  Edit {d}/policy.json to change grants; logs are in {d}/*.log.\n\nCtrl-C stops everything.");
     let _ = std::io::stdout().flush();
     let components = Arc::new(std::sync::Mutex::new(components));

@@ -193,7 +193,14 @@ fn handle_connection(state: &State, sock: TcpStream, id: u64) {
                     break; // idle keep-alive connection closed or timed out
                 }
                 log::info!("bad request head conn={id} peer={peer} error={e}");
-                let _ = respond::refuse(&mut client.1, &Refusal::BadRequest(e.to_string()));
+                let refusal = if client.0.buffered().len() > MAX_HEAD {
+                    Refusal::HeadTooLarge
+                } else if e.is_timeout() {
+                    Refusal::Timeout("request head")
+                } else {
+                    Refusal::BadRequest(e.to_string())
+                };
+                let _ = respond::refuse(&mut client.1, &refusal);
                 break;
             }
         };
@@ -331,6 +338,11 @@ impl Request<'_> {
             if let Err(e) = sent {
                 *upstream = None;
                 if e.0 == Side::Client {
+                    // A malformed chunked body is the client's fault and worth saying so;
+                    // the half-sent request dies with the upstream connection dropped above.
+                    if e.1.io_kind() == Some(std::io::ErrorKind::InvalidData) {
+                        return refuse(client, Refusal::BadRequest(e.1.to_string()));
+                    }
                     return Err(e.1);
                 }
                 if !fresh && body.is_some() && attempt == 1 {

@@ -10,6 +10,9 @@ use crate::wire::http::ResponseHead;
 #[derive(Debug)]
 pub enum Refusal {
     BadRequest(String),
+    HeadTooLarge,
+    /// The client was too slow in the named phase.
+    Timeout(&'static str),
     Unauthenticated,
     Forbidden(String),
     UpstreamUnavailable(String),
@@ -20,6 +23,8 @@ pub enum Refusal {
 pub fn decide(r: &Refusal) -> (u16, String) {
     match r {
         Refusal::BadRequest(why) => (400, format!("kubetape: bad request: {why}")),
+        Refusal::HeadTooLarge => (431, "kubetape: request head too large".to_string()),
+        Refusal::Timeout(phase) => (408, format!("kubetape: timed out waiting for the {phase}")),
         Refusal::Unauthenticated => (401, "Unauthorized".to_string()),
         Refusal::Forbidden(why) => (403, format!("kubetape: forbidden: {why}")),
         Refusal::UpstreamUnavailable(why) => (502, format!("kubetape: API server unavailable: {why}")),
@@ -61,6 +66,8 @@ mod tests {
     fn codes() {
         let table: &[(Refusal, u16)] = &[
             (Refusal::BadRequest("x".into()), 400),
+            (Refusal::HeadTooLarge, 431),
+            (Refusal::Timeout("request head"), 408),
             (Refusal::Unauthenticated, 401),
             (Refusal::Forbidden("x".into()), 403),
             (Refusal::UpstreamUnavailable("x".into()), 502),

@@ -1,0 +1,26 @@
+//! SIGTERM: the proxy stops accepting and lets open sessions finish.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{Demo, Kubectl, OutputExt, Proto};
+
+#[test]
+fn sigterm_lets_open_sessions_finish() {
+    let demo = Demo::start();
+    let k = Kubectl::new(&demo, "kubeconfig", "1.32", Proto::WebSocket);
+    let session = {
+        let k = k.clone();
+        std::thread::spawn(move || k.run_timeout(&["exec", "web-0", "--", "sh", "-c", "sleep 2; echo finished"], None, Duration::from_secs(30)))
+    };
+    std::thread::sleep(Duration::from_millis(800));
+    let proxy = demo.pid("proxy");
+    // SAFETY: signalling the demo's proxy child by its recorded pid.
+    unsafe { libc::kill(proxy, libc::SIGTERM) };
+    std::thread::sleep(Duration::from_millis(300));
+    let refused = k.run_timeout(&["get", "pods"], None, Duration::from_secs(20));
+    assert!(!refused.status.success(), "new requests are refused while draining: {}", refused.describe());
+    let out = session.join().expect("session thread");
+    assert!(out.status.success() && out.stdout_str() == "finished", "open session cut short: {}\n{}", out.describe(), demo.logs());
+}
