@@ -1,5 +1,6 @@
 //! The `kubetape` command line: one binary, one subcommand per component.
 
+#[cfg(feature = "sim")]
 mod demo;
 
 use crate::args::{self, Args, Flag};

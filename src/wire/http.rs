@@ -621,10 +621,12 @@ mod tests {
         head
     }
 
+    type Case<'a, T> = (&'a str, &'a [(&'a str, &'a str)], T);
+
     #[test]
     fn framing_table() {
         use BodyLength::*;
-        let ok: &[(&str, &[(&str, &str)], BodyLength)] = &[
+        let ok: &[Case<'_, BodyLength>] = &[
             ("none", &[], Empty),
             ("length", &[("Content-Length", "12")], Length(12)),
             ("zero", &[("Content-Length", "0")], Empty),
@@ -633,7 +635,7 @@ mod tests {
         for (name, h, want) in ok {
             assert_eq!(request_body(&req_with(h)).unwrap(), *want, "{name}");
         }
-        let bad: &[(&str, &[(&str, &str)], FramingError)] = &[
+        let bad: &[Case<'_, FramingError>] = &[
             ("te and cl", &[("Transfer-Encoding", "chunked"), ("Content-Length", "3")], FramingError::ConflictingFraming),
             ("two cl", &[("Content-Length", "3"), ("Content-Length", "3")], FramingError::DuplicateContentLength),
             ("signed cl", &[("Content-Length", "+3")], FramingError::BadContentLength("+3".into())),
