@@ -30,6 +30,7 @@ pub struct ApiServer {
     pub host: String,
     pub port: u16,
     server_name: ServerName<'static>,
+    roots: rustls::RootCertStore,
     tls: Arc<ClientConfig>,
     token: Token,
 }
@@ -143,7 +144,13 @@ impl ApiServer {
         let (host, port) = parse_server_url(server)?;
         let roots = tls::roots_from_pem(ca, "certificate-authority")?;
         let server_name = ServerName::try_from(host.clone()).map_err(|e| Error::new(format!("server name {host:?}: {e}")))?;
-        Ok(ApiServer { host, port, server_name, tls: tls::client_config(roots, identity)?, token })
+        Ok(ApiServer { host, port, server_name, tls: tls::client_config(roots.clone(), identity)?, roots, token })
+    }
+
+    /// The same server, reached without any credentials of ours (no client
+    /// certificate, no token): for a proxy that passes its callers' credentials on.
+    pub fn anonymous(self) -> Result<ApiServer> {
+        Ok(ApiServer { tls: tls::client_config(self.roots.clone(), None)?, token: Token::None, ..self })
     }
 
     /// Opens a verified TLS connection.

@@ -101,6 +101,8 @@ impl Config {
             Some(p) => ApiServer::from_kubeconfig(&p, args.opt("context").as_deref()).context("--kubeconfig")?,
             None => ApiServer::in_cluster().context("--kubeconfig not given and not in a cluster")?,
         };
+        // Without this, a caller with no credentials would borrow the proxy's.
+        let upstream = if mode == Mode::NoAuth { upstream.anonymous()? } else { upstream };
         let policy = args.path("policy");
         if mode == Mode::Auth && policy.is_none() {
             crate::bail!("--policy: required in auth mode (callers who match no grant are refused)");

@@ -139,6 +139,42 @@ impl Drop for Demo {
     }
 }
 
+/// A kubetape child process, killed on drop.
+pub struct Spawned(pub Child);
+
+impl Spawned {
+    pub fn start(args: &[String], log: &Path) -> Spawned {
+        let child = Command::new(BIN)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).expect("log file"))
+            .spawn()
+            .expect("starting kubetape");
+        Spawned(child)
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// Waits until `host:port` accepts TCP connections.
+pub fn wait_for_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listening on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// How kubectl carries exec, attach and port-forward.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Proto {
