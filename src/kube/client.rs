@@ -12,11 +12,18 @@ use serde_json::Value;
 
 use crate::error::{Context, Error, Result};
 use crate::kube::yaml;
-use crate::net::conn::Conn;
+use crate::net::conn::{Conn, Input};
+use crate::wire::http::{self, RequestHead};
+use std::io::Write;
 use crate::net::tls;
 use crate::wire::base64;
 
 const IN_CLUSTER_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+/// Connect, send and first response byte, for one control-loop request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// A list of every pod in a big cluster fits; a response beyond this is refused.
+const MAX_RESPONSE_BODY: usize = 64 * 1024 * 1024;
 
 enum Token {
     None,
@@ -182,6 +189,47 @@ impl ApiServer {
                 Some(format!("Bearer {}", t.trim()))
             }
         })
+    }
+
+    /// One request on a fresh connection; returns the status and the whole body.
+    /// For control loops (a few requests a second), not for the proxy's data path.
+    pub fn request(&self, method: &str, path: &str, content_type: Option<&str>, body: &[u8]) -> Result<(u16, Vec<u8>)> {
+        let conn = self.connect(REQUEST_TIMEOUT)?;
+        let mut head = RequestHead::new(method, path);
+        head.headers.push("Host", self.host_header());
+        head.headers.push("Accept", "application/json");
+        head.headers.push("User-Agent", concat!("kubetape/", env!("CARGO_PKG_VERSION")));
+        head.headers.push("Connection", "close");
+        if let Some(auth) = self.authorization()? {
+            head.headers.push("Authorization", auth);
+        }
+        if let Some(ct) = content_type {
+            head.headers.push("Content-Type", ct);
+        }
+        if !body.is_empty() || method != "GET" {
+            head.headers.push("Content-Length", body.len().to_string());
+        }
+        let mut out = conn.write;
+        out.write_all(&[head.encode(), body.to_vec()].concat()).with_context(|| format!("{method} {path}"))?;
+        let mut input = Input::new(conn.read);
+        let resp = input
+            .read_head(http::parse_response, MAX_RESPONSE_HEAD, REQUEST_TIMEOUT, REQUEST_TIMEOUT)
+            .with_context(|| format!("{method} {path}"))?
+            .ok_or_else(|| Error::new(format!("{method} {path}: connection closed before a response")))?;
+        let framing = http::response_body(method, &resp)?;
+        let body = crate::net::body::read_to_vec(&mut input, framing, MAX_RESPONSE_BODY).with_context(|| format!("{method} {path}: reading body"))?;
+        Ok((resp.status, body))
+    }
+
+    /// A JSON request; the response body parsed as JSON (`Null` when empty).
+    pub fn json(&self, method: &str, path: &str, content_type: &str, body: Option<&Value>) -> Result<(u16, Value)> {
+        let bytes = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
+        let (status, resp) = self.request(method, path, body.map(|_| content_type), &bytes)?;
+        if resp.is_empty() {
+            return Ok((status, Value::Null));
+        }
+        let v = serde_json::from_slice(&resp).with_context(|| format!("{method} {path}: response is not JSON (status {status})"))?;
+        Ok((status, v))
     }
 
     pub fn host_header(&self) -> String {

@@ -11,6 +11,7 @@ use super::{send_json, ApiError, Cluster, Outcome, Request};
 use crate::kube::status;
 use crate::net::conn::{Input, WriteHalf};
 use crate::sim::discovery;
+use crate::sim::pods::{container_env, pod_dir, start_container, start_pod, stop_pod};
 use crate::sim::runtime::{Container, Output};
 use crate::sim::session;
 use crate::sim::store::{self, Key, StoreError};
@@ -336,15 +337,7 @@ fn delete_object(cluster: &Arc<Cluster>, resource: &str, ns: &str, name: &str) -
     let key = Key { resource: resource.into(), namespace: ns.into(), name: name.into() };
     let obj = cluster.store.delete(&key).map_err(|e| store_error(e, resource, name))?;
     if resource == "pods" {
-        let mut containers = cluster.containers.lock().unwrap_or_else(|e| e.into_inner());
-        containers.retain(|(cns, pod, _), c| {
-            let mine = cns == ns && pod == name;
-            if mine {
-                c.kill();
-            }
-            !mine
-        });
-        let _ = std::fs::remove_dir_all(pod_dir(cluster, ns, name));
+        stop_pod(cluster, ns, name);
     }
     Ok(obj)
 }
@@ -377,31 +370,6 @@ fn watch(cluster: &Arc<Cluster>, req: &Request, out: &mut WriteHalf, resource: &
     }
     out.write_all(http::LAST_CHUNK)?;
     Ok(Outcome::KeepAlive)
-}
-
-fn pod_dir(cluster: &Cluster, ns: &str, pod: &str) -> std::path::PathBuf {
-    // Both names are validated DNS names, so neither can climb out of data_dir.
-    cluster.config.data_dir.join(ns).join(pod)
-}
-
-fn container_argv(spec: &Value) -> Vec<String> {
-    let strings = |v: &Value| v.as_array().map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect::<Vec<_>>()).unwrap_or_default();
-    let (command, args) = (strings(&spec["command"]), strings(&spec["args"]));
-    match (command.is_empty(), args.is_empty()) {
-        (false, _) => command.into_iter().chain(args).collect(),
-        (true, false) => args,
-        (true, true) => vec!["sh".into()], // the usual image default (busybox, alpine)
-    }
-}
-
-fn container_env(spec: &Value, pod: &str) -> Vec<(String, String)> {
-    let mut env = vec![("HOSTNAME".to_string(), pod.to_string())];
-    for e in spec["env"].as_array().into_iter().flatten() {
-        if let (Some(n), Some(v)) = (e["name"].as_str(), e["value"].as_str()) {
-            env.push((n.into(), v.into()));
-        }
-    }
-    env
 }
 
 fn create_pod(cluster: &Arc<Cluster>, ns: &str, mut pod: Value) -> Result<Value, ApiError> {
@@ -472,87 +440,6 @@ fn default_container(c: &mut Value) {
     }
 }
 
-fn running_status(name: &str, spec: &Value, ns: &str, pod: &str) -> Value {
-    json!({
-        "name": name, "image": spec["image"], "imageID": "", "ready": true, "started": true, "restartCount": 0,
-        "containerID": format!("kubetape-sim://{ns}/{pod}/{name}"),
-        "state": {"running": {"startedAt": store::now_rfc3339()}}
-    })
-}
-
-/// Starts a container process and records its state in the pod's status list
-/// `status_field` (`containerStatuses` or `ephemeralContainerStatuses`).
-fn start_container(cluster: &Arc<Cluster>, ns: &str, pod: &str, spec: &Value, status_field: &'static str) -> Result<(), String> {
-    let cname = spec["name"].as_str().unwrap_or_default().to_string();
-    let dir = pod_dir(cluster, ns, pod);
-    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    let argv = container_argv(spec);
-    let tty = spec["tty"].as_bool().unwrap_or(false);
-    let stdin = spec["stdin"].as_bool().unwrap_or(false);
-    let stdin_once = spec["stdinOnce"].as_bool().unwrap_or(false);
-    let key = Key { resource: "pods".into(), namespace: ns.into(), name: pod.into() };
-    let exit_cluster = cluster.clone();
-    let (exit_key, exit_name) = (key.clone(), cname.clone());
-    let container = Container::start(&argv, &dir, &container_env(spec, pod), tty, stdin, stdin_once, move |code| {
-        let _ = exit_cluster.store.update(&exit_key, None, |o| {
-            let finished = store::now_rfc3339();
-            if let Some(list) = o["status"][status_field].as_array_mut() {
-                for s in list.iter_mut().filter(|s| s["name"] == json!(exit_name)) {
-                    let reason = if code == 0 { "Completed" } else { "Error" };
-                    s["state"] = json!({"terminated": {"exitCode": code, "reason": reason, "finishedAt": finished}});
-                    s["ready"] = json!(false);
-                    s["started"] = json!(false);
-                }
-            }
-            let statuses = o["status"]["containerStatuses"].as_array().cloned().unwrap_or_default();
-            let all_done = statuses.iter().all(|s| s["state"]["terminated"].is_object());
-            if status_field == "containerStatuses" && all_done {
-                let failed = statuses.iter().any(|s| s["state"]["terminated"]["exitCode"] != json!(0));
-                o["status"]["phase"] = json!(if failed { "Failed" } else { "Succeeded" });
-                o["status"]["conditions"] = json!([{"type": "Ready", "status": "False"}]);
-            }
-        });
-    })
-    .map_err(|e| format!("starting {argv:?}: {e}"))?;
-    cluster.containers.lock().unwrap_or_else(|e| e.into_inner()).insert((ns.into(), pod.into(), cname.clone()), container);
-    cluster
-        .store
-        .update(&key, None, |o| {
-            let list = &mut o["status"][status_field];
-            if !list.is_array() {
-                *list = json!([]);
-            }
-            if let Some(l) = list.as_array_mut() {
-                l.retain(|s| s["name"] != json!(cname));
-                l.push(running_status(&cname, spec, ns, pod));
-            }
-        })
-        .map_err(|_| "pod vanished while starting".to_string())?;
-    Ok(())
-}
-
-fn start_pod(cluster: &Arc<Cluster>, ns: &str, pod: &str, containers: &[Value]) {
-    let key = Key { resource: "pods".into(), namespace: ns.into(), name: pod.into() };
-    let _ = cluster.store.update(&key, None, |o| {
-        o["status"]["phase"] = json!("Running");
-        o["status"]["podIP"] = json!("127.0.0.1");
-        o["status"]["hostIP"] = json!("127.0.0.1");
-        o["status"]["startTime"] = json!(store::now_rfc3339());
-        o["status"]["conditions"] = json!([{"type": "Ready", "status": "True"}, {"type": "ContainersReady", "status": "True"}]);
-        o["status"]["containerStatuses"] = json!([]);
-    });
-    for spec in containers {
-        if let Err(e) = start_container(cluster, ns, pod, spec, "containerStatuses") {
-            log::warn!("container failed to start ns={ns} pod={pod} error={e}");
-            let _ = cluster.store.update(&key, None, |o| {
-                o["status"]["phase"] = json!("Failed");
-                o["status"]["message"] = json!(e);
-            });
-            return;
-        }
-    }
-}
-
 /// The container a subresource request names, or the pod's first.
 fn pick_container(pod: &Value, req: &Request) -> Result<String, ApiError> {
     if let Some(c) = req.param("container").filter(|c| !c.is_empty()) {
@@ -606,7 +493,7 @@ fn pod_subresource(cluster: &Arc<Cluster>, req: &Request, out: &mut WriteHalf, n
             }
             ok_json(out, 200, &updated)
         }
-        ("GET", "log") => logs(cluster, req, out, &pod, ns, name),
+        ("GET", "log") => logs(cluster, req, out, ns, name, pick_container(&pod, req)?),
         ("GET" | "POST", "exec" | "attach") => {
             if pod["status"]["phase"] != json!("Running") {
                 return Err(ApiError::new(400, format!("pod {name} is not running (phase {})", pod["status"]["phase"])));
@@ -634,8 +521,7 @@ fn pod_subresource(cluster: &Arc<Cluster>, req: &Request, out: &mut WriteHalf, n
     }
 }
 
-fn logs(cluster: &Arc<Cluster>, req: &Request, out: &mut WriteHalf, pod: &Value, ns: &str, name: &str) -> Reply {
-    let container = pick_container(pod, req)?;
+fn logs(cluster: &Arc<Cluster>, req: &Request, out: &mut WriteHalf, ns: &str, name: &str, container: String) -> Reply {
     let c = cluster.containers.lock().unwrap_or_else(|e| e.into_inner()).get(&(ns.into(), name.into(), container.clone())).cloned();
     let c = c.ok_or_else(|| ApiError::new(400, format!("container \"{container}\" in pod \"{name}\" is waiting to start: ContainerCreating")))?;
     let (id, log, feed) = c.subscribe();
@@ -718,7 +604,13 @@ fn upgrade(req: &Request, out: &mut WriteHalf, supported: &[&str]) -> Result<Pro
 }
 
 fn remote_command(req: &Request, out: &mut WriteHalf, target: Target) -> Reply {
-    let wanted = Wanted { stdin: req.flag("stdin"), stdout: req.flag("stdout"), stderr: req.flag("stderr"), tty: req.flag("tty") };
+    // The API server says stdin/stdout/stderr; it asks a kubelet for input/output/error.
+    let wanted = Wanted {
+        stdin: req.flag("stdin") || req.flag("input"),
+        stdout: req.flag("stdout") || req.flag("output"),
+        stderr: req.flag("stderr") || req.flag("error"),
+        tty: req.flag("tty"),
+    };
     if let Target::Exec { argv, .. } = &target {
         if argv.is_empty() {
             return Err(ApiError::new(400, "you must specify at least 1 command"));
@@ -786,6 +678,7 @@ fn kubelet_route(cluster: &Arc<Cluster>, req: &Request, out: &mut WriteHalf, seg
             remote_command(req, out, Target::Attach(c))
         }
         ["portForward", ns, pod] if valid(&[ns, pod]) => port_forward(req, out, &Value::Null),
+        ["containerLogs", ns, pod, container] if valid(&[ns, pod, container]) => logs(cluster, req, out, ns, pod, container.to_string()),
         _ => Err(ApiError::new(404, "the server could not find the requested resource")),
     }
 }

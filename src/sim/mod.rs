@@ -10,6 +10,8 @@
 
 mod api;
 mod discovery;
+mod kubelet;
+mod pods;
 mod process;
 mod runtime;
 mod session;
@@ -49,7 +51,9 @@ pub const FLAGS: &[Flag] = &[
     Flag { name: "token-file", default: None, help: "static tokens: token,user,uid,\"group1,group2\"" },
     Flag { name: "data-dir", default: None, help: "scratch directory for pod files, required" },
     Flag { name: "impersonators", default: Some("system:masters"), help: "comma-separated groups allowed to impersonate" },
-    Flag { name: "kubelet", default: None, help: "serve the kubelet streaming endpoints only (for a real kube-apiserver)" },
+    Flag { name: "kubelet", default: None, help: "act as a kubelet for a real kube-apiserver: serve /exec, /attach, /portForward, /containerLogs" },
+    Flag { name: "kubeconfig", default: None, help: "kubelet mode: the API server to register a Node with and run its pods for" },
+    Flag { name: "node-name", default: Some("kubetape-sim"), help: "kubelet mode: the Node's name" },
     Flag { name: "seed", default: None, help: "create namespace default with running pod web-0 (container main)" },
 ];
 
@@ -60,6 +64,8 @@ pub struct Config {
     data_dir: PathBuf,
     impersonators: Vec<String>,
     kubelet: bool,
+    /// Kubelet mode with an API server: register a Node and run its pods.
+    agent: Option<(crate::kube::client::ApiServer, String)>,
     seed: bool,
 }
 
@@ -93,6 +99,10 @@ impl Config {
             data_dir: std::fs::canonicalize(&data_dir).with_context(|| format!("--data-dir {}", data_dir.display()))?,
             impersonators: args.required("impersonators")?.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
             kubelet: args.bool("kubelet")?,
+            agent: match args.path("kubeconfig") {
+                Some(p) => Some((crate::kube::client::ApiServer::from_kubeconfig(&p, None).context("--kubeconfig")?, args.required("node-name")?)),
+                None => None,
+            },
             seed: args.bool("seed")?,
         })
     }
@@ -107,6 +117,18 @@ pub struct Cluster {
     containers: Mutex<HashMap<ContainerKey, Arc<runtime::Container>>>,
 }
 
+impl Cluster {
+    /// Changes a pod's `status` with `f`: in the simulator's store, or (kubelet mode)
+    /// in the real API server.
+    pub fn update_pod_status(&self, ns: &str, pod: &str, f: impl FnOnce(&mut serde_json::Value)) -> Result<(), String> {
+        if let Some((api, _)) = &self.config.agent {
+            return kubelet::patch_status(api, ns, pod, f);
+        }
+        let key = store::Key { resource: "pods".into(), namespace: ns.into(), name: pod.into() };
+        self.store.update(&key, None, |o| f(&mut o["status"])).map(|_| ()).map_err(|_| format!("pod {ns}/{pod} vanished"))
+    }
+}
+
 pub fn run(config: Config) -> Result<()> {
     let listener = TcpListener::bind(&config.listen).with_context(|| format!("--listen {}", config.listen))?;
     let cluster = Arc::new(Cluster { config, store: store::Store::default(), containers: Mutex::new(HashMap::new()) });
@@ -117,6 +139,12 @@ pub fn run(config: Config) -> Result<()> {
         if cluster.config.kubelet { "kubelet" } else { "apiserver" },
         cluster.config.data_dir.display()
     );
+    if let Some((api, node)) = &cluster.config.agent {
+        let port = listener.local_addr()?.port();
+        kubelet::register_node(api, node, port)?;
+        let (cluster, node) = (cluster.clone(), node.clone());
+        std::thread::Builder::new().name("kubelet-sync".into()).spawn(move || kubelet::sync_forever(&cluster, &node))?;
+    }
     let life = Arc::new(Lifecycle::default());
     let serving = {
         let cluster = cluster.clone();
