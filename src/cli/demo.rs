@@ -13,7 +13,7 @@ use crate::error::{Context, Error, Result};
 use crate::net::conn::Conn;
 use crate::net::pki::{Ca, Pem};
 use crate::net::{signal, tls};
-use crate::wire::base64;
+use crate::kube::client::{kubeconfig, Credential};
 
 pub const FLAGS: &[Flag] = &[Flag { name: "dir", default: None, help: "where to put certificates, kubeconfigs and data [default: a new temporary directory]" }];
 
@@ -28,28 +28,6 @@ fn write(path: &Path, text: &str) -> Result<()> {
 
 fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0").context("finding a free port")?.local_addr()?.port())
-}
-
-/// How a kubeconfig user proves who it is.
-pub enum Credential<'a> {
-    Cert(&'a Pem),
-    Token(&'a str),
-}
-
-/// A kubeconfig (YAML) for `user` against `server`, trusting `ca_pem`.
-pub fn kubeconfig(server: &str, ca_pem: &str, user: &str, cred: Credential<'_>) -> String {
-    let user_fields = match cred {
-        Credential::Cert(pem) => format!(
-            "    client-certificate-data: {}\n    client-key-data: {}\n",
-            base64::encode(pem.cert.as_bytes()),
-            base64::encode(pem.key.as_bytes())
-        ),
-        Credential::Token(t) => format!("    token: {t}\n"),
-    };
-    format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: kubetape\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\nusers:\n- name: {user}\n  user:\n{user_fields}contexts:\n- name: {user}@kubetape\n  context:\n    cluster: kubetape\n    user: {user}\n    namespace: default\ncurrent-context: {user}@kubetape\npreferences: {{}}\n",
-        ca = base64::encode(ca_pem.as_bytes()),
-    )
 }
 
 /// The demo policy: alice (group sre) fail-open, bob (group dev) fail-closed; both

@@ -241,9 +241,43 @@ impl ApiServer {
     }
 }
 
+/// How a kubeconfig user proves who it is.
+pub enum Credential<'a> {
+    Cert(&'a crate::net::pki::Pem),
+    Token(&'a str),
+}
+
+/// A kubeconfig (YAML) for `user` against `server`, trusting `ca_pem`.
+pub fn kubeconfig(server: &str, ca_pem: &str, user: &str, cred: Credential<'_>) -> String {
+    let user_fields = match cred {
+        Credential::Cert(pem) => format!(
+            "    client-certificate-data: {}\n    client-key-data: {}\n",
+            base64::encode(pem.cert.as_bytes()),
+            base64::encode(pem.key.as_bytes())
+        ),
+        Credential::Token(t) => format!("    token: {t}\n"),
+    };
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: kubetape\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\nusers:\n- name: {user}\n  user:\n{user_fields}contexts:\n- name: {user}@kubetape\n  context:\n    cluster: kubetape\n    user: {user}\n    namespace: default\ncurrent-context: {user}@kubetape\npreferences: {{}}\n",
+        ca = base64::encode(ca_pem.as_bytes()),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn generated_kubeconfigs_read_back() {
+        let ca = crate::net::pki::Ca::new("test-ca").unwrap();
+        let alice = ca.client("alice", &["sre"]).unwrap();
+        for cred in [Credential::Cert(&alice), Credential::Token("t0k")] {
+            let text = kubeconfig("https://127.0.0.1:6443", &ca.cert_pem, "alice", cred);
+            let doc = yaml::parse(&text).unwrap();
+            let api = ApiServer::from_kubeconfig_doc(&doc, None, Path::new(".")).unwrap();
+            assert_eq!((api.host.as_str(), api.port), ("127.0.0.1", 6443));
+        }
+    }
 
     #[test]
     fn server_urls() {

@@ -72,7 +72,27 @@ pub fn sync_forever(cluster: &Arc<Cluster>, node: &str) {
     }
 }
 
+/// Binds every pod that has no node yet to `node`, as a scheduler would.
+fn schedule(api: &ApiServer, node: &str) -> Result<()> {
+    let (code, list) = api.json("GET", "/api/v1/pods?fieldSelector=spec.nodeName%3D", "", None)?;
+    if code != 200 {
+        crate::bail!("listing unscheduled pods: status {code}: {list}");
+    }
+    for pod in list["items"].as_array().into_iter().flatten() {
+        let (Some(ns), Some(name)) = (pod["metadata"]["namespace"].as_str(), pod["metadata"]["name"].as_str()) else { continue };
+        let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name}, "target": {"apiVersion": "v1", "kind": "Node", "name": node}});
+        let (code, body) = api.json("POST", &format!("/api/v1/namespaces/{ns}/pods/{name}/binding"), "application/json", Some(&binding))?;
+        if code != 201 {
+            log::warn!("binding failed ns={ns} pod={name} status={code} body={body}");
+        }
+    }
+    Ok(())
+}
+
 fn sync_once(cluster: &Arc<Cluster>, api: &ApiServer, node: &str, running: &mut HashMap<String, (String, String)>) -> Result<()> {
+    if cluster.config.schedule {
+        schedule(api, node)?;
+    }
     let (code, list) = api.json("GET", &format!("/api/v1/pods?fieldSelector=spec.nodeName%3D{node}"), "", None)?;
     if code != 200 {
         crate::bail!("listing pods: status {code}: {list}");

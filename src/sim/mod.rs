@@ -54,6 +54,7 @@ pub const FLAGS: &[Flag] = &[
     Flag { name: "kubelet", default: None, help: "act as a kubelet for a real kube-apiserver: serve /exec, /attach, /portForward, /containerLogs" },
     Flag { name: "kubeconfig", default: None, help: "kubelet mode: the API server to register a Node with and run its pods for" },
     Flag { name: "node-name", default: Some("kubetape-sim"), help: "kubelet mode: the Node's name" },
+    Flag { name: "schedule", default: None, help: "kubelet mode: also bind unscheduled pods to this node (a one-node scheduler)" },
     Flag { name: "seed", default: None, help: "create namespace default with running pod web-0 (container main)" },
 ];
 
@@ -66,6 +67,7 @@ pub struct Config {
     kubelet: bool,
     /// Kubelet mode with an API server: register a Node and run its pods.
     agent: Option<(crate::kube::client::ApiServer, String)>,
+    schedule: bool,
     seed: bool,
 }
 
@@ -103,6 +105,7 @@ impl Config {
                 Some(p) => Some((crate::kube::client::ApiServer::from_kubeconfig(&p, None).context("--kubeconfig")?, args.required("node-name")?)),
                 None => None,
             },
+            schedule: args.bool("schedule")?,
             seed: args.bool("seed")?,
         })
     }

@@ -1,0 +1,398 @@
+//! The conformance suite: given an admin kubeconfig for any cluster, it deploys what
+//! it needs (namespaces, RBAC, a proxy service account, a test pod), puts kubetape
+//! proxy in front, runs the kubectl matrix through it for each exec protocol, then the
+//! cases only a real API server can judge (RBAC, impersonation, `auth can-i`, chunked
+//! lists, CRDs). Prints a table and exits non-zero on any failure. Cleans up after
+//! itself, also when a case fails.
+//!
+//! Run: `cargo test --test conformance -- --kubeconfig ADMIN [--fill-aggregated-roles]`
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use kubetape::kube::client::{kubeconfig, Credential};
+use kubetape::net::pki::Ca;
+use serde_json::{json, Value};
+use support::matrix::{self, Target};
+use support::{free_port, kubectl, wait_for_port, Kubectl, OutputExt, Proto, Spawned, TempDir};
+
+/// kubectl for setup and the matrix; newest with both protocols.
+const KUBECTL: &str = "1.32";
+
+struct Args {
+    kubeconfig: PathBuf,
+    fill_aggregated_roles: bool,
+    report: Option<PathBuf>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut it = std::env::args().skip(1);
+    let (mut kubeconfig, mut fill, mut report) = (None, false, None);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--kubeconfig" => kubeconfig = it.next().map(PathBuf::from),
+            "--fill-aggregated-roles" => fill = true,
+            "--report" => report = it.next().map(PathBuf::from),
+            // cargo test passes harness flags through; none apply here.
+            "--nocapture" | "--quiet" | "-q" => {}
+            other => return Err(format!("unexpected argument {other:?}")),
+        }
+    }
+    let kubeconfig = kubeconfig
+        .or_else(|| std::env::var_os("KUBETAPE_CONFORMANCE_KUBECONFIG").map(PathBuf::from))
+        .ok_or("--kubeconfig ADMIN_KUBECONFIG (or KUBETAPE_CONFORMANCE_KUBECONFIG) is required")?;
+    Ok(Args { kubeconfig, fill_aggregated_roles: fill, report })
+}
+
+fn main() {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("conformance: {e}");
+            std::process::exit(2);
+        }
+    };
+    support::init_crypto();
+    let started = Instant::now();
+    let (table, failed) = run(&args);
+    let summary = format!("{table}\nconformance: {} in {:.0}s\n", if failed == 0 { "all passed".to_string() } else { format!("{failed} failed") }, started.elapsed().as_secs_f64());
+    print!("{summary}");
+    if let Some(p) = &args.report {
+        let _ = std::fs::write(p, &summary);
+    }
+    std::process::exit(if failed == 0 { 0 } else { 1 });
+}
+
+fn admin(path: &Path) -> Kubectl {
+    Kubectl { bin: kubectl(KUBECTL), kubeconfig: path.to_path_buf(), proto: Proto::WebSocket, version: KUBECTL.into() }
+}
+
+fn must(out: Output, what: &str) -> Result<String, String> {
+    if out.status.success() {
+        Ok(out.stdout_str())
+    } else {
+        Err(format!("{what}: {}", out.describe()))
+    }
+}
+
+fn apply(k: &Kubectl, doc: &Value) -> Result<(), String> {
+    let out = k.run_timeout(&["apply", "-f", "-"], Some(doc.to_string().as_bytes()), Duration::from_secs(60));
+    must(out, &format!("apply {}", doc["metadata"]["name"])).map(|_| ())
+}
+
+/// Everything the suite created, removed on drop.
+struct Fixture {
+    admin: Kubectl,
+    ns: String,
+    other: String,
+    cluster_objects: Vec<(String, String)>,
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        for ns in [&self.ns, &self.other] {
+            let _ = self.admin.run(&["delete", "namespace", ns, "--wait=false"]);
+        }
+        for (kind, name) in &self.cluster_objects {
+            let _ = self.admin.run(&["delete", kind, name, "--ignore-not-found", "--wait=false"]);
+        }
+    }
+}
+
+/// Fills the aggregated ClusterRoles (admin, edit, view) from their labelled parts,
+/// as kube-controller-manager would; for clusters that run without one.
+fn fill_aggregated_roles(k: &Kubectl) -> Result<(), String> {
+    for role in ["view", "edit", "admin"] {
+        let out = must(k.run(&["get", "clusterrole", role, "-o", "json"]), "get clusterrole")?;
+        let mut obj: Value = serde_json::from_str(&out).map_err(|e| e.to_string())?;
+        let mut rules = Vec::new();
+        for selector in obj["aggregationRule"]["clusterRoleSelectors"].as_array().cloned().unwrap_or_default() {
+            let labels: Vec<String> = selector["matchLabels"].as_object().into_iter().flatten().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect();
+            let parts = must(k.run(&["get", "clusterroles", "-l", &labels.join(","), "-o", "json"]), "get aggregated parts")?;
+            let parts: Value = serde_json::from_str(&parts).map_err(|e| e.to_string())?;
+            for part in parts["items"].as_array().into_iter().flatten() {
+                if part["metadata"]["name"] != obj["metadata"]["name"] {
+                    rules.extend(part["rules"].as_array().cloned().unwrap_or_default());
+                }
+            }
+        }
+        obj["rules"] = Value::Array(rules);
+        obj["metadata"] = json!({"name": role, "labels": obj["metadata"]["labels"].clone()});
+        let out = k.run_timeout(&["replace", "-f", "-"], Some(obj.to_string().as_bytes()), Duration::from_secs(30));
+        must(out, &format!("replace clusterrole {role}"))?;
+    }
+    Ok(())
+}
+
+fn server_minor(k: &Kubectl) -> Result<u32, String> {
+    let out = must(k.run(&["version", "-o", "json"]), "kubectl version")?;
+    let v: Value = serde_json::from_str(&out).map_err(|e| e.to_string())?;
+    let minor = v["serverVersion"]["minor"].as_str().unwrap_or("0").trim_end_matches('+');
+    minor.parse().map_err(|_| format!("server minor version {minor:?}"))
+}
+
+/// Sets up namespaces, RBAC, the proxy's service account and a test pod.
+fn setup(admin: Kubectl, fill: bool, id: &str) -> Result<(Fixture, String), String> {
+    if fill {
+        fill_aggregated_roles(&admin)?;
+    }
+    let ns = format!("kt-conf-{id}");
+    let other = format!("kt-conf-{id}-other");
+    let mut fx = Fixture { admin: admin.clone(), ns: ns.clone(), other: other.clone(), cluster_objects: Vec::new() };
+    for n in [&ns, &other] {
+        apply(&admin, &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n}}))?;
+    }
+    // The proxy's identity: a service account that may only impersonate.
+    let role = format!("kubetape-proxy-{id}");
+    fx.cluster_objects.push(("clusterrole".into(), role.clone()));
+    fx.cluster_objects.push(("clusterrolebinding".into(), role.clone()));
+    apply(&admin, &json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "kubetape-proxy", "namespace": ns}}))?;
+    apply(&admin, &json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": role},
+        "rules": [{"apiGroups": [""], "resources": ["users", "groups"], "verbs": ["impersonate"]}]}))?;
+    apply(&admin, &json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": role},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+        "subjects": [{"kind": "ServiceAccount", "name": "kubetape-proxy", "namespace": ns}]}))?;
+    // alice may edit in the suite's namespace only.
+    apply(&admin, &json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "alice-edit", "namespace": ns},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "alice"}]}))?;
+    for (n, pod) in [(&ns, "web-0"), (&other, "elsewhere")] {
+        apply(&admin, &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": pod, "namespace": n},
+            "spec": {"containers": [{"name": "main", "image": "busybox", "command": ["sh", "-c", "while true; do sleep 3600; done"]}]}}))?;
+    }
+    for (n, pod) in [(&ns, "web-0"), (&other, "elsewhere")] {
+        let out = admin.run_timeout(&["wait", "--for=condition=Ready", &format!("pod/{pod}"), "-n", n, "--timeout=120s"], None, Duration::from_secs(130));
+        must(out, &format!("waiting for pod {n}/{pod}"))?;
+    }
+    let token = must(admin.run(&["create", "token", "kubetape-proxy", "-n", &ns, "--duration=2h"]), "create token")?;
+    Ok((fx, token))
+}
+
+/// The admin kubeconfig's server and CA, for building other kubeconfigs.
+fn server_and_ca(admin: &Kubectl) -> Result<(String, String), String> {
+    let server = must(admin.run(&["config", "view", "--minify", "-o", "jsonpath={.clusters[0].cluster.server}"]), "server")?;
+    let ca_b64 = must(admin.run(&["config", "view", "--raw", "--minify", "-o", "jsonpath={.clusters[0].cluster.certificate-authority-data}"]), "ca")?;
+    let ca = kubetape::wire::base64::decode(&ca_b64).ok_or("certificate-authority-data is not base64")?;
+    Ok((server, String::from_utf8_lossy(&ca).into_owned()))
+}
+
+struct Proxy {
+    _child: Spawned,
+    dir: TempDir,
+}
+
+fn start_proxy(admin: &Kubectl, token: &str) -> Result<Proxy, String> {
+    let dir = TempDir::new("conformance");
+    let d = |f: &str| dir.0.join(f);
+    let (server, cluster_ca) = server_and_ca(admin)?;
+    let w = |p: PathBuf, text: &str| std::fs::write(&p, text).map_err(|e| format!("{}: {e}", p.display()));
+    w(d("upstream.kubeconfig"), &kubeconfig(&server, &cluster_ca, "kubetape-proxy", Credential::Token(token)))?;
+    let ca = Ca::new("kubetape-conformance-proxy-ca").map_err(|e| e.to_string())?;
+    let serving = ca.server("kubetape-proxy", &["127.0.0.1", "localhost"]).map_err(|e| e.to_string())?;
+    w(d("proxy-ca.pem"), &ca.cert_pem)?;
+    w(d("proxy.pem"), &serving.cert)?;
+    w(d("proxy-key.pem"), &serving.key)?;
+    let port = free_port();
+    let url = format!("https://127.0.0.1:{port}");
+    for (user, groups) in [("alice", vec!["team"]), ("carol", vec!["sre"])] {
+        let pem = ca.client(user, &groups).map_err(|e| e.to_string())?;
+        w(d(&format!("{user}.kubeconfig")), &kubeconfig(&url, &ca.cert_pem, user, Credential::Cert(&pem)))?;
+    }
+    let policy = json!({"grants": [
+        {"src": ["group:team"]},
+        {"src": ["group:sre"], "impersonate": {"groups": ["system:masters"]}}
+    ]});
+    w(d("policy.json"), &policy.to_string())?;
+    let p = |f: &str| d(f).display().to_string();
+    let args: Vec<String> = ["proxy", "--listen", &format!("127.0.0.1:{port}"), "--tls-cert", &p("proxy.pem"), "--tls-key", &p("proxy-key.pem"),
+        "--client-ca", &p("proxy-ca.pem"), "--kubeconfig", &p("upstream.kubeconfig"), "--policy", &p("policy.json")]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let child = Spawned::start(&args, &d("proxy.log"));
+    wait_for_port(port);
+    Ok(Proxy { _child: child, dir })
+}
+
+type CaseFn = fn(&Ctx) -> Result<(), String>;
+
+struct Ctx {
+    alice: Kubectl,
+    carol: Kubectl,
+    ns: String,
+    other: String,
+    id: String,
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn rbac_namespace_boundary(c: &Ctx) -> Result<(), String> {
+    must(c.alice.run(&["get", "pods", "-n", &c.ns]), "alice lists pods where she may")?;
+    let out = c.alice.run(&["get", "pods", "-n", &c.other]);
+    if out.status.success() || !stderr(&out).contains("Forbidden") || !stderr(&out).contains("\"alice\"") {
+        return Err(format!("alice listed pods in {}: {}", c.other, out.describe()));
+    }
+    let out = c.alice.run(&["exec", "-n", &c.other, "elsewhere", "--", "echo", "no"]);
+    if out.status.success() || !stderr(&out).contains("Forbidden") {
+        return Err(format!("alice exec'd outside her namespace: {}", out.describe()));
+    }
+    Ok(())
+}
+
+fn client_impersonation_ignored(c: &Ctx) -> Result<(), String> {
+    // carol's grant makes her an admin through the proxy; alice asking to be carol changes nothing.
+    let out = c.alice.run(&["--as=carol", "--as-group=system:masters", "get", "pods", "-n", &c.other]);
+    if out.status.success() || !stderr(&out).contains("\"alice\"") {
+        return Err(format!("alice's --as was honoured: {}", out.describe()));
+    }
+    must(c.carol.run(&["get", "pods", "-n", &c.other]), "carol, impersonated with system:masters by the proxy")?;
+    Ok(())
+}
+
+fn can_i_answers_for_the_caller(c: &Ctx) -> Result<(), String> {
+    let yes = c.alice.run(&["auth", "can-i", "create", "pods", "-n", &c.ns]);
+    let no = c.alice.run(&["auth", "can-i", "create", "pods", "-n", &c.other]);
+    let ok = yes.stdout_str() == "yes" && no.stdout_str() == "no";
+    if !ok {
+        return Err(format!("can-i: own ns {}; other ns {}", yes.describe(), no.describe()));
+    }
+    Ok(())
+}
+
+fn chunked_list(c: &Ctx) -> Result<(), String> {
+    for i in 0..5 {
+        let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": format!("chunk-{i}"), "namespace": c.ns}, "data": {"i": i.to_string()}});
+        apply(&c.alice, &cm)?;
+    }
+    let out = must(c.alice.run(&["get", "configmaps", "-n", &c.ns, "--chunk-size=2", "-o", "name"]), "chunked list")?;
+    let found = (0..5).filter(|i| out.contains(&format!("configmap/chunk-{i}"))).count();
+    if found != 5 {
+        return Err(format!("chunked list returned {found} of 5: {out}"));
+    }
+    Ok(())
+}
+
+fn crd_through_proxy(c: &Ctx) -> Result<(), String> {
+    let group = format!("conf{}.kubetape.dev", c.id);
+    let crd = json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": format!("tapes.{group}")},
+        "spec": {"group": group, "scope": "Namespaced",
+            "names": {"plural": "tapes", "singular": "tape", "kind": "Tape"},
+            "versions": [{"name": "v1", "served": true, "storage": true,
+                "schema": {"openAPIV3Schema": {"type": "object", "properties": {"spec": {"type": "object", "properties": {"length": {"type": "integer"}}}}}}}]}
+    });
+    apply(&c.carol, &crd)?;
+    let result = (|| {
+        let out = c.carol.run_timeout(&["wait", "--for=condition=Established", &format!("crd/tapes.{group}"), "--timeout=60s"], None, Duration::from_secs(70));
+        must(out, "CRD established")?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let cr = json!({"apiVersion": format!("{group}/v1"), "kind": "Tape", "metadata": {"name": "first", "namespace": c.ns}, "spec": {"length": 90}});
+            match apply(&c.carol, &cr) {
+                Ok(()) => break,
+                Err(e) if Instant::now() > deadline => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(500)),
+            }
+        }
+        let out = must(c.carol.run(&["get", &format!("tapes.{group}"), "-n", &c.ns, "-o", "jsonpath={.items[*].spec.length}"]), "list custom resources")?;
+        if out != "90" {
+            return Err(format!("custom resources listed as {out:?}"));
+        }
+        Ok(())
+    })();
+    let _ = c.carol.run(&["delete", "crd", &format!("tapes.{group}"), "--wait=false"]);
+    result
+}
+
+const REAL_CASES: &[(&str, CaseFn)] = &[
+    ("rbac: namespace boundary", rbac_namespace_boundary),
+    ("client --as not honoured", client_impersonation_ignored),
+    ("auth can-i for the caller", can_i_answers_for_the_caller),
+    ("chunked list (--chunk-size)", chunked_list),
+    ("CRD and custom resources", crd_through_proxy),
+];
+
+/// Cases an old API server cannot pass, and why: reported, never silently skipped.
+fn expected_difference(case: &str, minor: u32) -> Option<&'static str> {
+    match case {
+        "auth whoami" if minor < 26 => Some("SelfSubjectReview needs Kubernetes 1.26+"),
+        "debug (ephemeral)" if minor < 23 => Some("ephemeral containers are alpha and shaped differently before 1.23"),
+        _ => None,
+    }
+}
+
+fn run(args: &Args) -> (String, usize) {
+    let admin = admin(&args.kubeconfig);
+    let id = kubetape::net::random::hex(5);
+    let mut table = String::new();
+    let mut failed = 0;
+    let mut row = |table: &mut String, name: &str, proto: &str, result: Result<(), String>, expected: Option<&str>| {
+        let verdict = match (&result, expected) {
+            (Ok(()), _) => "pass".to_string(),
+            (Err(_), Some(why)) => format!("expected difference: {why}"),
+            (Err(e), None) => {
+                failed += 1;
+                format!("FAIL: {}", e.chars().take(400).collect::<String>())
+            }
+        };
+        table.push_str(&format!("| {name:<28} | {proto:<9} | {verdict} |\n"));
+    };
+    table.push_str("| case                         | protocol  | result |\n|---|---|---|\n");
+    let minor = match server_minor(&admin) {
+        Ok(m) => m,
+        Err(e) => {
+            row(&mut table, "cluster reachable", "-", Err(e), None);
+            return (table, failed);
+        }
+    };
+    let (fixture, token) = match setup(admin.clone(), args.fill_aggregated_roles, &id) {
+        Ok(s) => s,
+        Err(e) => {
+            row(&mut table, "setup", "-", Err(e), None);
+            return (table, failed);
+        }
+    };
+    let proxy = match start_proxy(&admin, &token) {
+        Ok(p) => p,
+        Err(e) => {
+            row(&mut table, "start proxy", "-", Err(e), None);
+            return (table, failed);
+        }
+    };
+    let kc = |user: &str, proto: Proto| Kubectl {
+        bin: kubectl(KUBECTL),
+        kubeconfig: proxy.dir.0.join(format!("{user}.kubeconfig")),
+        proto,
+        version: KUBECTL.into(),
+    };
+    // Matrix cases run in the suite's namespace, as alice.
+    for proto in [Proto::WebSocket, Proto::Spdy] {
+        let alice = kc("alice", proto);
+        let ns_kubeconfig = proxy.dir.0.join(format!("alice-{proto}.kubeconfig"));
+        let text = std::fs::read_to_string(&alice.kubeconfig).unwrap_or_default().replace("namespace: default", &format!("namespace: {}", fixture.ns));
+        let _ = std::fs::write(&ns_kubeconfig, text);
+        let target = Target { kubectl: Kubectl { kubeconfig: ns_kubeconfig, ..alice }, pod: "web-0".into(), user: "alice".into(), groups: vec!["team".into()] };
+        for case in matrix::CASES {
+            let result = (case.run)(&target);
+            row(&mut table, case.name, &proto.to_string(), result, expected_difference(case.name, minor));
+        }
+    }
+    let ctx = Ctx { alice: kc("alice", Proto::WebSocket), carol: kc("carol", Proto::WebSocket), ns: fixture.ns.clone(), other: fixture.other.clone(), id };
+    for (name, case) in REAL_CASES {
+        row(&mut table, name, "-", case(&ctx), None);
+    }
+    if failed > 0 {
+        let log = std::fs::read_to_string(proxy.dir.0.join("proxy.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(30).collect();
+        table.push_str(&format!("\nproxy log (last lines):\n{}\n", tail.into_iter().rev().collect::<Vec<_>>().join("\n")));
+    }
+    drop(fixture);
+    (format!("kubetape conformance against Kubernetes 1.{minor}\n\n{table}"), failed)
+}
