@@ -139,6 +139,25 @@ impl ReadHalf {
         let _ = self.socket.shutdown(Shutdown::Both);
     }
 
+    /// Whether an idle connection is still usable: nothing has arrived since the last
+    /// response (not even a close) and the peer has not closed. A keep-alive
+    /// connection the server dropped while idle fails this check instead of the next
+    /// request.
+    pub fn is_reusable(&self) -> bool {
+        if let ReadInner::Tls { raw, eof, .. } = &self.inner {
+            if !raw.is_empty() || *eof {
+                return false;
+            }
+        }
+        if self.socket.set_nonblocking(true).is_err() {
+            return false;
+        }
+        let mut b = [0u8; 1];
+        let usable = matches!(self.socket.peek(&mut b), Err(e) if e.kind() == io::ErrorKind::WouldBlock);
+        let _ = self.socket.set_nonblocking(false);
+        usable
+    }
+
     /// A handle that can shut the socket down from another thread.
     pub fn shutdown_handle(&self) -> io::Result<TcpStream> {
         self.socket.try_clone()

@@ -45,8 +45,6 @@ const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The API server must start answering within this (watches answer at once).
 const UPSTREAM_RESPONSE_TIMEOUT: Duration = Duration::from_secs(120);
 const COPY_CHUNK: usize = 32 * 1024;
-/// Request bodies up to this size are buffered so the request can be retried once.
-const RETRY_BODY_LIMIT: u64 = 1024 * 1024;
 
 pub const FLAGS: &[Flag] = &[
     Flag { name: "listen", default: Some("0.0.0.0:8443"), help: "address to serve kubectl on" },
@@ -312,22 +310,12 @@ impl Request<'_> {
             log::info!("upgrade requested conn={} user={who} peer={} path={} protocol={}", self.id, self.peer, head.path(), head.upgrade().unwrap_or(""));
         }
 
-        // Small bodies are read whole first, so that a request sent on a reused
-        // connection the API server closed while idle can be sent again on a fresh one.
-        let body = match framing {
-            BodyLength::Empty => Some(Vec::new()),
-            BodyLength::Length(n) if n <= RETRY_BODY_LIMIT => {
-                client.0.half.set_timeout(Some(BODY_IDLE_TIMEOUT))?;
-                match crate::net::body::read_to_vec(&mut client.0, framing, n as usize) {
-                    Ok(b) => Some(b),
-                    Err(e) => return Err(e).context("reading request body from client"),
-                }
-            }
-            _ => None,
-        };
         let mut attempt = 0;
         let response = loop {
             attempt += 1;
+            if upstream.as_ref().is_some_and(|up| !up.input.buffered().is_empty() || !up.input.half.is_reusable()) {
+                *upstream = None; // closed or spoke out of turn while idle
+            }
             let fresh = upstream.is_none();
             if fresh {
                 match config.upstream.connect(UPSTREAM_CONNECT_TIMEOUT) {
@@ -336,7 +324,7 @@ impl Request<'_> {
                 }
             }
             let Some(up) = upstream.as_mut() else { unreachable!("connected above") };
-            let sent = self.send_request(&up_head, framing, body.as_deref(), client, up);
+            let sent = self.send_request(&up_head, framing, client, up);
             if let Err(e) = sent {
                 *upstream = None;
                 if e.0 == Side::Client {
@@ -347,7 +335,8 @@ impl Request<'_> {
                     }
                     return Err(e.1);
                 }
-                if !fresh && body.is_some() && attempt == 1 {
+                // A request without a body is safe to send again on a fresh connection.
+                if !fresh && framing == BodyLength::Empty && attempt == 1 {
                     continue;
                 }
                 return refuse(client, Refusal::UpstreamUnavailable(e.1.to_string()));
@@ -356,7 +345,7 @@ impl Request<'_> {
                 Ok(r) => break r,
                 Err(e) => {
                     *upstream = None;
-                    if !fresh && body.is_some() && attempt == 1 && !e.is_timeout() {
+                    if !fresh && framing == BodyLength::Empty && attempt == 1 && !e.is_timeout() {
                         continue;
                     }
                     let r = if e.is_timeout() { Refusal::UpstreamTimeout(e.to_string()) } else { Refusal::UpstreamUnavailable(e.to_string()) };
@@ -413,16 +402,11 @@ impl Request<'_> {
         &self,
         up_head: &RequestHead,
         framing: BodyLength,
-        buffered: Option<&[u8]>,
         client: &mut (Input, WriteHalf),
         up: &mut Upstream,
     ) -> std::result::Result<(), (Side, Error)> {
-        let mut bytes = up_head.encode();
-        if let Some(b) = buffered {
-            bytes.extend_from_slice(b);
-        }
-        up.output.write_all(&bytes).map_err(|e| (Side::Upstream, e.into()))?;
-        if buffered.is_some() {
+        up.output.write_all(&up_head.encode()).map_err(|e| (Side::Upstream, e.into()))?;
+        if framing == BodyLength::Empty {
             return Ok(());
         }
         client.0.half.set_timeout(Some(BODY_IDLE_TIMEOUT)).map_err(|e| (Side::Client, e.into()))?;
