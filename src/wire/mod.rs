@@ -1,6 +1,7 @@
 //! I/O-free parsers and encoders: HTTP/1.1 heads and bodies, SPDY/3.1 frames and
 //! header blocks, WebSocket frames, the Kubernetes channel protocol, DER subjects.
 
+pub mod asciicast;
 pub mod base64;
 pub mod channel;
 pub mod der;
