@@ -7,6 +7,8 @@ pub mod error;
 pub mod kube;
 pub mod net;
 pub mod proxy;
+pub mod recording;
+pub mod storage;
 #[cfg(feature = "sim")]
 pub mod sim;
 pub mod wire;

@@ -1,0 +1,295 @@
+//! The proxy's side of the recorder protocol (see `protocol`): connects to the first
+//! recorder that answers, gets the session header acknowledged, then streams event
+//! lines from a bounded queue on a writer thread while an ack thread tracks what the
+//! recorder has durably written.
+
+use std::io::Write;
+use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Sender, TrySendError};
+use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
+use serde_json::Value;
+
+use crate::error::{Context, Error, Result};
+use crate::net::conn::{Conn, Input, WriteHalf};
+use crate::recording::protocol::{Ack, ClientMessage, Outcome, PATH, SUBPROTOCOL};
+use crate::wire::http::{self, RequestHead};
+use crate::wire::ws;
+
+/// Batches of event lines queued for the recorder before the queue counts as full.
+pub const EVENT_QUEUE: usize = 1024;
+/// Bytes sent but not yet acknowledged before the writer waits for the recorder.
+const MAX_UNACKED: u64 = 8 * 1024 * 1024;
+/// A recorder acknowledges at least once a second; silence this long means lost.
+pub const SILENT_RECORDER: Duration = Duration::from_secs(5);
+/// How long `finish` waits for the last bytes to be acknowledged.
+const FINAL_ACK_WAIT: Duration = Duration::from_secs(5);
+
+/// A recorder to try, from the policy.
+#[derive(Clone)]
+pub struct RecorderTarget {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub server_name: ServerName<'static>,
+    pub tls: Arc<ClientConfig>,
+}
+
+struct Shared {
+    sent: AtomicU64,
+    acked: AtomicU64,
+    last_ack: Mutex<Instant>,
+    lost: Mutex<Option<String>>,
+}
+
+impl Shared {
+    fn set_lost(&self, why: String) {
+        let mut l = self.lost.lock().unwrap_or_else(|e| e.into_inner());
+        if l.is_none() {
+            *l = Some(why);
+        }
+    }
+}
+
+enum Out {
+    Lines(Vec<u8>),
+    End(ClientMessage),
+}
+
+/// A session being recorded.
+pub struct Recording {
+    pub recorder: String,
+    tx: Sender<Out>,
+    shared: Arc<Shared>,
+    writer: Option<JoinHandle<()>>,
+    socket: TcpStream,
+}
+
+/// Why an event could not be queued.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SendError {
+    /// The queue is full: the recorder is not keeping up.
+    Full,
+    Lost(String),
+}
+
+fn mask() -> Option<[u8; 4]> {
+    let mut k = [0u8; 4];
+    crate::net::random::fill(&mut k);
+    Some(k)
+}
+
+fn text_frame(msg: &impl serde::Serialize) -> Vec<u8> {
+    ws::encode_frame(true, ws::OP_TEXT, mask(), serde_json::to_string(msg).unwrap_or_default().as_bytes())
+}
+
+/// Connects, upgrades and gets the header acknowledged within `timeout`.
+fn open(target: &RecorderTarget, id: &str, header: &Value, timeout: Duration) -> Result<(Input, WriteHalf, TcpStream)> {
+    let deadline = Instant::now() + timeout;
+    let addr = (target.host.as_str(), target.port)
+        .to_socket_addrs()
+        .with_context(|| format!("resolving {}", target.host))?
+        .next()
+        .ok_or_else(|| Error::new(format!("{}: no address", target.host)))?;
+    let sock = TcpStream::connect_timeout(&addr, timeout).with_context(|| format!("connecting to {addr}"))?;
+    let socket = sock.try_clone()?;
+    let tls = rustls::ClientConnection::new(target.tls.clone(), target.server_name.clone())?;
+    let left = deadline.saturating_duration_since(Instant::now());
+    let conn = Conn::tls(sock, rustls::Connection::Client(tls), left)?;
+    let mut key = [0u8; 16];
+    crate::net::random::fill(&mut key);
+    let key = crate::wire::base64::encode(&key);
+    let mut req = RequestHead::new("GET", PATH);
+    for (n, v) in [("Host", target.host.as_str()), ("Connection", "Upgrade"), ("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13"), ("Sec-WebSocket-Protocol", SUBPROTOCOL)] {
+        req.headers.push(n, v);
+    }
+    req.headers.push("Sec-WebSocket-Key", key.as_bytes());
+    let mut out = conn.write;
+    out.write_all(&req.encode())?;
+    let mut input = Input::new(conn.read);
+    let left = deadline.saturating_duration_since(Instant::now());
+    let resp = input.read_head(http::parse_response, 16 * 1024, left, left)?.ok_or_else(|| Error::new("recorder closed the connection"))?;
+    if resp.status != 101 {
+        let body = String::from_utf8_lossy(input.buffered()).into_owned();
+        crate::bail!("recorder refused the session: {} {}", resp.status, body.chars().take(200).collect::<String>());
+    }
+    let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    if resp.headers.get_str("sec-websocket-accept") != Some(accept.as_str()) {
+        crate::bail!("recorder answered with a wrong Sec-WebSocket-Accept");
+    }
+    out.write_all(&text_frame(&ClientMessage::Start { id: id.to_string(), header: header.clone() }))?;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            crate::bail!("recorder did not acknowledge the header within {timeout:?}");
+        }
+        input.half.set_timeout(Some(left))?;
+        if let Some((frame, n)) = ws::parse_frame(input.buffered())? {
+            input.consume(n);
+            match frame.opcode {
+                ws::OP_TEXT => {
+                    let ack: Ack = serde_json::from_slice(&frame.payload).context("recorder acknowledgement")?;
+                    if ack.acked > 0 {
+                        input.half.set_timeout(None)?;
+                        return Ok((input, out, socket));
+                    }
+                }
+                ws::OP_CLOSE => crate::bail!("recorder closed the session: {}", String::from_utf8_lossy(frame.payload.get(2..).unwrap_or_default())),
+                _ => {}
+            }
+            continue;
+        }
+        if input.fill()? == 0 {
+            crate::bail!("recorder closed the connection before acknowledging");
+        }
+    }
+}
+
+impl Recording {
+    /// Tries each target in order, each within `attempt_timeout`.
+    pub fn start(targets: &[RecorderTarget], id: &str, header: &Value, attempt_timeout: Duration) -> Result<Recording> {
+        let mut errors = Vec::new();
+        for t in targets {
+            match open(t, id, header, attempt_timeout) {
+                Ok((input, out, socket)) => return Ok(Recording::run(t.name.clone(), input, out, socket)),
+                Err(e) => errors.push(format!("{}: {e}", t.name)),
+            }
+        }
+        if errors.is_empty() {
+            crate::bail!("no recorders are configured for this caller");
+        }
+        crate::bail!("{}", errors.join("; "))
+    }
+
+    fn run(recorder: String, mut input: Input, mut out: WriteHalf, socket: TcpStream) -> Recording {
+        let shared = Arc::new(Shared { sent: AtomicU64::new(0), acked: AtomicU64::new(0), last_ack: Mutex::new(Instant::now()), lost: Mutex::new(None) });
+        let acks = shared.clone();
+        let _ = thread::Builder::new().name("rec-ack".into()).spawn(move || {
+            let why = loop {
+                match ws::parse_frame(input.buffered()) {
+                    Ok(Some((frame, n))) => {
+                        input.consume(n);
+                        match frame.opcode {
+                            ws::OP_TEXT => match serde_json::from_slice::<Ack>(&frame.payload) {
+                                Ok(ack) => {
+                                    acks.acked.fetch_max(ack.acked, Ordering::SeqCst);
+                                    *acks.last_ack.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+                                }
+                                Err(e) => break format!("bad acknowledgement: {e}"),
+                            },
+                            ws::OP_CLOSE => break format!("recorder closed the session: {}", String::from_utf8_lossy(frame.payload.get(2..).unwrap_or_default())),
+                            _ => {}
+                        }
+                        continue;
+                    }
+                    Ok(None) => {}
+                    Err(e) => break format!("bad frame from recorder: {e}"),
+                }
+                match input.fill() {
+                    Ok(0) => break "recorder closed the connection".to_string(),
+                    Ok(_) => {}
+                    Err(e) => break format!("reading from recorder: {e}"),
+                }
+            };
+            acks.set_lost(why);
+        });
+        let (tx, rx) = bounded::<Out>(EVENT_QUEUE);
+        let w = shared.clone();
+        let writer = thread::Builder::new().name("rec-write".into()).spawn(move || {
+            for item in rx.iter() {
+                let frame = match &item {
+                    Out::Lines(bytes) => {
+                        // Bound what the recorder holds unacknowledged; a stuck recorder
+                        // then fills the queue, and the session's fail mode decides.
+                        while w.sent.load(Ordering::SeqCst).saturating_sub(w.acked.load(Ordering::SeqCst)) > MAX_UNACKED {
+                            if w.lost.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
+                                return;
+                            }
+                            thread::sleep(Duration::from_millis(10));
+                        }
+                        ws::encode_frame(true, ws::OP_BINARY, mask(), bytes)
+                    }
+                    Out::End(msg) => text_frame(msg),
+                };
+                if let Err(e) = out.write_all(&frame) {
+                    w.set_lost(format!("writing to recorder: {e}"));
+                    return;
+                }
+                if let Out::Lines(bytes) = item {
+                    w.sent.fetch_add(bytes.len() as u64, Ordering::SeqCst);
+                } else {
+                    let _ = out.write_all(&ws::encode_frame(true, ws::OP_CLOSE, mask(), &ws::close_payload(1000, "")));
+                }
+            }
+        });
+        Recording { recorder, tx, shared, writer: writer.ok(), socket }
+    }
+
+    /// Queues whole event lines without waiting.
+    pub fn send(&self, lines: Vec<u8>) -> Result<(), SendError> {
+        if let Some(why) = self.lost() {
+            return Err(SendError::Lost(why));
+        }
+        match self.tx.try_send(Out::Lines(lines)) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err(SendError::Full),
+            Err(TrySendError::Disconnected(_)) => Err(SendError::Lost("recorder writer stopped".into())),
+        }
+    }
+
+    /// Why the recorder counts as lost, if it does.
+    pub fn lost(&self) -> Option<String> {
+        if let Some(why) = self.shared.lost.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+            return Some(why);
+        }
+        let silent = self.shared.last_ack.lock().unwrap_or_else(|e| e.into_inner()).elapsed();
+        (silent > SILENT_RECORDER).then(|| format!("recorder silent for {}s", silent.as_secs()))
+    }
+
+    /// (sent, acknowledged) bytes of event lines, header excluded from `sent`.
+    pub fn progress(&self) -> (u64, u64) {
+        (self.shared.sent.load(Ordering::SeqCst), self.shared.acked.load(Ordering::SeqCst))
+    }
+
+    /// Ends the session and waits a little for the last acknowledgement.
+    pub fn finish(mut self, outcome: Outcome, exit_code: Option<i32>, reason: Option<String>) -> (u64, u64) {
+        let lost = self.lost().is_some();
+        if !lost {
+            let _ = self.tx.send_timeout(Out::End(ClientMessage::End { outcome, exit_code, reason }), FINAL_ACK_WAIT);
+        }
+        let (tx, _) = bounded(1);
+        drop(std::mem::replace(&mut self.tx, tx));
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+        let deadline = Instant::now() + FINAL_ACK_WAIT;
+        while !lost && self.shared.acked.load(Ordering::SeqCst) < self.shared.sent.load(Ordering::SeqCst) && Instant::now() < deadline && self.lost().is_none() {
+            thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.socket.shutdown(std::net::Shutdown::Both);
+        self.progress()
+    }
+}
+
+impl Drop for Recording {
+    fn drop(&mut self) {
+        let _ = self.socket.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+/// A recorder target from its policy entry: URL `https://host:port`, CA roots, and
+/// the proxy's client identity.
+pub fn target(name: &str, url: &str, roots: rustls::RootCertStore, identity: Option<(Vec<rustls::pki_types::CertificateDer<'static>>, rustls::pki_types::PrivateKeyDer<'static>)>) -> Result<RecorderTarget> {
+    let rest = url.strip_prefix("https://").ok_or_else(|| Error::new(format!("recorder {name}: url {url:?} must be https://")))?;
+    let authority = rest.split('/').next().unwrap_or("");
+    let (host, port) = authority.rsplit_once(':').ok_or_else(|| Error::new(format!("recorder {name}: url {url:?} needs a port")))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+    let port: u16 = port.parse().map_err(|_| Error::new(format!("recorder {name}: bad port in {url:?}")))?;
+    let server_name = ServerName::try_from(host.clone()).map_err(|e| Error::new(format!("recorder {name}: {e}")))?;
+    Ok(RecorderTarget { name: name.to_string(), host, port, server_name, tls: crate::net::tls::client_config(roots, identity)? })
+}

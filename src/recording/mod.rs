@@ -1,0 +1,6 @@
+//! Session recording: taps that read exec/attach streams, the asciicast session
+//! writer, and the recorder protocol shared by the proxy and the recorder.
+
+pub mod client;
+pub mod protocol;
+pub mod tap;

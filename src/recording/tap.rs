@@ -1,0 +1,472 @@
+//! Taps: read a copy of each direction of an exec/attach stream and say what happened
+//! in it (output, resizes, the exit status), over SPDY/3.1 or WebSocket. No I/O.
+//!
+//! Each direction has its own tap; the two share what the client's SYN_STREAMs say
+//! about SPDY stream ids. A tap never holds bytes back from the session: it parses
+//! what it is given, streaming frame payloads as they arrive, and keeps only frame
+//! heads and control frames until they are whole. An error stops the recording; what
+//! happens to the session is the caller's decision (its fail mode).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use crate::wire::channel::{self, TerminalSize};
+use crate::wire::spdy::{self, Frame, HeaderInflater};
+use crate::wire::ws;
+
+/// Control frames (header blocks) larger than this are refused.
+const MAX_CONTROL_FRAME: usize = 1024 * 1024;
+/// A resize or error-channel message larger than this is not one.
+const MAX_SMALL_MESSAGE: usize = 64 * 1024;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TapEvent {
+    Output { stream: u8, data: Vec<u8> },
+    Resize(TerminalSize),
+    Exit(i32),
+    /// The error channel carried a Status without an exit code.
+    Failure(String),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    ClientToServer,
+    ServerToClient,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct TapError(pub String);
+
+impl fmt::Display for TapError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+pub trait Tap: Send {
+    /// Parses a copy of bytes that flowed in this tap's direction.
+    fn feed(&mut self, data: &[u8], events: &mut Vec<TapEvent>) -> Result<(), TapError>;
+    /// Whether everything fed so far ends on a frame boundary, so a frame of ours may
+    /// be written to the client without corrupting the stream.
+    fn at_boundary(&self) -> bool;
+    /// Frames that tell the client the session ends and why (server-to-client taps).
+    fn goodbye(&self, message: &str) -> Vec<u8>;
+}
+
+/// Collects a small message (resize, error Status) split over frames.
+#[derive(Default)]
+struct Small(Vec<u8>);
+
+impl Small {
+    fn push(&mut self, data: &[u8]) -> Result<(), TapError> {
+        if self.0.len() + data.len() > MAX_SMALL_MESSAGE {
+            return Err(TapError(format!("control message exceeds {MAX_SMALL_MESSAGE} bytes")));
+        }
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+}
+
+fn status_event(status: &[u8]) -> Option<TapEvent> {
+    if status.iter().all(u8::is_ascii_whitespace) {
+        return None;
+    }
+    Some(match channel::exit_code(status) {
+        Some(code) => TapEvent::Exit(code),
+        None => TapEvent::Failure(String::from_utf8_lossy(status).into_owned()),
+    })
+}
+
+/// Complete resize messages from the front of `buf`; a partial one stays.
+fn take_resizes(buf: &mut Vec<u8>, events: &mut Vec<TapEvent>) {
+    let mut de = serde_json::Deserializer::from_slice(buf).into_iter::<TerminalSize>();
+    let mut used = 0;
+    while let Some(Ok(size)) = de.next() {
+        used = de.byte_offset();
+        events.push(TapEvent::Resize(size));
+    }
+    buf.drain(..used);
+}
+
+// ---- SPDY ----
+
+/// What the client's SYN_STREAMs said: stream id → channel.
+#[derive(Default)]
+pub struct SpdyStreams(Mutex<HashMap<u32, u8>>);
+
+impl SpdyStreams {
+    fn get(&self, id: u32) -> Option<u8> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).get(&id).copied()
+    }
+    fn set(&self, id: u32, ch: u8) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(id, ch);
+    }
+    fn id_of(&self, ch: u8) -> Option<u32> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).iter().find(|(_, c)| **c == ch).map(|(id, _)| *id)
+    }
+}
+
+pub struct SpdyTap {
+    dir: Direction,
+    streams: Arc<SpdyStreams>,
+    inflater: HeaderInflater,
+    /// Bytes of an incomplete frame head or control frame.
+    pending: Vec<u8>,
+    /// Inside a data frame: (stream id, payload bytes still to come, FIN).
+    data: Option<(u32, usize, bool)>,
+    error: Small,
+    resize: Vec<u8>,
+}
+
+impl SpdyTap {
+    pub fn pair() -> (SpdyTap, SpdyTap) {
+        let streams = Arc::new(SpdyStreams::default());
+        let tap = |dir| SpdyTap { dir, streams: streams.clone(), inflater: HeaderInflater::default(), pending: Vec::new(), data: None, error: Small::default(), resize: Vec::new() };
+        (tap(Direction::ClientToServer), tap(Direction::ServerToClient))
+    }
+
+    fn data(&mut self, id: u32, payload: &[u8], fin: bool, events: &mut Vec<TapEvent>) -> Result<(), TapError> {
+        let ch = self.streams.get(id);
+        match (self.dir, ch) {
+            (Direction::ServerToClient, Some(ch @ (channel::STDOUT | channel::STDERR))) if !payload.is_empty() => {
+                events.push(TapEvent::Output { stream: ch, data: payload.to_vec() });
+            }
+            (Direction::ServerToClient, Some(channel::ERROR)) => {
+                self.error.push(payload)?;
+                if fin {
+                    events.extend(status_event(&std::mem::take(&mut self.error.0)));
+                }
+            }
+            (Direction::ClientToServer, Some(channel::RESIZE)) => {
+                self.resize.extend_from_slice(payload);
+                if self.resize.len() > MAX_SMALL_MESSAGE {
+                    return Err(TapError("resize stream carries no JSON".into()));
+                }
+                take_resizes(&mut self.resize, events);
+            }
+            _ => {} // stdin is never recorded
+        }
+        Ok(())
+    }
+}
+
+impl Tap for SpdyTap {
+    fn feed(&mut self, mut data: &[u8], events: &mut Vec<TapEvent>) -> Result<(), TapError> {
+        while !data.is_empty() {
+            if let Some((id, left, fin)) = self.data {
+                let n = left.min(data.len());
+                let last = n == left;
+                self.data = if last { None } else { Some((id, left - n, fin)) };
+                self.data(id, &data[..n], fin && last, events)?;
+                data = &data[n..];
+                continue;
+            }
+            // A frame head, or a whole control frame.
+            let want_head = spdy::FRAME_HEAD_LEN.saturating_sub(self.pending.len());
+            if want_head > 0 {
+                let n = want_head.min(data.len());
+                self.pending.extend_from_slice(&data[..n]);
+                data = &data[n..];
+                if self.pending.len() < spdy::FRAME_HEAD_LEN {
+                    continue;
+                }
+            }
+            let head = &self.pending;
+            let len = (u32::from_be_bytes([0, head[5], head[6], head[7]])) as usize;
+            if head[0] & 0x80 == 0 {
+                let id = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) & 0x7fff_ffff;
+                let fin = head[4] & spdy::FLAG_FIN != 0;
+                self.pending.clear();
+                if len == 0 {
+                    self.data(id, &[], fin, events)?;
+                } else {
+                    self.data = Some((id, len, fin));
+                }
+                continue;
+            }
+            if len > MAX_CONTROL_FRAME {
+                return Err(TapError(format!("SPDY control frame of {len} bytes")));
+            }
+            let need = spdy::FRAME_HEAD_LEN + len - self.pending.len();
+            let n = need.min(data.len());
+            self.pending.extend_from_slice(&data[..n]);
+            data = &data[n..];
+            if n < need {
+                continue;
+            }
+            let frame = std::mem::take(&mut self.pending);
+            match spdy::parse_frame(&frame).map_err(|e| TapError(e.to_string()))? {
+                Some((Frame::SynStream { stream_id, header_block, flags, .. }, _)) => {
+                    let headers = self.inflater.inflate(header_block).map_err(|e| TapError(e.to_string()))?;
+                    if let Some(ch) = spdy::header(&headers, "streamtype").and_then(channel::channel_for_stream_type) {
+                        if self.dir == Direction::ClientToServer {
+                            self.streams.set(stream_id, ch);
+                        }
+                    }
+                    if flags & spdy::FLAG_FIN != 0 {
+                        self.data(stream_id, &[], true, events)?;
+                    }
+                }
+                Some((Frame::SynReply { header_block, .. } | Frame::Headers { header_block, .. }, _)) => {
+                    // Every header block is inflated, in order, to keep zlib in step.
+                    self.inflater.inflate(header_block).map_err(|e| TapError(e.to_string()))?;
+                }
+                Some(_) => {}
+                None => return Err(TapError("SPDY frame incomplete after its length".into())),
+            }
+        }
+        Ok(())
+    }
+
+    fn at_boundary(&self) -> bool {
+        self.pending.is_empty() && self.data.is_none()
+    }
+
+    fn goodbye(&self, message: &str) -> Vec<u8> {
+        let status = crate::kube::status::failure(500, message).to_string();
+        let mut out = Vec::new();
+        if let Some(id) = self.streams.id_of(channel::ERROR) {
+            out.extend(spdy::encode_data(id, spdy::FLAG_FIN, status.as_bytes()));
+        }
+        for ch in [channel::STDOUT, channel::STDERR] {
+            if let Some(id) = self.streams.id_of(ch) {
+                out.extend(spdy::encode_data(id, spdy::FLAG_FIN, &[]));
+            }
+        }
+        out.extend(spdy::encode_goaway(0, 0));
+        out
+    }
+}
+
+// ---- WebSocket ----
+
+pub struct WsTap {
+    dir: Direction,
+    head: Vec<u8>,
+    /// Inside a frame's payload.
+    frame: Option<WsFrame>,
+    /// The channel of the message in progress (first byte of its first frame).
+    message: Option<Option<u8>>,
+    error: Small,
+    resize: Vec<u8>,
+}
+
+struct WsFrame {
+    left: u64,
+    mask: Option<[u8; 4]>,
+    offset: usize,
+    data: bool,
+    fin: bool,
+}
+
+impl WsTap {
+    pub fn pair() -> (WsTap, WsTap) {
+        let tap = |dir| WsTap { dir, head: Vec::new(), frame: None, message: None, error: Small::default(), resize: Vec::new() };
+        (tap(Direction::ClientToServer), tap(Direction::ServerToClient))
+    }
+
+    fn payload(&mut self, mut bytes: Vec<u8>, events: &mut Vec<TapEvent>) -> Result<(), TapError> {
+        let ch = match self.message {
+            Some(Some(ch)) => ch,
+            Some(None) | None => {
+                if bytes.is_empty() {
+                    return Ok(());
+                }
+                let ch = bytes.remove(0);
+                self.message = Some(Some(ch));
+                ch
+            }
+        };
+        match (self.dir, ch) {
+            (Direction::ServerToClient, channel::STDOUT | channel::STDERR) if !bytes.is_empty() => {
+                events.push(TapEvent::Output { stream: ch, data: bytes });
+            }
+            (Direction::ServerToClient, channel::ERROR) => self.error.push(&bytes)?,
+            (Direction::ClientToServer, channel::RESIZE) => {
+                self.resize.extend_from_slice(&bytes);
+                if self.resize.len() > MAX_SMALL_MESSAGE {
+                    return Err(TapError("resize channel carries no JSON".into()));
+                }
+                take_resizes(&mut self.resize, events);
+            }
+            _ => {} // stdin and v5 close signals are never recorded
+        }
+        Ok(())
+    }
+
+    fn end_message(&mut self, events: &mut Vec<TapEvent>) {
+        if self.message == Some(Some(channel::ERROR)) {
+            events.extend(status_event(&std::mem::take(&mut self.error.0)));
+        }
+        self.message = None;
+    }
+}
+
+impl Tap for WsTap {
+    fn feed(&mut self, mut data: &[u8], events: &mut Vec<TapEvent>) -> Result<(), TapError> {
+        while !data.is_empty() {
+            if let Some(f) = &mut self.frame {
+                let n = (f.left.min(data.len() as u64)) as usize;
+                let mut chunk = data[..n].to_vec();
+                if let Some(key) = f.mask {
+                    ws::apply_mask(&mut chunk, key, f.offset);
+                }
+                f.offset += n;
+                f.left -= n as u64;
+                data = &data[n..];
+                let (done, is_data, fin) = (f.left == 0, f.data, f.fin);
+                if done {
+                    self.frame = None;
+                }
+                if is_data {
+                    self.payload(chunk, events)?;
+                    if done && fin {
+                        self.end_message(events);
+                    }
+                }
+                continue;
+            }
+            // Grow the head one byte at a time until it parses: heads are 2 to 14 bytes.
+            self.head.push(data[0]);
+            data = &data[1..];
+            let Some(head) = ws::parse_head(&self.head).map_err(|e| TapError(e.to_string()))? else { continue };
+            self.head.clear();
+            let is_data = head.opcode <= ws::OP_BINARY;
+            if is_data && head.opcode != ws::OP_CONTINUATION {
+                if head.opcode == ws::OP_TEXT {
+                    return Err(TapError("text frames (base64 channel protocols) are not recorded".into()));
+                }
+                self.message = Some(None);
+            }
+            if is_data && head.opcode == ws::OP_CONTINUATION && self.message.is_none() {
+                return Err(TapError("continuation frame outside a message".into()));
+            }
+            if head.payload_len == 0 {
+                if is_data && head.fin {
+                    self.end_message(events);
+                }
+                continue;
+            }
+            self.frame = Some(WsFrame { left: head.payload_len, mask: head.mask, offset: 0, data: is_data, fin: head.fin });
+        }
+        Ok(())
+    }
+
+    fn at_boundary(&self) -> bool {
+        self.head.is_empty() && self.frame.is_none() && self.message.is_none()
+    }
+
+    fn goodbye(&self, message: &str) -> Vec<u8> {
+        let mut status = vec![channel::ERROR];
+        status.extend_from_slice(crate::kube::status::failure(500, message).to_string().as_bytes());
+        let mut out = ws::encode_frame(true, ws::OP_BINARY, None, &status);
+        out.extend(ws::encode_frame(true, ws::OP_CLOSE, None, &ws::close_payload(1011, "recording failed")));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::spdy::{encode_data, encode_syn_reply, encode_syn_stream, HeaderDeflater};
+    use crate::wire::testutil::for_each_split;
+
+    /// Feeds `stream` in pieces and returns the events, merging adjacent output.
+    fn collect(tap: &mut dyn Tap, pieces: &[&[u8]]) -> Vec<TapEvent> {
+        let mut events = Vec::new();
+        for p in pieces {
+            tap.feed(p, &mut events).unwrap();
+        }
+        let mut merged: Vec<TapEvent> = Vec::new();
+        for e in events {
+            match (merged.last_mut(), e) {
+                (Some(TapEvent::Output { stream: a, data: d }), TapEvent::Output { stream: b, data }) if *a == b => d.extend(data),
+                (_, e) => merged.push(e),
+            }
+        }
+        merged
+    }
+
+    fn spdy_session() -> (Vec<u8>, Vec<u8>) {
+        let mut client_z = HeaderDeflater::default();
+        let mut server_z = HeaderDeflater::default();
+        let mut up = Vec::new();
+        let mut down = Vec::new();
+        for (id, t) in [(1, "error"), (3, "stdin"), (5, "stdout"), (7, "stderr"), (9, "resize")] {
+            up.extend(encode_syn_stream(id, 0, &client_z.deflate(&[("streamtype", t)])));
+            down.extend(encode_syn_reply(id, 0, &server_z.deflate(&[])));
+        }
+        up.extend(encode_data(3, 0, b"secret password\n"));
+        up.extend(encode_data(9, 0, br#"{"Width":120,"Height":40}"#));
+        down.extend(encode_data(5, 0, "héllo ".as_bytes()));
+        down.extend(encode_data(7, 0, b"oops"));
+        down.extend(encode_data(5, 0, b"world"));
+        let status = serde_json::to_vec(&channel::exit_status(3, &[])).unwrap();
+        down.extend(encode_data(1, 0, &status));
+        down.extend(encode_data(1, spdy::FLAG_FIN, &[]));
+        (up, down)
+    }
+
+    #[test]
+    fn spdy_records_output_resize_and_exit_but_never_stdin() {
+        let (up, down) = spdy_session();
+        let (mut c, mut s) = SpdyTap::pair();
+        assert_eq!(collect(&mut c, &[&up]), vec![TapEvent::Resize(TerminalSize { width: 120, height: 40 })]);
+        let want = vec![
+            TapEvent::Output { stream: 1, data: "héllo ".as_bytes().to_vec() },
+            TapEvent::Output { stream: 2, data: b"oops".to_vec() },
+            TapEvent::Output { stream: 1, data: b"world".to_vec() },
+            TapEvent::Exit(3),
+        ];
+        for_each_split(&down, |pieces| {
+            let (mut c2, mut s2) = SpdyTap::pair();
+            collect(&mut c2, &[&up]);
+            assert_eq!(collect(&mut s2, pieces), want);
+            assert!(s2.at_boundary());
+        });
+        assert_eq!(collect(&mut s, &[&down]), want);
+    }
+
+    fn ws_session() -> (Vec<u8>, Vec<u8>) {
+        let mask = Some([7, 1, 9, 3]);
+        let mut up = ws::encode_frame(true, ws::OP_BINARY, mask, b"\x00secret");
+        up.extend(ws::encode_frame(true, ws::OP_BINARY, mask, b"\x04{\"Width\":80,\"Height\":24}"));
+        up.extend(ws::encode_frame(true, ws::OP_BINARY, mask, &[channel::CLOSE, channel::STDIN]));
+        let mut down = ws::encode_frame(true, ws::OP_BINARY, None, b"\x01");
+        down.extend(ws::encode_frame(false, ws::OP_BINARY, None, b"\x01frag"));
+        down.extend(ws::encode_frame(true, ws::OP_PING, None, b"p"));
+        down.extend(ws::encode_frame(true, ws::OP_CONTINUATION, None, &vec![b'x'; 70_000]));
+        down.extend(ws::encode_frame(true, ws::OP_BINARY, None, b"\x02err"));
+        let mut status = vec![channel::ERROR];
+        status.extend(serde_json::to_vec(&channel::exit_status(0, &[])).unwrap());
+        down.extend(ws::encode_frame(true, ws::OP_BINARY, None, &status));
+        down.extend(ws::encode_frame(true, ws::OP_CLOSE, None, &ws::close_payload(1000, "")));
+        (up, down)
+    }
+
+    #[test]
+    fn websocket_records_output_resize_and_exit_at_any_split() {
+        let (up, down) = ws_session();
+        let mut out = b"frag".to_vec();
+        out.extend(vec![b'x'; 70_000]);
+        let want = vec![TapEvent::Output { stream: 1, data: out }, TapEvent::Output { stream: 2, data: b"err".to_vec() }, TapEvent::Exit(0)];
+        for_each_split(&down, |pieces| {
+            let (_, mut s) = WsTap::pair();
+            assert_eq!(collect(&mut s, pieces), want);
+            assert!(s.at_boundary());
+        });
+        for_each_split(&up, |pieces| {
+            let (mut c, _) = WsTap::pair();
+            assert_eq!(collect(&mut c, pieces), vec![TapEvent::Resize(TerminalSize { width: 80, height: 24 })]);
+        });
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        let (_, mut s) = WsTap::pair();
+        assert!(s.feed(&[0x83, 0x00], &mut Vec::new()).is_err());
+        let (_, mut s) = SpdyTap::pair();
+        assert!(s.feed(&[0x80, 0x02, 0, 1, 0, 0, 0, 0], &mut Vec::new()).is_err());
+    }
+}

@@ -1,0 +1,4 @@
+//! Where recordings are kept. The filesystem backend is the default; an
+//! S3-compatible backend follows.
+
+pub mod fs;
