@@ -7,6 +7,7 @@ pub mod error;
 pub mod kube;
 pub mod net;
 pub mod proxy;
+pub mod recorder;
 pub mod recording;
 pub mod storage;
 #[cfg(feature = "sim")]

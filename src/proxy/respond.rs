@@ -50,14 +50,8 @@ pub fn refuse(out: &mut WriteHalf, r: &Refusal) -> io::Result<()> {
 
 /// A short plain-text answer from the proxy itself (health checks).
 pub fn plain(out: &mut WriteHalf, code: u16, text: &str) -> io::Result<()> {
-    let mut head = ResponseHead::new(code);
-    head.headers.push("Content-Type", "text/plain; charset=utf-8");
-    head.headers.push("Content-Length", text.len().to_string());
-    let mut bytes = head.encode();
-    bytes.extend_from_slice(text.as_bytes());
-    out.write_all(&bytes)
+    out.write_all(&crate::wire::http::response(code, "text/plain; charset=utf-8", text.as_bytes()))
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -33,7 +33,7 @@ use crate::net::body;
 use crate::net::conn::{Conn, Input, WriteHalf};
 use crate::net::server::{self, Lifecycle};
 use crate::net::{signal, tls};
-use crate::wire::http::{self, RequestHead, ResponseHead};
+use crate::wire::http::{self, RequestHead};
 
 const MAX_HEAD: usize = 64 * 1024;
 /// Object bodies larger than this are refused, as kube-apiserver refuses >3 MiB.
@@ -215,14 +215,7 @@ pub enum Outcome {
 }
 
 pub fn send_json(out: &mut WriteHalf, code: u16, value: &serde_json::Value) -> std::io::Result<()> {
-    let body = value.to_string();
-    let mut head = ResponseHead::new(code);
-    head.headers.push("Content-Type", "application/json");
-    head.headers.push("Content-Length", body.len().to_string());
-    head.headers.push("Audit-Id", store::new_uid());
-    let mut bytes = head.encode();
-    bytes.extend_from_slice(body.as_bytes());
-    out.write_all(&bytes)
+    out.write_all(&http::response(code, "application/json", value.to_string().as_bytes()))
 }
 
 fn authenticate(cluster: &Cluster, cert_user: Option<&UserInfo>, head: &RequestHead) -> Option<UserInfo> {

@@ -141,6 +141,16 @@ impl ResponseHead {
     }
 }
 
+/// A whole response with a Content-Length body.
+pub fn response(status: u16, content_type: &str, body: &[u8]) -> Vec<u8> {
+    let mut head = ResponseHead::new(status);
+    head.headers.push("Content-Type", content_type);
+    head.headers.push("Content-Length", body.len().to_string());
+    let mut out = head.encode();
+    out.extend_from_slice(body);
+    out
+}
+
 pub fn reason_phrase(status: u16) -> &'static str {
     match status {
         101 => "Switching Protocols",

@@ -7,6 +7,7 @@ pub mod channel;
 pub mod der;
 pub mod http;
 pub mod spdy;
+pub mod time;
 pub mod ws;
 
 #[cfg(test)]

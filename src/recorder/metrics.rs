@@ -1,0 +1,57 @@
+//! The recorder's Prometheus metrics (text exposition format 0.0.4).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::recording::protocol::Status;
+
+#[derive(Default)]
+pub struct Metrics {
+    started: AtomicU64,
+    active: AtomicU64,
+    complete: AtomicU64,
+    truncated: AtomicU64,
+    bytes: AtomicU64,
+    storage_errors: AtomicU64,
+    fsyncs: AtomicU64,
+    /// Microseconds spent making bytes durable before acknowledging them.
+    ack_lag_micros: AtomicU64,
+}
+
+impl Metrics {
+    pub fn session_started(&self) {
+        self.started.fetch_add(1, Ordering::Relaxed);
+        self.active.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn session_ended(&self, status: Status) {
+        self.active.fetch_sub(1, Ordering::Relaxed);
+        let c = if status == Status::Complete { &self.complete } else { &self.truncated };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn synced(&self, bytes: u64, took: Duration) {
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.fsyncs.fetch_add(1, Ordering::Relaxed);
+        self.ack_lag_micros.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    pub fn storage_error(&self) {
+        self.storage_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn render(&self) -> String {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let lines = [
+            ("kubetape_recorder_sessions_started_total", "counter", "Sessions whose header was stored.", g(&self.started).to_string()),
+            ("kubetape_recorder_sessions_active", "gauge", "Sessions being recorded now.", g(&self.active).to_string()),
+            ("kubetape_recorder_sessions_complete_total", "counter", "Sessions that ended normally.", g(&self.complete).to_string()),
+            ("kubetape_recorder_sessions_truncated_total", "counter", "Sessions that ended early.", g(&self.truncated).to_string()),
+            ("kubetape_recorder_bytes_total", "counter", "Recording bytes made durable.", g(&self.bytes).to_string()),
+            ("kubetape_recorder_storage_errors_total", "counter", "Failed storage writes and syncs.", g(&self.storage_errors).to_string()),
+            ("kubetape_recorder_fsyncs_total", "counter", "Durable writes (one per acknowledged batch).", g(&self.fsyncs).to_string()),
+            ("kubetape_recorder_ack_lag_seconds_sum", "counter", "Time spent making bytes durable before acknowledging them.", format!("{:.6}", g(&self.ack_lag_micros) as f64 / 1e6)),
+        ];
+        lines.iter().map(|(name, kind, help, value)| format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n")).collect()
+    }
+}

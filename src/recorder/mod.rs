@@ -1,0 +1,331 @@
+//! `kubetape recorder`: receives session recordings from proxies over mutual TLS and
+//! keeps them (filesystem storage), acknowledging only what is durably written; serves
+//! a JSON API to list and fetch recordings, health checks and Prometheus metrics.
+//!
+//! Who may do what is decided by the client certificate's CN: `--writers` may stream
+//! sessions, `--readers` may use the API and metrics. Health checks are open.
+
+mod metrics;
+
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::args::{Args, Flag};
+use crate::error::{Context, Error, Result};
+use crate::kube::status;
+use crate::net::conn::{Conn, Input, WriteHalf};
+use crate::net::server::{self, Lifecycle};
+use crate::net::{signal, tls};
+use crate::recording::protocol::{valid_id, Ack, ClientMessage, Outcome, SessionMeta, Status, PATH, SUBPROTOCOL};
+use crate::storage::fs::{FsStore, SessionFile};
+use crate::wire::http::{self, RequestHead, ResponseHead};
+use crate::wire::{der, ws};
+use metrics::Metrics;
+
+const MAX_HEAD: usize = 64 * 1024;
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+const HEAD_TIMEOUT: Duration = Duration::from_secs(15);
+/// The recorder acknowledges at least this often while a session is idle.
+const ACK_INTERVAL: Duration = Duration::from_secs(1);
+/// A proxy that sends nothing (not even a close) for this long is gone.
+const SESSION_IDLE_LIMIT: Duration = Duration::from_secs(3600);
+
+pub const FLAGS: &[Flag] = &[
+    Flag { name: "listen", default: Some("0.0.0.0:8444"), help: "address to serve proxies and readers on" },
+    Flag { name: "tls-cert", default: None, help: "serving certificate (PEM), required" },
+    Flag { name: "tls-key", default: None, help: "serving key (PEM), required" },
+    Flag { name: "client-ca", default: None, help: "CA that signs proxy and reader client certificates, required" },
+    Flag { name: "writers", default: Some("kubetape-proxy"), help: "comma-separated client certificate CNs that may write recordings" },
+    Flag { name: "readers", default: None, help: "comma-separated client certificate CNs that may read recordings and metrics" },
+    Flag { name: "storage-dir", default: None, help: "directory to keep recordings in, required" },
+    Flag { name: "max-connections", default: Some("1024"), help: "open connections at most" },
+];
+
+pub struct Config {
+    listen: String,
+    tls: Arc<rustls::ServerConfig>,
+    writers: Vec<String>,
+    readers: Vec<String>,
+    storage_dir: PathBuf,
+    max_connections: usize,
+}
+
+fn names(v: Option<String>) -> Vec<String> {
+    v.map(|s| s.split(',').map(|x| x.trim().to_string()).filter(|x| !x.is_empty()).collect()).unwrap_or_default()
+}
+
+impl Config {
+    pub fn from_args(args: &Args) -> Result<Config> {
+        let chain = tls::certs_from_pem(&tls::read_file(&args.required_path("tls-cert")?)?, "--tls-cert")?;
+        let key = tls::key_from_pem(&tls::read_file(&args.required_path("tls-key")?)?, "--tls-key")?;
+        let roots = tls::roots_from_pem(&tls::read_file(&args.required_path("client-ca")?)?, "--client-ca")?;
+        Ok(Config {
+            listen: args.required("listen")?,
+            // Optional at the TLS layer so health checks work without a certificate;
+            // every other endpoint requires one (see `role`).
+            tls: tls::server_config(chain, key, Some((roots, tls::ClientAuth::Optional)))?,
+            writers: names(args.opt("writers")),
+            readers: names(args.opt("readers")),
+            storage_dir: args.required_path("storage-dir")?,
+            max_connections: args.parsed("max-connections")?,
+        })
+    }
+}
+
+struct State {
+    config: Config,
+    store: FsStore,
+    metrics: Metrics,
+}
+
+pub fn run(config: Config) -> Result<()> {
+    let store = FsStore::open(&config.storage_dir).context("--storage-dir")?;
+    let listener = TcpListener::bind(&config.listen).with_context(|| format!("--listen {}", config.listen))?;
+    log::info!("recorder listening addr={} storage={}", listener.local_addr()?, config.storage_dir.display());
+    let state = Arc::new(State { config, store, metrics: Metrics::default() });
+    let life = Arc::new(Lifecycle::default());
+    let accept = {
+        let (state, life) = (state.clone(), life.clone());
+        std::thread::Builder::new().name("accept".into()).spawn(move || {
+            let max = state.config.max_connections;
+            server::serve(listener, "conn", max, life, move |sock, id| handle_connection(&state, sock, id))
+        })?
+    };
+    let sig = signal::wait_for_termination()?;
+    log::info!("stopping signal={sig}");
+    life.stop();
+    let _ = accept.join();
+    // Sessions being written get a few seconds to finish; whatever is left is
+    // recovered as interrupted on the next start, with every acknowledged byte.
+    life.drain(Duration::from_secs(5));
+    Ok(())
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Writer,
+    Reader,
+}
+
+fn reply(out: &mut WriteHalf, code: u16, body: &Value) -> std::io::Result<()> {
+    out.write_all(&http::response(code, "application/json", body.to_string().as_bytes()))
+}
+
+fn handle_connection(state: &Arc<State>, sock: TcpStream, id: u64) {
+    let tls_conn = rustls::ServerConnection::new(state.config.tls.clone());
+    let conn = match tls_conn.map_err(Error::from).and_then(|s| Conn::tls(sock, rustls::Connection::Server(s), TLS_HANDSHAKE_TIMEOUT)) {
+        Ok(c) => c,
+        Err(e) => {
+            log::debug!("handshake failed conn={id} error={e}");
+            return;
+        }
+    };
+    let cn = conn.peer_certs.first().and_then(|c| der::subject_cn_and_orgs(c)).map(|(cn, _)| cn);
+    let peer = conn.peer.to_string();
+    let mut input = Input::new(conn.read);
+    let mut out = conn.write;
+    loop {
+        let head = match input.read_head(http::parse_request, MAX_HEAD, IDLE_TIMEOUT, HEAD_TIMEOUT) {
+            Ok(Some(h)) => h,
+            Ok(None) | Err(_) => return,
+        };
+        if http::request_body(&head) != Ok(http::BodyLength::Empty) {
+            let _ = reply(&mut out, 400, &status::failure(400, "requests to the recorder carry no body"));
+            return;
+        }
+        let role = |r: Role| -> Result<(), (u16, String)> {
+            let Some(cn) = &cn else { return Err((401, "a client certificate is required".into())) };
+            let allowed = match r {
+                Role::Writer => &state.config.writers,
+                Role::Reader => &state.config.readers,
+            };
+            if allowed.contains(cn) {
+                Ok(())
+            } else {
+                Err((403, format!("{cn:?} may not {}", if r == Role::Writer { "write recordings" } else { "read recordings" })))
+            }
+        };
+        let path = head.path().to_string();
+        let result = match (head.method.as_str(), path.as_str()) {
+            ("GET", "/healthz" | "/readyz") => out.write_all(&http::response(200, "text/plain", b"ok")).map_err(|e| (500, e.to_string())),
+            ("GET", p) if p == PATH => match role(Role::Writer) {
+                Ok(()) => {
+                    ingest(state, head, input, out, cn.unwrap_or_default(), &peer);
+                    return;
+                }
+                Err(e) => Err(e),
+            },
+            ("GET", "/metrics") => role(Role::Reader).and_then(|()| {
+                let text = state.metrics.render();
+                out.write_all(&http::response(200, "text/plain; version=0.0.4", text.as_bytes())).map_err(|e| (500, e.to_string()))
+            }),
+            ("GET", p) if p == "/v1/recordings" || p.starts_with("/v1/recordings/") => role(Role::Reader).and_then(|()| serve_api(state, &head, &mut out)),
+            _ => Err((404, "not found".into())),
+        };
+        if let Err((code, msg)) = result {
+            if reply(&mut out, code, &status::failure(code, &msg)).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn serve_api(state: &State, head: &RequestHead, out: &mut WriteHalf) -> Result<(), (u16, String)> {
+    let internal = |e: Error| (500, e.to_string());
+    let io = |e: std::io::Error| (500, e.to_string());
+    let rest = head.path().trim_start_matches("/v1/recordings").trim_start_matches('/');
+    if rest.is_empty() {
+        let q = http::query_pairs(head.query());
+        let param = |k: &str| q.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        let list: Vec<SessionMeta> = state
+            .store
+            .list()
+            .map_err(internal)?
+            .into_iter()
+            .filter(|m| param("user").is_none_or(|u| m.user() == u))
+            .filter(|m| param("namespace").is_none_or(|n| m.namespace() == n))
+            .filter(|m| param("pod").is_none_or(|p| m.pod() == p))
+            .filter(|m| param("since").is_none_or(|s| m.started.as_str() >= s))
+            .filter(|m| param("until").is_none_or(|u| m.started.as_str() <= u))
+            .collect();
+        return reply(out, 200, &json!({"items": list})).map_err(io);
+    }
+    let (id, cast) = match rest.split_once('/') {
+        Some((id, "cast")) => (id, true),
+        Some(_) => return Err((404, "not found".into())),
+        None => (rest, false),
+    };
+    let (meta, path) = state.store.get(id).map_err(internal)?.ok_or((404, format!("recording {id:?} not found")))?;
+    if !cast {
+        return reply(out, 200, &serde_json::to_value(&meta).unwrap_or(Value::Null)).map_err(io);
+    }
+    // Only the durably written bytes are served, never a half-written line.
+    let data = std::fs::read(&path).map_err(io)?;
+    let end = (meta.bytes as usize).min(data.len());
+    let end = if meta.status == Status::Recording { data[..end].iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1) } else { end };
+    out.write_all(&http::response(200, "application/x-asciicast", &data[..end])).map_err(io)
+}
+
+fn send_ack(out: &mut WriteHalf, acked: u64) -> std::io::Result<()> {
+    out.write_all(&ws::encode_frame(true, ws::OP_TEXT, None, serde_json::to_string(&Ack { acked }).unwrap_or_default().as_bytes()))
+}
+
+use crate::wire::time::now_rfc3339 as now;
+
+/// Receives one session: upgrade, header, event lines; acknowledges durable bytes.
+fn ingest(state: &State, head: RequestHead, mut input: Input, mut out: WriteHalf, writer: String, peer: &str) {
+    let offered: Vec<&str> = head.headers.tokens("sec-websocket-protocol").collect();
+    let Some(key) = head.headers.get("sec-websocket-key").filter(|_| offered.contains(&SUBPROTOCOL)) else {
+        let _ = reply(&mut out, 400, &status::failure(400, &format!("expected a WebSocket upgrade with subprotocol {SUBPROTOCOL}")));
+        return;
+    };
+    let mut resp = ResponseHead::new(101);
+    resp.headers.push("Connection", "Upgrade");
+    resp.headers.push("Upgrade", "websocket");
+    resp.headers.push("Sec-WebSocket-Accept", tungstenite::handshake::derive_accept_key(key));
+    resp.headers.push("Sec-WebSocket-Protocol", SUBPROTOCOL);
+    if out.write_all(&resp.encode()).is_err() {
+        return;
+    }
+    let m = &state.metrics;
+    let mut file: Option<SessionFile> = None;
+    let mut last_ack = Instant::now();
+    let mut last_data = Instant::now();
+    let result: std::result::Result<(), String> = (|| loop {
+        let mut appended = false;
+        while let Some((frame, n)) = ws::parse_frame(input.buffered()).map_err(|e| e.to_string())? {
+            input.consume(n);
+            last_data = Instant::now();
+            match frame.opcode {
+                ws::OP_TEXT => match serde_json::from_slice::<ClientMessage>(&frame.payload).map_err(|e| format!("bad message: {e}"))? {
+                    ClientMessage::Start { id, header } if file.is_none() => {
+                        if !valid_id(&id) {
+                            return Err(format!("session id {id:?} is not valid"));
+                        }
+                        let meta = SessionMeta {
+                            id: id.clone(), status: Status::Recording, bytes: 0, exit_code: None, reason: None,
+                            started: now(), ended: None, writer: writer.clone(),
+                            session: header.get("kubetape").cloned().unwrap_or(Value::Null),
+                        };
+                        let line = format!("{header}\n");
+                        let started = Instant::now();
+                        let f = state.store.create(meta, line.as_bytes()).map_err(|e| {
+                            m.storage_error();
+                            format!("storage: {e}")
+                        })?;
+                        m.synced(line.len() as u64, started.elapsed());
+                        m.session_started();
+                        log::info!("recording started id={id} writer={writer} peer={peer}");
+                        send_ack(&mut out, line.len() as u64).map_err(|e| e.to_string())?;
+                        last_ack = Instant::now();
+                        file = Some(f);
+                    }
+                    ClientMessage::End { outcome, exit_code, reason } => {
+                        let f = file.as_mut().ok_or("end before start")?;
+                        let status = if outcome == Outcome::Complete { Status::Complete } else { Status::Truncated };
+                        f.finish(status, exit_code, reason.clone(), now()).map_err(|e| {
+                            m.storage_error();
+                            format!("storage: {e}")
+                        })?;
+                        m.session_ended(status);
+                        log::info!("recording ended id={} status={status:?} bytes={} exit_code={exit_code:?} reason={}", f.meta.id, f.meta.bytes, reason.as_deref().unwrap_or("-"));
+                        send_ack(&mut out, f.meta.bytes).map_err(|e| e.to_string())?;
+                        let _ = out.write_all(&ws::encode_frame(true, ws::OP_CLOSE, None, &ws::close_payload(1000, "")));
+                        return Ok(());
+                    }
+                    ClientMessage::Start { .. } => return Err("a second start".into()),
+                },
+                ws::OP_BINARY | ws::OP_CONTINUATION => {
+                    let f = file.as_mut().ok_or("events before start")?;
+                    f.append(&frame.payload).map_err(|e| {
+                        m.storage_error();
+                        format!("storage: {e}")
+                    })?;
+                    appended = true;
+                }
+                ws::OP_PING => out.write_all(&ws::encode_frame(true, ws::OP_PONG, None, &frame.payload)).map_err(|e| e.to_string())?,
+                ws::OP_CLOSE => return Err("the proxy closed the session without an end".into()),
+                _ => {}
+            }
+        }
+        if let Some(f) = file.as_mut() {
+            // Group commit: one fsync for everything read so far, then one ack.
+            if appended || last_ack.elapsed() >= ACK_INTERVAL {
+                let before = f.meta.bytes;
+                let started = Instant::now();
+                let durable = f.sync().map_err(|e| {
+                    m.storage_error();
+                    format!("storage: {e}")
+                })?;
+                m.synced(durable - before, started.elapsed());
+                send_ack(&mut out, durable).map_err(|e| e.to_string())?;
+                last_ack = Instant::now();
+            }
+        }
+        if last_data.elapsed() > SESSION_IDLE_LIMIT {
+            return Err("the proxy sent nothing for an hour".into());
+        }
+        input.half.set_timeout(Some(ACK_INTERVAL)).map_err(|e| e.to_string())?;
+        match input.fill() {
+            Ok(0) => return Err("the proxy closed the connection without an end".into()),
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e) => return Err(format!("reading from the proxy: {e}")),
+        }
+    })();
+    if let Err(why) = result {
+        log::warn!("recording stream failed writer={writer} peer={peer} error={why}");
+        let _ = out.write_all(&ws::encode_frame(true, ws::OP_CLOSE, None, &ws::close_payload(1011, &why)));
+        if let Some(f) = file.as_mut() {
+            if f.finish(Status::Truncated, None, Some(why), now()).is_ok() {
+                m.session_ended(Status::Truncated);
+            }
+        }
+    }
+}
