@@ -30,14 +30,14 @@ fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0").context("finding a free port")?.local_addr()?.port())
 }
 
-/// The demo policy: alice (group sre) fail-open, bob (group dev) fail-closed; both
-/// with API events. Recorders join when the recorder component exists.
-pub fn policy() -> String {
+/// The demo policy: sessions and API events of both groups go to the demo's recorder;
+/// alice (group sre) is fail-open, bob (group dev) fail-closed.
+pub fn policy(recorder_url: &str) -> String {
     serde_json::json!({
-        "recorders": [],
+        "recorders": [{"name": "demo", "url": recorder_url, "tags": ["tag:recorder"], "caFile": "pki/recorder-ca.pem"}],
         "grants": [
-            {"src": ["group:sre"], "impersonate": {"groups": ["system:masters"]}, "enableEvents": true},
-            {"src": ["group:dev"], "impersonate": {"groups": ["system:masters"]}, "enforceRecorder": true, "enableEvents": true}
+            {"src": ["group:sre"], "impersonate": {"groups": ["system:masters"]}, "recorder": ["tag:recorder"], "enableEvents": true},
+            {"src": ["group:dev"], "impersonate": {"groups": ["system:masters"]}, "recorder": ["tag:recorder"], "enforceRecorder": true, "enableEvents": true}
         ]
     })
     .to_string()
@@ -124,10 +124,12 @@ pub fn run(args: &Args) -> Result<()> {
 
     let cluster_ca = Ca::new("kubetape-demo-cluster-ca")?;
     let proxy_ca = Ca::new("kubetape-demo-proxy-ca")?;
+    let recorder_ca = Ca::new("kubetape-demo-recorder-ca")?;
     let hosts = ["127.0.0.1", "localhost"];
     let files: Vec<(&str, String)> = vec![
         ("cluster-ca.pem", cluster_ca.cert_pem.clone()),
         ("proxy-ca.pem", proxy_ca.cert_pem.clone()),
+        ("recorder-ca.pem", recorder_ca.cert_pem.clone()),
     ];
     for (name, pem) in &files {
         write(&pki.join(name), pem)?;
@@ -140,8 +142,13 @@ pub fn run(args: &Args) -> Result<()> {
     save("sim", &sim_cert)?;
     let proxy_cert = proxy_ca.server("kubetape-proxy", &hosts)?;
     save("proxy", &proxy_cert)?;
+    save("recorder", &recorder_ca.server("kubetape-recorder", &hosts)?)?;
+    // The proxy's identity towards the recorder, and a reader for the recorder's API.
+    save("recorder-writer", &recorder_ca.client("kubetape-proxy", &[])?)?;
+    save("recorder-reader", &recorder_ca.client("auditor", &[])?)?;
     let sim_port = free_port()?;
     let proxy_port = free_port()?;
+    let recorder_port = free_port()?;
     let sim_url = format!("https://127.0.0.1:{sim_port}");
     let proxy_url = format!("https://127.0.0.1:{proxy_port}");
 
@@ -153,7 +160,7 @@ pub fn run(args: &Args) -> Result<()> {
     write(&dir.join("proxy-upstream.kubeconfig"), &kubeconfig(&sim_url, &cluster_ca.cert_pem, "kubetape-proxy", Credential::Cert(&upstream)))?;
     write(&dir.join("kubeconfig"), &kubeconfig(&proxy_url, &proxy_ca.cert_pem, "alice", Credential::Cert(&alice)))?;
     write(&dir.join("bob.kubeconfig"), &kubeconfig(&proxy_url, &proxy_ca.cert_pem, "bob", Credential::Cert(&bob)))?;
-    write(&dir.join("policy.json"), &policy())?;
+    write(&dir.join("policy.json"), &policy(&format!("https://127.0.0.1:{recorder_port}")))?;
     // carol (group sre) signs in with a bearer token instead of a certificate.
     let carol_token = crate::net::random::hex(32);
     write(&dir.join("tokens.csv"), &format!("{carol_token},carol,carol-uid,\"sre\"\n"))?;
@@ -169,6 +176,13 @@ pub fn run(args: &Args) -> Result<()> {
             s("--client-ca"), p("cluster-ca.pem"),
             s("--data-dir"), dir.join("sim-data").display().to_string(), s("--seed"),
         ])?);
+        components.push(start(&dir, "recorder", &[
+            s("--listen"), format!("127.0.0.1:{recorder_port}"),
+            s("--tls-cert"), p("recorder.pem"), s("--tls-key"), p("recorder-key.pem"),
+            s("--client-ca"), p("recorder-ca.pem"),
+            s("--writers"), s("kubetape-proxy"), s("--readers"), s("auditor"),
+            s("--storage-dir"), dir.join("recordings").display().to_string(),
+        ])?);
         components.push(start(&dir, "proxy", &[
             s("--listen"), format!("127.0.0.1:{proxy_port}"),
             s("--tls-cert"), p("proxy.pem"), s("--tls-key"), p("proxy-key.pem"),
@@ -176,9 +190,11 @@ pub fn run(args: &Args) -> Result<()> {
             s("--token-file"), dir.join("tokens.csv").display().to_string(),
             s("--kubeconfig"), dir.join("proxy-upstream.kubeconfig").display().to_string(),
             s("--policy"), dir.join("policy.json").display().to_string(),
+            s("--recorder-cert"), p("recorder-writer.pem"), s("--recorder-key"), p("recorder-writer-key.pem"),
         ])?);
         let checks = [
             ("sim", sim_port, tls::roots_from_pem(cluster_ca.cert_pem.as_bytes(), "cluster CA")?),
+            ("recorder", recorder_port, tls::roots_from_pem(recorder_ca.cert_pem.as_bytes(), "recorder CA")?),
             ("proxy", proxy_port, tls::roots_from_pem(proxy_ca.cert_pem.as_bytes(), "proxy CA")?),
         ];
         let deadline = Instant::now() + READY_TIMEOUT;
@@ -210,6 +226,7 @@ pub fn run(args: &Args) -> Result<()> {
     println!("  kubectl auth whoami");
     println!("\n  {d}/bob.kubeconfig is bob (group dev), {d}/carol.kubeconfig is carol (group sre, bearer token);");
     println!("  {d}/admin.kubeconfig goes straight to the simulated cluster, bypassing the proxy.");
+    println!("  Sessions are recorded in {d}/recordings (asciicast v2: asciinema play FILE.cast).");
     println!("  Edit {d}/policy.json to change grants; logs are in {d}/*.log.\n\nCtrl-C stops everything.");
     let _ = std::io::stdout().flush();
     let components = Arc::new(std::sync::Mutex::new(components));

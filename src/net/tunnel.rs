@@ -18,24 +18,41 @@ pub struct Totals {
     pub server_to_client: u64,
 }
 
+/// Where one direction of a tunnel writes: a connection's write half, or a wrapper
+/// that also looks at the bytes (a recording tap).
+pub trait Sink: Send {
+    fn send(&mut self, data: &[u8]) -> io::Result<()>;
+    /// The source ended: pass the half-close on.
+    fn close(&mut self);
+}
+
+impl Sink for WriteHalf {
+    fn send(&mut self, data: &[u8]) -> io::Result<()> {
+        self.write_all(data)
+    }
+    fn close(&mut self) {
+        let _ = self.shutdown_write();
+    }
+}
+
 /// Copies `from` to `to` until end of stream, then half-closes `to`.
-fn pump(from: &mut Input, to: &mut WriteHalf) -> io::Result<u64> {
+fn pump(from: &mut Input, to: &mut dyn Sink) -> io::Result<u64> {
     let mut total = 0u64;
     let mut buf = vec![0u8; COPY_CHUNK];
     loop {
         let n = from.read(&mut buf)?;
         if n == 0 {
-            let _ = to.shutdown_write();
+            to.close();
             return Ok(total);
         }
-        to.write_all(&buf[..n])?;
+        to.send(&buf[..n])?;
         total += n as u64;
     }
 }
 
 /// Runs both directions; returns when both have ended. An error in one direction
 /// shuts both connections down so the other direction ends too.
-pub fn tunnel(name: &str, client: (Input, WriteHalf), server: (Input, WriteHalf)) -> io::Result<Totals> {
+pub fn tunnel(name: &str, client: (Input, impl Sink + 'static), server: (Input, impl Sink)) -> io::Result<Totals> {
     let (mut client_in, mut client_out) = client;
     let (mut server_in, mut server_out) = server;
     let client_sock = client_in.half.shutdown_handle()?;

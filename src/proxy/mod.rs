@@ -10,6 +10,7 @@
 pub mod policy;
 mod respond;
 pub mod rewrite;
+pub mod session;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -26,7 +27,10 @@ use crate::net::conn::{Conn, Input, WriteHalf};
 use crate::net::server::{self, Lifecycle};
 use crate::net::{signal, tls, tunnel};
 use crate::wire::http::{self, BodyLength, RequestHead, ResponseHead};
-use policy::{PolicyHandle, Policy};
+use crate::recording::client::{RecorderTarget, Recording};
+use crate::recording::protocol::Outcome;
+use crate::recording::tap::Tap;
+use policy::{FailMode, Grants, Policy, PolicyHandle};
 use respond::Refusal;
 use rewrite::{Impersonation, Mode};
 
@@ -56,6 +60,9 @@ pub const FLAGS: &[Flag] = &[
     Flag { name: "context", default: None, help: "kubeconfig context [default: current-context]" },
     Flag { name: "mode", default: Some("auth"), help: "auth: impersonate callers; noauth: pass their credentials through" },
     Flag { name: "policy", default: None, help: "policy file (JSON), reloaded on change; required in auth mode" },
+    Flag { name: "recorder-cert", default: None, help: "the proxy's client certificate for recorders (PEM)" },
+    Flag { name: "recorder-key", default: None, help: "the proxy's client key for recorders (PEM)" },
+    Flag { name: "recorder-timeout", default: Some("3"), help: "seconds to connect to one recorder and get the header acknowledged" },
     Flag { name: "max-connections", default: Some("1024"), help: "open client connections at most" },
     Flag { name: "shutdown-grace", default: Some("30"), help: "seconds open sessions may run on after SIGTERM" },
     Flag { name: "proxy-id", default: None, help: "this proxy's name in logs and recordings [default: hostname]" },
@@ -68,6 +75,8 @@ pub struct Config {
     tokens: Option<TokenFile>,
     upstream: ApiServer,
     policy: Option<PathBuf>,
+    recorder_identity: Option<(Vec<rustls::pki_types::CertificateDer<'static>>, rustls::pki_types::PrivateKeyDer<'static>)>,
+    recorder_timeout: Duration,
     pub max_connections: usize,
     pub shutdown_grace: Duration,
     pub proxy_id: String,
@@ -105,6 +114,14 @@ impl Config {
         if mode == Mode::Auth && policy.is_none() {
             crate::bail!("--policy: required in auth mode (callers who match no grant are refused)");
         }
+        let recorder_identity = match (args.path("recorder-cert"), args.path("recorder-key")) {
+            (Some(c), Some(k)) => Some((
+                tls::certs_from_pem(&tls::read_file(&c)?, "--recorder-cert")?,
+                tls::key_from_pem(&tls::read_file(&k)?, "--recorder-key")?,
+            )),
+            (None, None) => None,
+            _ => crate::bail!("--recorder-cert and --recorder-key go together"),
+        };
         Ok(Config {
             listen: args.required("listen")?,
             mode,
@@ -112,6 +129,8 @@ impl Config {
             tokens,
             upstream,
             policy,
+            recorder_identity,
+            recorder_timeout: Duration::from_secs(args.parsed("recorder-timeout")?),
             max_connections: args.parsed("max-connections")?,
             shutdown_grace: Duration::from_secs(args.parsed("shutdown-grace")?),
             proxy_id: args.opt("proxy-id").unwrap_or_else(hostname),
@@ -208,7 +227,23 @@ fn handle_connection(state: &State, sock: TcpStream, id: u64) {
         match ctx.serve(head, &mut client, &mut upstream) {
             Ok(Next::KeepAlive) => {}
             Ok(Next::Close) => break,
-            Ok(Next::Tunnel(up)) => {
+            Ok(Next::Tunnel(up, Some(plan))) => {
+                let started = Instant::now();
+                let s = session::run(&format!("conn-{id}"), client, (up.input, up.output), plan.taps, plan.recording, plan.fail, &plan.subprotocol);
+                let (up_b, down_b) = s.totals.map(|t| (t.client_to_server, t.server_to_client)).unwrap_or_default();
+                log::info!(
+                    "session ended conn={id} session={} outcome={:?} exit_code={} up_bytes={up_b} down_bytes={down_b} recorded_bytes={} acked_bytes={} secs={:.1} reason={}",
+                    plan.id,
+                    s.outcome,
+                    s.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+                    s.sent,
+                    s.acked,
+                    started.elapsed().as_secs_f64(),
+                    s.reason.as_deref().unwrap_or("-")
+                );
+                return;
+            }
+            Ok(Next::Tunnel(up, None)) => {
                 let started = Instant::now();
                 let result = tunnel::tunnel(&format!("conn-{id}"), client, (up.input, up.output));
                 match result {
@@ -234,7 +269,16 @@ fn handle_connection(state: &State, sock: TcpStream, id: u64) {
 enum Next {
     KeepAlive,
     Close,
-    Tunnel(Upstream),
+    Tunnel(Upstream, Option<RecordPlan>),
+}
+
+/// A session whose recorder acknowledged its header, waiting for the tunnel.
+struct RecordPlan {
+    recording: Recording,
+    fail: FailMode,
+    taps: (Box<dyn Tap>, Box<dyn Tap>),
+    subprotocol: String,
+    id: String,
 }
 
 struct Request<'a> {
@@ -305,6 +349,10 @@ impl Request<'_> {
         );
         let who = user.as_ref().map(|u| u.name.as_str()).unwrap_or("-");
         log::debug!("request conn={} user={who} method={} path={}", self.id, head.method, head.path());
+        let recording = match self.start_recording(&head, user.as_ref(), impersonation.as_ref(), grants.as_ref()) {
+            Ok(r) => r,
+            Err(refusal) => return refuse(client, refusal),
+        };
         let is_upgrade = head.upgrade().is_some();
         if is_upgrade {
             log::info!("upgrade requested conn={} user={who} peer={} path={} protocol={}", self.id, self.peer, head.path(), head.upgrade().unwrap_or(""));
@@ -363,7 +411,29 @@ impl Request<'_> {
             let out = rewrite::client_response(&response, BodyLength::Empty, false);
             client.1.write_all(&out.encode()).context("writing 101 to client")?;
             let Some(up) = upstream.take() else { unreachable!("response read above") };
-            return Ok(Next::Tunnel(up));
+            let plan = match recording {
+                Some((recording, fail, id)) => {
+                    let proto = response.headers.get_str("upgrade").unwrap_or("");
+                    let subprotocol = response.headers.get_str("x-stream-protocol-version").or(response.headers.get_str("sec-websocket-protocol")).unwrap_or("").to_string();
+                    match session::taps(proto) {
+                        Some(taps) => Some(RecordPlan { recording, fail, taps, subprotocol, id }),
+                        None if fail == FailMode::Closed => {
+                            recording.finish(Outcome::Truncated, None, Some(format!("unknown stream protocol {proto:?}")));
+                            return refuse(client, Refusal::Forbidden(format!("cannot record stream protocol {proto:?}")));
+                        }
+                        None => {
+                            recording.finish(Outcome::Truncated, None, Some(format!("unknown stream protocol {proto:?}")));
+                            None
+                        }
+                    }
+                }
+                None => None,
+            };
+            return Ok(Next::Tunnel(up, plan));
+        }
+        if let Some((recording, _, _)) = recording {
+            // No session happened: say so, so the recording does not look interrupted.
+            recording.finish(Outcome::Complete, None, Some(format!("the API server answered {} instead of switching protocols", response.status)));
         }
 
         let up_framing = match http::response_body(&head.method, &response) {
@@ -387,6 +457,71 @@ impl Request<'_> {
             Err(CopyError::Write(e)) => Err(e).context("writing response body to client"),
             Err(CopyError::Read(e)) => Err(e).context("reading response body from API server"),
         }
+    }
+
+    /// For an exec or attach session whose grants name recorders: connects to one
+    /// and gets the header acknowledged, before anything goes upstream. Fail-closed
+    /// callers are refused when that is impossible; fail-open ones run unrecorded.
+    fn start_recording(
+        &self,
+        head: &RequestHead,
+        user: Option<&UserInfo>,
+        impersonation: Option<&Impersonation<'_>>,
+        grants: Option<&Grants>,
+    ) -> std::result::Result<Option<(Recording, FailMode, String)>, Refusal> {
+        let (Some(request), Some(grants)) = (session::session_request(head), grants) else { return Ok(None) };
+        let who = user.map(|u| u.name.as_str()).unwrap_or("-");
+        let refuse_or_skip = |why: String| {
+            if grants.fail_mode == FailMode::Closed {
+                log::warn!("session refused conn={} user={who} ns={} pod={} reason={why}", self.id, request.namespace, request.pod);
+                Err(Refusal::Forbidden(format!("'kubectl {}' sessions must be recorded, and recording is not possible: {why}", request.kind)))
+            } else {
+                log::warn!("session not recorded conn={} user={who} ns={} pod={} fail_mode=open reason={why}", self.id, request.namespace, request.pod);
+                Ok(None)
+            }
+        };
+        if grants.recorder_tags.is_empty() {
+            return if grants.fail_mode == FailMode::Closed { refuse_or_skip("no recorder is configured for you".into()) } else { Ok(None) };
+        }
+        let targets = match self.recorder_targets(&grants.recorder_tags) {
+            Ok(t) => t,
+            Err(e) => return refuse_or_skip(e.to_string()),
+        };
+        let id = crate::recording::protocol::new_id();
+        let ctx = session::HeaderContext {
+            id: &id,
+            request: &request,
+            head,
+            user,
+            impersonated: impersonation.map(|i| (i.user.name.as_str(), i.groups.as_slice())),
+            source: self.client_ip,
+            proxy_id: &self.state.config.proxy_id,
+        };
+        match Recording::start(&targets, &id, &session::header(&ctx), self.state.config.recorder_timeout) {
+            Ok(r) => {
+                log::info!("session recording conn={} session={id} user={who} ns={} pod={} type={} recorder={}", self.id, request.namespace, request.pod, request.kind, r.recorder);
+                Ok(Some((r, grants.fail_mode, id)))
+            }
+            Err(e) => refuse_or_skip(format!("recorders unreachable: {e}")),
+        }
+    }
+
+    /// The policy's recorders that carry one of `tags` (or are named by one), in order.
+    fn recorder_targets(&self, tags: &[String]) -> Result<Vec<RecorderTarget>> {
+        let policy = self.state.policy.get();
+        let base = self.state.config.policy.as_deref().and_then(|p| p.parent()).unwrap_or(std::path::Path::new("."));
+        let mut out = Vec::new();
+        for r in policy.recorders.iter().filter(|r| tags.iter().any(|t| r.tags.contains(t) || &r.name == t)) {
+            let roots = match &r.ca_file {
+                Some(f) => tls::roots_from_pem(&tls::read_file(&base.join(f))?, &format!("recorder {} caFile", r.name))?,
+                None => crate::bail!("recorder {}: caFile is required", r.name),
+            };
+            out.push(crate::recording::client::target(&r.name, &r.url, roots, self.state.config.recorder_identity.as_ref().map(|(c, k)| (c.clone(), k.clone_key())))?);
+        }
+        if out.is_empty() {
+            crate::bail!("no recorder in the policy carries tags {tags:?}");
+        }
+        Ok(out)
     }
 
     fn local_endpoint(&self, head: &RequestHead) -> Option<(u16, &'static str)> {

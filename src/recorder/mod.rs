@@ -275,7 +275,9 @@ fn ingest(state: &State, head: RequestHead, mut input: Input, mut out: WriteHalf
                         })?;
                         m.session_ended(status);
                         log::info!("recording ended id={} status={status:?} bytes={} exit_code={exit_code:?} reason={}", f.meta.id, f.meta.bytes, reason.as_deref().unwrap_or("-"));
-                        send_ack(&mut out, f.meta.bytes).map_err(|e| e.to_string())?;
+                        // The recording is complete on disk; a proxy that has already
+                        // hung up misses only the courtesy of the last ack.
+                        let _ = send_ack(&mut out, f.meta.bytes);
                         let _ = out.write_all(&ws::encode_frame(true, ws::OP_CLOSE, None, &ws::close_payload(1000, "")));
                         return Ok(());
                     }

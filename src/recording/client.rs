@@ -89,7 +89,7 @@ fn text_frame(msg: &impl serde::Serialize) -> Vec<u8> {
 }
 
 /// Connects, upgrades and gets the header acknowledged within `timeout`.
-fn open(target: &RecorderTarget, id: &str, header: &Value, timeout: Duration) -> Result<(Input, WriteHalf, TcpStream)> {
+fn open(target: &RecorderTarget, id: &str, header: &Value, timeout: Duration) -> Result<(Input, WriteHalf, TcpStream, u64)> {
     let deadline = Instant::now() + timeout;
     let addr = (target.host.as_str(), target.port)
         .to_socket_addrs()
@@ -136,7 +136,7 @@ fn open(target: &RecorderTarget, id: &str, header: &Value, timeout: Duration) ->
                     let ack: Ack = serde_json::from_slice(&frame.payload).context("recorder acknowledgement")?;
                     if ack.acked > 0 {
                         input.half.set_timeout(None)?;
-                        return Ok((input, out, socket));
+                        return Ok((input, out, socket, ack.acked));
                     }
                 }
                 ws::OP_CLOSE => crate::bail!("recorder closed the session: {}", String::from_utf8_lossy(frame.payload.get(2..).unwrap_or_default())),
@@ -156,7 +156,7 @@ impl Recording {
         let mut errors = Vec::new();
         for t in targets {
             match open(t, id, header, attempt_timeout) {
-                Ok((input, out, socket)) => return Ok(Recording::run(t.name.clone(), input, out, socket)),
+                Ok((input, out, socket, header_bytes)) => return Ok(Recording::run(t.name.clone(), input, out, socket, header_bytes)),
                 Err(e) => errors.push(format!("{}: {e}", t.name)),
             }
         }
@@ -166,8 +166,10 @@ impl Recording {
         crate::bail!("{}", errors.join("; "))
     }
 
-    fn run(recorder: String, mut input: Input, mut out: WriteHalf, socket: TcpStream) -> Recording {
-        let shared = Arc::new(Shared { sent: AtomicU64::new(0), acked: AtomicU64::new(0), last_ack: Mutex::new(Instant::now()), lost: Mutex::new(None) });
+    /// `header_bytes`: what the recorder acknowledged for the header, so `sent` and
+    /// `acked` count the same bytes.
+    fn run(recorder: String, mut input: Input, mut out: WriteHalf, socket: TcpStream, header_bytes: u64) -> Recording {
+        let shared = Arc::new(Shared { sent: AtomicU64::new(header_bytes), acked: AtomicU64::new(header_bytes), last_ack: Mutex::new(Instant::now()), lost: Mutex::new(None) });
         let acks = shared.clone();
         let _ = thread::Builder::new().name("rec-ack".into()).spawn(move || {
             let why = loop {
@@ -251,7 +253,7 @@ impl Recording {
         (silent > SILENT_RECORDER).then(|| format!("recorder silent for {}s", silent.as_secs()))
     }
 
-    /// (sent, acknowledged) bytes of event lines, header excluded from `sent`.
+    /// (sent, acknowledged) bytes of the recording, header included.
     pub fn progress(&self) -> (u64, u64) {
         (self.shared.sent.load(Ordering::SeqCst), self.shared.acked.load(Ordering::SeqCst))
     }

@@ -2,6 +2,13 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// Now with milliseconds, `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+pub fn now_rfc3339_millis() -> String {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let whole = rfc3339(now.as_secs());
+    format!("{}.{:03}Z", &whole[..whole.len() - 1], now.subsec_millis())
+}
+
 /// Now, as `YYYY-MM-DDTHH:MM:SSZ`.
 pub fn now_rfc3339() -> String {
     let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);

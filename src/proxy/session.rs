@@ -1,0 +1,384 @@
+//! Recorded exec/attach sessions: which requests are sessions, the recording header,
+//! and the tunnel whose two directions run through taps into the recorder.
+//!
+//! Fail mode decides every recording failure (recorder lost or silent, queue full,
+//! a frame the tap cannot parse): fail-open stops the recording, marks it truncated
+//! and lets the session run on untouched; fail-closed ends the session at once,
+//! telling the user why on the error channel when the stream is at a frame boundary.
+
+use std::net::{Shutdown, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::kube::auth::UserInfo;
+use crate::net::conn::{Input, WriteHalf};
+use crate::net::tunnel::{self, Sink, Totals};
+use crate::proxy::policy::FailMode;
+use crate::recording::client::{Recording, SendError};
+use crate::recording::protocol::Outcome;
+use crate::recording::tap::{SpdyTap, Tap, TapEvent, WsTap};
+use crate::wire::asciicast::{self, Utf8Splitter};
+use crate::wire::http::{self, RequestHead};
+
+/// How often the recorder's health is checked during a session.
+const WATCH_INTERVAL: Duration = Duration::from_millis(250);
+/// The terminal size a recording starts with; the client's first resize follows as
+/// an `r` event (the header is written before the upgrade, when no size is known).
+const DEFAULT_SIZE: (u16, u16) = (80, 24);
+
+/// An exec or attach request, from its path and query.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionRequest {
+    pub kind: &'static str,
+    pub namespace: String,
+    pub pod: String,
+    pub container: String,
+    pub command: Vec<String>,
+    pub tty: bool,
+}
+
+/// `Some` when `head` opens an exec or attach session (SPDY POST or WebSocket GET).
+pub fn session_request(head: &RequestHead) -> Option<SessionRequest> {
+    head.upgrade()?;
+    let segs: Vec<&str> = head.path().split('/').filter(|s| !s.is_empty()).collect();
+    let (namespace, pod, kind) = match segs.as_slice() {
+        ["api", "v1", "namespaces", ns, "pods", pod, sub @ ("exec" | "attach")] => (ns, pod, if *sub == "exec" { "exec" } else { "attach" }),
+        _ => return None,
+    };
+    let q = http::query_pairs(head.query());
+    let get = |k: &'static str| q.iter().filter(move |(n, _)| n == k).map(|(_, v)| v.clone());
+    Some(SessionRequest {
+        kind,
+        namespace: namespace.to_string(),
+        pod: pod.to_string(),
+        container: get("container").next().unwrap_or_default(),
+        command: get("command").collect(),
+        tty: get("tty").any(|v| v == "true" || v == "1"),
+    })
+}
+
+/// Everything the recording header says about a session.
+pub struct HeaderContext<'a> {
+    pub id: &'a str,
+    pub request: &'a SessionRequest,
+    pub head: &'a RequestHead,
+    pub user: Option<&'a UserInfo>,
+    pub impersonated: Option<(&'a str, &'a [String])>,
+    pub source: &'a str,
+    pub proxy_id: &'a str,
+}
+
+/// The asciicast v2 header with the `kubetape` context object.
+pub fn header(c: &HeaderContext<'_>) -> Value {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let offered: Vec<String> = c
+        .head
+        .headers
+        .get_all("x-stream-protocol-version")
+        .chain(c.head.headers.get_all("sec-websocket-protocol"))
+        .flat_map(|v| String::from_utf8_lossy(v).split(',').map(|p| p.trim().to_string()).collect::<Vec<_>>())
+        .filter(|p| !p.is_empty())
+        .collect();
+    let r = c.request;
+    json!({
+        "version": 2,
+        "width": DEFAULT_SIZE.0,
+        "height": DEFAULT_SIZE.1,
+        "timestamp": now.as_secs(),
+        "title": format!("kubectl {} {}/{} {}", r.kind, r.namespace, r.pod, r.command.join(" ")),
+        "env": {"TERM": "xterm-256color"},
+        "kubetape": {
+            "sessionId": c.id,
+            "type": r.kind,
+            "protocol": c.head.upgrade().unwrap_or(""),
+            "subprotocols": offered,
+            "tty": r.tty,
+            "user": c.user.map(|u| json!({"name": u.name, "uid": u.uid, "groups": u.groups, "authenticatedBy": u.method, "sourceAddress": c.source}))
+                .unwrap_or_else(|| json!({"name": "", "sourceAddress": c.source})),
+            "impersonated": c.impersonated.map(|(u, g)| json!({"user": u, "groups": g})),
+            "namespace": r.namespace,
+            "pod": r.pod,
+            "container": r.container,
+            "command": r.command,
+            "proxy": {"id": c.proxy_id, "version": env!("CARGO_PKG_VERSION")},
+            "startTime": crate::wire::time::now_rfc3339_millis(),
+        }
+    })
+}
+
+/// The taps for the protocol the API server agreed to.
+pub fn taps(upgrade: &str) -> Option<(Box<dyn Tap>, Box<dyn Tap>)> {
+    if upgrade.eq_ignore_ascii_case("websocket") {
+        let (c, s) = WsTap::pair();
+        Some((Box::new(c), Box::new(s)))
+    } else if upgrade.eq_ignore_ascii_case("SPDY/3.1") {
+        let (c, s) = SpdyTap::pair();
+        Some((Box::new(c), Box::new(s)))
+    } else {
+        None
+    }
+}
+
+/// What the tunnel's two directions share about the recording.
+struct Recorder {
+    recording: Recording,
+    fail: FailMode,
+    started: Instant,
+    state: Mutex<RecState>,
+    /// Set once the session must end (fail-closed); read by the watchdog.
+    ended: AtomicBool,
+    down: Arc<Mutex<DownSide>>,
+    sockets: [TcpStream; 2],
+}
+
+struct RecState {
+    active: bool,
+    truncated: Option<String>,
+    exit_code: Option<i32>,
+    splitters: [Utf8Splitter; 2],
+}
+
+/// The client-bound direction: its tap and the client's write half, under one lock
+/// so a goodbye message lands between frames, never inside one.
+struct DownSide {
+    out: WriteHalf,
+    tap: Box<dyn Tap>,
+}
+
+impl Recorder {
+    fn seconds(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+
+    /// Turns tap events into event lines and queues them.
+    fn record(&self, events: Vec<TapEvent>) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if !st.active || events.is_empty() {
+            return;
+        }
+        let t = self.seconds();
+        let mut lines = String::new();
+        for e in events {
+            match e {
+                TapEvent::Output { stream, data } => {
+                    let i = usize::from(stream == asciicast::STDERR);
+                    for piece in st.splitters[i].push(&data) {
+                        lines.push_str(&asciicast::output_line(t, stream, &piece));
+                        lines.push('\n');
+                    }
+                }
+                TapEvent::Resize(s) => {
+                    lines.push_str(&asciicast::event_line(t, "r", &format!("{}x{}", s.width, s.height)));
+                    lines.push('\n');
+                }
+                TapEvent::Exit(code) => st.exit_code = Some(code),
+                TapEvent::Failure(msg) => {
+                    lines.push_str(&asciicast::event_line(t, "m", &format!("error:{msg}")));
+                    lines.push('\n');
+                }
+            }
+        }
+        if lines.is_empty() {
+            return;
+        }
+        match self.recording.send(lines.into_bytes()) {
+            Ok(()) => {}
+            Err(SendError::Full) => {
+                drop(st);
+                self.fail("the recorder is not keeping up (queue full)".into());
+            }
+            Err(SendError::Lost(why)) => {
+                drop(st);
+                self.fail(why);
+            }
+        }
+    }
+
+    /// A recording failure, decided by the fail mode.
+    fn fail(&self, why: String) {
+        {
+            let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            if !st.active {
+                return;
+            }
+            st.active = false;
+            st.truncated = Some(why.clone());
+        }
+        match self.fail {
+            FailMode::Open => log::warn!("recording stopped, session continues fail_mode=open reason={why}"),
+            FailMode::Closed => {
+                log::warn!("recording failed, ending session fail_mode=closed reason={why}");
+                self.ended.store(true, Ordering::SeqCst);
+                let mut down = self.down.lock().unwrap_or_else(|e| e.into_inner());
+                if down.tap.at_boundary() {
+                    let bye = down.tap.goodbye(&format!("kubetape: this session must be recorded and recording failed: {why}"));
+                    let _ = down.out.send(&bye);
+                }
+                for s in &self.sockets {
+                    let _ = s.shutdown(Shutdown::Both);
+                }
+            }
+        }
+    }
+
+    fn active(&self) -> bool {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).active
+    }
+}
+
+/// The server-bound direction: tap, then forward.
+struct UpSink {
+    out: WriteHalf,
+    tap: Box<dyn Tap>,
+    rec: Arc<Recorder>,
+}
+
+impl Sink for UpSink {
+    fn send(&mut self, data: &[u8]) -> std::io::Result<()> {
+        // Parsed before it is forwarded, so the server never sees a stream id the
+        // client-bound tap has not learned.
+        if self.rec.active() {
+            let mut events = Vec::new();
+            match self.tap.feed(data, &mut events) {
+                Ok(()) => self.rec.record(events),
+                Err(e) => self.rec.fail(format!("cannot parse the client's stream: {e}")),
+            }
+        }
+        self.out.send(data)
+    }
+    fn close(&mut self) {
+        self.out.close();
+    }
+}
+
+struct DownSink {
+    rec: Arc<Recorder>,
+}
+
+impl Sink for DownSink {
+    fn send(&mut self, data: &[u8]) -> std::io::Result<()> {
+        let active = self.rec.active();
+        let mut events = Vec::new();
+        let parsed = {
+            let mut down = self.rec.down.lock().unwrap_or_else(|e| e.into_inner());
+            let parsed = if active { down.tap.feed(data, &mut events) } else { Ok(()) };
+            down.out.send(data)?;
+            parsed
+        };
+        match parsed {
+            Ok(()) => self.rec.record(events),
+            Err(e) => self.rec.fail(format!("cannot parse the server's stream: {e}")),
+        }
+        Ok(())
+    }
+    fn close(&mut self) {
+        self.rec.down.lock().unwrap_or_else(|e| e.into_inner()).out.close();
+    }
+}
+
+/// How a recorded session ended.
+pub struct Summary {
+    pub totals: Option<Totals>,
+    pub outcome: Outcome,
+    pub reason: Option<String>,
+    pub exit_code: Option<i32>,
+    pub sent: u64,
+    pub acked: u64,
+}
+
+/// Runs the tunnel with both directions tapped into `recording`.
+pub fn run(name: &str, client: (Input, WriteHalf), server: (Input, WriteHalf), taps: (Box<dyn Tap>, Box<dyn Tap>), recording: Recording, fail: FailMode, subprotocol: &str) -> Summary {
+    let (client_in, client_out) = client;
+    let (server_in, server_out) = server;
+    let sockets = match (client_in.half.shutdown_handle(), server_in.half.shutdown_handle()) {
+        (Ok(a), Ok(b)) => [a, b],
+        _ => {
+            let (sent, acked) = recording.finish(Outcome::Truncated, None, Some("cannot clone sockets".into()));
+            return Summary { totals: None, outcome: Outcome::Truncated, reason: Some("cannot clone sockets".into()), exit_code: None, sent, acked };
+        }
+    };
+    let rec = Arc::new(Recorder {
+        recording,
+        fail,
+        started: Instant::now(),
+        state: Mutex::new(RecState { active: true, truncated: None, exit_code: None, splitters: Default::default() }),
+        ended: AtomicBool::new(false),
+        down: Arc::new(Mutex::new(DownSide { out: client_out, tap: taps.1 })),
+        sockets,
+    });
+    if !subprotocol.is_empty() {
+        let line = format!("{}\n", asciicast::event_line(0.0, "m", &format!("subprotocol:{subprotocol}")));
+        if rec.recording.send(line.into_bytes()).is_err() {
+            rec.fail("the recorder is not accepting events".into());
+        }
+    }
+    let done = Arc::new(AtomicBool::new(false));
+    let watchdog = {
+        let (rec, done) = (rec.clone(), done.clone());
+        std::thread::Builder::new().name(format!("{name}-rec")).spawn(move || {
+            while !done.load(Ordering::SeqCst) && !rec.ended.load(Ordering::SeqCst) {
+                if rec.active() {
+                    if let Some(why) = rec.recording.lost() {
+                        rec.fail(why);
+                    }
+                }
+                std::thread::sleep(WATCH_INTERVAL);
+            }
+        })
+    };
+    let up = UpSink { out: server_out, tap: taps.0, rec: rec.clone() };
+    let totals = tunnel::tunnel(name, (client_in, DownSink { rec: rec.clone() }), (server_in, up)).ok();
+    done.store(true, Ordering::SeqCst);
+    if let Ok(w) = watchdog {
+        let _ = w.join();
+    }
+    let Ok(rec) = Arc::try_unwrap(rec) else {
+        return Summary { totals, outcome: Outcome::Truncated, reason: Some("session state still shared".into()), exit_code: None, sent: 0, acked: 0 };
+    };
+    let t = rec.seconds();
+    let st = rec.state.into_inner().unwrap_or_else(|e| e.into_inner());
+    let mut tail = String::new();
+    let mut splitters = st.splitters;
+    for (i, stream) in [asciicast::STDOUT, asciicast::STDERR].into_iter().enumerate() {
+        if let Some(piece) = splitters[i].finish() {
+            tail.push_str(&asciicast::output_line(t, stream, &piece));
+            tail.push('\n');
+        }
+    }
+    if let Some(code) = st.exit_code {
+        tail.push_str(&asciicast::event_line(t, "m", &format!("exit:{code}")));
+        tail.push('\n');
+    }
+    if st.active && !tail.is_empty() {
+        let _ = rec.recording.send(tail.into_bytes());
+    }
+    let outcome = if st.truncated.is_some() { Outcome::Truncated } else { Outcome::Complete };
+    let (sent, acked) = rec.recording.finish(outcome, st.exit_code, st.truncated.clone());
+    Summary { totals, outcome, reason: st.truncated, exit_code: st.exit_code, sent, acked }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sessions_are_recognised() {
+        let mut h = RequestHead::new("POST", "/api/v1/namespaces/default/pods/web-0/exec?command=sh&command=-c&command=echo%20hi&container=main&tty=true&stdin=true");
+        h.headers.push("Connection", "Upgrade");
+        h.headers.push("Upgrade", "SPDY/3.1");
+        let s = session_request(&h).unwrap();
+        assert_eq!(s, SessionRequest { kind: "exec", namespace: "default".into(), pod: "web-0".into(), container: "main".into(), command: vec!["sh".into(), "-c".into(), "echo hi".into()], tty: true });
+        let mut a = RequestHead::new("GET", "/api/v1/namespaces/ns/pods/p/attach?container=c");
+        assert_eq!(session_request(&a), None, "not an upgrade");
+        a.headers.push("Connection", "Upgrade");
+        a.headers.push("Upgrade", "websocket");
+        assert_eq!(session_request(&a).unwrap().kind, "attach");
+        let mut pf = RequestHead::new("POST", "/api/v1/namespaces/ns/pods/p/portforward");
+        pf.headers.push("Connection", "Upgrade");
+        pf.headers.push("Upgrade", "SPDY/3.1");
+        assert_eq!(session_request(&pf), None);
+    }
+}
