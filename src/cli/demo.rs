@@ -234,14 +234,14 @@ pub fn run(args: &Args) -> Result<()> {
     std::thread::Builder::new().name("demo-watch".into()).spawn(move || loop {
         std::thread::sleep(Duration::from_millis(500));
         let mut cs = watched.lock().unwrap_or_else(|e| e.into_inner());
-        for c in cs.iter_mut() {
-            if let Ok(Some(status)) = c.child.try_wait() {
-                log::error!("demo component exited component={} status={status}; stopping the demo", c.name);
-                // SAFETY: asks this process to stop through the same path as Ctrl-C.
-                unsafe { libc::kill(std::process::id() as i32, libc::SIGTERM) };
-                return;
+        cs.retain_mut(|c| match c.child.try_wait() {
+            Ok(Some(status)) => {
+                // Left down on purpose: a demo of what happens without that component.
+                log::error!("demo component exited component={} status={status}; restart it with the command in {}.cmdline", c.name, c.name);
+                false
             }
-        }
+            _ => true,
+        });
     })?;
     let _ = signal::wait_for_termination();
     println!("stopping");

@@ -315,23 +315,23 @@ pub fn run(name: &str, client: (Input, WriteHalf), server: (Input, WriteHalf), t
             rec.fail("the recorder is not accepting events".into());
         }
     }
-    let done = Arc::new(AtomicBool::new(false));
+    // Dropping `done` wakes the watchdog at once when the session ends.
+    let (done, stop) = crossbeam_channel::bounded::<()>(0);
     let watchdog = {
-        let (rec, done) = (rec.clone(), done.clone());
+        let rec = rec.clone();
         std::thread::Builder::new().name(format!("{name}-rec")).spawn(move || {
-            while !done.load(Ordering::SeqCst) && !rec.ended.load(Ordering::SeqCst) {
+            while stop.recv_timeout(WATCH_INTERVAL) == Err(crossbeam_channel::RecvTimeoutError::Timeout) && !rec.ended.load(Ordering::SeqCst) {
                 if rec.active() {
                     if let Some(why) = rec.recording.lost() {
                         rec.fail(why);
                     }
                 }
-                std::thread::sleep(WATCH_INTERVAL);
             }
         })
     };
     let up = UpSink { out: server_out, tap: taps.0, rec: rec.clone() };
     let totals = tunnel::tunnel(name, (client_in, DownSink { rec: rec.clone() }), (server_in, up)).ok();
-    done.store(true, Ordering::SeqCst);
+    drop(done);
     if let Ok(w) = watchdog {
         let _ = w.join();
     }

@@ -92,7 +92,7 @@ impl Demo {
     }
 
     pub fn logs(&self) -> String {
-        ["demo.log", "proxy.log", "sim.log"]
+        ["demo.log", "proxy.log", "sim.log", "recorder.log"]
             .iter()
             .map(|f| format!("--- {f}\n{}", std::fs::read_to_string(self.path(f)).unwrap_or_default()))
             .collect()
@@ -107,6 +107,51 @@ impl Demo {
         let kc = std::fs::read_to_string(self.path("kubeconfig")).expect("kubeconfig");
         let line = kc.lines().find(|l| l.trim_start().starts_with("server:")).expect("server line");
         line.trim().trim_start_matches("server: https://").to_string()
+    }
+
+    /// Every recording on disk: (sidecar, cast text), oldest first.
+    pub fn recordings(&self) -> Vec<(serde_json::Value, String)> {
+        let mut out = Vec::new();
+        for day in std::fs::read_dir(self.path("recordings")).map(|d| d.flatten().collect::<Vec<_>>()).unwrap_or_default() {
+            for f in std::fs::read_dir(day.path()).map(|d| d.flatten().collect::<Vec<_>>()).unwrap_or_default() {
+                let p = f.path();
+                if p.extension().and_then(|e| e.to_str()) == Some("json") {
+                    let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap_or_default()).unwrap_or_default();
+                    let cast = std::fs::read_to_string(p.with_extension("cast")).unwrap_or_default();
+                    out.push((meta, cast));
+                }
+            }
+        }
+        out.sort_by(|a, b| a.0["id"].as_str().cmp(&b.0["id"].as_str()));
+        out
+    }
+
+    /// Waits for a recording whose sidecar satisfies `pred` and is no longer `recording`.
+    pub fn wait_recording(&self, pred: impl Fn(&serde_json::Value, &str) -> bool) -> (serde_json::Value, String) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(r) = self.recordings().into_iter().rev().find(|(m, c)| m["status"] != "recording" && pred(m, c)) {
+                return r;
+            }
+            assert!(Instant::now() < deadline, "no matching recording: {:#?}\n{}", self.recordings(), self.logs());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Sends `signal` to a component the demo started.
+    pub fn signal(&self, component: &str, signal: i32) {
+        // SAFETY: signalling a child of the demo by its recorded pid.
+        unsafe { libc::kill(self.pid(component), signal) };
+    }
+
+    /// Starts a component again from its recorded command line (after it was killed).
+    pub fn restart(&self, component: &str) -> Spawned {
+        let cmdline = std::fs::read_to_string(self.path(&format!("{component}.cmdline"))).expect("cmdline");
+        let args: Vec<String> = cmdline.split_whitespace().skip(1).map(String::from).collect();
+        let port: u16 = args[args.iter().position(|a| a == "--listen").expect("--listen") + 1].rsplit(':').next().unwrap().parse().unwrap();
+        let s = Spawned::start(&args, &self.path(&format!("{component}-restarted.log")));
+        wait_for_port(port);
+        s
     }
 
     pub fn wait_for_pod(&self, name: &str) {
