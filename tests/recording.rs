@@ -138,6 +138,25 @@ fn recorder_down_fail_closed_refuses_and_nothing_runs_fail_open_runs() {
     assert!(out.status.success(), "fail-open runs unrecorded: {}", out.describe());
     assert!(demo.path("sim-data/default/web-0/alice-was-here").exists());
     assert!(std::fs::read_to_string(demo.path("proxy.log")).unwrap().contains("session not recorded"));
+    let metrics = proxy_metrics(&demo);
+    // kubectl 1.32 retries a refused WebSocket upgrade over SPDY: at least one per run.
+    assert!(counter(&metrics, "kubetape_proxy_sessions_refused_unrecordable_total") >= 2, "{metrics}");
+    assert_eq!(counter(&metrics, "kubetape_proxy_sessions_unrecorded_total"), 1, "{metrics}");
+}
+
+fn counter(metrics: &str, name: &str) -> u64 {
+    metrics.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+}
+
+/// The proxy's Prometheus text, from the demo's `--metrics-listen`.
+fn proxy_metrics(demo: &Demo) -> String {
+    let cmdline = std::fs::read_to_string(demo.path("proxy.cmdline")).unwrap();
+    let addr = cmdline.split_whitespace().skip_while(|a| *a != "--metrics-listen").nth(1).unwrap().to_string();
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
 }
 
 /// The proxy's count of acknowledged bytes for a session, from its end-of-session log line.
@@ -176,6 +195,12 @@ fn recorder_killed_mid_session_fail_closed_ends_it_fail_open_carries_on() {
     assert!(bob_took < Duration::from_secs(15), "ended within seconds, took {bob_took:?}");
     assert!(!bob.stdout_str().contains("line-29"));
     assert!(alice.status.success() && alice.stdout_str().contains("line-29"), "fail-open carries on: {}", alice.describe());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !proxy_metrics(&demo).contains("kubetape_proxy_recordings_truncated_total 2") {
+        assert!(Instant::now() < deadline, "{}", proxy_metrics(&demo));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(proxy_metrics(&demo).contains("kubetape_proxy_sessions_ended_by_recording_failure_total 1"));
 
     // Every acknowledged byte is on disk: restart the recorder, which marks both
     // recordings interrupted and keeps their acknowledged lines.

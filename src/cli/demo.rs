@@ -149,6 +149,7 @@ pub fn run(args: &Args) -> Result<()> {
     let sim_port = free_port()?;
     let proxy_port = free_port()?;
     let recorder_port = free_port()?;
+    let metrics_port = free_port()?;
     let sim_url = format!("https://127.0.0.1:{sim_port}");
     let proxy_url = format!("https://127.0.0.1:{proxy_port}");
 
@@ -191,6 +192,7 @@ pub fn run(args: &Args) -> Result<()> {
             s("--kubeconfig"), dir.join("proxy-upstream.kubeconfig").display().to_string(),
             s("--policy"), dir.join("policy.json").display().to_string(),
             s("--recorder-cert"), p("recorder-writer.pem"), s("--recorder-key"), p("recorder-writer-key.pem"),
+            s("--metrics-listen"), format!("127.0.0.1:{metrics_port}"),
         ])?);
         let checks = [
             ("sim", sim_port, tls::roots_from_pem(cluster_ca.cert_pem.as_bytes(), "cluster CA")?),
@@ -227,6 +229,7 @@ pub fn run(args: &Args) -> Result<()> {
     println!("\n  {d}/bob.kubeconfig is bob (group dev), {d}/carol.kubeconfig is carol (group sre, bearer token);");
     println!("  {d}/admin.kubeconfig goes straight to the simulated cluster, bypassing the proxy.");
     println!("  Sessions are recorded in {d}/recordings (asciicast v2: asciinema play FILE.cast).");
+    println!("  Proxy metrics: http://127.0.0.1:{metrics_port}/metrics");
     println!("  Edit {d}/policy.json to change grants; logs are in {d}/*.log.\n\nCtrl-C stops everything.");
     let _ = std::io::stdout().flush();
     let components = Arc::new(std::sync::Mutex::new(components));

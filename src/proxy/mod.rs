@@ -8,6 +8,7 @@
 //! become a two-way tunnel.
 
 pub mod policy;
+mod metrics;
 mod respond;
 pub mod rewrite;
 pub mod session;
@@ -63,6 +64,7 @@ pub const FLAGS: &[Flag] = &[
     Flag { name: "recorder-cert", default: None, help: "the proxy's client certificate for recorders (PEM)" },
     Flag { name: "recorder-key", default: None, help: "the proxy's client key for recorders (PEM)" },
     Flag { name: "recorder-timeout", default: Some("3"), help: "seconds to connect to one recorder and get the header acknowledged" },
+    Flag { name: "metrics-listen", default: None, help: "address for Prometheus metrics (plain HTTP, GET /metrics)" },
     Flag { name: "max-connections", default: Some("1024"), help: "open client connections at most" },
     Flag { name: "shutdown-grace", default: Some("30"), help: "seconds open sessions may run on after SIGTERM" },
     Flag { name: "proxy-id", default: None, help: "this proxy's name in logs and recordings [default: hostname]" },
@@ -77,6 +79,7 @@ pub struct Config {
     policy: Option<PathBuf>,
     recorder_identity: Option<(Vec<rustls::pki_types::CertificateDer<'static>>, rustls::pki_types::PrivateKeyDer<'static>)>,
     recorder_timeout: Duration,
+    metrics_listen: Option<String>,
     pub max_connections: usize,
     pub shutdown_grace: Duration,
     pub proxy_id: String,
@@ -131,6 +134,7 @@ impl Config {
             policy,
             recorder_identity,
             recorder_timeout: Duration::from_secs(args.parsed("recorder-timeout")?),
+            metrics_listen: args.opt("metrics-listen"),
             max_connections: args.parsed("max-connections")?,
             shutdown_grace: Duration::from_secs(args.parsed("shutdown-grace")?),
             proxy_id: args.opt("proxy-id").unwrap_or_else(hostname),
@@ -146,6 +150,7 @@ struct State {
     config: Config,
     policy: Arc<PolicyHandle>,
     life: Arc<Lifecycle>,
+    metrics: Arc<metrics::Metrics>,
 }
 
 /// Serves until SIGTERM or SIGINT, then lets open connections finish for the grace period.
@@ -163,7 +168,13 @@ pub fn run(config: Config) -> Result<()> {
         config.proxy_id
     );
     let life = Arc::new(Lifecycle::default());
-    let state = Arc::new(State { config, policy, life: life.clone() });
+    let metrics = Arc::new(metrics::Metrics::default());
+    if let Some(addr) = &config.metrics_listen {
+        let l = TcpListener::bind(addr).with_context(|| format!("--metrics-listen {addr}"))?;
+        let m = metrics.clone();
+        std::thread::Builder::new().name("metrics".into()).spawn(move || metrics::serve(l, m))?;
+    }
+    let state = Arc::new(State { config, policy, life: life.clone(), metrics });
     let accept = {
         let state = state.clone();
         std::thread::Builder::new().name("accept".into()).spawn(move || {
@@ -230,6 +241,12 @@ fn handle_connection(state: &State, sock: TcpStream, id: u64) {
             Ok(Next::Tunnel(up, Some(plan))) => {
                 let started = Instant::now();
                 let s = session::run(&format!("conn-{id}"), client, (up.input, up.output), plan.taps, plan.recording, plan.fail, &plan.subprotocol);
+                if s.outcome == Outcome::Truncated {
+                    metrics::inc(&state.metrics.recordings_truncated);
+                    if plan.fail == FailMode::Closed {
+                        metrics::inc(&state.metrics.sessions_ended_by_recording_failure);
+                    }
+                }
                 let (up_b, down_b) = s.totals.map(|t| (t.client_to_server, t.server_to_client)).unwrap_or_default();
                 log::info!(
                     "session ended conn={id} session={} outcome={:?} exit_code={} up_bytes={up_b} down_bytes={down_b} recorded_bytes={} acked_bytes={} secs={:.1} reason={}",
@@ -269,7 +286,7 @@ fn handle_connection(state: &State, sock: TcpStream, id: u64) {
 enum Next {
     KeepAlive,
     Close,
-    Tunnel(Upstream, Option<RecordPlan>),
+    Tunnel(Upstream, Option<Box<RecordPlan>>),
 }
 
 /// A session whose recorder acknowledged its header, waiting for the tunnel.
@@ -302,7 +319,13 @@ impl Request<'_> {
 
     fn serve(&self, head: RequestHead, client: &mut (Input, WriteHalf), upstream: &mut Option<Upstream>) -> Result<Next> {
         let config = &self.state.config;
+        let m = &self.state.metrics;
+        metrics::inc(&m.requests);
         let refuse = |client: &mut (Input, WriteHalf), r: Refusal| -> Result<Next> {
+            match r {
+                Refusal::UpstreamUnavailable(_) | Refusal::UpstreamTimeout(_) => metrics::inc(&m.upstream_errors),
+                _ => metrics::inc(&m.refused),
+            }
             respond::refuse(&mut client.1, &r)?;
             Ok(Next::Close)
         };
@@ -416,7 +439,7 @@ impl Request<'_> {
                     let proto = response.headers.get_str("upgrade").unwrap_or("");
                     let subprotocol = response.headers.get_str("x-stream-protocol-version").or(response.headers.get_str("sec-websocket-protocol")).unwrap_or("").to_string();
                     match session::taps(proto) {
-                        Some(taps) => Some(RecordPlan { recording, fail, taps, subprotocol, id }),
+                        Some(taps) => Some(Box::new(RecordPlan { recording, fail, taps, subprotocol, id })),
                         None if fail == FailMode::Closed => {
                             recording.finish(Outcome::Truncated, None, Some(format!("unknown stream protocol {proto:?}")));
                             return refuse(client, Refusal::Forbidden(format!("cannot record stream protocol {proto:?}")));
@@ -473,9 +496,11 @@ impl Request<'_> {
         let who = user.map(|u| u.name.as_str()).unwrap_or("-");
         let refuse_or_skip = |why: String| {
             if grants.fail_mode == FailMode::Closed {
+                metrics::inc(&self.state.metrics.sessions_refused_unrecordable);
                 log::warn!("session refused conn={} user={who} ns={} pod={} reason={why}", self.id, request.namespace, request.pod);
                 Err(Refusal::Forbidden(format!("'kubectl {}' sessions must be recorded, and recording is not possible: {why}", request.kind)))
             } else {
+                metrics::inc(&self.state.metrics.sessions_unrecorded);
                 log::warn!("session not recorded conn={} user={who} ns={} pod={} fail_mode=open reason={why}", self.id, request.namespace, request.pod);
                 Ok(None)
             }
@@ -499,6 +524,7 @@ impl Request<'_> {
         };
         match Recording::start(&targets, &id, &session::header(&ctx), self.state.config.recorder_timeout) {
             Ok(r) => {
+                metrics::inc(&self.state.metrics.sessions_recorded);
                 log::info!("session recording conn={} session={id} user={who} ns={} pod={} type={} recorder={}", self.id, request.namespace, request.pod, request.kind, r.recorder);
                 Ok(Some((r, grants.fail_mode, id)))
             }
