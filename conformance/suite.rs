@@ -194,7 +194,7 @@ fn server_and_ca(admin: &Kubectl) -> Result<(String, String), String> {
 }
 
 struct Proxy {
-    _child: Spawned,
+    _children: [Spawned; 2],
     dir: TempDir,
 }
 
@@ -215,25 +215,45 @@ fn start_proxy(admin: &Kubectl, token: &str) -> Result<Proxy, String> {
         let pem = ca.client(user, &groups).map_err(|e| e.to_string())?;
         w(d(&format!("{user}.kubeconfig")), &kubeconfig(&url, &ca.cert_pem, user, Credential::Cert(&pem)))?;
     }
-    let policy = json!({"grants": [
-        {"src": ["group:team"]},
-        {"src": ["group:sre"], "impersonate": {"groups": ["system:masters"]}}
-    ]});
+    // A recorder for every session through this proxy (fail-open).
+    let rca = Ca::new("kubetape-conformance-recorder-ca").map_err(|e| e.to_string())?;
+    let rserving = rca.server("kubetape-recorder", &["127.0.0.1"]).map_err(|e| e.to_string())?;
+    let writer = rca.client("kubetape-proxy", &[]).map_err(|e| e.to_string())?;
+    for (f, text) in [("recorder-ca.pem", &rca.cert_pem), ("recorder.pem", &rserving.cert), ("recorder-key.pem", &rserving.key), ("writer.pem", &writer.cert), ("writer-key.pem", &writer.key)] {
+        w(d(f), text)?;
+    }
+    let rport = free_port();
+    let policy = json!({
+        "recorders": [{"name": "conformance", "url": format!("https://127.0.0.1:{rport}"), "tags": ["tag:recorder"], "caFile": "recorder-ca.pem"}],
+        "grants": [
+            {"src": ["group:team"], "recorder": ["tag:recorder"]},
+            {"src": ["group:sre"], "impersonate": {"groups": ["system:masters"]}, "recorder": ["tag:recorder"]}
+        ]
+    });
     w(d("policy.json"), &policy.to_string())?;
     let p = |f: &str| d(f).display().to_string();
+    let rargs: Vec<String> = ["recorder", "--listen", &format!("127.0.0.1:{rport}"), "--tls-cert", &p("recorder.pem"), "--tls-key", &p("recorder-key.pem"),
+        "--client-ca", &p("recorder-ca.pem"), "--storage-dir", &p("recordings")]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let recorder = Spawned::start(&rargs, &d("recorder.log"));
+    wait_for_port(rport);
     let args: Vec<String> = ["proxy", "--listen", &format!("127.0.0.1:{port}"), "--tls-cert", &p("proxy.pem"), "--tls-key", &p("proxy-key.pem"),
-        "--client-ca", &p("proxy-ca.pem"), "--kubeconfig", &p("upstream.kubeconfig"), "--policy", &p("policy.json")]
+        "--client-ca", &p("proxy-ca.pem"), "--kubeconfig", &p("upstream.kubeconfig"), "--policy", &p("policy.json"),
+        "--recorder-cert", &p("writer.pem"), "--recorder-key", &p("writer-key.pem")]
         .iter()
         .map(|s| s.to_string())
         .collect();
     let child = Spawned::start(&args, &d("proxy.log"));
     wait_for_port(port);
-    Ok(Proxy { _child: child, dir })
+    Ok(Proxy { _children: [recorder, child], dir })
 }
 
 type CaseFn = fn(&Ctx) -> Result<(), String>;
 
 struct Ctx {
+    recordings: PathBuf,
     alice: Kubectl,
     carol: Kubectl,
     ns: String,
@@ -324,7 +344,32 @@ fn crd_through_proxy(c: &Ctx) -> Result<(), String> {
     result
 }
 
+/// The matrix's `exec (no stdin)` sessions (one per protocol) were recorded in full.
+fn sessions_recorded(c: &Ctx) -> Result<(), String> {
+    let mut found = Vec::new();
+    for day in std::fs::read_dir(&c.recordings).map_err(|e| e.to_string())?.flatten() {
+        for f in std::fs::read_dir(day.path()).map_err(|e| e.to_string())?.flatten() {
+            let p = f.path();
+            if p.extension().and_then(|e| e.to_str()) != Some("cast") {
+                continue;
+            }
+            let cast = std::fs::read_to_string(&p).map_err(|e| e.to_string())?;
+            if cast.contains("\"o\", \"to-out\\n\"") {
+                let meta: Value = serde_json::from_slice(&std::fs::read(p.with_extension("json")).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+                found.push((meta["status"].clone(), meta["session"]["protocol"].clone(), cast.contains("\"e\", \"to-err\\n\"") && cast.contains("\"m\", \"exit:0\"")));
+            }
+        }
+    }
+    let complete = |proto: &str| found.iter().any(|(s, p, full)| s == "complete" && p == proto && *full);
+    if complete("websocket") && complete("SPDY/3.1") {
+        Ok(())
+    } else {
+        Err(format!("expected complete recordings of the plain exec over both protocols, found {found:?}"))
+    }
+}
+
 const REAL_CASES: &[(&str, CaseFn)] = &[
+    ("sessions recorded (both)", sessions_recorded),
     ("rbac: namespace boundary", rbac_namespace_boundary),
     ("client --as not honoured", client_impersonation_ignored),
     ("auth can-i for the caller", can_i_answers_for_the_caller),
@@ -412,7 +457,7 @@ fn run(args: &Args) -> (String, Tally) {
             row(&mut table, case.name, &proto.to_string(), result, expected_difference(case.name, minor));
         }
     }
-    let ctx = Ctx { alice: kc("alice", Proto::WebSocket), carol: kc("carol", Proto::WebSocket), ns: fixture.ns.clone(), other: fixture.other.clone(), id };
+    let ctx = Ctx { recordings: proxy.dir.0.join("recordings"), alice: kc("alice", Proto::WebSocket), carol: kc("carol", Proto::WebSocket), ns: fixture.ns.clone(), other: fixture.other.clone(), id };
     for (name, case) in REAL_CASES {
         row(&mut table, name, "-", case(&ctx), None);
     }

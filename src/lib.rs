@@ -6,6 +6,7 @@ pub mod cli;
 pub mod error;
 pub mod kube;
 pub mod net;
+pub mod playback;
 pub mod proxy;
 pub mod recorder;
 pub mod recording;

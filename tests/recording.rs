@@ -103,8 +103,12 @@ fn cp_download_is_recovered_bit_exact_from_the_recording() {
     let out = k.run_timeout(&["cp", "web-0:payload.bin", local.to_str().unwrap()], None, Duration::from_secs(60));
     assert!(out.status.success(), "{}", out.describe());
     let (_, cast) = demo.wait_recording(|m, _| m["session"]["command"][0] == "tar");
-    let tar = kubetape::wire::asciicast::recover_stream(&cast, kubetape::wire::asciicast::STDOUT).unwrap();
+    // The documented recovery: `kubetape play --raw stdout`.
     let dir = support::TempDir::new("untar");
+    std::fs::write(dir.0.join("cp.cast"), &cast).unwrap();
+    let play = std::process::Command::new(support::BIN).args(["play", "--raw", "stdout", "--file"]).arg(dir.0.join("cp.cast")).output().unwrap();
+    assert!(play.status.success(), "{}", String::from_utf8_lossy(&play.stderr));
+    let tar = play.stdout;
     let mut untar = std::process::Command::new("tar").args(["xf", "-", "-C"]).arg(&dir.0).stdin(std::process::Stdio::piped()).spawn().unwrap();
     untar.stdin.take().unwrap().write_all(&tar).unwrap();
     assert!(untar.wait().unwrap().success(), "the recovered stream is a valid tar");

@@ -17,6 +17,10 @@ fn run_proxy(a: &Args) -> Result<()> {
     crate::proxy::run(crate::proxy::Config::from_args(a)?)
 }
 
+fn run_play(a: &Args) -> Result<()> {
+    crate::playback::run(a)
+}
+
 fn run_recorder(a: &Args) -> Result<()> {
     crate::recorder::run(crate::recorder::Config::from_args(a)?)
 }
@@ -28,6 +32,7 @@ fn run_sim(a: &Args) -> Result<()> {
 
 const COMMANDS: &[Command] = &[
     Command { name: "proxy", about: "Serve kubectl users in front of a Kubernetes API server.", flags: crate::proxy::FLAGS, run: run_proxy },
+    Command { name: "play", about: "Print a recording's output, or recover one stream's exact bytes.", flags: crate::playback::FLAGS, run: run_play },
     Command { name: "recorder", about: "Receive session recordings from proxies and keep them; serve them to readers.", flags: crate::recorder::FLAGS, run: run_recorder },
     #[cfg(feature = "sim")]
     Command { name: "sim", about: "Run a simulated Kubernetes API server on loopback (demo and test equipment).", flags: crate::sim::FLAGS, run: run_sim },
