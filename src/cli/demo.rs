@@ -71,8 +71,7 @@ fn healthy(port: u16, roots: &rustls::RootCertStore) -> bool {
         let config = tls::client_config(roots.clone(), None)?;
         let sock = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(1))?;
         let name = rustls::pki_types::ServerName::try_from("127.0.0.1").map_err(|e| Error::new(e.to_string()))?;
-        let conn = rustls::ClientConnection::new(config, name)?;
-        let mut c = Conn::tls(sock, rustls::Connection::Client(conn), Duration::from_secs(2))?;
+        let mut c = Conn::connect_tls(sock, &config, name, Duration::from_secs(2))?;
         c.write.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
         c.read.set_timeout(Some(Duration::from_secs(2)))?;
         let mut buf = [0u8; 12];

@@ -168,10 +168,7 @@ impl ApiServer {
         for addr in addrs {
             match TcpStream::connect_timeout(&addr, timeout) {
                 Ok(sock) => {
-                    let conn = rustls::ClientConnection::new(self.tls.clone(), self.server_name.clone())
-                        .map_err(|e| Error::new(e.to_string()))?;
-                    return Conn::tls(sock, rustls::Connection::Client(conn), timeout)
-                        .with_context(|| format!("connecting to {addr}"));
+                    return Conn::connect_tls(sock, &self.tls, self.server_name.clone(), timeout).with_context(|| format!("connecting to {addr}"));
                 }
                 Err(e) => last = Error::from(e),
             }

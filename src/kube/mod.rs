@@ -3,5 +3,6 @@
 
 pub mod auth;
 pub mod client;
+pub mod request_info;
 pub mod status;
 pub mod yaml;

@@ -87,6 +87,18 @@ impl Conn {
         })
     }
 
+    /// Accepts a TLS client on `sock` within `timeout`.
+    pub fn accept_tls(sock: TcpStream, config: &std::sync::Arc<rustls::ServerConfig>, timeout: Duration) -> Result<Conn> {
+        let server = rustls::ServerConnection::new(config.clone())?;
+        Conn::tls(sock, rustls::Connection::Server(server), timeout)
+    }
+
+    /// Opens TLS to `name` on `sock` within `timeout`.
+    pub fn connect_tls(sock: TcpStream, config: &std::sync::Arc<rustls::ClientConfig>, name: rustls::pki_types::ServerName<'static>, timeout: Duration) -> Result<Conn> {
+        let client = rustls::ClientConnection::new(config.clone(), name)?;
+        Conn::tls(sock, rustls::Connection::Client(client), timeout)
+    }
+
     /// Completes a TLS handshake on `sock` within `timeout`, then splits.
     pub fn tls(sock: TcpStream, mut conn: rustls::Connection, timeout: Duration) -> Result<Conn> {
         let peer = sock.peer_addr().context("reading peer address")?;

@@ -202,8 +202,7 @@ struct Upstream {
 
 fn handle_connection(state: &State, sock: TcpStream, id: u64) {
     let peer = sock.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-    let server = rustls::ServerConnection::new(state.config.server_tls.clone());
-    let conn = match server.map_err(Error::from).and_then(|s| Conn::tls(sock, rustls::Connection::Server(s), TLS_HANDSHAKE_TIMEOUT)) {
+    let conn = match Conn::accept_tls(sock, &state.config.server_tls, TLS_HANDSHAKE_TIMEOUT) {
         Ok(c) => c,
         Err(e) => {
             log::debug!("handshake failed conn={id} peer={peer} error={e}");

@@ -118,8 +118,7 @@ fn reply(out: &mut WriteHalf, code: u16, body: &Value) -> std::io::Result<()> {
 }
 
 fn handle_connection(state: &Arc<State>, sock: TcpStream, id: u64) {
-    let tls_conn = rustls::ServerConnection::new(state.config.tls.clone());
-    let conn = match tls_conn.map_err(Error::from).and_then(|s| Conn::tls(sock, rustls::Connection::Server(s), TLS_HANDSHAKE_TIMEOUT)) {
+    let conn = match Conn::accept_tls(sock, &state.config.tls, TLS_HANDSHAKE_TIMEOUT) {
         Ok(c) => c,
         Err(e) => {
             log::debug!("handshake failed conn={id} error={e}");

@@ -98,9 +98,8 @@ fn open(target: &RecorderTarget, id: &str, header: &Value, timeout: Duration) ->
         .ok_or_else(|| Error::new(format!("{}: no address", target.host)))?;
     let sock = TcpStream::connect_timeout(&addr, timeout).with_context(|| format!("connecting to {addr}"))?;
     let socket = sock.try_clone()?;
-    let tls = rustls::ClientConnection::new(target.tls.clone(), target.server_name.clone())?;
     let left = deadline.saturating_duration_since(Instant::now());
-    let conn = Conn::tls(sock, rustls::Connection::Client(tls), left)?;
+    let conn = Conn::connect_tls(sock, &target.tls, target.server_name.clone(), left)?;
     let mut key = [0u8; 16];
     crate::net::random::fill(&mut key);
     let key = crate::wire::base64::encode(&key);

@@ -252,8 +252,7 @@ fn impersonate(cluster: &Cluster, mut user: UserInfo, head: &RequestHead) -> Res
 }
 
 fn handle_connection(cluster: &Arc<Cluster>, sock: TcpStream, id: u64) {
-    let tls_conn = rustls::ServerConnection::new(cluster.config.tls.clone());
-    let conn = match tls_conn.map_err(Error::from).and_then(|s| Conn::tls(sock, rustls::Connection::Server(s), TLS_HANDSHAKE_TIMEOUT)) {
+    let conn = match Conn::accept_tls(sock, &cluster.config.tls, TLS_HANDSHAKE_TIMEOUT) {
         Ok(c) => c,
         Err(e) => {
             log::debug!("handshake failed conn={id} error={e}");
