@@ -21,6 +21,8 @@ pub struct Metrics {
     pub sessions_refused_unrecordable: AtomicU64,
     pub recordings_truncated: AtomicU64,
     pub sessions_ended_by_recording_failure: AtomicU64,
+    pub events_refused: AtomicU64,
+    pub events_dropped: AtomicU64,
 }
 
 pub fn inc(c: &AtomicU64) {
@@ -29,7 +31,7 @@ pub fn inc(c: &AtomicU64) {
 
 impl Metrics {
     pub fn render(&self) -> String {
-        let rows: [(&str, &str, &AtomicU64); 8] = [
+        let rows: [(&str, &str, &AtomicU64); 10] = [
             ("kubetape_proxy_requests_total", "Requests received from clients.", &self.requests),
             ("kubetape_proxy_refused_total", "Requests refused by the proxy (401, 403, 4xx framing).", &self.refused),
             ("kubetape_proxy_upstream_errors_total", "Requests the API server could not be reached for.", &self.upstream_errors),
@@ -38,6 +40,8 @@ impl Metrics {
             ("kubetape_proxy_sessions_refused_unrecordable_total", "Fail-closed sessions refused because recording was impossible.", &self.sessions_refused_unrecordable),
             ("kubetape_proxy_recordings_truncated_total", "Recordings that ended early.", &self.recordings_truncated),
             ("kubetape_proxy_sessions_ended_by_recording_failure_total", "Fail-closed sessions ended because recording failed.", &self.sessions_ended_by_recording_failure),
+            ("kubetape_proxy_events_refused_total", "Fail-closed requests refused because their API event could not be recorded.", &self.events_refused),
+            ("kubetape_proxy_events_dropped_total", "Fail-open API events that could not be recorded.", &self.events_dropped),
         ];
         rows.iter()
             .map(|(name, help, v)| format!("# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n", v.load(Ordering::Relaxed)))

@@ -28,7 +28,10 @@ use crate::net::conn::{Conn, Input, WriteHalf};
 use crate::net::server::{self, Lifecycle};
 use crate::net::{signal, tls, tunnel};
 use crate::wire::http::{self, BodyLength, RequestHead, ResponseHead};
+use crate::kube::request_info::request_info;
 use crate::recording::client::{RecorderTarget, Recording};
+use crate::recording::event::{ApiEvent, EventUser, Impersonated};
+use crate::recording::events_client::EventSink;
 use crate::recording::protocol::Outcome;
 use crate::recording::tap::Tap;
 use policy::{FailMode, Grants, Policy, PolicyHandle};
@@ -50,6 +53,8 @@ const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The API server must start answering within this (watches answer at once).
 const UPSTREAM_RESPONSE_TIMEOUT: Duration = Duration::from_secs(120);
 const COPY_CHUNK: usize = 32 * 1024;
+/// A fail-closed request waits this long for its event to be acknowledged.
+const EVENT_ACK_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub const FLAGS: &[Flag] = &[
     Flag { name: "listen", default: Some("0.0.0.0:8443"), help: "address to serve kubectl on" },
@@ -151,6 +156,15 @@ struct State {
     policy: Arc<PolicyHandle>,
     life: Arc<Lifecycle>,
     metrics: Arc<metrics::Metrics>,
+    /// API event streams, one per set of recorder tags.
+    event_sinks: std::sync::Mutex<std::collections::HashMap<String, Arc<EventSink>>>,
+}
+
+/// One event as an NDJSON line.
+fn event_line(ev: &ApiEvent) -> Vec<u8> {
+    let mut line = serde_json::to_vec(ev).unwrap_or_default();
+    line.push(b'\n');
+    line
 }
 
 /// Serves until SIGTERM or SIGINT, then lets open connections finish for the grace period.
@@ -174,7 +188,7 @@ pub fn run(config: Config) -> Result<()> {
         let m = metrics.clone();
         std::thread::Builder::new().name("metrics".into()).spawn(move || metrics::serve(l, m))?;
     }
-    let state = Arc::new(State { config, policy, life: life.clone(), metrics });
+    let state = Arc::new(State { config, policy, life: life.clone(), metrics, event_sinks: Default::default() });
     let accept = {
         let state = state.clone();
         std::thread::Builder::new().name("accept".into()).spawn(move || {
@@ -360,6 +374,12 @@ impl Request<'_> {
             Mode::Auth => config.upstream.authorization()?,
             Mode::NoAuth => None,
         };
+        let received = Instant::now();
+        let audit_id = crate::net::random::uuid();
+        let event = match self.start_event(&head, &audit_id, user.as_ref(), impersonation.as_ref(), grants.as_ref()) {
+            Ok(e) => e,
+            Err(refusal) => return refuse(client, refusal),
+        };
         let up_head = rewrite::upstream_request(
             &head,
             framing,
@@ -368,6 +388,7 @@ impl Request<'_> {
             upstream_auth.as_deref(),
             &config.upstream.host_header(),
             self.client_ip,
+            &audit_id,
         );
         let who = user.as_ref().map(|u| u.name.as_str()).unwrap_or("-");
         log::debug!("request conn={} user={who} method={} path={}", self.id, head.method, head.path());
@@ -433,6 +454,11 @@ impl Request<'_> {
             let out = rewrite::client_response(&response, BodyLength::Empty, false);
             client.1.write_all(&out.encode()).context("writing 101 to client")?;
             let Some(up) = upstream.take() else { unreachable!("response read above") };
+            if let Some((sink, ev)) = &event {
+                let mut done = ev.completed(101, 0, received.elapsed().as_secs_f64() * 1000.0);
+                done.session_id = recording.as_ref().map(|r| r.2.clone());
+                self.send_event(sink, &done);
+            }
             let plan = match recording {
                 Some((recording, fail, id)) => {
                     let proto = response.headers.get_str("upgrade").unwrap_or("");
@@ -473,12 +499,81 @@ impl Request<'_> {
         if upstream_close || copied.is_err() {
             *upstream = None;
         }
+        if let Some((sink, ev)) = &event {
+            let bytes = *copied.as_ref().unwrap_or(&0);
+            self.send_event(sink, &ev.completed(response.status, bytes, received.elapsed().as_secs_f64() * 1000.0));
+        }
         match copied {
             Ok(_) if close => Ok(Next::Close),
             Ok(_) => Ok(Next::KeepAlive),
             Err(CopyError::Write(e)) => Err(e).context("writing response body to client"),
             Err(CopyError::Read(e)) => Err(e).context("reading response body from API server"),
         }
+    }
+
+    /// For a caller whose grants enable events: the request's event, recorded before
+    /// the request goes upstream. Fail-closed callers wait for the recorder to make it
+    /// durable and are refused if it cannot; fail-open ones never wait.
+    fn start_event(
+        &self,
+        head: &RequestHead,
+        audit_id: &str,
+        user: Option<&UserInfo>,
+        impersonation: Option<&Impersonation<'_>>,
+        grants: Option<&Grants>,
+    ) -> std::result::Result<Option<(Arc<EventSink>, ApiEvent)>, Refusal> {
+        let Some(grants) = grants.filter(|g| g.events) else { return Ok(None) };
+        let info = request_info(&head.method, head.path(), head.query());
+        let mut ev = ApiEvent::received(audit_id.to_string(), &info, &head.method, head.path(), head.query());
+        ev.user = user.map(|u| EventUser { name: u.name.clone(), groups: u.groups.clone(), authenticated_by: u.method.to_string() });
+        ev.impersonated = impersonation.map(|i| Impersonated { user: i.user.name.clone(), groups: i.groups.clone() });
+        ev.user_agent = head.headers.get_str("user-agent").unwrap_or("").to_string();
+        ev.source_address = self.client_ip.to_string();
+        ev.proxy = self.state.config.proxy_id.clone();
+        let who = user.map(|u| u.name.as_str()).unwrap_or("-");
+        let sink = match self.event_sink(&grants.recorder_tags) {
+            Ok(s) => s,
+            Err(e) if grants.fail_mode == FailMode::Closed => {
+                metrics::inc(&self.state.metrics.events_refused);
+                log::warn!("request refused conn={} user={who} reason=events-unrecordable error={e}", self.id);
+                return Err(Refusal::Unavailable(format!("API requests must be recorded, and recording is not possible: {e}")));
+            }
+            Err(e) => {
+                metrics::inc(&self.state.metrics.events_dropped);
+                log::debug!("api event not recorded conn={} error={e}", self.id);
+                return Ok(None);
+            }
+        };
+        let line = event_line(&ev);
+        if grants.fail_mode == FailMode::Closed {
+            if let Err(e) = sink.send_and_wait(line, EVENT_ACK_TIMEOUT) {
+                metrics::inc(&self.state.metrics.events_refused);
+                log::warn!("request refused conn={} user={who} reason=events-unrecordable error={e}", self.id);
+                return Err(Refusal::Unavailable(format!("API requests must be recorded, and recording is not possible: {e}")));
+            }
+        } else if !sink.send(line) {
+            metrics::inc(&self.state.metrics.events_dropped);
+        }
+        Ok(Some((sink, ev)))
+    }
+
+    /// Queues an event without waiting, counting it if dropped.
+    fn send_event(&self, sink: &EventSink, ev: &ApiEvent) {
+        if !sink.send(event_line(ev)) {
+            metrics::inc(&self.state.metrics.events_dropped);
+        }
+    }
+
+    /// The event stream to the recorders carrying `tags`, started on first use.
+    fn event_sink(&self, tags: &[String]) -> Result<Arc<EventSink>> {
+        let key = tags.join(",");
+        let mut sinks = self.state.event_sinks.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = sinks.get(&key) {
+            return Ok(s.clone());
+        }
+        let sink = EventSink::start(&key, self.recorder_targets(tags)?);
+        sinks.insert(key, sink.clone());
+        Ok(sink)
     }
 
     /// For an exec or attach session whose grants name recorders: connects to one

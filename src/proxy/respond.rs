@@ -17,6 +17,8 @@ pub enum Refusal {
     Forbidden(String),
     UpstreamUnavailable(String),
     UpstreamTimeout(String),
+    /// The proxy cannot meet the caller's policy now (API events unrecordable).
+    Unavailable(String),
 }
 
 /// The status code and message for a refusal.
@@ -29,6 +31,7 @@ pub fn decide(r: &Refusal) -> (u16, String) {
         Refusal::Forbidden(why) => (403, format!("kubetape: forbidden: {why}")),
         Refusal::UpstreamUnavailable(why) => (502, format!("kubetape: API server unavailable: {why}")),
         Refusal::UpstreamTimeout(why) => (504, format!("kubetape: API server did not answer in time: {why}")),
+        Refusal::Unavailable(why) => (503, format!("kubetape: {why}")),
     }
 }
 
@@ -66,6 +69,7 @@ mod tests {
             (Refusal::Forbidden("x".into()), 403),
             (Refusal::UpstreamUnavailable("x".into()), 502),
             (Refusal::UpstreamTimeout("x".into()), 504),
+            (Refusal::Unavailable("x".into()), 503),
         ];
         for (r, code) in table {
             assert_eq!(decide(r).0, *code, "{r:?}");

@@ -52,6 +52,7 @@ pub fn upstream_request(
     upstream_auth: Option<&str>,
     upstream_host: &str,
     client_ip: &str,
+    audit_id: &str,
 ) -> RequestHead {
     let mut head = RequestHead { method: client.method.clone(), target: client.target.clone(), headers: client.headers.clone() };
     let upgrade = client.upgrade().map(str::to_string);
@@ -73,6 +74,9 @@ pub fn upstream_request(
     }
     head.headers.0.insert(0, crate::wire::http::Header { name: "Host".into(), value: upstream_host.as_bytes().to_vec() });
     head.headers.push("X-Forwarded-For", forwarded_for.unwrap_or_else(|| client_ip.to_string()));
+    // The API server logs this id in its audit events; ours carry the same, and no
+    // client can choose it.
+    head.headers.set("Audit-ID", audit_id);
     if framing == BodyLength::Chunked {
         head.headers.push("Transfer-Encoding", "chunked");
     }
@@ -126,6 +130,7 @@ mod tests {
             ("Upgrade", "SPDY/3.1"),
             ("X-Stream-Protocol-Version", "v4.channel.k8s.io"),
             ("X-Forwarded-For", "10.0.0.9"),
+            ("Audit-ID", "chosen-by-client"),
         ] {
             h.headers.push(n, v);
         }
@@ -136,7 +141,7 @@ mod tests {
     fn auth_mode_replaces_every_identity_field() {
         let user = alice();
         let imp = Impersonation { user: &user, groups: vec!["sre".into(), "system:masters".into()] };
-        let out = upstream_request(&spoofing_request(), BodyLength::Empty, Mode::Auth, Some(&imp), Some("Bearer proxy"), "api:6443", "192.0.2.1");
+        let out = upstream_request(&spoofing_request(), BodyLength::Empty, Mode::Auth, Some(&imp), Some("Bearer proxy"), "api:6443", "192.0.2.1", "id-1");
         let h = &out.headers;
         assert_eq!(h.get_all("authorization").collect::<Vec<_>>(), vec![&b"Bearer proxy"[..]]);
         assert_eq!(h.get_all("impersonate-user").collect::<Vec<_>>(), vec![&b"alice"[..]]);
@@ -146,6 +151,7 @@ mod tests {
         }
         assert_eq!(h.get_str("host"), Some("api:6443"));
         assert_eq!(h.get_str("x-forwarded-for"), Some("10.0.0.9, 192.0.2.1"));
+        assert_eq!(h.get_all("audit-id").collect::<Vec<_>>(), vec![&b"id-1"[..]]);
         assert_eq!(out.upgrade(), Some("SPDY/3.1"));
         assert_eq!(h.get_str("x-stream-protocol-version"), Some("v4.channel.k8s.io"));
     }
@@ -154,14 +160,14 @@ mod tests {
     fn auth_mode_without_upstream_token_sends_none() {
         let user = alice();
         let imp = Impersonation { user: &user, groups: vec![] };
-        let out = upstream_request(&spoofing_request(), BodyLength::Empty, Mode::Auth, Some(&imp), None, "api", "1.2.3.4");
+        let out = upstream_request(&spoofing_request(), BodyLength::Empty, Mode::Auth, Some(&imp), None, "api", "1.2.3.4", "id-2");
         assert_eq!(out.headers.get("authorization"), None);
         assert_eq!(out.headers.get("impersonate-group"), None);
     }
 
     #[test]
     fn noauth_mode_passes_credentials_through() {
-        let out = upstream_request(&spoofing_request(), BodyLength::Chunked, Mode::NoAuth, None, None, "api", "1.2.3.4");
+        let out = upstream_request(&spoofing_request(), BodyLength::Chunked, Mode::NoAuth, None, None, "api", "1.2.3.4", "id-3");
         assert_eq!(out.headers.get_str("authorization"), Some("Bearer stolen"));
         assert_eq!(out.headers.get_str("impersonate-user"), Some("admin"));
         assert_eq!(out.headers.get_str("transfer-encoding"), Some("chunked"));

@@ -12,6 +12,7 @@ pub struct Metrics {
     complete: AtomicU64,
     truncated: AtomicU64,
     bytes: AtomicU64,
+    events: AtomicU64,
     storage_errors: AtomicU64,
     fsyncs: AtomicU64,
     /// Microseconds spent making bytes durable before acknowledging them.
@@ -36,6 +37,10 @@ impl Metrics {
         self.ack_lag_micros.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
     }
 
+    pub fn events(&self, n: u64) {
+        self.events.fetch_add(n, Ordering::Relaxed);
+    }
+
     pub fn storage_error(&self) {
         self.storage_errors.fetch_add(1, Ordering::Relaxed);
     }
@@ -48,6 +53,7 @@ impl Metrics {
             ("kubetape_recorder_sessions_complete_total", "counter", "Sessions that ended normally.", g(&self.complete).to_string()),
             ("kubetape_recorder_sessions_truncated_total", "counter", "Sessions that ended early.", g(&self.truncated).to_string()),
             ("kubetape_recorder_bytes_total", "counter", "Recording bytes made durable.", g(&self.bytes).to_string()),
+            ("kubetape_recorder_events_total", "counter", "API events received.", g(&self.events).to_string()),
             ("kubetape_recorder_storage_errors_total", "counter", "Failed storage writes and syncs.", g(&self.storage_errors).to_string()),
             ("kubetape_recorder_fsyncs_total", "counter", "Durable writes (one per acknowledged batch).", g(&self.fsyncs).to_string()),
             ("kubetape_recorder_ack_lag_seconds_sum", "counter", "Time spent making bytes durable before acknowledging them.", format!("{:.6}", g(&self.ack_lag_micros) as f64 / 1e6)),

@@ -22,6 +22,9 @@ use crate::net::conn::{Conn, Input, WriteHalf};
 use crate::net::server::{self, Lifecycle};
 use crate::net::{signal, tls};
 use crate::recording::protocol::{valid_id, Ack, ClientMessage, Outcome, SessionMeta, Status, PATH, SUBPROTOCOL};
+use crate::recording::event::ApiEvent;
+use crate::recording::events_client::{EVENTS_PATH, EVENTS_SUBPROTOCOL};
+use crate::storage::events::EventLog;
 use crate::storage::fs::{FsStore, SessionFile};
 use crate::wire::http::{self, RequestHead, ResponseHead};
 use crate::wire::{der, ws};
@@ -35,6 +38,8 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(15);
 const ACK_INTERVAL: Duration = Duration::from_secs(1);
 /// A proxy that sends nothing (not even a close) for this long is gone.
 const SESSION_IDLE_LIMIT: Duration = Duration::from_secs(3600);
+/// Event batches written but not yet acknowledged, per proxy connection.
+const EVENT_PIPELINE: usize = 4096;
 
 pub const FLAGS: &[Flag] = &[
     Flag { name: "listen", default: Some("0.0.0.0:8444"), help: "address to serve proxies and readers on" },
@@ -81,14 +86,16 @@ impl Config {
 struct State {
     config: Config,
     store: FsStore,
+    events: EventLog,
     metrics: Metrics,
 }
 
 pub fn run(config: Config) -> Result<()> {
     let store = FsStore::open(&config.storage_dir).context("--storage-dir")?;
+    let events = EventLog::open(&config.storage_dir).context("--storage-dir")?;
     let listener = TcpListener::bind(&config.listen).with_context(|| format!("--listen {}", config.listen))?;
     log::info!("recorder listening addr={} storage={}", listener.local_addr()?, config.storage_dir.display());
-    let state = Arc::new(State { config, store, metrics: Metrics::default() });
+    let state = Arc::new(State { config, store, events, metrics: Metrics::default() });
     let life = Arc::new(Lifecycle::default());
     let accept = {
         let (state, life) = (state.clone(), life.clone());
@@ -160,6 +167,14 @@ fn handle_connection(state: &Arc<State>, sock: TcpStream, id: u64) {
                 }
                 Err(e) => Err(e),
             },
+            ("GET", p) if p == EVENTS_PATH && head.upgrade().is_some() => match role(Role::Writer) {
+                Ok(()) => {
+                    ingest_events(state, head, input, out, &peer);
+                    return;
+                }
+                Err(e) => Err(e),
+            },
+            ("GET", p) if p == EVENTS_PATH => role(Role::Reader).and_then(|()| query_events(state, &head, &mut out)),
             ("GET", "/metrics") => role(Role::Reader).and_then(|()| {
                 let text = state.metrics.render();
                 out.write_all(&http::response(200, "text/plain; version=0.0.4", text.as_bytes())).map_err(|e| (500, e.to_string()))
@@ -217,19 +232,100 @@ fn send_ack(out: &mut WriteHalf, acked: u64) -> std::io::Result<()> {
 
 use crate::wire::time::now_rfc3339 as now;
 
-/// Receives one session: upgrade, header, event lines; acknowledges durable bytes.
-fn ingest(state: &State, head: RequestHead, mut input: Input, mut out: WriteHalf, writer: String, peer: &str) {
+/// Answers a WebSocket upgrade for `subprotocol`; false (with a 400) otherwise.
+fn accept_ws(head: &RequestHead, out: &mut WriteHalf, subprotocol: &str) -> bool {
     let offered: Vec<&str> = head.headers.tokens("sec-websocket-protocol").collect();
-    let Some(key) = head.headers.get("sec-websocket-key").filter(|_| offered.contains(&SUBPROTOCOL)) else {
-        let _ = reply(&mut out, 400, &status::failure(400, &format!("expected a WebSocket upgrade with subprotocol {SUBPROTOCOL}")));
-        return;
+    let Some(key) = head.headers.get("sec-websocket-key").filter(|_| offered.contains(&subprotocol)) else {
+        let _ = reply(out, 400, &status::failure(400, &format!("expected a WebSocket upgrade with subprotocol {subprotocol}")));
+        return false;
     };
     let mut resp = ResponseHead::new(101);
     resp.headers.push("Connection", "Upgrade");
     resp.headers.push("Upgrade", "websocket");
     resp.headers.push("Sec-WebSocket-Accept", tungstenite::handshake::derive_accept_key(key));
-    resp.headers.push("Sec-WebSocket-Protocol", SUBPROTOCOL);
-    if out.write_all(&resp.encode()).is_err() {
+    resp.headers.push("Sec-WebSocket-Protocol", subprotocol);
+    out.write_all(&resp.encode()).is_ok()
+}
+
+/// Receives a proxy's API events: NDJSON lines in binary frames, each batch handed to
+/// the event log (group commit across connections), acknowledged by count once durable.
+fn ingest_events(state: &State, head: RequestHead, mut input: Input, mut out: WriteHalf, peer: &str) {
+    if !accept_ws(&head, &mut out, EVENTS_SUBPROTOCOL) {
+        return;
+    }
+    let (pending_tx, pending_rx) = crossbeam_channel::bounded::<(u64, crossbeam_channel::Receiver<std::io::Result<()>>)>(EVENT_PIPELINE);
+    let acker = std::thread::Builder::new().name("events-acker".into()).spawn(move || {
+        let mut acked = 0u64;
+        for (count, done) in pending_rx.iter() {
+            match done.recv() {
+                Ok(Ok(())) => acked += count,
+                _ => {
+                    let _ = out.write_all(&ws::encode_frame(true, ws::OP_CLOSE, None, &ws::close_payload(1011, "event storage failed")));
+                    return;
+                }
+            }
+            if send_ack(&mut out, acked).is_err() {
+                return;
+            }
+        }
+    });
+    let result: std::result::Result<(), String> = (|| loop {
+        while let Some((frame, n)) = ws::parse_frame(input.buffered()).map_err(|e| e.to_string())? {
+            input.consume(n);
+            match frame.opcode {
+                ws::OP_BINARY => {
+                    if !frame.payload.ends_with(b"\n") {
+                        return Err("an event frame must hold whole lines".into());
+                    }
+                    let mut count = 0;
+                    for line in frame.payload.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                        serde_json::from_slice::<serde::de::IgnoredAny>(line).map_err(|e| format!("an event is not JSON: {e}"))?;
+                        count += 1;
+                    }
+                    let done = state.events.append(frame.payload);
+                    state.metrics.events(count);
+                    pending_tx.send((count, done)).map_err(|_| "acknowledgements stopped".to_string())?;
+                }
+                ws::OP_CLOSE => return Ok(()),
+                _ => {}
+            }
+        }
+        input.half.set_timeout(None).map_err(|e| e.to_string())?;
+        if input.fill().map_err(|e| e.to_string())? == 0 {
+            return Ok(());
+        }
+    })();
+    if let Err(why) = result {
+        log::warn!("event stream failed peer={peer} error={why}");
+    }
+    drop(pending_tx);
+    if let Ok(a) = acker {
+        let _ = a.join();
+    }
+}
+
+fn query_events(state: &State, head: &RequestHead, out: &mut WriteHalf) -> Result<(), (u16, String)> {
+    let q = http::query_pairs(head.query());
+    let param = |k: &str| q.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let limit = param("limit").and_then(|l| l.parse().ok()).unwrap_or(1000usize).min(100_000);
+    let keep = |e: &ApiEvent| e.matches(param("user"), param("verb"), param("resource"), param("namespace"), param("since"), param("until"));
+    let events = state.events.query(keep, limit).map_err(|e| (500, e.to_string()))?;
+    let io = |e: std::io::Error| (500, e.to_string());
+    if param("format") == Some("audit") {
+        // audit.k8s.io/v1 Event lines, oldest first, as audit log files are.
+        let mut body = String::new();
+        for e in events.iter().rev() {
+            body.push_str(&e.to_audit().to_string());
+            body.push('\n');
+        }
+        return out.write_all(&http::response(200, "application/x-ndjson", body.as_bytes())).map_err(io);
+    }
+    reply(out, 200, &json!({"items": events})).map_err(io)
+}
+
+/// Receives one session: upgrade, header, event lines; acknowledges durable bytes.
+fn ingest(state: &State, head: RequestHead, mut input: Input, mut out: WriteHalf, writer: String, peer: &str) {
+    if !accept_ws(&head, &mut out, SUBPROTOCOL) {
         return;
     }
     let m = &state.metrics;

@@ -78,7 +78,7 @@ pub enum SendError {
     Lost(String),
 }
 
-fn mask() -> Option<[u8; 4]> {
+pub fn mask() -> Option<[u8; 4]> {
     let mut k = [0u8; 4];
     crate::net::random::fill(&mut k);
     Some(k)
@@ -88,8 +88,8 @@ fn text_frame(msg: &impl serde::Serialize) -> Vec<u8> {
     ws::encode_frame(true, ws::OP_TEXT, mask(), serde_json::to_string(msg).unwrap_or_default().as_bytes())
 }
 
-/// Connects, upgrades and gets the header acknowledged within `timeout`.
-fn open(target: &RecorderTarget, id: &str, header: &Value, timeout: Duration) -> Result<(Input, WriteHalf, TcpStream, u64)> {
+/// Connects to `target` and upgrades `path` to WebSocket with `subprotocol`.
+pub fn dial(target: &RecorderTarget, path: &str, subprotocol: &str, timeout: Duration) -> Result<(Input, WriteHalf, TcpStream)> {
     let deadline = Instant::now() + timeout;
     let addr = (target.host.as_str(), target.port)
         .to_socket_addrs()
@@ -103,8 +103,8 @@ fn open(target: &RecorderTarget, id: &str, header: &Value, timeout: Duration) ->
     let mut key = [0u8; 16];
     crate::net::random::fill(&mut key);
     let key = crate::wire::base64::encode(&key);
-    let mut req = RequestHead::new("GET", PATH);
-    for (n, v) in [("Host", target.host.as_str()), ("Connection", "Upgrade"), ("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13"), ("Sec-WebSocket-Protocol", SUBPROTOCOL)] {
+    let mut req = RequestHead::new("GET", path);
+    for (n, v) in [("Host", target.host.as_str()), ("Connection", "Upgrade"), ("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13"), ("Sec-WebSocket-Protocol", subprotocol)] {
         req.headers.push(n, v);
     }
     req.headers.push("Sec-WebSocket-Key", key.as_bytes());
@@ -115,12 +115,19 @@ fn open(target: &RecorderTarget, id: &str, header: &Value, timeout: Duration) ->
     let resp = input.read_head(http::parse_response, 16 * 1024, left, left)?.ok_or_else(|| Error::new("recorder closed the connection"))?;
     if resp.status != 101 {
         let body = String::from_utf8_lossy(input.buffered()).into_owned();
-        crate::bail!("recorder refused the session: {} {}", resp.status, body.chars().take(200).collect::<String>());
+        crate::bail!("recorder refused: {} {}", resp.status, body.chars().take(200).collect::<String>());
     }
     let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
     if resp.headers.get_str("sec-websocket-accept") != Some(accept.as_str()) {
         crate::bail!("recorder answered with a wrong Sec-WebSocket-Accept");
     }
+    Ok((input, out, socket))
+}
+
+/// Connects, upgrades and gets the header acknowledged within `timeout`.
+fn open(target: &RecorderTarget, id: &str, header: &Value, timeout: Duration) -> Result<(Input, WriteHalf, TcpStream, u64)> {
+    let deadline = Instant::now() + timeout;
+    let (mut input, mut out, socket) = dial(target, PATH, SUBPROTOCOL, timeout)?;
     out.write_all(&text_frame(&ClientMessage::Start { id: id.to_string(), header: header.clone() }))?;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());

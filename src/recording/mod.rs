@@ -2,5 +2,7 @@
 //! writer, and the recorder protocol shared by the proxy and the recorder.
 
 pub mod client;
+pub mod event;
+pub mod events_client;
 pub mod protocol;
 pub mod tap;

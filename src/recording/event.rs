@@ -1,0 +1,168 @@
+//! API request events: one record per request through the proxy, written when the
+//! request is received (stage `RequestReceived`) and when its response is complete
+//! (stage `ResponseComplete`), both with the id the proxy also sends upstream as
+//! `Audit-ID`. Also the mapping to `audit.k8s.io/v1` Event for existing audit tools.
+//!
+//! ```json
+//! {"id":"7f0c...","stage":"ResponseComplete","received":"2026-11-25T22:00:00.123Z",
+//!  "completed":"2026-11-25T22:00:00.131Z","latencyMs":8.1,"verb":"list","apiGroup":"",
+//!  "apiVersion":"v1","resource":"pods","subresource":"","namespace":"default","name":"",
+//!  "method":"GET","path":"/api/v1/namespaces/default/pods","query":"limit=500",
+//!  "status":200,"responseBytes":1432,"userAgent":"kubectl/v1.32.4 ...","sourceAddress":"127.0.0.1",
+//!  "user":{"name":"alice","groups":["sre"],"authenticatedBy":"x509"},
+//!  "impersonated":{"user":"alice","groups":["sre","system:masters"]},"sessionId":null,"proxy":"p1"}
+//! ```
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::kube::request_info::RequestInfo;
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EventUser {
+    pub name: String,
+    pub groups: Vec<String>,
+    pub authenticated_by: String,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Impersonated {
+    pub user: String,
+    pub groups: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiEvent {
+    pub id: String,
+    pub stage: String,
+    pub received: String,
+    pub completed: Option<String>,
+    pub latency_ms: Option<f64>,
+    pub verb: String,
+    pub api_group: String,
+    pub api_version: String,
+    pub resource: String,
+    pub subresource: String,
+    pub namespace: String,
+    pub name: String,
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub status: Option<u16>,
+    pub response_bytes: Option<u64>,
+    pub user_agent: String,
+    pub source_address: String,
+    pub user: Option<EventUser>,
+    pub impersonated: Option<Impersonated>,
+    pub session_id: Option<String>,
+    pub proxy: String,
+}
+
+pub const RECEIVED: &str = "RequestReceived";
+pub const COMPLETE: &str = "ResponseComplete";
+
+impl ApiEvent {
+    pub fn received(id: String, info: &RequestInfo, method: &str, path: &str, query: &str) -> ApiEvent {
+        ApiEvent {
+            id,
+            stage: RECEIVED.into(),
+            received: crate::wire::time::now_rfc3339_millis(),
+            verb: info.verb.clone(),
+            api_group: info.api_group.clone(),
+            api_version: info.api_version.clone(),
+            resource: info.resource.clone(),
+            subresource: info.subresource.clone(),
+            namespace: info.namespace.clone(),
+            name: info.name.clone(),
+            method: method.into(),
+            path: path.into(),
+            query: query.into(),
+            ..ApiEvent::default()
+        }
+    }
+
+    /// The same event, completed.
+    pub fn completed(&self, status: u16, bytes: u64, latency_ms: f64) -> ApiEvent {
+        ApiEvent {
+            stage: COMPLETE.into(),
+            completed: Some(crate::wire::time::now_rfc3339_millis()),
+            latency_ms: Some(latency_ms),
+            status: Some(status),
+            response_bytes: Some(bytes),
+            ..self.clone()
+        }
+    }
+
+    /// Whether the event matches the API's query filters.
+    pub fn matches(&self, user: Option<&str>, verb: Option<&str>, resource: Option<&str>, namespace: Option<&str>, since: Option<&str>, until: Option<&str>) -> bool {
+        user.is_none_or(|u| self.user.as_ref().is_some_and(|x| x.name == u))
+            && verb.is_none_or(|v| self.verb == v)
+            && resource.is_none_or(|r| self.resource == r || format!("{}/{}", self.resource, self.subresource) == r)
+            && namespace.is_none_or(|n| self.namespace == n)
+            && since.is_none_or(|s| self.received.as_str() >= s)
+            && until.is_none_or(|u| self.received.as_str() <= u)
+    }
+
+    /// The `audit.k8s.io/v1` Event for this record (level Metadata).
+    pub fn to_audit(&self) -> Value {
+        let user = self.user.as_ref().map(|u| json!({"username": u.name, "groups": u.groups, "extra": {"kubetape.dev/authenticated-by": [u.authenticated_by]}}));
+        let mut ev = json!({
+            "kind": "Event",
+            "apiVersion": "audit.k8s.io/v1",
+            "level": "Metadata",
+            "auditID": self.id,
+            "stage": self.stage,
+            "requestURI": if self.query.is_empty() { self.path.clone() } else { format!("{}?{}", self.path, self.query) },
+            "verb": self.verb,
+            "user": user.unwrap_or_else(|| json!({"username": "system:anonymous"})),
+            "sourceIPs": [self.source_address],
+            "userAgent": self.user_agent,
+            "requestReceivedTimestamp": self.received,
+            "stageTimestamp": self.completed.clone().unwrap_or_else(|| self.received.clone()),
+            "annotations": {"kubetape.dev/proxy": self.proxy},
+        });
+        if let Some(imp) = &self.impersonated {
+            ev["impersonatedUser"] = json!({"username": imp.user, "groups": imp.groups});
+        }
+        if !self.resource.is_empty() {
+            let mut o = json!({"resource": self.resource, "namespace": self.namespace, "name": self.name, "apiGroup": self.api_group, "apiVersion": self.api_version});
+            if !self.subresource.is_empty() {
+                o["subresource"] = json!(self.subresource);
+            }
+            ev["objectRef"] = o;
+        }
+        if let Some(code) = self.status {
+            ev["responseStatus"] = json!({"metadata": {}, "code": code});
+        }
+        if let Some(s) = &self.session_id {
+            ev["annotations"]["kubetape.dev/session-id"] = json!(s);
+        }
+        ev
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kube::request_info::request_info;
+
+    #[test]
+    fn audit_mapping() {
+        let info = request_info("GET", "/api/v1/namespaces/default/pods/web-0/log", "follow=true");
+        let mut ev = ApiEvent::received("abc".into(), &info, "GET", "/api/v1/namespaces/default/pods/web-0/log", "follow=true");
+        ev.user = Some(EventUser { name: "alice".into(), groups: vec!["sre".into()], authenticated_by: "x509".into() });
+        let done = ev.completed(200, 10, 1.5);
+        let a = done.to_audit();
+        assert_eq!(a["auditID"], "abc");
+        assert_eq!(a["stage"], "ResponseComplete");
+        assert_eq!(a["verb"], "get");
+        assert_eq!(a["objectRef"]["subresource"], "log");
+        assert_eq!(a["responseStatus"]["code"], 200);
+        assert_eq!(a["user"]["username"], "alice");
+        assert!(done.matches(Some("alice"), Some("get"), Some("pods/log"), Some("default"), None, None));
+        assert!(!done.matches(Some("bob"), None, None, None, None, None));
+    }
+}
