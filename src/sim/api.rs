@@ -125,7 +125,8 @@ pub fn route(cluster: &Arc<Cluster>, req: &Request, out: &mut WriteHalf) -> Repl
             ok_json(out, 201, &review)
         }
         ("POST", ["apis", "authorization.k8s.io", "v1", "selfsubjectaccessreviews"]) => {
-            let mut review = json_body(req)?;
+            // kubectl 1.32 sends this one as protobuf; the answer needs nothing from it.
+            let mut review = json_body(req).unwrap_or_else(|_| json!({"kind": "SelfSubjectAccessReview", "apiVersion": "authorization.k8s.io/v1", "metadata": {}, "spec": {}}));
             review["status"] = json!({"allowed": true, "reason": "kubetape sim authorizes every authenticated user"});
             ok_json(out, 201, &review)
         }

@@ -1,0 +1,124 @@
+//! API request events end to end: real kubectl through the proxy, events queried from
+//! the recorder's API, fail-closed refusals, and survival of a recorder kill -9.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::{Demo, Kubectl, OutputExt, Proto, RawClient};
+
+/// GET on the recorder's API with the demo's reader certificate.
+fn recorder_get(demo: &Demo, path: &str) -> (u16, String) {
+    let cmdline = std::fs::read_to_string(demo.path("recorder.cmdline")).unwrap();
+    let addr = cmdline.split_whitespace().skip_while(|a| *a != "--listen").nth(1).unwrap().to_string();
+    let pki = demo.path("pki");
+    let b64 = |f: &str| kubetape::wire::base64::encode(&std::fs::read(pki.join(f)).unwrap());
+    let kc = demo.path("reader.recorder-kubeconfig");
+    std::fs::write(&kc, format!(
+        "certificate-authority-data: {}\nclient-certificate-data: {}\nclient-key-data: {}\n",
+        b64("recorder-ca.pem"), b64("recorder-reader.pem"), b64("recorder-reader-key.pem")
+    ))
+    .unwrap();
+    let mut c = RawClient::connect(&addr, &kc, true);
+    c.send(format!("GET {path} HTTP/1.1\r\nHost: r\r\n\r\n").as_bytes()).unwrap();
+    c.response().expect("response")
+}
+
+fn events(demo: &Demo, query: &str) -> Vec<Value> {
+    let (code, body) = recorder_get(demo, &format!("/v1/events?{query}"));
+    assert_eq!(code, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    v["items"].as_array().cloned().unwrap_or_default()
+}
+
+/// (verb, resource[/subresource]) of alice's events (a watch completes only when it
+/// ends, so both stages count).
+fn verbs(demo: &Demo) -> Vec<(String, String)> {
+    events(demo, "user=alice&limit=10000")
+        .iter()
+        .map(|e| {
+            let r = e["resource"].as_str().unwrap_or("");
+            let sub = e["subresource"].as_str().unwrap_or("");
+            (e["verb"].as_str().unwrap_or("").to_string(), if sub.is_empty() { r.to_string() } else { format!("{r}/{sub}") })
+        })
+        .collect()
+}
+
+#[test]
+fn kubectl_commands_yield_the_right_verbs_and_resources() {
+    let demo = Demo::start();
+    for proto in [Proto::WebSocket, Proto::Spdy] {
+        let k = Kubectl::new(&demo, "kubeconfig", "1.32", proto);
+        let pod = format!("ev-{}", kubetape::net::random::hex(4));
+        let yaml = format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: {pod}\nspec:\n  containers:\n  - name: main\n    image: busybox\n    command: [\"sh\", \"-c\", \"echo hi; sleep 30\"]\n");
+        let ok = |out: std::process::Output| assert!(out.status.success(), "{}", out.describe());
+        ok(k.run(&["get", "pods"]));
+        ok(k.run(&["get", "pod", "web-0"]));
+        ok(k.run_timeout(&["apply", "-f", "-"], Some(yaml.as_bytes()), Duration::from_secs(30)));
+        ok(k.run(&["patch", "pod", &pod, "--type=merge", "-p", r#"{"metadata":{"labels":{"x":"y"}}}"#]));
+        ok(k.run(&["wait", "--for=condition=Ready", &format!("pod/{pod}"), "--timeout=30s"]));
+        ok(k.run(&["logs", &pod]));
+        ok(k.run(&["exec", "web-0", "--", "true"]));
+        ok(k.run(&["auth", "can-i", "get", "pods"]));
+        let _ = k.run_timeout(&["get", "pods", "-w"], None, Duration::from_secs(2));
+        ok(k.run(&["delete", "pod", &pod]));
+        let exec_verb = if proto == Proto::WebSocket { "get" } else { "create" };
+        let want = [
+            ("list", "pods"), ("get", "pods"), ("create", "pods"), ("patch", "pods"), ("watch", "pods"),
+            ("get", "pods/log"), (exec_verb, "pods/exec"), ("create", "selfsubjectaccessreviews"), ("delete", "pods"),
+        ];
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = verbs(&demo);
+            let missing: Vec<_> = want.iter().filter(|(v, r)| !got.iter().any(|(gv, gr)| gv == v && gr == r)).collect();
+            if missing.is_empty() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{proto}: missing {missing:?} in {got:?}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    // Every event carries who and how; the export is audit.k8s.io/v1.
+    let all = events(&demo, "user=alice&verb=list&resource=pods");
+    let e = all.first().expect("a list event");
+    assert_eq!(e["user"]["authenticatedBy"], "x509");
+    assert_eq!(e["impersonated"]["groups"], serde_json::json!(["sre", "system:masters"]));
+    assert!(e["userAgent"].as_str().unwrap_or("").starts_with("kubectl"), "{e}");
+    let (code, body) = recorder_get(&demo, "/v1/events?user=alice&format=audit&limit=5");
+    assert_eq!(code, 200);
+    let line: Value = serde_json::from_str(body.lines().next().unwrap()).unwrap();
+    assert_eq!(line["apiVersion"], "audit.k8s.io/v1");
+    assert!(line["auditID"].is_string());
+}
+
+#[test]
+fn fail_closed_requests_are_refused_when_events_cannot_be_recorded() {
+    let demo = Demo::start();
+    let bob = Kubectl::new(&demo, "bob.kubeconfig", "1.32", Proto::WebSocket);
+    assert!(bob.run(&["get", "pods"]).status.success());
+    demo.signal("recorder", libc::SIGKILL);
+    std::thread::sleep(Duration::from_millis(300));
+    let out = bob.run(&["get", "pods"]);
+    assert!(!out.status.success(), "{}", out.describe());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("must be recorded"), "{err}");
+    let alice = Kubectl::new(&demo, "kubeconfig", "1.32", Proto::WebSocket);
+    let start = Instant::now();
+    assert!(alice.run(&["get", "pods"]).status.success(), "fail-open goes on");
+    assert!(start.elapsed() < Duration::from_secs(10), "fail-open is not held up: {:?}", start.elapsed());
+}
+
+#[test]
+fn acknowledged_events_survive_a_recorder_kill() {
+    let demo = Demo::start();
+    let bob = Kubectl::new(&demo, "bob.kubeconfig", "1.32", Proto::WebSocket);
+    // bob is fail-closed: each of his requests returns only after its event is durable.
+    let marker = format!("survivor-{}", kubetape::net::random::hex(4));
+    assert!(bob.run(&["get", "pods", "-l", &format!("app={marker}")]).status.success());
+    demo.signal("recorder", libc::SIGKILL);
+    std::thread::sleep(Duration::from_millis(300));
+    let _recorder = demo.restart("recorder");
+    let found = events(&demo, "user=bob&limit=1000");
+    assert!(found.iter().any(|e| e["query"].as_str().unwrap_or("").contains(&marker)), "{found:?}");
+}
