@@ -121,6 +121,8 @@ pub fn dial(target: &RecorderTarget, path: &str, subprotocol: &str, timeout: Dur
     if resp.headers.get_str("sec-websocket-accept") != Some(accept.as_str()) {
         crate::bail!("recorder answered with a wrong Sec-WebSocket-Accept");
     }
+    // The handshake's deadline must not outlive it: acks may be seconds apart.
+    input.half.set_timeout(None)?;
     Ok((input, out, socket))
 }
 
