@@ -401,6 +401,7 @@ impl Request<'_> {
             log::info!("upgrade requested conn={} user={who} peer={} path={} protocol={}", self.id, self.peer, head.path(), head.upgrade().unwrap_or(""));
         }
 
+        let mut capture = event.as_ref().and_then(|e| e.2).map(|limit| Capture { data: Vec::new(), limit, truncated: false });
         let mut attempt = 0;
         let response = loop {
             attempt += 1;
@@ -415,7 +416,7 @@ impl Request<'_> {
                 }
             }
             let Some(up) = upstream.as_mut() else { unreachable!("connected above") };
-            let sent = self.send_request(&up_head, framing, client, up);
+            let sent = self.send_request(&up_head, framing, client, up, capture.as_mut());
             if let Err(e) = sent {
                 *upstream = None;
                 if e.0 == Side::Client {
@@ -454,7 +455,7 @@ impl Request<'_> {
             let out = rewrite::client_response(&response, BodyLength::Empty, false);
             client.1.write_all(&out.encode()).context("writing 101 to client")?;
             let Some(up) = upstream.take() else { unreachable!("response read above") };
-            if let Some((sink, ev)) = &event {
+            if let Some((sink, ev, _)) = &event {
                 let mut done = ev.completed(101, 0, received.elapsed().as_secs_f64() * 1000.0);
                 done.session_id = recording.as_ref().map(|r| r.2.clone());
                 self.send_event(sink, &done);
@@ -495,13 +496,17 @@ impl Request<'_> {
         let close = client_close || up_framing == BodyLength::UntilClose;
         let out = rewrite::client_response(&response, up_framing, close);
         client.1.write_all(&out.encode()).context("writing response head to client")?;
-        let copied = copy_body(&mut up.input, up_framing, &mut client.1);
+        let copied = copy_body(&mut up.input, up_framing, &mut client.1, None);
         if upstream_close || copied.is_err() {
             *upstream = None;
         }
-        if let Some((sink, ev)) = &event {
+        if let Some((sink, ev, _)) = &event {
             let bytes = *copied.as_ref().unwrap_or(&0);
-            self.send_event(sink, &ev.completed(response.status, bytes, received.elapsed().as_secs_f64() * 1000.0));
+            let mut done = ev.completed(response.status, bytes, received.elapsed().as_secs_f64() * 1000.0);
+            if let Some(c) = &capture {
+                done.set_body(&c.data, c.truncated);
+            }
+            self.send_event(sink, &done);
         }
         match copied {
             Ok(_) if close => Ok(Next::Close),
@@ -521,9 +526,15 @@ impl Request<'_> {
         user: Option<&UserInfo>,
         impersonation: Option<&Impersonation<'_>>,
         grants: Option<&Grants>,
-    ) -> std::result::Result<Option<(Arc<EventSink>, ApiEvent)>, Refusal> {
+    ) -> std::result::Result<Option<(Arc<EventSink>, ApiEvent, Option<usize>)>, Refusal> {
         let Some(grants) = grants.filter(|g| g.events) else { return Ok(None) };
         let info = request_info(&head.method, head.path(), head.query());
+        let policy = self.state.policy.get();
+        let capture = match policy.events.level(&info) {
+            policy::Level::None => return Ok(None),
+            policy::Level::Metadata => None,
+            policy::Level::Request => Some(policy.events.max_body_bytes),
+        };
         let mut ev = ApiEvent::received(audit_id.to_string(), &info, &head.method, head.path(), head.query());
         ev.user = user.map(|u| EventUser { name: u.name.clone(), groups: u.groups.clone(), authenticated_by: u.method.to_string() });
         ev.impersonated = impersonation.map(|i| Impersonated { user: i.user.name.clone(), groups: i.groups.clone() });
@@ -554,7 +565,7 @@ impl Request<'_> {
         } else if !sink.send(line) {
             metrics::inc(&self.state.metrics.events_dropped);
         }
-        Ok(Some((sink, ev)))
+        Ok(Some((sink, ev, capture)))
     }
 
     /// Queues an event without waiting, counting it if dropped.
@@ -659,13 +670,14 @@ impl Request<'_> {
         framing: BodyLength,
         client: &mut (Input, WriteHalf),
         up: &mut Upstream,
+        capture: Option<&mut Capture>,
     ) -> std::result::Result<(), (Side, Error)> {
         up.output.write_all(&up_head.encode()).map_err(|e| (Side::Upstream, e.into()))?;
         if framing == BodyLength::Empty {
             return Ok(());
         }
         client.0.half.set_timeout(Some(BODY_IDLE_TIMEOUT)).map_err(|e| (Side::Client, e.into()))?;
-        copy_body(&mut client.0, framing, &mut up.output).map(|_| ()).map_err(|e| match e {
+        copy_body(&mut client.0, framing, &mut up.output, capture).map(|_| ()).map_err(|e| match e {
             CopyError::Read(e) => (Side::Client, e),
             CopyError::Write(e) => (Side::Upstream, e),
         })
@@ -698,9 +710,17 @@ fn read_response_head(up: &mut Upstream) -> Result<ResponseHead> {
     }
 }
 
+/// The first bytes of a request body, kept for its API event.
+struct Capture {
+    data: Vec<u8>,
+    limit: usize,
+    truncated: bool,
+}
+
 /// Copies one body, re-framing chunked bodies chunk by chunk so streams (watches,
-/// `logs -f`) reach the reader as soon as each piece arrives.
-fn copy_body(from: &mut Input, framing: BodyLength, to: &mut WriteHalf) -> std::result::Result<u64, CopyError> {
+/// `logs -f`) reach the reader as soon as each piece arrives; keeps its first bytes
+/// in `capture` when given.
+fn copy_body(from: &mut Input, framing: BodyLength, to: &mut WriteHalf, mut capture: Option<&mut Capture>) -> std::result::Result<u64, CopyError> {
     let chunked = framing == BodyLength::Chunked;
     let mut body = BodyReader::new(from, framing);
     let mut buf = vec![0u8; COPY_CHUNK];
@@ -714,6 +734,11 @@ fn copy_body(from: &mut Input, framing: BodyLength, to: &mut WriteHalf) -> std::
             return Ok(total);
         }
         total += n as u64;
+        if let Some(c) = capture.as_deref_mut() {
+            let room = c.limit.saturating_sub(c.data.len());
+            c.data.extend_from_slice(&buf[..n.min(room)]);
+            c.truncated |= n > room;
+        }
         let written = if chunked { to.write_all(&http::encode_chunk(&buf[..n])) } else { to.write_all(&buf[..n]) };
         written.map_err(|e| CopyError::Write(e.into()))?;
     }

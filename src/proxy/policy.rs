@@ -22,6 +22,75 @@ pub struct Policy {
     pub recorders: Vec<RecorderSpec>,
     #[serde(default)]
     pub grants: Vec<Grant>,
+    /// What API events keep of each request, in the spirit of audit policy levels.
+    #[serde(default)]
+    pub events: EventPolicy,
+}
+
+/// How much of a request its API event keeps.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+pub enum Level {
+    /// No event at all.
+    None,
+    /// Who, what, when, and the response status (the default).
+    #[default]
+    Metadata,
+    /// Metadata and the request body, up to `maxBodyBytes`.
+    Request,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct EventPolicy {
+    #[serde(default)]
+    pub rules: Vec<EventRule>,
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+}
+
+fn default_max_body() -> usize {
+    16 * 1024
+}
+
+impl Default for EventPolicy {
+    fn default() -> Self {
+        EventPolicy { rules: Vec::new(), max_body_bytes: default_max_body() }
+    }
+}
+
+/// The first rule matching a request decides its level. Empty lists match anything;
+/// resources may name a subresource as `pods/exec`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EventRule {
+    pub level: Level,
+    #[serde(default)]
+    pub resources: Vec<String>,
+    #[serde(default)]
+    pub verbs: Vec<String>,
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+}
+
+impl EventPolicy {
+    /// The level for a request. Secret and TokenRequest bodies are never kept,
+    /// whatever the rules say.
+    pub fn level(&self, info: &crate::kube::request_info::RequestInfo) -> Level {
+        let full = if info.subresource.is_empty() { info.resource.clone() } else { format!("{}/{}", info.resource, info.subresource) };
+        let any = |list: &[String], v: &str| list.is_empty() || list.iter().any(|x| x == v || x == "*");
+        let level = self
+            .rules
+            .iter()
+            .find(|r| (r.resources.is_empty() || r.resources.iter().any(|x| x == &full || x == &info.resource || x == "*")) && any(&r.verbs, &info.verb) && any(&r.namespaces, &info.namespace))
+            .map(|r| r.level)
+            .unwrap_or_default();
+        let sensitive = info.resource == "secrets" || info.subresource == "token" || info.resource == "tokenrequests";
+        if level == Level::Request && sensitive {
+            Level::Metadata
+        } else {
+            level
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -218,6 +287,29 @@ mod tests {
         let p = Policy::parse(r#"{"grants": [{"src": ["group:sre"]}]}"#).unwrap();
         assert_eq!(p.grants_for(Some(&user("eve", &["group:sre", "sre-x"]))), None);
         assert_eq!(p.grants_for(None), None);
+    }
+
+    #[test]
+    fn event_levels() {
+        use crate::kube::request_info::request_info;
+        let p = Policy::parse(r#"{"events": {"maxBodyBytes": 10, "rules": [
+            {"level": "None", "resources": ["events"]},
+            {"level": "Request", "resources": ["configmaps", "secrets", "serviceaccounts/token"], "verbs": ["create", "patch"]},
+            {"level": "Request", "resources": ["*"], "namespaces": ["audited"]}
+        ]}}"#).unwrap();
+        let cases = [
+            ("POST", "/api/v1/namespaces/a/configmaps", Level::Request),
+            ("GET", "/api/v1/namespaces/a/configmaps", Level::Metadata),
+            ("POST", "/api/v1/namespaces/a/secrets", Level::Metadata),
+            ("POST", "/api/v1/namespaces/a/serviceaccounts/default/token", Level::Metadata),
+            ("GET", "/api/v1/namespaces/a/events", Level::None),
+            ("PUT", "/api/v1/namespaces/audited/pods/p", Level::Request),
+            ("PUT", "/api/v1/namespaces/audited/secrets/s", Level::Metadata),
+        ];
+        for (m, path, want) in cases {
+            assert_eq!(p.events.level(&request_info(m, path, "")), want, "{m} {path}");
+        }
+        assert_eq!(p.events.max_body_bytes, 10);
     }
 
     #[test]

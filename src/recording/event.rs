@@ -59,6 +59,14 @@ pub struct ApiEvent {
     pub impersonated: Option<Impersonated>,
     pub session_id: Option<String>,
     pub proxy: String,
+    /// Level `Request` only: the body as text (base64 with `requestBodyBase64` when it
+    /// is not UTF-8), cut at the policy's `maxBodyBytes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_body: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub request_body_base64: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub request_body_truncated: bool,
 }
 
 pub const RECEIVED: &str = "RequestReceived";
@@ -94,6 +102,18 @@ impl ApiEvent {
             response_bytes: Some(bytes),
             ..self.clone()
         }
+    }
+
+    /// Keeps a captured request body.
+    pub fn set_body(&mut self, body: &[u8], truncated: bool) {
+        match std::str::from_utf8(body) {
+            Ok(text) => self.request_body = Some(text.to_string()),
+            Err(_) => {
+                self.request_body = Some(crate::wire::base64::encode(body));
+                self.request_body_base64 = true;
+            }
+        }
+        self.request_body_truncated = truncated;
     }
 
     /// Whether the event matches the API's query filters.
