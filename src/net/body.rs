@@ -30,8 +30,25 @@ impl<'a> BodyReader<'a> {
         BodyReader { input, state }
     }
 
+    /// Whether the whole body has been read (a `Length` body is done as soon as its
+    /// last byte is; a chunked one once its last chunk is seen).
     pub fn is_done(&self) -> bool {
-        matches!(self.state, State::Done)
+        match &self.state {
+            State::Done => true,
+            State::Length(0) => true,
+            State::Chunked { decoder, pending } => decoder.is_done() && pending.is_empty(),
+            _ => false,
+        }
+    }
+
+    /// Body bytes that can be read now without waiting on the socket.
+    pub fn available(&self) -> usize {
+        match &self.state {
+            State::Done => 0,
+            State::Length(left) => self.input.buffered().len().min(usize::try_from(*left).unwrap_or(usize::MAX)),
+            State::Chunked { pending, .. } => pending.len() + self.input.buffered().len(),
+            State::UntilClose => self.input.buffered().len(),
+        }
     }
 }
 

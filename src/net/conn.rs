@@ -54,6 +54,8 @@ enum ReadInner {
 pub struct ReadHalf {
     inner: ReadInner,
     socket: TcpStream,
+    /// The read timeout last set, so an unchanged one costs no system call.
+    timeout: std::cell::Cell<Option<Option<Duration>>>,
 }
 
 enum WriteInner {
@@ -80,7 +82,7 @@ impl Conn {
         let peer = sock.peer_addr().context("reading peer address")?;
         let _ = sock.set_nodelay(true);
         Ok(Conn {
-            read: ReadHalf { inner: ReadInner::Plain(sock.try_clone()?), socket: sock.try_clone()? },
+            read: ReadHalf { inner: ReadInner::Plain(sock.try_clone()?), socket: sock.try_clone()?, timeout: Default::default() },
             write: WriteHalf { inner: WriteInner::Plain(sock) },
             peer,
             peer_certs: Vec::new(),
@@ -131,6 +133,7 @@ impl Conn {
                     eof: false,
                 },
                 socket: sock.try_clone()?,
+                timeout: Default::default(),
             },
             write: WriteHalf { inner: WriteInner::Tls { shared, sock } },
             peer,
@@ -143,7 +146,13 @@ impl ReadHalf {
     /// Bounds how long one read may block (`None`: forever). Applies to the socket,
     /// so it also bounds a TLS record that arrives byte by byte.
     pub fn set_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
-        self.socket.set_read_timeout(timeout.map(|t| t.max(Duration::from_millis(1))))
+        let timeout = timeout.map(|t| t.max(Duration::from_millis(1)));
+        if self.timeout.get() == Some(timeout) {
+            return Ok(());
+        }
+        self.socket.set_read_timeout(timeout)?;
+        self.timeout.set(Some(timeout));
+        Ok(())
     }
 
     /// Shuts down both directions of the socket, waking any blocked reader or writer.

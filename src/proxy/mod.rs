@@ -212,7 +212,12 @@ pub fn run(config: Config) -> Result<()> {
 struct Upstream {
     input: Input,
     output: WriteHalf,
+    /// When its last response ended; a connection idle longer is checked before reuse.
+    idle_since: Instant,
 }
+
+/// A connection idle for less than this is reused without a liveness check.
+const REUSE_WITHOUT_CHECK: Duration = Duration::from_secs(1);
 
 fn handle_connection(state: &State, sock: TcpStream, id: u64) {
     let peer = sock.peer_addr().map(|a| a.to_string()).unwrap_or_default();
@@ -405,13 +410,13 @@ impl Request<'_> {
         let mut attempt = 0;
         let response = loop {
             attempt += 1;
-            if upstream.as_ref().is_some_and(|up| !up.input.buffered().is_empty() || !up.input.half.is_reusable()) {
+            if upstream.as_ref().is_some_and(|up| !up.input.buffered().is_empty() || (up.idle_since.elapsed() > REUSE_WITHOUT_CHECK && !up.input.half.is_reusable())) {
                 *upstream = None; // closed or spoke out of turn while idle
             }
             let fresh = upstream.is_none();
             if fresh {
                 match config.upstream.connect(UPSTREAM_CONNECT_TIMEOUT) {
-                    Ok(c) => *upstream = Some(Upstream { input: Input::new(c.read), output: c.write }),
+                    Ok(c) => *upstream = Some(Upstream { input: Input::new(c.read), output: c.write, idle_since: Instant::now() }),
                     Err(e) => return refuse(client, Refusal::UpstreamUnavailable(e.to_string())),
                 }
             }
@@ -495,10 +500,11 @@ impl Request<'_> {
         let upstream_close = response.headers.has_token("connection", "close") || up_framing == BodyLength::UntilClose || is_upgrade;
         let close = client_close || up_framing == BodyLength::UntilClose;
         let out = rewrite::client_response(&response, up_framing, close);
-        client.1.write_all(&out.encode()).context("writing response head to client")?;
-        let copied = copy_body(&mut up.input, up_framing, &mut client.1, None);
+        let copied = copy_body(&mut up.input, up_framing, out.encode(), &mut client.1, None);
         if upstream_close || copied.is_err() {
             *upstream = None;
+        } else if let Some(up) = upstream.as_mut() {
+            up.idle_since = Instant::now();
         }
         if let Some((sink, ev, _)) = &event {
             let bytes = *copied.as_ref().unwrap_or(&0);
@@ -672,12 +678,8 @@ impl Request<'_> {
         up: &mut Upstream,
         capture: Option<&mut Capture>,
     ) -> std::result::Result<(), (Side, Error)> {
-        up.output.write_all(&up_head.encode()).map_err(|e| (Side::Upstream, e.into()))?;
-        if framing == BodyLength::Empty {
-            return Ok(());
-        }
         client.0.half.set_timeout(Some(BODY_IDLE_TIMEOUT)).map_err(|e| (Side::Client, e.into()))?;
-        copy_body(&mut client.0, framing, &mut up.output, capture).map(|_| ()).map_err(|e| match e {
+        copy_body(&mut client.0, framing, up_head.encode(), &mut up.output, capture).map(|_| ()).map_err(|e| match e {
             CopyError::Read(e) => (Side::Client, e),
             CopyError::Write(e) => (Side::Upstream, e),
         })
@@ -717,19 +719,29 @@ struct Capture {
     truncated: bool,
 }
 
-/// Copies one body, re-framing chunked bodies chunk by chunk so streams (watches,
-/// `logs -f`) reach the reader as soon as each piece arrives; keeps its first bytes
-/// in `capture` when given.
-fn copy_body(from: &mut Input, framing: BodyLength, to: &mut WriteHalf, mut capture: Option<&mut Capture>) -> std::result::Result<u64, CopyError> {
+/// Writes `head`, then copies one body, re-framing chunked bodies chunk by chunk so
+/// streams (watches, `logs -f`) reach the reader as soon as each piece arrives. The
+/// head goes out with the first piece of body (one TLS record for small messages).
+/// Keeps the body's first bytes in `capture` when given.
+fn copy_body(from: &mut Input, framing: BodyLength, head: Vec<u8>, to: &mut WriteHalf, mut capture: Option<&mut Capture>) -> std::result::Result<u64, CopyError> {
     let chunked = framing == BodyLength::Chunked;
+    let mut pending = head;
     let mut body = BodyReader::new(from, framing);
     let mut buf = vec![0u8; COPY_CHUNK];
     let mut total = 0u64;
     loop {
+        // Whatever waits to be written goes out before a read that may block.
+        if !pending.is_empty() && !body.is_done() && body.available() == 0 {
+            to.write_all(&pending).map_err(|e| CopyError::Write(e.into()))?;
+            pending.clear();
+        }
         let n = body.read(&mut buf).map_err(|e| CopyError::Read(e.into()))?;
         if n == 0 {
             if chunked {
-                to.write_all(http::LAST_CHUNK).map_err(|e| CopyError::Write(e.into()))?;
+                pending.extend_from_slice(http::LAST_CHUNK);
+            }
+            if !pending.is_empty() {
+                to.write_all(&pending).map_err(|e| CopyError::Write(e.into()))?;
             }
             return Ok(total);
         }
@@ -739,7 +751,14 @@ fn copy_body(from: &mut Input, framing: BodyLength, to: &mut WriteHalf, mut capt
             c.data.extend_from_slice(&buf[..n.min(room)]);
             c.truncated |= n > room;
         }
-        let written = if chunked { to.write_all(&http::encode_chunk(&buf[..n])) } else { to.write_all(&buf[..n]) };
-        written.map_err(|e| CopyError::Write(e.into()))?;
+        if chunked {
+            pending.extend_from_slice(&http::encode_chunk(&buf[..n]));
+        } else {
+            pending.extend_from_slice(&buf[..n]);
+        }
+        if !body.is_done() {
+            to.write_all(&pending).map_err(|e| CopyError::Write(e.into()))?;
+            pending.clear();
+        }
     }
 }
