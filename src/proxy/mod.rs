@@ -160,6 +160,11 @@ struct State {
     event_sinks: std::sync::Mutex<std::collections::HashMap<String, Arc<EventSink>>>,
 }
 
+/// Requests whose completion may be far off, as kube-apiserver's long-running check.
+fn long_running(head: &RequestHead, info: &crate::kube::request_info::RequestInfo) -> bool {
+    info.verb == "watch" || head.upgrade().is_some() || http::query_pairs(head.query()).iter().any(|(k, v)| k == "follow" && v == "true")
+}
+
 /// One event as an NDJSON line.
 fn event_line(ev: &ApiEvent) -> Vec<u8> {
     let mut line = serde_json::to_vec(ev).unwrap_or_default();
@@ -561,14 +566,16 @@ impl Request<'_> {
                 return Ok(None);
             }
         };
-        let line = event_line(&ev);
         if grants.fail_mode == FailMode::Closed {
-            if let Err(e) = sink.send_and_wait(line, EVENT_ACK_TIMEOUT) {
+            if let Err(e) = sink.send_and_wait(event_line(&ev), EVENT_ACK_TIMEOUT) {
                 metrics::inc(&self.state.metrics.events_refused);
                 log::warn!("request refused conn={} user={who} reason=events-unrecordable error={e}", self.id);
                 return Err(Refusal::Unavailable(format!("API requests must be recorded, and recording is not possible: {e}")));
             }
-        } else if !sink.send(line) {
+        } else if long_running(head, &info) && !sink.send(event_line(&ev)) {
+            // Fail-open: the completion event alone carries when the request was
+            // received, so only requests that may run for long (watches, follows,
+            // sessions) are announced now; nothing waits.
             metrics::inc(&self.state.metrics.events_dropped);
         }
         Ok(Some((sink, ev, capture)))
