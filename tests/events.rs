@@ -62,11 +62,14 @@ fn kubectl_commands_yield_the_right_verbs_and_resources() {
         ok(k.run(&["exec", "web-0", "--", "true"]));
         ok(k.run(&["auth", "can-i", "get", "pods"]));
         let _ = k.run_timeout(&["get", "pods", "-w"], None, Duration::from_secs(2));
+        let _ = k.run_timeout(&["port-forward", "pod/web-0", ":8080"], None, Duration::from_secs(2));
         ok(k.run(&["delete", "pod", &pod]));
         let exec_verb = if proto == Proto::WebSocket { "get" } else { "create" };
         let want = [
             ("list", "pods"), ("get", "pods"), ("create", "pods"), ("patch", "pods"), ("watch", "pods"),
             ("get", "pods/log"), (exec_verb, "pods/exec"), ("create", "selfsubjectaccessreviews"), ("delete", "pods"),
+            // kubectl 1.32 tries WebSocket first (GET, answered 400 by the sim), then SPDY (POST).
+            ("create", "pods/portforward"),
         ];
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
