@@ -4,12 +4,12 @@
 //! lower-case method for non-resource paths), API group and version, resource,
 //! subresource, namespace and name. No I/O.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::wire::http::query_pairs;
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq, Serialize)]
+#[serde(default, rename_all = "camelCase")]
 pub struct RequestInfo {
     pub is_resource_request: bool,
     pub verb: String,

@@ -41,13 +41,9 @@ pub struct ApiEvent {
     pub received: String,
     pub completed: Option<String>,
     pub latency_ms: Option<f64>,
-    pub verb: String,
-    pub api_group: String,
-    pub api_version: String,
-    pub resource: String,
-    pub subresource: String,
-    pub namespace: String,
-    pub name: String,
+    /// verb, apiGroup, apiVersion, resource, subresource, namespace, name.
+    #[serde(flatten)]
+    pub request: RequestInfo,
     pub method: String,
     pub path: String,
     pub query: String,
@@ -78,13 +74,7 @@ impl ApiEvent {
             id,
             stage: RECEIVED.into(),
             received: crate::wire::time::now_rfc3339_millis(),
-            verb: info.verb.clone(),
-            api_group: info.api_group.clone(),
-            api_version: info.api_version.clone(),
-            resource: info.resource.clone(),
-            subresource: info.subresource.clone(),
-            namespace: info.namespace.clone(),
-            name: info.name.clone(),
+            request: info.clone(),
             method: method.into(),
             path: path.into(),
             query: query.into(),
@@ -118,16 +108,18 @@ impl ApiEvent {
 
     /// Whether the event matches the API's query filters.
     pub fn matches(&self, user: Option<&str>, verb: Option<&str>, resource: Option<&str>, namespace: Option<&str>, since: Option<&str>, until: Option<&str>) -> bool {
+        let r = &self.request;
         user.is_none_or(|u| self.user.as_ref().is_some_and(|x| x.name == u))
-            && verb.is_none_or(|v| self.verb == v)
-            && resource.is_none_or(|r| self.resource == r || format!("{}/{}", self.resource, self.subresource) == r)
-            && namespace.is_none_or(|n| self.namespace == n)
+            && verb.is_none_or(|v| r.verb == v)
+            && resource.is_none_or(|x| r.resource == x || format!("{}/{}", r.resource, r.subresource) == x)
+            && namespace.is_none_or(|n| r.namespace == n)
             && since.is_none_or(|s| self.received.as_str() >= s)
             && until.is_none_or(|u| self.received.as_str() <= u)
     }
 
     /// The `audit.k8s.io/v1` Event for this record (level Metadata).
     pub fn to_audit(&self) -> Value {
+        let r = &self.request;
         let user = self.user.as_ref().map(|u| json!({"username": u.name, "groups": u.groups, "extra": {"kubetape.dev/authenticated-by": [u.authenticated_by]}}));
         let mut ev = json!({
             "kind": "Event",
@@ -136,7 +128,7 @@ impl ApiEvent {
             "auditID": self.id,
             "stage": self.stage,
             "requestURI": if self.query.is_empty() { self.path.clone() } else { format!("{}?{}", self.path, self.query) },
-            "verb": self.verb,
+            "verb": r.verb,
             "user": user.unwrap_or_else(|| json!({"username": "system:anonymous"})),
             "sourceIPs": [self.source_address],
             "userAgent": self.user_agent,
@@ -147,10 +139,10 @@ impl ApiEvent {
         if let Some(imp) = &self.impersonated {
             ev["impersonatedUser"] = json!({"username": imp.user, "groups": imp.groups});
         }
-        if !self.resource.is_empty() {
-            let mut o = json!({"resource": self.resource, "namespace": self.namespace, "name": self.name, "apiGroup": self.api_group, "apiVersion": self.api_version});
-            if !self.subresource.is_empty() {
-                o["subresource"] = json!(self.subresource);
+        if !r.resource.is_empty() {
+            let mut o = json!({"resource": r.resource, "namespace": r.namespace, "name": r.name, "apiGroup": r.api_group, "apiVersion": r.api_version});
+            if !r.subresource.is_empty() {
+                o["subresource"] = json!(r.subresource);
             }
             ev["objectRef"] = o;
         }

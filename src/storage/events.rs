@@ -144,12 +144,18 @@ mod tests {
     fn append_query_and_recover() {
         let dir = std::env::temp_dir().join(format!("kubetape-events-{}", crate::net::random::hex(8)));
         let log = EventLog::open(&dir).unwrap();
-        let ev = |id: &str, verb: &str| serde_json::to_string(&ApiEvent { id: id.into(), verb: verb.into(), received: "2026-11-25T00:00:00.000Z".into(), ..ApiEvent::default() }).unwrap() + "\n";
+        let ev = |id: &str, verb: &str| serde_json::to_string(&ApiEvent {
+            id: id.into(),
+            request: crate::kube::request_info::RequestInfo { verb: verb.into(), ..Default::default() },
+            received: "2026-11-25T00:00:00.000Z".into(),
+            ..ApiEvent::default()
+        })
+        .unwrap() + "\n";
         let waits: Vec<_> = (0..20).map(|i| log.append(ev(&format!("e{i}"), if i % 2 == 0 { "get" } else { "list" }).into_bytes())).collect();
         for w in waits {
             w.recv().unwrap().unwrap();
         }
-        let lists = log.query(|e| e.verb == "list", 100).unwrap();
+        let lists = log.query(|e| e.request.verb == "list", 100).unwrap();
         assert_eq!(lists.len(), 10);
         assert_eq!(lists[0].id, "e19", "newest first");
         // A torn last line is cut back on open.
