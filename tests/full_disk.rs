@@ -1,0 +1,75 @@
+//! The recorder's disk fills up mid-session: the recorder reports and survives, a
+//! fail-open session carries on with its recording truncated, a fail-closed one ends
+//! with a message. Needs root (it mounts a 256 KiB tmpfs), as CI runs.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use support::{Demo, Kubectl, OutputExt, Proto, Spawned};
+
+struct Mount(std::path::PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+fn proxy_metric(demo: &Demo, name: &str) -> u64 {
+    let cmdline = std::fs::read_to_string(demo.path("proxy.cmdline")).unwrap();
+    let addr = cmdline.split_whitespace().skip_while(|a| *a != "--metrics-listen").nth(1).unwrap().to_string();
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+}
+
+#[test]
+fn a_full_recorder_disk_truncates_fail_open_and_ends_fail_closed() {
+    let demo = Demo::start();
+    let small = demo.path("small-disk");
+    std::fs::create_dir_all(&small).unwrap();
+    let status = Command::new("mount").args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"]).arg(&small).status().expect("mount");
+    assert!(status.success(), "mounting a tmpfs failed: this test needs root (CI runs as root)");
+    let _mount = Mount(small.clone());
+
+    // The recorder again, from its command line, now storing on the small disk.
+    demo.signal("recorder", libc::SIGKILL);
+    std::thread::sleep(Duration::from_millis(300));
+    let cmdline = std::fs::read_to_string(demo.path("recorder.cmdline")).unwrap();
+    let mut args: Vec<String> = cmdline.split_whitespace().skip(1).map(String::from).collect();
+    let i = args.iter().position(|a| a == "--storage-dir").unwrap();
+    args[i + 1] = small.display().to_string();
+    let port: u16 = args[args.iter().position(|a| a == "--listen").unwrap() + 1].rsplit(':').next().unwrap().parse().unwrap();
+    let _recorder = Spawned::start(&args, &demo.path("recorder-small.log"));
+    support::wait_for_port(port);
+
+    // About 1 MiB of text, four times what the disk holds.
+    let script = "i=0; while [ $i -lt 16 ]; do head -c 65536 /dev/zero | tr '\\0' 'a'; echo; i=$((i+1)); sleep 0.05; done; echo done-writing";
+    let alice = Kubectl::new(&demo, "kubeconfig", "1.32", Proto::WebSocket);
+    let out = alice.run_timeout(&["exec", "web-0", "--", "sh", "-c", script], None, Duration::from_secs(60));
+    assert!(out.status.success() && out.stdout_str().ends_with("done-writing"), "fail-open carries on: {}", out.describe());
+    assert!(out.stdout.len() > 1_000_000, "all output reached the user");
+
+    let bob = Kubectl::new(&demo, "bob.kubeconfig", "1.32", Proto::WebSocket);
+    let out = bob.run_timeout(&["exec", "web-0", "--", "sh", "-c", script], None, Duration::from_secs(60));
+    assert!(!out.status.success(), "fail-closed ends: {}", out.describe());
+    // Either the session ended with the message, or (disk already full) it never started.
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("recording failed") || err.contains("must be recorded"), "bob is told why: {err}");
+    assert!(!out.stdout_str().contains("done-writing"));
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while proxy_metric(&demo, "kubetape_proxy_recordings_truncated_total") < 1 {
+        assert!(Instant::now() < deadline, "no truncated recording counted:\n{}", demo.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = std::fs::read_to_string(demo.path("recorder-small.log")).unwrap();
+    assert!(log.contains("No space left on device"), "the recorder says why: {log}");
+    assert!(support::port_alive(port), "the recorder survives a full disk");
+}
