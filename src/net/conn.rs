@@ -47,7 +47,8 @@ impl TlsShared {
 
 enum ReadInner {
     Plain(TcpStream),
-    Tls { shared: Arc<TlsShared>, sock: TcpStream, raw: Vec<u8>, eof: bool },
+    /// `scratch` is reused for every socket read, so a read costs no allocation.
+    Tls { shared: Arc<TlsShared>, sock: TcpStream, raw: Vec<u8>, eof: bool, scratch: Vec<u8> },
 }
 
 /// The read half of a connection.
@@ -131,6 +132,7 @@ impl Conn {
                     sock: sock.try_clone()?,
                     raw: Vec::new(),
                     eof: false,
+                    scratch: vec![0u8; READ_CHUNK],
                 },
                 socket: sock.try_clone()?,
                 timeout: Default::default(),
@@ -187,9 +189,9 @@ impl ReadHalf {
 
 impl Read for ReadHalf {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        let (shared, sock, raw, eof) = match &mut self.inner {
+        let (shared, sock, raw, eof, scratch) = match &mut self.inner {
             ReadInner::Plain(s) => return s.read(out),
-            ReadInner::Tls { shared, sock, raw, eof } => (shared, sock, raw, eof),
+            ReadInner::Tls { shared, sock, raw, eof, scratch } => (shared, sock, raw, eof, scratch),
         };
         if out.is_empty() {
             return Ok(0);
@@ -235,12 +237,11 @@ impl Read for ReadHalf {
                 shared.flush(sock)?;
             }
             if raw.is_empty() {
-                let mut buf = [0u8; READ_CHUNK];
-                let n = sock.read(&mut buf)?;
+                let n = sock.read(scratch)?;
                 if n == 0 {
                     *eof = true;
                 } else {
-                    raw.extend_from_slice(&buf[..n]);
+                    raw.extend_from_slice(&scratch[..n]);
                 }
             }
         }
@@ -292,11 +293,12 @@ impl Write for WriteHalf {
 pub struct Input {
     pub half: ReadHalf,
     buf: Vec<u8>,
+    scratch: Vec<u8>,
 }
 
 impl Input {
     pub fn new(half: ReadHalf) -> Self {
-        Input { half, buf: Vec::new() }
+        Input { half, buf: Vec::new(), scratch: vec![0u8; READ_CHUNK] }
     }
 
     /// Bytes read but not yet consumed.
@@ -310,9 +312,8 @@ impl Input {
 
     /// Reads more bytes into the buffer; `Ok(0)` at end of stream.
     pub fn fill(&mut self) -> io::Result<usize> {
-        let mut chunk = [0u8; READ_CHUNK];
-        let n = self.half.read(&mut chunk)?;
-        self.buf.extend_from_slice(&chunk[..n]);
+        let n = self.half.read(&mut self.scratch)?;
+        self.buf.extend_from_slice(&self.scratch[..n]);
         Ok(n)
     }
 

@@ -730,11 +730,25 @@ struct Capture {
 /// streams (watches, `logs -f`) reach the reader as soon as each piece arrives. The
 /// head goes out with the first piece of body (one TLS record for small messages).
 /// Keeps the body's first bytes in `capture` when given.
-fn copy_body(from: &mut Input, framing: BodyLength, head: Vec<u8>, to: &mut WriteHalf, mut capture: Option<&mut Capture>) -> std::result::Result<u64, CopyError> {
+fn copy_body(from: &mut Input, framing: BodyLength, head: Vec<u8>, to: &mut WriteHalf, capture: Option<&mut Capture>) -> std::result::Result<u64, CopyError> {
+    thread_local! {
+        // One copy buffer per connection thread, not one allocation per message.
+        static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; COPY_CHUNK]);
+    }
+    BUF.with(|b| copy_body_with(from, framing, head, to, capture, &mut b.borrow_mut()))
+}
+
+fn copy_body_with(
+    from: &mut Input,
+    framing: BodyLength,
+    head: Vec<u8>,
+    to: &mut WriteHalf,
+    mut capture: Option<&mut Capture>,
+    buf: &mut [u8],
+) -> std::result::Result<u64, CopyError> {
     let chunked = framing == BodyLength::Chunked;
     let mut pending = head;
     let mut body = BodyReader::new(from, framing);
-    let mut buf = vec![0u8; COPY_CHUNK];
     let mut total = 0u64;
     loop {
         // Whatever waits to be written goes out before a read that may block.
@@ -742,7 +756,7 @@ fn copy_body(from: &mut Input, framing: BodyLength, head: Vec<u8>, to: &mut Writ
             to.write_all(&pending).map_err(|e| CopyError::Write(e.into()))?;
             pending.clear();
         }
-        let n = body.read(&mut buf).map_err(|e| CopyError::Read(e.into()))?;
+        let n = body.read(buf).map_err(|e| CopyError::Read(e.into()))?;
         if n == 0 {
             if chunked {
                 pending.extend_from_slice(http::LAST_CHUNK);
