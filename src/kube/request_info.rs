@@ -85,9 +85,12 @@ pub fn request_info(method: &str, path: &str, query: &str) -> RequestInfo {
 mod tests {
     use super::*;
 
+    /// verb, group, resource, subresource, namespace, name
+    type Want<'a> = (&'a str, &'a str, &'a str, &'a str, &'a str, &'a str);
+
     #[test]
     fn like_kube_apiserver() {
-        let cases: &[(&str, &str, &str, (&str, &str, &str, &str, &str, &str))] = &[
+        let cases: &[(&str, &str, &str, Want<'_>)] = &[
             // method, path, query => verb, group, resource, subresource, namespace, name
             ("GET", "/api/v1/namespaces/default/pods", "", ("list", "", "pods", "", "default", "")),
             ("GET", "/api/v1/namespaces/default/pods", "watch=true&resourceVersion=5", ("watch", "", "pods", "", "default", "")),

@@ -390,16 +390,15 @@ impl Request<'_> {
             Ok(e) => e,
             Err(refusal) => return refuse(client, refusal),
         };
-        let up_head = rewrite::upstream_request(
-            &head,
-            framing,
-            config.mode,
-            impersonation.as_ref(),
-            upstream_auth.as_deref(),
-            &config.upstream.host_header(),
-            self.client_ip,
-            &audit_id,
-        );
+        let forwarding = rewrite::Forwarding {
+            mode: config.mode,
+            impersonate: impersonation.as_ref(),
+            upstream_auth: upstream_auth.as_deref(),
+            upstream_host: &config.upstream.host_header(),
+            client_ip: self.client_ip,
+            audit_id: &audit_id,
+        };
+        let up_head = rewrite::upstream_request(&head, framing, &forwarding);
         let who = user.as_ref().map(|u| u.name.as_str()).unwrap_or("-");
         log::debug!("request conn={} user={who} method={} path={}", self.id, head.method, head.path());
         let recording = match self.start_recording(&head, user.as_ref(), impersonation.as_ref(), grants.as_ref()) {
@@ -411,7 +410,7 @@ impl Request<'_> {
             log::info!("upgrade requested conn={} user={who} peer={} path={} protocol={}", self.id, self.peer, head.path(), head.upgrade().unwrap_or(""));
         }
 
-        let mut capture = event.as_ref().and_then(|e| e.2).map(|limit| Capture { data: Vec::new(), limit, truncated: false });
+        let mut capture = event.as_ref().and_then(|e| e.capture).map(|limit| Capture { data: Vec::new(), limit, truncated: false });
         let mut attempt = 0;
         let response = loop {
             attempt += 1;
@@ -465,10 +464,10 @@ impl Request<'_> {
             let out = rewrite::client_response(&response, BodyLength::Empty, false);
             client.1.write_all(&out.encode()).context("writing 101 to client")?;
             let Some(up) = upstream.take() else { unreachable!("response read above") };
-            if let Some((sink, ev, _)) = &event {
-                let mut done = ev.completed(101, 0, received.elapsed().as_secs_f64() * 1000.0);
+            if let Some(plan) = &event {
+                let mut done = plan.event.completed(101, 0, received.elapsed().as_secs_f64() * 1000.0);
                 done.session_id = recording.as_ref().map(|r| r.2.clone());
-                self.send_event(sink, &done);
+                self.send_event(&plan.sink, &done);
             }
             let plan = match recording {
                 Some((recording, fail, id)) => {
@@ -511,13 +510,13 @@ impl Request<'_> {
         } else if let Some(up) = upstream.as_mut() {
             up.idle_since = Instant::now();
         }
-        if let Some((sink, ev, _)) = &event {
+        if let Some(plan) = &event {
             let bytes = *copied.as_ref().unwrap_or(&0);
-            let mut done = ev.completed(response.status, bytes, received.elapsed().as_secs_f64() * 1000.0);
+            let mut done = plan.event.completed(response.status, bytes, received.elapsed().as_secs_f64() * 1000.0);
             if let Some(c) = &capture {
                 done.set_body(&c.data, c.truncated);
             }
-            self.send_event(sink, &done);
+            self.send_event(&plan.sink, &done);
         }
         match copied {
             Ok(_) if close => Ok(Next::Close),
@@ -537,7 +536,7 @@ impl Request<'_> {
         user: Option<&UserInfo>,
         impersonation: Option<&Impersonation<'_>>,
         grants: Option<&Grants>,
-    ) -> std::result::Result<Option<(Arc<EventSink>, ApiEvent, Option<usize>)>, Refusal> {
+    ) -> std::result::Result<Option<EventPlan>, Refusal> {
         let Some(grants) = grants.filter(|g| g.events) else { return Ok(None) };
         let info = request_info(&head.method, head.path(), head.query());
         let policy = self.state.policy.get();
@@ -578,7 +577,7 @@ impl Request<'_> {
             // sessions) are announced now; nothing waits.
             metrics::inc(&self.state.metrics.events_dropped);
         }
-        Ok(Some((sink, ev, capture)))
+        Ok(Some(EventPlan { sink, event: ev, capture }))
     }
 
     /// Queues an event without waiting, counting it if dropped.
@@ -717,6 +716,14 @@ fn read_response_head(up: &mut Upstream) -> Result<ResponseHead> {
             return Ok(head);
         }
     }
+}
+
+/// A request's API event, sent or queued, to be completed with the response.
+struct EventPlan {
+    sink: Arc<EventSink>,
+    event: ApiEvent,
+    /// Keep up to this many bytes of the request body (level `Request`).
+    capture: Option<usize>,
 }
 
 /// The first bytes of a request body, kept for its API event.

@@ -43,17 +43,20 @@ pub struct Impersonation<'a> {
     pub groups: Vec<String>,
 }
 
+/// How one request is forwarded.
+pub struct Forwarding<'a> {
+    pub mode: Mode,
+    pub impersonate: Option<&'a Impersonation<'a>>,
+    /// The proxy's own `Authorization` towards the API server, if it uses a token.
+    pub upstream_auth: Option<&'a str>,
+    pub upstream_host: &'a str,
+    pub client_ip: &'a str,
+    pub audit_id: &'a str,
+}
+
 /// Builds the request the API server receives.
-pub fn upstream_request(
-    client: &RequestHead,
-    framing: BodyLength,
-    mode: Mode,
-    impersonate: Option<&Impersonation<'_>>,
-    upstream_auth: Option<&str>,
-    upstream_host: &str,
-    client_ip: &str,
-    audit_id: &str,
-) -> RequestHead {
+pub fn upstream_request(client: &RequestHead, framing: BodyLength, f: &Forwarding<'_>) -> RequestHead {
+    let Forwarding { mode, impersonate, upstream_auth, upstream_host, client_ip, audit_id } = *f;
     let mut head = RequestHead { method: client.method.clone(), target: client.target.clone(), headers: client.headers.clone() };
     let upgrade = client.upgrade().map(str::to_string);
     strip_hop_by_hop(&mut head.headers);
@@ -141,7 +144,8 @@ mod tests {
     fn auth_mode_replaces_every_identity_field() {
         let user = alice();
         let imp = Impersonation { user: &user, groups: vec!["sre".into(), "system:masters".into()] };
-        let out = upstream_request(&spoofing_request(), BodyLength::Empty, Mode::Auth, Some(&imp), Some("Bearer proxy"), "api:6443", "192.0.2.1", "id-1");
+        let f = Forwarding { mode: Mode::Auth, impersonate: Some(&imp), upstream_auth: Some("Bearer proxy"), upstream_host: "api:6443", client_ip: "192.0.2.1", audit_id: "id-1" };
+        let out = upstream_request(&spoofing_request(), BodyLength::Empty, &f);
         let h = &out.headers;
         assert_eq!(h.get_all("authorization").collect::<Vec<_>>(), vec![&b"Bearer proxy"[..]]);
         assert_eq!(h.get_all("impersonate-user").collect::<Vec<_>>(), vec![&b"alice"[..]]);
@@ -160,14 +164,16 @@ mod tests {
     fn auth_mode_without_upstream_token_sends_none() {
         let user = alice();
         let imp = Impersonation { user: &user, groups: vec![] };
-        let out = upstream_request(&spoofing_request(), BodyLength::Empty, Mode::Auth, Some(&imp), None, "api", "1.2.3.4", "id-2");
+        let f = Forwarding { mode: Mode::Auth, impersonate: Some(&imp), upstream_auth: None, upstream_host: "api", client_ip: "1.2.3.4", audit_id: "id-2" };
+        let out = upstream_request(&spoofing_request(), BodyLength::Empty, &f);
         assert_eq!(out.headers.get("authorization"), None);
         assert_eq!(out.headers.get("impersonate-group"), None);
     }
 
     #[test]
     fn noauth_mode_passes_credentials_through() {
-        let out = upstream_request(&spoofing_request(), BodyLength::Chunked, Mode::NoAuth, None, None, "api", "1.2.3.4", "id-3");
+        let f = Forwarding { mode: Mode::NoAuth, impersonate: None, upstream_auth: None, upstream_host: "api", client_ip: "1.2.3.4", audit_id: "id-3" };
+        let out = upstream_request(&spoofing_request(), BodyLength::Chunked, &f);
         assert_eq!(out.headers.get_str("authorization"), Some("Bearer stolen"));
         assert_eq!(out.headers.get_str("impersonate-user"), Some("admin"));
         assert_eq!(out.headers.get_str("transfer-encoding"), Some("chunked"));

@@ -43,6 +43,8 @@ struct Progress {
 }
 
 type Shared = Arc<(Mutex<Progress>, Condvar)>;
+/// Per connection: (events sent once this batch is in, the batch's sequence numbers).
+type Inflight = Arc<Mutex<VecDeque<(u64, Vec<u64>)>>>;
 
 /// Records that `seqs` were durably written (`true`) or never will be (`false`).
 fn settle(progress: &Shared, seqs: &[u64], ok: bool) {
@@ -147,8 +149,7 @@ fn writer(targets: Vec<RecorderTarget>, rx: Receiver<Queued>, progress: Shared) 
             continue;
         };
         log::info!("api event stream connected");
-        // (events sent on this connection once this batch is in, the batch's sequence numbers)
-        let inflight: Arc<Mutex<VecDeque<(u64, Vec<u64>)>>> = Arc::new(Mutex::new(VecDeque::new()));
+        let inflight: Inflight = Arc::new(Mutex::new(VecDeque::new()));
         let alive = Arc::new(AtomicBool::new(true));
         let (fl, al, pr) = (inflight.clone(), alive.clone(), progress.clone());
         let _ = thread::Builder::new().name("events-ack".into()).spawn(move || acks(input, fl, al, pr));
@@ -187,7 +188,7 @@ fn writer(targets: Vec<RecorderTarget>, rx: Receiver<Queued>, progress: Shared) 
     }
 }
 
-fn acks(mut input: Input, inflight: Arc<Mutex<VecDeque<(u64, Vec<u64>)>>>, alive: Arc<AtomicBool>, progress: Shared) {
+fn acks(mut input: Input, inflight: Inflight, alive: Arc<AtomicBool>, progress: Shared) {
     loop {
         match ws::parse_frame(input.buffered()) {
             Ok(Some((frame, n))) => {
