@@ -9,7 +9,7 @@
 use std::collections::VecDeque;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -36,29 +36,22 @@ struct Queued {
     line: Vec<u8>,
 }
 
-/// Outcomes for the events someone waits for (fail-closed requests), by sequence number.
-#[derive(Default)]
-struct Progress {
-    waiting: std::collections::HashMap<u64, Option<bool>>,
-}
-
-type Shared = Arc<(Mutex<Progress>, Condvar)>;
+/// Who waits for which event (fail-closed requests), by sequence number; each waiter
+/// has its own channel, so an acknowledgement wakes only the requests it settles.
+type Shared = Arc<Mutex<std::collections::HashMap<u64, Sender<bool>>>>;
 /// Per connection: (events sent once this batch is in, the batch's sequence numbers).
 type Inflight = Arc<Mutex<VecDeque<(u64, Vec<u64>)>>>;
 
 /// Records that `seqs` were durably written (`true`) or never will be (`false`).
 fn settle(progress: &Shared, seqs: &[u64], ok: bool) {
-    let (m, cv) = &**progress;
-    let mut p = lock(m);
-    let mut any = false;
-    for s in seqs {
-        if let Some(slot) = p.waiting.get_mut(s) {
-            *slot = Some(ok);
-            any = true;
-        }
+    let mut waiting = lock(progress);
+    if waiting.is_empty() {
+        return;
     }
-    if any {
-        cv.notify_all();
+    for s in seqs {
+        if let Some(tx) = waiting.remove(s) {
+            let _ = tx.try_send(ok);
+        }
     }
 }
 
@@ -78,7 +71,7 @@ impl EventSink {
     /// reconnecting in order.
     pub fn start(name: &str, targets: Vec<RecorderTarget>) -> Arc<EventSink> {
         let (tx, rx) = bounded(EVENT_QUEUE);
-        let sink = Arc::new(EventSink { tx, next_seq: AtomicU64::new(1), progress: Arc::new((Mutex::new(Progress::default()), Condvar::new())), dropped: AtomicU64::new(0) });
+        let sink = Arc::new(EventSink { tx, next_seq: AtomicU64::new(1), progress: Shared::default(), dropped: AtomicU64::new(0) });
         let progress = sink.progress.clone();
         let _ = thread::Builder::new().name(format!("events-{name}")).spawn(move || writer(targets, rx, progress));
         sink
@@ -101,28 +94,18 @@ impl EventSink {
     /// Queues an event and waits until the recorder has durably written it.
     pub fn send_and_wait(&self, line: Vec<u8>, timeout: Duration) -> Result<(), String> {
         let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
-        let (m, cv) = &*self.progress;
-        lock(m).waiting.insert(seq, None);
+        let (done_tx, done_rx) = bounded(1);
+        lock(&self.progress).insert(seq, done_tx);
         let deadline = Instant::now() + timeout;
         let result = match self.tx.send_timeout(Queued { seq, line }, timeout) {
             Err(_) => Err("the event queue is full".to_string()),
-            Ok(()) => {
-                let mut p = lock(m);
-                loop {
-                    match p.waiting.get(&seq) {
-                        Some(Some(true)) => break Ok(()),
-                        Some(Some(false)) => break Err("the recorder was lost before acknowledging the event".into()),
-                        _ => {}
-                    }
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        break Err(format!("the recorder did not acknowledge the event within {timeout:?}"));
-                    }
-                    p = cv.wait_timeout(p, left).map(|(g, _)| g).unwrap_or_else(|e| e.into_inner().0);
-                }
-            }
+            Ok(()) => match done_rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(true) => Ok(()),
+                Ok(false) => Err("the recorder was lost before acknowledging the event".into()),
+                Err(_) => Err(format!("the recorder did not acknowledge the event within {timeout:?}")),
+            },
         };
-        lock(m).waiting.remove(&seq);
+        lock(&self.progress).remove(&seq);
         result
     }
 }
