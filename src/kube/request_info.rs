@@ -13,11 +13,17 @@ use crate::wire::http::query_pairs;
 pub struct RequestInfo {
     pub is_resource_request: bool,
     pub verb: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub api_group: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub api_version: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub resource: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub subresource: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub namespace: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub name: String,
 }
 

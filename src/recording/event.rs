@@ -33,13 +33,17 @@ pub struct Impersonated {
     pub groups: Vec<String>,
 }
 
+/// Empty strings and absent values are left out of the JSON (smaller events, less to
+/// fsync); readers get them back as defaults.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
+#[serde(default, rename_all = "camelCase")]
 pub struct ApiEvent {
     pub id: String,
     pub stage: String,
     pub received: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub completed: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub latency_ms: Option<f64>,
     /// verb, apiGroup, apiVersion, resource, subresource, namespace, name.
     #[serde(flatten)]
@@ -47,12 +51,17 @@ pub struct ApiEvent {
     pub method: String,
     pub path: String,
     pub query: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub response_bytes: Option<u64>,
     pub user_agent: String,
     pub source_address: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub user: Option<EventUser>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub impersonated: Option<Impersonated>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub session_id: Option<String>,
     pub proxy: String,
     /// Level `Request` only: the body as text (base64 with `requestBodyBase64` when it
