@@ -390,6 +390,13 @@ impl Request<'_> {
             Ok(e) => e,
             Err(refusal) => return refuse(client, refusal),
         };
+        // From here a refusal also completes the request's event, with its status.
+        let refuse = |client: &mut (Input, WriteHalf), r: Refusal| -> Result<Next> {
+            if let Some(plan) = &event {
+                self.send_event(&plan.sink, &plan.event.completed(respond::decide(&r).0, 0, received.elapsed().as_secs_f64() * 1000.0));
+            }
+            refuse(client, r)
+        };
         let forwarding = rewrite::Forwarding {
             mode: config.mode,
             impersonate: impersonation.as_ref(),
