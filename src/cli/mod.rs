@@ -21,6 +21,10 @@ fn run_play(a: &Args) -> Result<()> {
     crate::playback::run(a)
 }
 
+fn run_ls(a: &Args) -> Result<()> {
+    crate::playback::ls(a)
+}
+
 fn run_recorder(a: &Args) -> Result<()> {
     crate::recorder::run(crate::recorder::Config::from_args(a)?)
 }
@@ -32,6 +36,7 @@ fn run_sim(a: &Args) -> Result<()> {
 
 const COMMANDS: &[Command] = &[
     Command { name: "proxy", about: "Serve kubectl users in front of a Kubernetes API server.", flags: crate::proxy::FLAGS, run: run_proxy },
+    Command { name: "ls", about: "List the recordings in a recorder's storage directory.", flags: crate::playback::LS_FLAGS, run: run_ls },
     Command { name: "play", about: "Print a recording's output, or recover one stream's exact bytes.", flags: crate::playback::FLAGS, run: run_play },
     Command { name: "recorder", about: "Receive session recordings from proxies and keep them; serve them to readers.", flags: crate::recorder::FLAGS, run: run_recorder },
     #[cfg(feature = "sim")]

@@ -1,5 +1,6 @@
 //! `kubetape play`: prints a recording's output, or recovers one stream's exact bytes
 //! (`--raw stdout` turns a recorded `kubectl cp` download back into its tar).
+//! `kubetape ls`: lists the recordings in a recorder's storage directory.
 
 use std::io::Write;
 
@@ -35,6 +36,34 @@ pub fn run(args: &Args) -> Result<()> {
             (Some("m"), Some(mark)) if mark.starts_with("exit:") => writeln!(out, "\r\n[kubetape: {mark}]")?,
             _ => {}
         }
+    }
+    Ok(())
+}
+
+pub const LS_FLAGS: &[Flag] = &[
+    Flag { name: "storage-dir", default: None, help: "the recorder's --storage-dir, required" },
+    Flag { name: "user", default: None, help: "only this user's sessions" },
+    Flag { name: "namespace", default: None, help: "only sessions in this namespace" },
+    Flag { name: "pod", default: None, help: "only sessions in this pod" },
+];
+
+/// Lists recordings, newest first: id, start, status, who, where, what.
+pub fn ls(args: &Args) -> Result<()> {
+    let dir = args.required_path("storage-dir")?;
+    if !dir.is_dir() {
+        crate::bail!("--storage-dir {}: not a directory", dir.display());
+    }
+    let store = crate::storage::fs::FsStore::open_read_only(&dir);
+    let (user, ns, pod) = (args.opt("user"), args.opt("namespace"), args.opt("pod"));
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{:<30} {:<20} {:<11} {:<10} {:<28} COMMAND", "ID", "STARTED", "STATUS", "USER", "NAMESPACE/POD")?;
+    for m in store.list().context("--storage-dir")? {
+        if user.as_deref().is_some_and(|u| m.user() != u) || ns.as_deref().is_some_and(|n| m.namespace() != n) || pod.as_deref().is_some_and(|p| m.pod() != p) {
+            continue;
+        }
+        let command: Vec<&str> = m.session["command"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+        let status = format!("{:?}", m.status).to_lowercase();
+        writeln!(out, "{:<30} {:<20} {:<11} {:<10} {:<28} {}", m.id, m.started, status, m.user(), format!("{}/{}", m.namespace(), m.pod()), command.join(" "))?;
     }
     Ok(())
 }

@@ -57,6 +57,12 @@ impl FsStore {
         Ok(store)
     }
 
+    /// Opens an existing store to read only: no recovery, so it is safe beside a
+    /// running recorder (its live sessions stay `recording`).
+    pub fn open_read_only(root: &Path) -> FsStore {
+        FsStore { root: root.to_path_buf() }
+    }
+
     fn recover(&self, mut meta: SessionMeta, dir: &Path) -> Result<()> {
         let cast = dir.join(format!("{}.cast", meta.id));
         let data = fs::read(&cast).unwrap_or_default();
