@@ -323,4 +323,8 @@ fn the_recorder_api_serves_readers_only() {
     assert_eq!(get(None, "/v1/recordings").0, 401, "no certificate, no recordings");
     assert_eq!(get(Some("recorder-reader"), "/v1/recordings/..%2F..%2Fetc").0, 404);
     assert_eq!(get(None, "/healthz").0, 200);
+    // The same list from the storage directory, read-only.
+    let ls = std::process::Command::new(support::BIN).args(["ls", "--user", "alice", "--storage-dir"]).arg(demo.path("recordings")).output().unwrap();
+    let text = String::from_utf8_lossy(&ls.stdout);
+    assert!(ls.status.success() && text.contains(&id) && text.contains("default/web-0") && text.contains("echo api-check"), "{text}");
 }
