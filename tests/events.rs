@@ -8,25 +8,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use support::{Demo, Kubectl, OutputExt, Proto, RawClient};
 
-/// GET on the recorder's API with the demo's reader certificate.
-fn recorder_get(demo: &Demo, path: &str) -> (u16, String) {
-    let cmdline = std::fs::read_to_string(demo.path("recorder.cmdline")).unwrap();
-    let addr = cmdline.split_whitespace().skip_while(|a| *a != "--listen").nth(1).unwrap().to_string();
-    let pki = demo.path("pki");
-    let b64 = |f: &str| kubetape::wire::base64::encode(&std::fs::read(pki.join(f)).unwrap());
-    let kc = demo.path("reader.recorder-kubeconfig");
-    std::fs::write(&kc, format!(
-        "certificate-authority-data: {}\nclient-certificate-data: {}\nclient-key-data: {}\n",
-        b64("recorder-ca.pem"), b64("recorder-reader.pem"), b64("recorder-reader-key.pem")
-    ))
-    .unwrap();
-    let mut c = RawClient::connect(&addr, &kc, true);
-    c.send(format!("GET {path} HTTP/1.1\r\nHost: r\r\n\r\n").as_bytes()).unwrap();
-    c.response().expect("response")
-}
-
 fn events(demo: &Demo, query: &str) -> Vec<Value> {
-    let (code, body) = recorder_get(demo, &format!("/v1/events?{query}"));
+    let (code, body) = demo.recorder_get(Some("recorder-reader"), &format!("/v1/events?{query}"));
     assert_eq!(code, 200, "{body}");
     let v: Value = serde_json::from_str(&body).unwrap();
     v["items"].as_array().cloned().unwrap_or_default()
@@ -88,7 +71,7 @@ fn kubectl_commands_yield_the_right_verbs_and_resources() {
     assert_eq!(e["user"]["authenticatedBy"], "x509");
     assert_eq!(e["impersonated"]["groups"], serde_json::json!(["sre", "system:masters"]));
     assert!(e["userAgent"].as_str().unwrap_or("").starts_with("kubectl"), "{e}");
-    let (code, body) = recorder_get(&demo, "/v1/events?user=alice&format=audit&limit=5");
+    let (code, body) = demo.recorder_get(Some("recorder-reader"), "/v1/events?user=alice&format=audit&limit=5");
     assert_eq!(code, 200);
     let line: Value = serde_json::from_str(body.lines().next().unwrap()).unwrap();
     assert_eq!(line["apiVersion"], "audit.k8s.io/v1");

@@ -4,8 +4,6 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -17,16 +15,6 @@ impl Drop for Mount {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
     }
-}
-
-fn proxy_metric(demo: &Demo, name: &str) -> u64 {
-    let cmdline = std::fs::read_to_string(demo.path("proxy.cmdline")).unwrap();
-    let addr = cmdline.split_whitespace().skip_while(|a| *a != "--metrics-listen").nth(1).unwrap().to_string();
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n").unwrap();
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
 }
 
 #[test]
@@ -65,7 +53,7 @@ fn a_full_recorder_disk_truncates_fail_open_and_ends_fail_closed() {
     assert!(!out.stdout_str().contains("done-writing"));
 
     let deadline = Instant::now() + Duration::from_secs(10);
-    while proxy_metric(&demo, "kubetape_proxy_recordings_truncated_total") < 1 {
+    while demo.proxy_metric("kubetape_proxy_recordings_truncated_total") < 1 {
         assert!(Instant::now() < deadline, "no truncated recording counted:\n{}", demo.logs());
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -9,7 +9,7 @@ use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{Demo, Kubectl, OutputExt, Proto, RawClient};
+use support::{Demo, Kubectl, OutputExt, Proto};
 
 /// Event codes and data of a cast, without the header and timestamps.
 fn events(cast: &str) -> Vec<(String, String)> {
@@ -151,25 +151,9 @@ fn recorder_down_fail_closed_refuses_and_nothing_runs_fail_open_runs() {
     assert!(out.status.success(), "fail-open runs unrecorded: {}", out.describe());
     assert!(demo.path("sim-data/default/web-0/alice-was-here").exists());
     assert!(std::fs::read_to_string(demo.path("proxy.log")).unwrap().contains("session not recorded"));
-    let metrics = proxy_metrics(&demo);
     // kubectl 1.32 retries a refused WebSocket upgrade over SPDY: at least one per run.
-    assert!(counter(&metrics, "kubetape_proxy_sessions_refused_unrecordable_total") >= 2, "{metrics}");
-    assert_eq!(counter(&metrics, "kubetape_proxy_sessions_unrecorded_total"), 1, "{metrics}");
-}
-
-fn counter(metrics: &str, name: &str) -> u64 {
-    metrics.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
-}
-
-/// The proxy's Prometheus text, from the demo's `--metrics-listen`.
-fn proxy_metrics(demo: &Demo) -> String {
-    let cmdline = std::fs::read_to_string(demo.path("proxy.cmdline")).unwrap();
-    let addr = cmdline.split_whitespace().skip_while(|a| *a != "--metrics-listen").nth(1).unwrap().to_string();
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n").unwrap();
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out
+    assert!(demo.proxy_metric("kubetape_proxy_sessions_refused_unrecordable_total") >= 2);
+    assert_eq!(demo.proxy_metric("kubetape_proxy_sessions_unrecorded_total"), 1);
 }
 
 /// The proxy's count of acknowledged bytes for a session, from its end-of-session log line.
@@ -209,11 +193,11 @@ fn recorder_killed_mid_session_fail_closed_ends_it_fail_open_carries_on() {
     assert!(!bob.stdout_str().contains("line-29"));
     assert!(alice.status.success() && alice.stdout_str().contains("line-29"), "fail-open carries on: {}", alice.describe());
     let deadline = Instant::now() + Duration::from_secs(15);
-    while !proxy_metrics(&demo).contains("kubetape_proxy_recordings_truncated_total 2") {
-        assert!(Instant::now() < deadline, "{}", proxy_metrics(&demo));
+    while demo.proxy_metric("kubetape_proxy_recordings_truncated_total") < 2 {
+        assert!(Instant::now() < deadline, "{}", demo.logs());
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(proxy_metrics(&demo).contains("kubetape_proxy_sessions_ended_by_recording_failure_total 1"));
+    assert_eq!(demo.proxy_metric("kubetape_proxy_sessions_ended_by_recording_failure_total"), 1);
 
     // Every acknowledged byte is on disk: restart the recorder, which marks both
     // recordings interrupted and keeps their acknowledged lines.
@@ -289,25 +273,7 @@ fn the_recorder_api_serves_readers_only() {
     assert!(k.run(&["exec", "web-0", "--", "echo", "api-check"]).status.success());
     let (meta, _) = demo.wait_recording(|_, c| c.contains("api-check"));
     let id = meta["id"].as_str().unwrap().to_string();
-    let cmdline = std::fs::read_to_string(demo.path("recorder.cmdline")).unwrap();
-    let addr = cmdline.split_whitespace().skip_while(|a| *a != "--listen").nth(1).unwrap().to_string();
-    // A kubeconfig-shaped file lets the raw client present a chosen certificate.
-    let as_client = |who: &str| {
-        let pki = demo.path("pki");
-        let b64 = |f: &str| kubetape::wire::base64::encode(&std::fs::read(pki.join(f)).unwrap());
-        let kc = demo.path(&format!("{who}.recorder-kubeconfig"));
-        std::fs::write(&kc, format!(
-            "certificate-authority-data: {}\nclient-certificate-data: {}\nclient-key-data: {}\n",
-            b64("recorder-ca.pem"), b64(&format!("{who}.pem")), b64(&format!("{who}-key.pem"))
-        )).unwrap();
-        kc
-    };
-    let get = |who: Option<&str>, path: &str| {
-        let kc = as_client(who.unwrap_or("recorder-reader"));
-        let mut c = RawClient::connect(&addr, &kc, who.is_some());
-        c.send(format!("GET {path} HTTP/1.1\r\nHost: r\r\n\r\n").as_bytes()).unwrap();
-        c.response().expect("response")
-    };
+    let get = |who: Option<&str>, path: &str| demo.recorder_get(who, path);
     let (code, body) = get(Some("recorder-reader"), "/v1/recordings?user=alice&namespace=default&pod=web-0");
     assert_eq!(code, 200, "{body}");
     assert!(body.contains(&id), "{body}");

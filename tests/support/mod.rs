@@ -154,6 +154,36 @@ impl Demo {
         s
     }
 
+    /// The value of one counter on the proxy's `--metrics-listen`.
+    pub fn proxy_metric(&self, name: &str) -> u64 {
+        let cmdline = std::fs::read_to_string(self.path("proxy.cmdline")).expect("proxy.cmdline");
+        let addr = cmdline.split_whitespace().skip_while(|a| *a != "--metrics-listen").nth(1).expect("--metrics-listen").to_string();
+        let mut s = TcpStream::connect(addr).expect("metrics port");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n").expect("metrics request");
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+    }
+
+    /// GET on the recorder's API presenting `pki/<who>.pem` (`None`: no certificate).
+    pub fn recorder_get(&self, who: Option<&str>, path: &str) -> (u16, String) {
+        let cmdline = std::fs::read_to_string(self.path("recorder.cmdline")).expect("recorder.cmdline");
+        let addr = cmdline.split_whitespace().skip_while(|a| *a != "--listen").nth(1).expect("--listen").to_string();
+        let pki = self.path("pki");
+        let b64 = |f: &str| kubetape::wire::base64::encode(&std::fs::read(pki.join(f)).expect("pki file"));
+        let cert = who.unwrap_or("recorder-reader");
+        // A kubeconfig-shaped file lets the raw client present the chosen certificate.
+        let kc = self.path(&format!("{cert}.recorder-kubeconfig"));
+        std::fs::write(&kc, format!(
+            "certificate-authority-data: {}\nclient-certificate-data: {}\nclient-key-data: {}\n",
+            b64("recorder-ca.pem"), b64(&format!("{cert}.pem")), b64(&format!("{cert}-key.pem"))
+        ))
+        .expect("writing kubeconfig");
+        let mut c = RawClient::connect(&addr, &kc, who.is_some());
+        c.send(format!("GET {path} HTTP/1.1\r\nHost: r\r\n\r\n").as_bytes()).expect("request");
+        c.response().expect("response")
+    }
+
     pub fn wait_for_pod(&self, name: &str) {
         let k = Kubectl::new(self, "admin.kubeconfig", "1.32", Proto::WebSocket);
         let deadline = Instant::now() + Duration::from_secs(30);
