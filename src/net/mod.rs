@@ -4,6 +4,7 @@
 pub mod body;
 pub mod conn;
 pub mod pki;
+pub mod queue;
 pub mod random;
 pub mod server;
 pub mod signal;

@@ -24,7 +24,7 @@ use crate::net::{signal, tls};
 use crate::recording::protocol::{valid_id, Ack, ClientMessage, Outcome, SessionMeta, Status, PATH, SUBPROTOCOL};
 use crate::recording::event::ApiEvent;
 use crate::recording::events_client::{EVENTS_PATH, EVENTS_SUBPROTOCOL};
-use crate::storage::events::EventLog;
+use crate::storage::events::{EventLog, Written};
 use crate::storage::fs::{FsStore, SessionFile};
 use crate::wire::http::{self, RequestHead, ResponseHead};
 use crate::wire::{der, ws};
@@ -253,19 +253,24 @@ fn ingest_events(state: &State, head: RequestHead, mut input: Input, mut out: Wr
     if !accept_ws(&head, &mut out, EVENTS_SUBPROTOCOL) {
         return;
     }
-    let (pending_tx, pending_rx) = crossbeam_channel::bounded::<(u64, crossbeam_channel::Receiver<std::io::Result<()>>)>(EVENT_PIPELINE);
+    // Batches in the order they were read; the acker reports each once it is durable.
+    let pending: Arc<crate::net::queue::Queue<Option<(u64, Written)>>> = Arc::new(crate::net::queue::Queue::new(EVENT_PIPELINE));
+    let acker_queue = pending.clone();
     let acker = std::thread::Builder::new().name("events-acker".into()).spawn(move || {
         let mut acked = 0u64;
-        for (count, done) in pending_rx.iter() {
-            match done.recv() {
-                Ok(Ok(())) => acked += count,
-                _ => {
-                    let _ = out.write_all(&ws::encode_frame(true, ws::OP_CLOSE, None, &ws::close_payload(1011, "event storage failed")));
+        loop {
+            for item in acker_queue.pop_batch(usize::MAX, Duration::from_secs(3600)) {
+                let Some((count, done)) = item else { return };
+                match done.wait(Duration::from_secs(60)) {
+                    Some(Ok(())) => acked += count,
+                    _ => {
+                        let _ = out.write_all(&ws::encode_frame(true, ws::OP_CLOSE, None, &ws::close_payload(1011, "event storage failed")));
+                        return;
+                    }
+                }
+                if send_ack(&mut out, acked).is_err() {
                     return;
                 }
-            }
-            if send_ack(&mut out, acked).is_err() {
-                return;
             }
         }
     });
@@ -288,7 +293,7 @@ fn ingest_events(state: &State, head: RequestHead, mut input: Input, mut out: Wr
                     }
                     let done = state.events.append(frame.payload);
                     state.metrics.events(count);
-                    pending_tx.send((count, done)).map_err(|_| "acknowledgements stopped".to_string())?;
+                    pending.try_push(Some((count, done))).map_err(|_| "too many batches awaiting acknowledgement".to_string())?;
                 }
                 ws::OP_CLOSE => return Ok(()),
                 _ => {}
@@ -302,7 +307,8 @@ fn ingest_events(state: &State, head: RequestHead, mut input: Input, mut out: Wr
     if let Err(why) = result {
         log::warn!("event stream failed peer={peer} error={why}");
     }
-    drop(pending_tx);
+    // Tell the acker to stop after what is pending (a full queue means it has stopped).
+    let _ = pending.try_push(None);
     if let Ok(a) = acker {
         let _ = a.join();
     }

@@ -1,6 +1,6 @@
 //! The proxy's API event stream to a recorder: one persistent, pipelined WebSocket
 //! (`GET /v1/events`, subprotocol `kubetape.events.v1`) shared by every connection.
-//! Events queue in a bounded channel; a writer thread sends whatever is queued as one
+//! Events queue in a bounded queue; a writer thread sends whatever is queued as one
 //! frame of NDJSON lines; the recorder answers `{"acked":N}`, the number of events on
 //! this connection it has durably written. A fail-closed request waits for its own
 //! event's acknowledgement; fail-open ones never wait, and what cannot be queued is
@@ -11,12 +11,12 @@ use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
 
 
 use crate::net::conn::Input;
+use crate::net::queue::{Queue, Slot};
 use crate::recording::client::{dial, mask, RecorderTarget};
 use crate::recording::protocol::Ack;
 use crate::wire::ws;
@@ -38,7 +38,7 @@ struct Queued {
 
 /// Who waits for which event (fail-closed requests), by sequence number; each waiter
 /// has its own channel, so an acknowledgement wakes only the requests it settles.
-type Shared = Arc<Mutex<std::collections::HashMap<u64, Sender<bool>>>>;
+type Shared = Arc<Mutex<std::collections::HashMap<u64, Arc<Slot<bool>>>>>;
 /// Per connection: (events sent once this batch is in, the batch's sequence numbers).
 type Inflight = Arc<Mutex<VecDeque<(u64, Vec<u64>)>>>;
 
@@ -49,14 +49,14 @@ fn settle(progress: &Shared, seqs: &[u64], ok: bool) {
         return;
     }
     for s in seqs {
-        if let Some(tx) = waiting.remove(s) {
-            let _ = tx.try_send(ok);
+        if let Some(slot) = waiting.remove(s) {
+            slot.set(ok);
         }
     }
 }
 
 pub struct EventSink {
-    tx: Sender<Queued>,
+    queue: Arc<Queue<Queued>>,
     next_seq: AtomicU64,
     progress: Shared,
     pub dropped: AtomicU64,
@@ -70,10 +70,10 @@ impl EventSink {
     /// Starts the writer, which connects to the first reachable target and keeps
     /// reconnecting in order.
     pub fn start(name: &str, targets: Vec<RecorderTarget>) -> Arc<EventSink> {
-        let (tx, rx) = bounded(EVENT_QUEUE);
-        let sink = Arc::new(EventSink { tx, next_seq: AtomicU64::new(1), progress: Shared::default(), dropped: AtomicU64::new(0) });
+        let queue = Arc::new(Queue::new(EVENT_QUEUE));
+        let sink = Arc::new(EventSink { queue: queue.clone(), next_seq: AtomicU64::new(1), progress: Shared::default(), dropped: AtomicU64::new(0) });
         let progress = sink.progress.clone();
-        let _ = thread::Builder::new().name(format!("events-{name}")).spawn(move || writer(targets, rx, progress));
+        let _ = thread::Builder::new().name(format!("events-{name}")).spawn(move || writer(targets, &queue, progress));
         sink
     }
 
@@ -81,7 +81,7 @@ impl EventSink {
     /// whether it was queued.
     pub fn send(&self, line: Vec<u8>) -> bool {
         let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
-        let queued = !matches!(self.tx.try_send(Queued { seq, line }), Err(TrySendError::Full(_) | TrySendError::Disconnected(_)));
+        let queued = self.queue.try_push(Queued { seq, line }).is_ok();
         if !queued {
             let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if n.is_power_of_two() {
@@ -94,15 +94,14 @@ impl EventSink {
     /// Queues an event and waits until the recorder has durably written it.
     pub fn send_and_wait(&self, line: Vec<u8>, timeout: Duration) -> Result<(), String> {
         let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
-        let (done_tx, done_rx) = bounded(1);
-        lock(&self.progress).insert(seq, done_tx);
-        let deadline = Instant::now() + timeout;
-        let result = match self.tx.send_timeout(Queued { seq, line }, timeout) {
+        let done = Arc::new(Slot::default());
+        lock(&self.progress).insert(seq, done.clone());
+        let result = match self.queue.try_push(Queued { seq, line }) {
             Err(_) => Err("the event queue is full".to_string()),
-            Ok(()) => match done_rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(true) => Ok(()),
-                Ok(false) => Err("the recorder was lost before acknowledging the event".into()),
-                Err(_) => Err(format!("the recorder did not acknowledge the event within {timeout:?}")),
+            Ok(()) => match done.wait(timeout) {
+                Some(true) => Ok(()),
+                Some(false) => Err("the recorder was lost before acknowledging the event".into()),
+                None => Err(format!("the recorder did not acknowledge the event within {timeout:?}")),
             },
         };
         lock(&self.progress).remove(&seq);
@@ -112,7 +111,7 @@ impl EventSink {
 
 /// Owns the connection: sends batches, reconnects, and marks what a dead connection
 /// took with it as lost.
-fn writer(targets: Vec<RecorderTarget>, rx: Receiver<Queued>, progress: Shared) {
+fn writer(targets: Vec<RecorderTarget>, queue: &Queue<Queued>, progress: Shared) {
     loop {
         let Some((input, mut out, socket)) = targets.iter().find_map(|t| match dial(t, EVENTS_PATH, EVENTS_SUBPROTOCOL, DIAL_TIMEOUT) {
             Ok(c) => Some(c),
@@ -122,13 +121,8 @@ fn writer(targets: Vec<RecorderTarget>, rx: Receiver<Queued>, progress: Shared) 
             }
         }) else {
             // Nobody to write to: what is queued now cannot be acknowledged.
-            let lost: Vec<u64> = rx.try_iter().map(|q| q.seq).collect();
+            let lost: Vec<u64> = queue.pop_batch(usize::MAX, RECONNECT_BACKOFF).iter().map(|q| q.seq).collect();
             settle(&progress, &lost, false);
-            match rx.recv_timeout(RECONNECT_BACKOFF) {
-                Ok(q) => settle(&progress, &[q.seq], false),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return,
-            }
             continue;
         };
         log::info!("api event stream connected");
@@ -138,21 +132,15 @@ fn writer(targets: Vec<RecorderTarget>, rx: Receiver<Queued>, progress: Shared) 
         let _ = thread::Builder::new().name("events-ack".into()).spawn(move || acks(input, fl, al, pr));
         let mut sent_count = 0u64;
         while alive.load(Ordering::SeqCst) {
-            let first = match rx.recv_timeout(Duration::from_millis(200)) {
-                Ok(q) => q,
-                Err(RecvTimeoutError::Timeout) => continue,
-                Err(RecvTimeoutError::Disconnected) => return,
-            };
-            let mut frame = first.line;
-            let mut seqs = vec![first.seq];
-            while seqs.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(q) => {
-                        frame.extend_from_slice(&q.line);
-                        seqs.push(q.seq);
-                    }
-                    Err(_) => break,
-                }
+            let batch = queue.pop_batch(MAX_BATCH, Duration::from_millis(200));
+            if batch.is_empty() {
+                continue;
+            }
+            let mut frame = Vec::with_capacity(batch.iter().map(|q| q.line.len()).sum());
+            let mut seqs = Vec::with_capacity(batch.len());
+            for q in batch {
+                frame.extend_from_slice(&q.line);
+                seqs.push(q.seq);
             }
             sent_count += seqs.len() as u64;
             // Recorded before the write, so an ack can never outrun its entry.

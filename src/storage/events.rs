@@ -12,7 +12,9 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Receiver, Sender};
+use std::sync::Arc;
+
+use crate::net::queue::{Queue, Slot};
 
 use crate::error::{Context, Result};
 use crate::recording::event::ApiEvent;
@@ -26,13 +28,16 @@ const BATCH_QUEUE: usize = 1024;
 
 struct Batch {
     lines: Vec<u8>,
-    done: Sender<io::Result<()>>,
+    done: Arc<Slot<io::Result<()>>>,
 }
+
+/// Where a batch's outcome will be: wait on it with [`Slot::wait`].
+pub type Written = Arc<Slot<io::Result<()>>>;
 
 #[derive(Clone)]
 pub struct EventLog {
     dir: PathBuf,
-    tx: Sender<Batch>,
+    queue: Arc<Queue<Batch>>,
 }
 
 fn segment_name() -> String {
@@ -61,19 +66,20 @@ impl EventLog {
                 log::warn!("event segment cut back to its last whole line path={} bytes={keep}", seg.display());
             }
         }
-        let (tx, rx) = bounded(BATCH_QUEUE);
-        let wdir = dir.clone();
-        std::thread::Builder::new().name("event-log".into()).spawn(move || writer(&wdir, rx))?;
-        Ok(EventLog { dir, tx })
+        let queue = Arc::new(Queue::new(BATCH_QUEUE));
+        let (wdir, wqueue) = (dir.clone(), queue.clone());
+        std::thread::Builder::new().name("event-log".into()).spawn(move || writer(&wdir, &wqueue))?;
+        Ok(EventLog { dir, queue })
     }
 
-    /// Appends whole NDJSON lines; returns once they are durable (or failed).
-    pub fn append(&self, lines: Vec<u8>) -> Receiver<io::Result<()>> {
-        let (done, rx) = bounded(1);
-        if let Err(e) = self.tx.send(Batch { lines, done }) {
-            let _ = e.into_inner().done.send(Err(io::Error::other("event log writer stopped")));
+    /// Appends whole NDJSON lines; the returned slot says when they are durable (or
+    /// why not).
+    pub fn append(&self, lines: Vec<u8>) -> Written {
+        let done: Written = Arc::new(Slot::default());
+        if let Err(b) = self.queue.try_push(Batch { lines, done: done.clone() }) {
+            b.done.set(Err(io::Error::other("the event log is not keeping up")));
         }
-        rx
+        done
     }
 
     /// Events matching `keep`, newest first, at most `limit`.
@@ -108,11 +114,13 @@ fn open_segment(dir: &Path) -> io::Result<Segment> {
     Ok(Segment { file, bytes: 0, opened: Instant::now() })
 }
 
-fn writer(dir: &Path, rx: Receiver<Batch>) {
+fn writer(dir: &Path, queue: &Queue<Batch>) {
     let mut seg: Option<Segment> = None;
-    while let Ok(first) = rx.recv() {
-        let mut batches = vec![first];
-        batches.extend(rx.try_iter());
+    loop {
+        let batches = queue.pop_batch(usize::MAX, Duration::from_secs(3600));
+        if batches.is_empty() {
+            continue;
+        }
         let result = (|| -> io::Result<()> {
             if seg.as_ref().is_none_or(|s| s.bytes >= SEGMENT_BYTES || s.opened.elapsed() >= SEGMENT_AGE) {
                 seg = Some(open_segment(dir)?);
@@ -128,7 +136,7 @@ fn writer(dir: &Path, rx: Receiver<Batch>) {
             seg = None; // start a fresh segment next time rather than append after a torn write
         }
         for b in batches {
-            let _ = b.done.send(match &result {
+            b.done.set(match &result {
                 Ok(()) => Ok(()),
                 Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
             });
@@ -153,7 +161,7 @@ mod tests {
         .unwrap() + "\n";
         let waits: Vec<_> = (0..20).map(|i| log.append(ev(&format!("e{i}"), if i % 2 == 0 { "get" } else { "list" }).into_bytes())).collect();
         for w in waits {
-            w.recv().unwrap().unwrap();
+            w.wait(Duration::from_secs(10)).unwrap().unwrap();
         }
         let lists = log.query(|e| e.request.verb == "list", 100).unwrap();
         assert_eq!(lists.len(), 10);
