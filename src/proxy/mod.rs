@@ -81,6 +81,8 @@ pub struct Config {
     server_tls: Arc<rustls::ServerConfig>,
     tokens: Option<TokenFile>,
     upstream: ApiServer,
+    /// `upstream.host_header()`, computed once rather than per request.
+    upstream_host: String,
     policy: Option<PathBuf>,
     recorder_identity: Option<(Vec<rustls::pki_types::CertificateDer<'static>>, rustls::pki_types::PrivateKeyDer<'static>)>,
     recorder_timeout: Duration,
@@ -130,7 +132,9 @@ impl Config {
             (None, None) => None,
             _ => crate::bail!("--recorder-cert and --recorder-key go together"),
         };
+        let upstream_host = upstream.host_header();
         Ok(Config {
+            upstream_host,
             listen: args.required("listen")?,
             mode,
             server_tls: tls::server_config(chain, key, client_roots)?,
@@ -183,7 +187,7 @@ pub fn run(config: Config) -> Result<()> {
         "proxy listening addr={} mode={:?} upstream={} proxy_id={}",
         listener.local_addr()?,
         config.mode,
-        config.upstream.host_header(),
+        config.upstream_host,
         config.proxy_id
     );
     let life = Arc::new(Lifecycle::default());
@@ -401,7 +405,7 @@ impl Request<'_> {
             mode: config.mode,
             impersonate: impersonation.as_ref(),
             upstream_auth: upstream_auth.as_deref(),
-            upstream_host: &config.upstream.host_header(),
+            upstream_host: &config.upstream_host,
             client_ip: self.client_ip,
             audit_id: &audit_id,
         };

@@ -210,10 +210,11 @@ fn head_end(buf: &[u8]) -> Option<usize> {
     buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
 }
 
+/// A line that starts with space or tab continues the one before: refused.
 fn check_folding(head: &[u8]) -> Result<(), HeadError> {
-    match head.windows(3).position(|w| w[0] == b'\n' && (w[1] == b' ' || w[1] == b'\t')) {
-        Some(i) if i + 1 < head.len() - 2 => Err(HeadError::ObsoleteLineFolding { offset: i + 1 }),
-        _ => Ok(()),
+    match head.windows(2).position(|w| w[0] == b'\n' && (w[1] == b' ' || w[1] == b'\t')) {
+        Some(i) => Err(HeadError::ObsoleteLineFolding { offset: i + 1 }),
+        None => Ok(()),
     }
 }
 
