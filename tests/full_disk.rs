@@ -1,6 +1,8 @@
 //! The recorder's disk fills up mid-session: the recorder reports and survives, a
 //! fail-open session carries on with its recording truncated, a fail-closed one ends
-//! with a message. Needs root (it mounts a 256 KiB tmpfs), as CI runs.
+//! with a message; then API events cannot be stored either: fail-closed requests are
+//! refused, fail-open ones go on with their events counted as dropped. Needs root (it
+//! mounts a 256 KiB tmpfs), as CI runs.
 
 mod support;
 
@@ -60,4 +62,25 @@ fn a_full_recorder_disk_truncates_fail_open_and_ends_fail_closed() {
     let log = std::fs::read_to_string(demo.path("recorder-small.log")).unwrap();
     assert!(log.contains("No space left on device"), "the recorder says why: {log}");
     assert!(support::port_alive(port), "the recorder survives a full disk");
+
+    // The event segment's last page may still take a few events; then nothing fits.
+    let refused = (0..10).find_map(|_| {
+        let out = bob.run(&["get", "pods"]);
+        (!out.status.success()).then(|| String::from_utf8_lossy(&out.stderr).into_owned())
+    });
+    let refused = refused.unwrap_or_else(|| panic!("fail-closed requests go on with a full disk:\n{}", demo.logs()));
+    assert!(refused.contains("must be recorded"), "bob is told why: {refused}");
+    let dropped = demo.proxy_metric("kubetape_proxy_events_dropped_total");
+    for _ in 0..3 {
+        let out = alice.run(&["get", "pods"]);
+        assert!(out.status.success(), "fail-open requests go on: {}", out.describe());
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while demo.proxy_metric("kubetape_proxy_events_dropped_total") <= dropped {
+        assert!(Instant::now() < deadline, "alice's lost events are not counted:\n{}", demo.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = std::fs::read_to_string(demo.path("recorder-small.log")).unwrap();
+    assert!(log.contains("event storage failed"), "the recorder says why: {log}");
+    assert!(support::port_alive(port), "the recorder survives");
 }

@@ -19,13 +19,45 @@ pub fn uuid() -> String {
     fill(&mut b);
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+    let mut s = String::with_capacity(36);
+    for (i, x) in b.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            s.push('-');
+        }
+        push_hex(&mut s, *x);
+    }
+    s
+}
+
+fn push_hex(s: &mut String, x: u8) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    s.push(DIGITS[usize::from(x >> 4)] as char);
+    s.push(DIGITS[usize::from(x & 15)] as char);
 }
 
 /// `n` random lowercase hex characters.
 pub fn hex(n: usize) -> String {
     let mut b = vec![0u8; n.div_ceil(2)];
     fill(&mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect::<String>()[..n].to_string()
+    let mut s = String::with_capacity(b.len() * 2);
+    for x in b {
+        push_hex(&mut s, x);
+    }
+    s.truncate(n);
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn uuid_and_hex_shapes() {
+        let u = super::uuid();
+        let parts: Vec<&str> = u.split('-').collect();
+        assert_eq!(parts.iter().map(|p| p.len()).collect::<Vec<_>>(), [8, 4, 4, 4, 12]);
+        assert!(u.chars().all(|c| c == '-' || c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert_eq!(&parts[2][..1], "4", "version 4");
+        assert!(matches!(&parts[3][..1], "8" | "9" | "a" | "b"), "RFC 4122 variant");
+        assert_ne!(u, super::uuid());
+        assert_eq!(super::hex(7).len(), 7);
+    }
 }

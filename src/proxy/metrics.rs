@@ -22,7 +22,8 @@ pub struct Metrics {
     pub recordings_truncated: AtomicU64,
     pub sessions_ended_by_recording_failure: AtomicU64,
     pub events_refused: AtomicU64,
-    pub events_dropped: AtomicU64,
+    /// Shared with the event streams, which count what they lose.
+    pub events_dropped: Arc<AtomicU64>,
 }
 
 pub fn inc(c: &AtomicU64) {
@@ -41,7 +42,7 @@ impl Metrics {
             ("kubetape_proxy_recordings_truncated_total", "Recordings that ended early.", &self.recordings_truncated),
             ("kubetape_proxy_sessions_ended_by_recording_failure_total", "Fail-closed sessions ended because recording failed.", &self.sessions_ended_by_recording_failure),
             ("kubetape_proxy_events_refused_total", "Fail-closed requests refused because their API event could not be recorded.", &self.events_refused),
-            ("kubetape_proxy_events_dropped_total", "Fail-open API events that could not be recorded.", &self.events_dropped),
+            ("kubetape_proxy_events_dropped_total", "API events nobody waited for that could not be recorded.", &*self.events_dropped),
         ];
         rows.iter()
             .map(|(name, help, v)| format!("# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n", v.load(Ordering::Relaxed)))

@@ -169,13 +169,6 @@ fn long_running(head: &RequestHead, info: &crate::kube::request_info::RequestInf
     info.verb == "watch" || head.upgrade().is_some() || http::query_pairs(head.query()).iter().any(|(k, v)| k == "follow" && v == "true")
 }
 
-/// One event as an NDJSON line.
-fn event_line(ev: &ApiEvent) -> Vec<u8> {
-    let mut line = serde_json::to_vec(ev).unwrap_or_default();
-    line.push(b'\n');
-    line
-}
-
 /// Serves until SIGTERM or SIGINT, then lets open connections finish for the grace period.
 pub fn run(config: Config) -> Result<()> {
     let listener = TcpListener::bind(&config.listen).with_context(|| format!("--listen {}", config.listen))?;
@@ -397,7 +390,7 @@ impl Request<'_> {
         // From here a refusal also completes the request's event, with its status.
         let refuse = |client: &mut (Input, WriteHalf), r: Refusal| -> Result<Next> {
             if let Some(plan) = &event {
-                self.send_event(&plan.sink, &plan.event.completed(respond::decide(&r).0, 0, received.elapsed().as_secs_f64() * 1000.0));
+                self.complete_event(plan, respond::decide(&r).0, 0, received, |_| {});
             }
             refuse(client, r)
         };
@@ -476,9 +469,7 @@ impl Request<'_> {
             client.1.write_all(&out.encode()).context("writing 101 to client")?;
             let Some(up) = upstream.take() else { unreachable!("response read above") };
             if let Some(plan) = &event {
-                let mut done = plan.event.completed(101, 0, received.elapsed().as_secs_f64() * 1000.0);
-                done.session_id = recording.as_ref().map(|r| r.2.clone());
-                self.send_event(&plan.sink, &done);
+                self.complete_event(plan, 101, 0, received, |ev| ev.session_id = recording.as_ref().map(|r| r.2.clone()));
             }
             let plan = match recording {
                 Some((recording, fail, id)) => {
@@ -515,6 +506,11 @@ impl Request<'_> {
         let upstream_close = response.headers.has_token("connection", "close") || up_framing == BodyLength::UntilClose || is_upgrade;
         let close = client_close || up_framing == BodyLength::UntilClose;
         let out = rewrite::client_response(&response, up_framing, close);
+        if matches!(up_framing, BodyLength::Chunked | BodyLength::UntilClose) {
+            // Streams (watches, logs -f) may be silent for long; a sized body keeps the
+            // response timeout (left in place: one setsockopt fewer per request).
+            up.input.half.set_timeout(None).context("setting upstream timeout")?;
+        }
         let copied = copy_body(&mut up.input, up_framing, out.encode(), &mut client.1, None);
         if upstream_close || copied.is_err() {
             *upstream = None;
@@ -523,11 +519,11 @@ impl Request<'_> {
         }
         if let Some(plan) = &event {
             let bytes = *copied.as_ref().unwrap_or(&0);
-            let mut done = plan.event.completed(response.status, bytes, received.elapsed().as_secs_f64() * 1000.0);
-            if let Some(c) = &capture {
-                done.set_body(&c.data, c.truncated);
-            }
-            self.send_event(&plan.sink, &done);
+            self.complete_event(plan, response.status, bytes, received, |ev| {
+                if let Some(c) = &capture {
+                    ev.set_body(&c.data, c.truncated);
+                }
+            });
         }
         match copied {
             Ok(_) if close => Ok(Next::Close),
@@ -577,25 +573,26 @@ impl Request<'_> {
             }
         };
         if grants.fail_mode == FailMode::Closed {
-            if let Err(e) = sink.send_and_wait(event_line(&ev), EVENT_ACK_TIMEOUT) {
+            if let Err(e) = sink.send_and_wait(&ev, EVENT_ACK_TIMEOUT) {
                 metrics::inc(&self.state.metrics.events_refused);
                 log::warn!("request refused conn={} user={who} reason=events-unrecordable error={e}", self.id);
                 return Err(Refusal::Unavailable(format!("API requests must be recorded, and recording is not possible: {e}")));
             }
-        } else if long_running(head, &info) && !sink.send(event_line(&ev)) {
+        } else if long_running(head, &info) {
             // Fail-open: the completion event alone carries when the request was
             // received, so only requests that may run for long (watches, follows,
-            // sessions) are announced now; nothing waits.
-            metrics::inc(&self.state.metrics.events_dropped);
+            // sessions) are announced now; nothing waits (the sink counts drops).
+            sink.send(&ev);
         }
-        Ok(Some(EventPlan { sink, event: ev, capture }))
+        Ok(Some(EventPlan { sink, event: std::cell::RefCell::new(ev), capture }))
     }
 
-    /// Queues an event without waiting, counting it if dropped.
-    fn send_event(&self, sink: &EventSink, ev: &ApiEvent) {
-        if !sink.send(event_line(ev)) {
-            metrics::inc(&self.state.metrics.events_dropped);
-        }
+    /// Completes the request's event and queues it without waiting.
+    fn complete_event(&self, plan: &EventPlan, status: u16, bytes: u64, received: Instant, finish: impl FnOnce(&mut ApiEvent)) {
+        let mut ev = plan.event.borrow_mut();
+        ev.complete(status, bytes, received.elapsed().as_secs_f64() * 1000.0);
+        finish(&mut ev);
+        plan.sink.send(&*ev);
     }
 
     /// The event stream to the recorders carrying `tags`, started on first use.
@@ -605,7 +602,7 @@ impl Request<'_> {
         if let Some(s) = sinks.get(&key) {
             return Ok(s.clone());
         }
-        let sink = EventSink::start(&key, self.recorder_targets(tags)?);
+        let sink = EventSink::start(&key, self.recorder_targets(tags)?, self.state.metrics.events_dropped.clone());
         sinks.insert(key, sink.clone());
         Ok(sink)
     }
@@ -723,7 +720,6 @@ fn read_response_head(up: &mut Upstream) -> Result<ResponseHead> {
             .ok_or_else(|| Error::new("API server closed the connection"))?;
         // Interim responses (100 Continue) are consumed here; kubectl never asks for them.
         if head.status >= 200 || head.status == 101 {
-            up.input.half.set_timeout(None)?;
             return Ok(head);
         }
     }
@@ -732,7 +728,8 @@ fn read_response_head(up: &mut Upstream) -> Result<ResponseHead> {
 /// A request's API event, sent or queued, to be completed with the response.
 struct EventPlan {
     sink: Arc<EventSink>,
-    event: ApiEvent,
+    /// Completed in place once the response is known (no copy per request).
+    event: std::cell::RefCell<ApiEvent>,
     /// Keep up to this many bytes of the request body (level `Request`).
     capture: Option<usize>,
 }

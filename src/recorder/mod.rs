@@ -24,7 +24,7 @@ use crate::net::{signal, tls};
 use crate::recording::protocol::{valid_id, Ack, ClientMessage, Outcome, SessionMeta, Status, PATH, SUBPROTOCOL};
 use crate::recording::event::ApiEvent;
 use crate::recording::events_client::{EVENTS_PATH, EVENTS_SUBPROTOCOL};
-use crate::storage::events::{EventLog, Written};
+use crate::storage::events::EventLog;
 use crate::storage::fs::{FsStore, SessionFile};
 use crate::wire::http::{self, RequestHead, ResponseHead};
 use crate::wire::{der, ws};
@@ -38,8 +38,6 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(15);
 const ACK_INTERVAL: Duration = Duration::from_secs(1);
 /// A proxy that sends nothing (not even a close) for this long is gone.
 const SESSION_IDLE_LIMIT: Duration = Duration::from_secs(3600);
-/// Event batches written but not yet acknowledged, per proxy connection.
-const EVENT_PIPELINE: usize = 4096;
 
 pub const FLAGS: &[Flag] = &[
     Flag { name: "listen", default: Some("0.0.0.0:8444"), help: "address to serve proxies and readers on" },
@@ -247,57 +245,33 @@ fn accept_ws(head: &RequestHead, out: &mut WriteHalf, subprotocol: &str) -> bool
     out.write_all(&resp.encode()).is_ok()
 }
 
-/// Receives a proxy's API events: NDJSON lines in binary frames, each batch handed to
-/// the event log (group commit across connections), acknowledged by count once durable.
+/// Receives a proxy's API events: NDJSON lines in binary frames. Every frame read so
+/// far is appended to the event log, made durable (group commit across connections)
+/// and acknowledged by count; frames that arrive meanwhile share the next sync.
 fn ingest_events(state: &State, head: RequestHead, mut input: Input, mut out: WriteHalf, peer: &str) {
     if !accept_ws(&head, &mut out, EVENTS_SUBPROTOCOL) {
         return;
     }
-    // Batches in the order they were read; the acker reports each once it is durable.
-    let pending: Arc<crate::net::queue::Queue<Option<(u64, Written)>>> = Arc::new(crate::net::queue::Queue::new(EVENT_PIPELINE));
-    let acker_queue = pending.clone();
-    let acker = std::thread::Builder::new().name("events-acker".into()).spawn(move || {
-        let mut acked = 0u64;
-        loop {
-            for item in acker_queue.pop_batch(usize::MAX, Duration::from_secs(3600)) {
-                let Some((count, done)) = item else { return };
-                match done.wait(Duration::from_secs(60)) {
-                    Some(Ok(())) => acked += count,
-                    _ => {
-                        let _ = out.write_all(&ws::encode_frame(true, ws::OP_CLOSE, None, &ws::close_payload(1011, "event storage failed")));
-                        return;
-                    }
-                }
-                if send_ack(&mut out, acked).is_err() {
-                    return;
-                }
-            }
-        }
-    });
+    let mut acked = 0u64;
     let result: std::result::Result<(), String> = (|| loop {
+        let mut written = None;
+        let mut count = 0u64;
         while let Some((frame, n)) = ws::parse_frame(input.buffered()).map_err(|e| e.to_string())? {
             input.consume(n);
             match frame.opcode {
                 ws::OP_BINARY => {
-                    if !frame.payload.ends_with(b"\n") {
-                        return Err("an event frame must hold whole lines".into());
-                    }
-                    let mut count = 0;
-                    // A cheap shape check; writers are authenticated proxies, and the
-                    // query side skips any line that does not parse.
-                    for line in frame.payload.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-                        if line.first() != Some(&b'{') || line.last() != Some(&b'}') || std::str::from_utf8(line).is_err() {
-                            return Err("an event is not a JSON object on one line".into());
-                        }
-                        count += 1;
-                    }
-                    let done = state.events.append(frame.payload);
-                    state.metrics.events(count);
-                    pending.try_push(Some((count, done))).map_err(|_| "too many batches awaiting acknowledgement".to_string())?;
+                    count += check_event_lines(&frame.payload)?;
+                    written = Some(state.events.write(&frame.payload).map_err(|e| storage_failed(&mut out, e))?);
                 }
                 ws::OP_CLOSE => return Ok(()),
                 _ => {}
             }
+        }
+        if let Some(pos) = written {
+            state.events.sync_to(pos).map_err(|e| storage_failed(&mut out, e))?;
+            state.metrics.events(count);
+            acked += count;
+            send_ack(&mut out, acked).map_err(|e| e.to_string())?;
         }
         input.half.set_timeout(None).map_err(|e| e.to_string())?;
         if input.fill().map_err(|e| e.to_string())? == 0 {
@@ -307,11 +281,28 @@ fn ingest_events(state: &State, head: RequestHead, mut input: Input, mut out: Wr
     if let Err(why) = result {
         log::warn!("event stream failed peer={peer} error={why}");
     }
-    // Tell the acker to stop after what is pending (a full queue means it has stopped).
-    let _ = pending.try_push(None);
-    if let Ok(a) = acker {
-        let _ = a.join();
+}
+
+/// A cheap shape check of a batch (writers are authenticated proxies, and the query
+/// side skips any line that does not parse); returns the number of events.
+fn check_event_lines(payload: &[u8]) -> std::result::Result<u64, String> {
+    if !payload.ends_with(b"\n") {
+        return Err("an event frame must hold whole lines".into());
     }
+    let mut count = 0;
+    for line in payload.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        if line.first() != Some(&b'{') || line.last() != Some(&b'}') || std::str::from_utf8(line).is_err() {
+            return Err("an event is not a JSON object on one line".into());
+        }
+        count += 1;
+    }
+    Ok(count)
+}
+
+/// Tells the proxy the events cannot be stored (it counts them as lost).
+fn storage_failed(out: &mut WriteHalf, e: std::io::Error) -> String {
+    let _ = out.write_all(&ws::encode_frame(true, ws::OP_CLOSE, None, &ws::close_payload(1011, "event storage failed")));
+    format!("event storage failed: {e}")
 }
 
 fn query_events(state: &State, head: &RequestHead, out: &mut WriteHalf) -> Result<(), (u16, String)> {

@@ -91,16 +91,13 @@ impl ApiEvent {
         }
     }
 
-    /// The same event, completed.
-    pub fn completed(&self, status: u16, bytes: u64, latency_ms: f64) -> ApiEvent {
-        ApiEvent {
-            stage: COMPLETE.into(),
-            completed: Some(crate::wire::time::now_rfc3339_millis()),
-            latency_ms: Some(latency_ms),
-            status: Some(status),
-            response_bytes: Some(bytes),
-            ..self.clone()
-        }
+    /// Turns the received event into its completion.
+    pub fn complete(&mut self, status: u16, bytes: u64, latency_ms: f64) {
+        self.stage = COMPLETE.into();
+        self.completed = Some(crate::wire::time::now_rfc3339_millis());
+        self.latency_ms = Some(latency_ms);
+        self.status = Some(status);
+        self.response_bytes = Some(bytes);
     }
 
     /// Keeps a captured request body.
@@ -175,7 +172,8 @@ mod tests {
         let info = request_info("GET", "/api/v1/namespaces/default/pods/web-0/log", "follow=true");
         let mut ev = ApiEvent::received("abc".into(), &info, "GET", "/api/v1/namespaces/default/pods/web-0/log", "follow=true");
         ev.user = Some(EventUser { name: "alice".into(), groups: vec!["sre".into()], authenticated_by: "x509".into() });
-        let done = ev.completed(200, 10, 1.5);
+        ev.complete(200, 10, 1.5);
+        let done = ev;
         let a = done.to_audit();
         assert_eq!(a["auditID"], "abc");
         assert_eq!(a["stage"], "ResponseComplete");

@@ -1,117 +1,244 @@
 //! The proxy's API event stream to a recorder: one persistent, pipelined WebSocket
 //! (`GET /v1/events`, subprotocol `kubetape.events.v1`) shared by every connection.
-//! Events queue in a bounded queue; a writer thread sends whatever is queued as one
-//! frame of NDJSON lines; the recorder answers `{"acked":N}`, the number of events on
-//! this connection it has durably written. A fail-closed request waits for its own
-//! event's acknowledgement; fail-open ones never wait, and what cannot be queued is
-//! dropped and counted.
+//!
+//! Request threads append NDJSON lines to one pending buffer; a writer thread sends
+//! whatever has gathered as one frame; the recorder answers `{"acked":N}`, the number
+//! of events on this connection it has durably written. Every event has a sequence
+//! number in stream order, so one number per acknowledgement settles a whole batch.
+//!
+//! The costs that matter at thousands of requests a second are wake-ups, not bytes:
+//! a request wakes the writer only when the writer sleeps with nothing to do, or when
+//! the request waits for its event (fail-closed). Events nobody waits for (fail-open,
+//! completions) linger up to [`LINGER`] so that one frame, one recorder wake-up and one
+//! fsync carry many of them.
 
 use std::collections::VecDeque;
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
-use std::time::Duration;
-
-
+use std::time::{Duration, Instant};
 
 use crate::net::conn::Input;
-use crate::net::queue::{Queue, Slot};
+use crate::net::queue::Slot;
 use crate::recording::client::{dial, mask, RecorderTarget};
 use crate::recording::protocol::Ack;
 use crate::wire::ws;
 
 pub const EVENTS_PATH: &str = "/v1/events";
 pub const EVENTS_SUBPROTOCOL: &str = "kubetape.events.v1";
-/// Events queued for the writer before fail-open events are dropped.
-const EVENT_QUEUE: usize = 8192;
-/// Events in one frame at most.
-const MAX_BATCH: usize = 2048;
+/// Events gathered for the writer before fail-open events are dropped.
+const MAX_PENDING_EVENTS: u64 = 8192;
+const MAX_PENDING_BYTES: usize = 8 << 20;
+/// Events nobody waits for are sent at most this late, or sooner with any that is
+/// waited for, or when this many bytes have gathered.
+const LINGER: Duration = Duration::from_millis(2);
+const FLUSH_BYTES: usize = 256 * 1024;
 /// How long to wait between attempts to reach a recorder.
 const RECONNECT_BACKOFF: Duration = Duration::from_millis(500);
 const DIAL_TIMEOUT: Duration = Duration::from_secs(2);
 
-struct Queued {
-    seq: u64,
-    line: Vec<u8>,
+#[derive(Clone, Copy, PartialEq)]
+enum Writer {
+    /// Waiting for the first event: any event wakes it.
+    Idle,
+    /// Holding events nobody waits for: only a waited-for event wakes it.
+    Lingering,
+    /// Sending or connecting: it looks at the buffer again when done.
+    Busy,
 }
 
-/// Who waits for which event (fail-closed requests), by sequence number; each waiter
-/// has its own channel, so an acknowledgement wakes only the requests it settles.
-type Shared = Arc<Mutex<std::collections::HashMap<u64, Arc<Slot<bool>>>>>;
-/// Per connection: (events sent once this batch is in, the batch's sequence numbers).
-type Inflight = Arc<Mutex<VecDeque<(u64, Vec<u64>)>>>;
+struct Batch {
+    count: u64,
+    last_seq: u64,
+}
 
-/// Records that `seqs` were durably written (`true`) or never will be (`false`).
-fn settle(progress: &Shared, seqs: &[u64], ok: bool) {
-    let mut waiting = lock(progress);
-    if waiting.is_empty() {
-        return;
+/// Settles a waiter: `true` once its event is durable, `false` if it never will be.
+type Waiter = (u64, Arc<Slot<bool>>);
+
+struct Pending {
+    lines: Vec<u8>,
+    /// Events in `lines`; they are the sequence numbers just below `next_seq`.
+    count: u64,
+    next_seq: u64,
+    /// Fail-closed requests, in sequence order.
+    waiters: VecDeque<Waiter>,
+    writer: Writer,
+}
+
+impl Pending {
+    fn urgent(&self) -> bool {
+        self.waiters.back().is_some_and(|(seq, _)| *seq > self.next_seq - 1 - self.count)
     }
-    for s in seqs {
-        if let Some(slot) = waiting.remove(s) {
-            slot.set(ok);
-        }
+
+    /// Takes the gathered lines, leaving `spare` (emptied) in their place.
+    fn take(&mut self, spare: &mut Vec<u8>) -> Batch {
+        spare.clear();
+        std::mem::swap(&mut self.lines, spare);
+        Batch { count: std::mem::take(&mut self.count), last_seq: self.next_seq - 1 }
+    }
+
+    /// Removes the waiters for events up to `through`.
+    fn settled(&mut self, through: u64) -> Vec<Arc<Slot<bool>>> {
+        let n = self.waiters.iter().take_while(|(seq, _)| *seq <= through).count();
+        self.waiters.drain(..n).map(|(_, slot)| slot).collect()
     }
 }
 
 pub struct EventSink {
-    queue: Arc<Queue<Queued>>,
-    next_seq: AtomicU64,
-    progress: Shared,
-    pub dropped: AtomicU64,
+    pending: Mutex<Pending>,
+    wake: Condvar,
+    /// Events nobody waited for that were not recorded: not queued (too much was
+    /// waiting) or lost with a connection before they were acknowledged.
+    dropped: Arc<AtomicU64>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+thread_local! {
+    // Each request thread serializes into its own buffer, outside the shared lock.
+    static LINE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 impl EventSink {
     /// Starts the writer, which connects to the first reachable target and keeps
-    /// reconnecting in order.
-    pub fn start(name: &str, targets: Vec<RecorderTarget>) -> Arc<EventSink> {
-        let queue = Arc::new(Queue::new(EVENT_QUEUE));
-        let sink = Arc::new(EventSink { queue: queue.clone(), next_seq: AtomicU64::new(1), progress: Shared::default(), dropped: AtomicU64::new(0) });
-        let progress = sink.progress.clone();
-        let _ = thread::Builder::new().name(format!("events-{name}")).spawn(move || writer(targets, &queue, progress));
+    /// reconnecting in order. Unrecorded events nobody waited for are added to `dropped`.
+    pub fn start(name: &str, targets: Vec<RecorderTarget>, dropped: Arc<AtomicU64>) -> Arc<EventSink> {
+        let sink = Arc::new(EventSink {
+            pending: Mutex::new(Pending { lines: Vec::new(), count: 0, next_seq: 1, waiters: VecDeque::new(), writer: Writer::Busy }),
+            wake: Condvar::new(),
+            dropped,
+        });
+        let s = sink.clone();
+        let _ = thread::Builder::new().name(format!("events-{name}")).spawn(move || writer(targets, &s));
         sink
     }
 
-    /// Queues an event without waiting; a full queue drops it (counted). Returns
-    /// whether it was queued.
-    pub fn send(&self, line: Vec<u8>) -> bool {
-        let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
-        let queued = self.queue.try_push(Queued { seq, line }).is_ok();
-        if !queued {
-            let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-            if n.is_power_of_two() {
-                log::warn!("api events dropped: the recorder is slow or down dropped_total={n}");
-            }
+    /// Queues an event without waiting; when too much is waiting already the event is
+    /// dropped (counted).
+    pub fn send(&self, event: &impl serde::Serialize) {
+        if self.append(event, None).is_none() {
+            self.count_dropped(1);
         }
-        queued
+    }
+
+    fn count_dropped(&self, n: u64) {
+        let before = self.dropped.fetch_add(n, Ordering::Relaxed);
+        // Logged at powers of two, so a recorder outage cannot flood the log.
+        if n > 0 && (before + n).ilog2() != before.checked_ilog2().unwrap_or(u32::MAX) {
+            log::warn!("api events dropped: the recorder is slow or down dropped_total={}", before + n);
+        }
     }
 
     /// Queues an event and waits until the recorder has durably written it.
-    pub fn send_and_wait(&self, line: Vec<u8>, timeout: Duration) -> Result<(), String> {
-        let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
-        let done = Arc::new(Slot::default());
-        lock(&self.progress).insert(seq, done.clone());
-        let result = match self.queue.try_push(Queued { seq, line }) {
-            Err(_) => Err("the event queue is full".to_string()),
-            Ok(()) => match done.wait(timeout) {
-                Some(true) => Ok(()),
-                Some(false) => Err("the recorder was lost before acknowledging the event".into()),
-                None => Err(format!("the recorder did not acknowledge the event within {timeout:?}")),
-            },
-        };
-        lock(&self.progress).remove(&seq);
-        result
+    pub fn send_and_wait(&self, event: &impl serde::Serialize, timeout: Duration) -> Result<(), String> {
+        let slot = Arc::new(Slot::default());
+        let Some(seq) = self.append(event, Some(&slot)) else { return Err("too many events are waiting for the recorder".into()) };
+        match slot.wait(timeout) {
+            Some(true) => Ok(()),
+            Some(false) => Err("the recorder was lost before acknowledging the event".into()),
+            None => {
+                let mut p = lock(&self.pending);
+                let before = p.waiters.len();
+                p.waiters.retain(|(s, _)| *s != seq);
+                if p.waiters.len() == before {
+                    // Settled just now, by a thread that is about to say how.
+                    drop(p);
+                    return match slot.wait(Duration::from_secs(1)) {
+                        Some(true) => Ok(()),
+                        _ => Err("the recorder was lost before acknowledging the event".into()),
+                    };
+                }
+                Err(format!("the recorder did not acknowledge the event within {timeout:?}"))
+            }
+        }
+    }
+
+    /// Adds one line; returns its sequence number, or `None` when the buffer is full.
+    fn append(&self, event: &impl serde::Serialize, waiter: Option<&Arc<Slot<bool>>>) -> Option<u64> {
+        LINE.with(|line| {
+            let mut line = line.borrow_mut();
+            line.clear();
+            serde_json::to_writer(&mut *line, event).ok()?;
+            line.push(b'\n');
+            let mut p = lock(&self.pending);
+            if p.count >= MAX_PENDING_EVENTS || p.lines.len() + line.len() > MAX_PENDING_BYTES {
+                return None;
+            }
+            let seq = p.next_seq;
+            p.next_seq += 1;
+            p.count += 1;
+            p.lines.extend_from_slice(&line);
+            if let Some(slot) = waiter {
+                p.waiters.push_back((seq, slot.clone()));
+            }
+            let wake = match p.writer {
+                Writer::Idle => true,
+                Writer::Lingering => waiter.is_some() || p.lines.len() >= FLUSH_BYTES,
+                Writer::Busy => false,
+            };
+            drop(p);
+            if wake {
+                self.wake.notify_one();
+            }
+            Some(seq)
+        })
+    }
+
+    /// Waits until there is something to send: at once for a waited-for event,
+    /// after [`LINGER`] for others. `None` if nothing came within `idle`.
+    fn next_batch(&self, spare: &mut Vec<u8>, idle: Duration) -> Option<Batch> {
+        let mut p = lock(&self.pending);
+        let mut lingering_since: Option<Instant> = None;
+        loop {
+            if p.count > 0 {
+                let since = *lingering_since.get_or_insert_with(Instant::now);
+                let left = LINGER.saturating_sub(since.elapsed());
+                if p.urgent() || p.lines.len() >= FLUSH_BYTES || left.is_zero() {
+                    p.writer = Writer::Busy;
+                    return Some(p.take(spare));
+                }
+                p.writer = Writer::Lingering;
+                p = self.wake.wait_timeout(p, left).map(|(g, _)| g).unwrap_or_else(|e| e.into_inner().0);
+            } else {
+                if lingering_since.is_some() {
+                    p.writer = Writer::Busy;
+                    return None;
+                }
+                p.writer = Writer::Idle;
+                let (g, timeout) = self.wake.wait_timeout(p, idle).unwrap_or_else(|e| e.into_inner());
+                p = g;
+                if timeout.timed_out() && p.count == 0 {
+                    p.writer = Writer::Busy;
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Settles every waiter up to `through` with `ok`; returns how many there were.
+    fn settle(&self, through: u64, ok: bool) -> u64 {
+        let slots = lock(&self.pending).settled(through);
+        for s in &slots {
+            s.set(ok);
+        }
+        slots.len() as u64
+    }
+
+    /// `count` events up to `through` will never be recorded: their waiters are told,
+    /// the rest counted as dropped.
+    fn lost(&self, through: u64, count: u64) {
+        let waited = self.settle(through, false);
+        self.count_dropped(count.saturating_sub(waited));
     }
 }
 
 /// Owns the connection: sends batches, reconnects, and marks what a dead connection
 /// took with it as lost.
-fn writer(targets: Vec<RecorderTarget>, queue: &Queue<Queued>, progress: Shared) {
+fn writer(targets: Vec<RecorderTarget>, sink: &Arc<EventSink>) {
+    let mut frame = Vec::new();
     loop {
         let Some((input, mut out, socket)) = targets.iter().find_map(|t| match dial(t, EVENTS_PATH, EVENTS_SUBPROTOCOL, DIAL_TIMEOUT) {
             Ok(c) => Some(c),
@@ -120,73 +247,84 @@ fn writer(targets: Vec<RecorderTarget>, queue: &Queue<Queued>, progress: Shared)
                 None
             }
         }) else {
-            // Nobody to write to: what is queued now cannot be acknowledged.
-            let lost: Vec<u64> = queue.pop_batch(usize::MAX, RECONNECT_BACKOFF).iter().map(|q| q.seq).collect();
-            settle(&progress, &lost, false);
+            // Nobody to write to: what is gathered now cannot be acknowledged.
+            if let Some(lost) = sink.next_batch(&mut frame, RECONNECT_BACKOFF) {
+                sink.lost(lost.last_seq, lost.count);
+            }
             continue;
         };
         log::info!("api event stream connected");
-        let inflight: Inflight = Arc::new(Mutex::new(VecDeque::new()));
-        let alive = Arc::new(AtomicBool::new(true));
-        let (fl, al, pr) = (inflight.clone(), alive.clone(), progress.clone());
-        let _ = thread::Builder::new().name("events-ack".into()).spawn(move || acks(input, fl, al, pr));
-        let mut sent_count = 0u64;
-        while alive.load(Ordering::SeqCst) {
-            let batch = queue.pop_batch(MAX_BATCH, Duration::from_millis(200));
-            if batch.is_empty() {
+        // (events sent on this connection once the batch is in, its last sequence number)
+        let inflight: Arc<Mutex<VecDeque<(u64, u64)>>> = Arc::default();
+        let acker = {
+            let (inflight, socket, sink) = (inflight.clone(), socket.try_clone(), sink.clone());
+            thread::Builder::new().name("events-ack".into()).spawn(move || {
+                let acked = acks(input, &inflight, &sink);
+                if let Ok(s) = socket {
+                    let _ = s.shutdown(std::net::Shutdown::Both); // stops the writer's next write
+                }
+                acked
+            })
+        };
+        let mut sent = 0u64;
+        let mut last_sent = 0u64;
+        loop {
+            let Some(batch) = sink.next_batch(&mut frame, Duration::from_millis(200)) else {
+                if acker.as_ref().map_or(true, |a| a.is_finished()) {
+                    break;
+                }
                 continue;
-            }
-            let mut frame = Vec::with_capacity(batch.iter().map(|q| q.line.len()).sum());
-            let mut seqs = Vec::with_capacity(batch.len());
-            for q in batch {
-                frame.extend_from_slice(&q.line);
-                seqs.push(q.seq);
-            }
-            sent_count += seqs.len() as u64;
+            };
+            sent += batch.count;
+            last_sent = batch.last_seq;
             // Recorded before the write, so an ack can never outrun its entry.
-            lock(&inflight).push_back((sent_count, seqs));
+            lock(&inflight).push_back((sent, batch.last_seq));
             if out.write_all(&ws::encode_frame(true, ws::OP_BINARY, mask(), &frame)).is_err() {
                 break;
             }
         }
-        alive.store(false, Ordering::SeqCst);
         let _ = socket.shutdown(std::net::Shutdown::Both);
+        let acked = acker.ok().and_then(|a| a.join().ok()).unwrap_or(0);
         // Whatever this connection took unacknowledged is lost.
-        let lost: Vec<u64> = lock(&inflight).drain(..).flat_map(|(_, s)| s).collect();
-        settle(&progress, &lost, false);
+        sink.lost(last_sent, sent.saturating_sub(acked));
         log::warn!("api event stream lost; reconnecting");
         thread::sleep(RECONNECT_BACKOFF);
     }
 }
 
-fn acks(mut input: Input, inflight: Inflight, alive: Arc<AtomicBool>, progress: Shared) {
+/// Settles acknowledged events until the connection ends; returns how many events
+/// the recorder acknowledged on it.
+fn acks(mut input: Input, inflight: &Mutex<VecDeque<(u64, u64)>>, sink: &EventSink) -> u64 {
+    let mut acked = 0;
     loop {
         match ws::parse_frame(input.buffered()) {
             Ok(Some((frame, n))) => {
                 input.consume(n);
                 if frame.opcode == ws::OP_CLOSE {
-                    break;
+                    return acked;
                 }
                 if frame.opcode != ws::OP_TEXT {
                     continue;
                 }
-                let Ok(ack) = serde_json::from_slice::<Ack>(&frame.payload) else { break };
-                let mut done = Vec::new();
+                let Ok(ack) = serde_json::from_slice::<Ack>(&frame.payload) else { return acked };
+                acked = ack.acked;
+                let mut through = None;
                 {
-                    let mut fl = lock(&inflight);
+                    let mut fl = lock(inflight);
                     while fl.front().is_some_and(|(count, _)| *count <= ack.acked) {
-                        done.extend(fl.pop_front().map(|(_, s)| s).unwrap_or_default());
+                        through = fl.pop_front().map(|(_, last)| last);
                     }
                 }
-                settle(&progress, &done, true);
+                if let Some(t) = through {
+                    sink.settle(t, true);
+                }
                 continue;
             }
             Ok(None) => {}
-            Err(_) => break,
+            Err(_) => return acked,
         }
         if !matches!(input.fill(), Ok(1..)) {
-            break;
+            return acked;
         }
     }
-    alive.store(false, Ordering::SeqCst);
 }

@@ -1,20 +1,20 @@
 //! Append-only NDJSON segments for API events: `<root>/events/<start-millis>.ndjson`,
 //! rotated by size and age.
 //!
-//! One writer thread takes batches from every proxy connection, appends them all,
-//! fsyncs once (group commit) and only then reports them written, so one durable
-//! write serves many concurrent requests. At start, a segment whose last line is
-//! incomplete (a crash mid-write) is cut back to its last whole line; nothing that
-//! was acknowledged is ever in that partial line.
+//! Group commit without a thread of its own: every ingesting connection appends its
+//! batches ([`EventLog::write`]) and then asks for them to be durable
+//! ([`EventLog::sync_to`]). One of the askers runs `fdatasync` while the others keep
+//! appending; when it returns, everyone whose bytes it covered is done, so one
+//! durable write serves many concurrent requests and no batch waits for a hand-off
+//! between threads. At start, a segment whose last line is incomplete (a crash
+//! mid-write) is cut back to its last whole line; nothing that was acknowledged is
+//! ever in that partial line.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-
-use std::sync::Arc;
-
-use crate::net::queue::{Queue, Slot};
 
 use crate::error::{Context, Result};
 use crate::recording::event::ApiEvent;
@@ -23,21 +23,27 @@ use crate::recording::event::ApiEvent;
 const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 /// ...or this age.
 const SEGMENT_AGE: Duration = Duration::from_secs(3600);
-/// Batches waiting for the writer before senders wait.
-const BATCH_QUEUE: usize = 1024;
 
-struct Batch {
-    lines: Vec<u8>,
-    done: Arc<Slot<io::Result<()>>>,
-}
-
-/// Where a batch's outcome will be: wait on it with [`Slot::wait`].
-pub type Written = Arc<Slot<io::Result<()>>>;
-
-#[derive(Clone)]
 pub struct EventLog {
     dir: PathBuf,
-    queue: Arc<Queue<Batch>>,
+    state: Mutex<LogState>,
+    synced: Condvar,
+}
+
+/// Positions count every byte ever appended through this log, across segments.
+struct LogState {
+    seg: Option<Segment>,
+    written: u64,
+    durable: u64,
+    /// Bytes up to here were in a segment that failed; they will never be durable.
+    failed: u64,
+    syncing: bool,
+}
+
+struct Segment {
+    file: Arc<File>,
+    bytes: u64,
+    opened: Instant,
 }
 
 fn segment_name() -> String {
@@ -50,6 +56,12 @@ fn segments(dir: &Path) -> io::Result<Vec<PathBuf>> {
     let mut v: Vec<PathBuf> = fs::read_dir(dir)?.flatten().map(|e| e.path()).filter(|p| p.extension().and_then(|e| e.to_str()) == Some("ndjson")).collect();
     v.sort();
     Ok(v)
+}
+
+fn open_segment(dir: &Path) -> io::Result<Segment> {
+    let file = OpenOptions::new().create(true).append(true).open(dir.join(segment_name()))?;
+    File::open(dir)?.sync_all()?;
+    Ok(Segment { file: Arc::new(file), bytes: 0, opened: Instant::now() })
 }
 
 impl EventLog {
@@ -66,20 +78,81 @@ impl EventLog {
                 log::warn!("event segment cut back to its last whole line path={} bytes={keep}", seg.display());
             }
         }
-        let queue = Arc::new(Queue::new(BATCH_QUEUE));
-        let (wdir, wqueue) = (dir.clone(), queue.clone());
-        std::thread::Builder::new().name("event-log".into()).spawn(move || writer(&wdir, &wqueue))?;
-        Ok(EventLog { dir, queue })
+        let state = LogState { seg: None, written: 0, durable: 0, failed: 0, syncing: false };
+        Ok(EventLog { dir, state: Mutex::new(state), synced: Condvar::new() })
     }
 
-    /// Appends whole NDJSON lines; the returned slot says when they are durable (or
-    /// why not).
-    pub fn append(&self, lines: Vec<u8>) -> Written {
-        let done: Written = Arc::new(Slot::default());
-        if let Err(b) = self.queue.try_push(Batch { lines, done: done.clone() }) {
-            b.done.set(Err(io::Error::other("the event log is not keeping up")));
+    fn lock(&self) -> MutexGuard<'_, LogState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Appends whole NDJSON lines (not yet durable); returns the position to pass to
+    /// [`EventLog::sync_to`].
+    pub fn write(&self, lines: &[u8]) -> io::Result<u64> {
+        let mut st = self.lock();
+        let st = &mut *st;
+        if st.seg.as_ref().is_none_or(|s| s.bytes >= SEGMENT_BYTES || s.opened.elapsed() >= SEGMENT_AGE) {
+            if let Some(old) = st.seg.as_ref().map(|s| s.file.clone()) {
+                // What a sync in flight does not cover must be durable before the switch.
+                if let Err(e) = old.sync_data() {
+                    self.fail(st);
+                    return Err(e);
+                }
+                st.durable = st.written;
+            }
+            st.seg = Some(open_segment(&self.dir)?);
         }
-        done
+        let Some(seg) = st.seg.as_mut() else { unreachable!("opened above") };
+        if let Err(e) = (&*seg.file).write_all(lines) {
+            // Never append after a torn write: the next batch starts a fresh segment.
+            self.fail(st);
+            return Err(e);
+        }
+        seg.bytes += lines.len() as u64;
+        st.written += lines.len() as u64;
+        Ok(st.written)
+    }
+
+    /// Everything written so far is lost: it will never be reported durable.
+    fn fail(&self, st: &mut LogState) {
+        st.seg = None;
+        st.failed = st.written;
+        self.synced.notify_all();
+    }
+
+    /// Waits until the bytes up to `pos` are durable, running the `fdatasync` itself
+    /// when nobody else is.
+    pub fn sync_to(&self, pos: u64) -> io::Result<()> {
+        let mut st = self.lock();
+        loop {
+            if st.durable >= pos {
+                return Ok(());
+            }
+            if st.failed >= pos {
+                return Err(io::Error::other("the event segment failed before these events were durable"));
+            }
+            if st.syncing {
+                st = self.synced.wait(st).unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            let Some(file) = st.seg.as_ref().map(|s| s.file.clone()) else {
+                return Err(io::Error::other("no event segment open"));
+            };
+            let target = st.written;
+            st.syncing = true;
+            drop(st);
+            let result = file.sync_data();
+            st = self.lock();
+            st.syncing = false;
+            match result {
+                Ok(()) => st.durable = st.durable.max(target),
+                Err(e) => {
+                    log::error!("event segment sync failed error={e}");
+                    self.fail(&mut st);
+                }
+            }
+            self.synced.notify_all();
+        }
     }
 
     /// Events matching `keep`, newest first, at most `limit`.
@@ -102,48 +175,6 @@ impl EventLog {
     }
 }
 
-struct Segment {
-    file: File,
-    bytes: u64,
-    opened: Instant,
-}
-
-fn open_segment(dir: &Path) -> io::Result<Segment> {
-    let file = OpenOptions::new().create(true).append(true).open(dir.join(segment_name()))?;
-    File::open(dir)?.sync_all()?;
-    Ok(Segment { file, bytes: 0, opened: Instant::now() })
-}
-
-fn writer(dir: &Path, queue: &Queue<Batch>) {
-    let mut seg: Option<Segment> = None;
-    loop {
-        let batches = queue.pop_batch(usize::MAX, Duration::from_secs(3600));
-        if batches.is_empty() {
-            continue;
-        }
-        let result = (|| -> io::Result<()> {
-            if seg.as_ref().is_none_or(|s| s.bytes >= SEGMENT_BYTES || s.opened.elapsed() >= SEGMENT_AGE) {
-                seg = Some(open_segment(dir)?);
-            }
-            let s = seg.as_mut().ok_or_else(|| io::Error::other("no segment"))?;
-            for b in &batches {
-                s.file.write_all(&b.lines)?;
-                s.bytes += b.lines.len() as u64;
-            }
-            s.file.sync_data()
-        })();
-        if result.is_err() {
-            seg = None; // start a fresh segment next time rather than append after a torn write
-        }
-        for b in batches {
-            b.done.set(match &result {
-                Ok(()) => Ok(()),
-                Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
-            });
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,13 +190,27 @@ mod tests {
             ..ApiEvent::default()
         })
         .unwrap() + "\n";
-        let waits: Vec<_> = (0..20).map(|i| log.append(ev(&format!("e{i}"), if i % 2 == 0 { "get" } else { "list" }).into_bytes())).collect();
-        for w in waits {
-            w.wait(Duration::from_secs(10)).unwrap().unwrap();
+        let log = Arc::new(log);
+        // Concurrent writers share syncs; each learns when its own lines are durable.
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    for i in (t..20).step_by(4) {
+                        let pos = log.write(ev(&format!("e{i:02}"), if i % 2 == 0 { "get" } else { "list" }).as_bytes()).unwrap();
+                        log.sync_to(pos).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
         }
         let lists = log.query(|e| e.request.verb == "list", 100).unwrap();
         assert_eq!(lists.len(), 10);
-        assert_eq!(lists[0].id, "e19", "newest first");
+        let mut ids: Vec<&str> = lists.iter().map(|e| e.id.as_str()).collect();
+        ids.sort();
+        assert_eq!(ids, ["e01", "e03", "e05", "e07", "e09", "e11", "e13", "e15", "e17", "e19"]);
         // A torn last line is cut back on open.
         let seg = segments(&dir.join("events")).unwrap().pop().unwrap();
         OpenOptions::new().append(true).open(&seg).unwrap().write_all(b"{\"id\":\"torn").unwrap();

@@ -5,8 +5,15 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// Now with milliseconds, `YYYY-MM-DDTHH:MM:SS.mmmZ`.
 pub fn now_rfc3339_millis() -> String {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    let whole = rfc3339(now.as_secs());
-    format!("{}.{:03}Z", &whole[..whole.len() - 1], now.subsec_millis())
+    let mut s = rfc3339(now.as_secs());
+    s.pop(); // the Z
+    s.push('.');
+    let ms = now.subsec_millis();
+    for d in [ms / 100, ms / 10 % 10, ms % 10] {
+        s.push(char::from(b'0' + d as u8));
+    }
+    s.push('Z');
+    s
 }
 
 /// Now, as `YYYY-MM-DDTHH:MM:SSZ`.
@@ -58,6 +65,10 @@ mod tests {
     #[test]
     fn dates() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        let now = now_rfc3339_millis();
+        assert_eq!((now.len(), &now[19..20], &now[23..]), (24, ".", "Z"), "{now}");
+        assert!(now[20..23].bytes().all(|b| b.is_ascii_digit()), "{now}");
+        assert!(parse_rfc3339(&format!("{}Z", &now[..19])).is_some(), "{now}");
         assert_eq!(rfc3339(1_795_000_000), "2026-11-18T11:06:40Z");
         assert_eq!(parse_rfc3339("2026-11-18T11:06:40Z"), Some(1_795_000_000));
     }
