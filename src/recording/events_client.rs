@@ -37,6 +37,9 @@ const FLUSH_BYTES: usize = 256 * 1024;
 /// How long to wait between attempts to reach a recorder.
 const RECONNECT_BACKOFF: Duration = Duration::from_millis(500);
 const DIAL_TIMEOUT: Duration = Duration::from_secs(2);
+/// A recorder that takes no bytes for this long is given up on (and redialled), so a
+/// hung recorder cannot hold the stream forever.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Copy, PartialEq)]
 enum Writer {
@@ -254,6 +257,7 @@ fn writer(targets: Vec<RecorderTarget>, sink: &Arc<EventSink>) {
             continue;
         };
         log::info!("api event stream connected");
+        let _ = socket.set_write_timeout(Some(WRITE_TIMEOUT));
         // (events sent on this connection once the batch is in, its last sequence number)
         let inflight: Arc<Mutex<VecDeque<(u64, u64)>>> = Arc::default();
         let acker = {
