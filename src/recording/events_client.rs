@@ -332,3 +332,48 @@ fn acks(mut input: Input, inflight: &Mutex<VecDeque<(u64, u64)>>, sink: &EventSi
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending() -> Pending {
+        Pending { lines: Vec::new(), count: 0, next_seq: 1, waiters: VecDeque::new(), writer: Writer::Idle }
+    }
+
+    fn add(p: &mut Pending, line: &str, waiter: Option<&Arc<Slot<bool>>>) -> u64 {
+        let seq = p.next_seq;
+        p.next_seq += 1;
+        p.count += 1;
+        p.lines.extend_from_slice(line.as_bytes());
+        if let Some(w) = waiter {
+            p.waiters.push_back((seq, w.clone()));
+        }
+        seq
+    }
+
+    #[test]
+    fn batches_carry_sequence_ranges_and_settle_their_waiters_only() {
+        let mut p = pending();
+        let (w1, w3) = (Arc::new(Slot::default()), Arc::new(Slot::default()));
+        add(&mut p, "{\"a\":1}\n", Some(&w1));
+        add(&mut p, "{\"a\":2}\n", None);
+        assert!(p.urgent(), "a waited-for event is in the buffer");
+        let mut spare = Vec::new();
+        let first = p.take(&mut spare);
+        assert_eq!((first.count, first.last_seq), (2, 2));
+        assert_eq!(spare, b"{\"a\":1}\n{\"a\":2}\n");
+        assert!(!p.urgent(), "what waits was taken");
+        add(&mut p, "{\"a\":3}\n", Some(&w3));
+        assert!(p.urgent());
+        // An acknowledgement of the first batch settles event 1, not event 3.
+        let settled = p.settled(first.last_seq);
+        assert_eq!(settled.len(), 1);
+        assert!(Arc::ptr_eq(&settled[0], &w1));
+        assert_eq!(p.waiters.len(), 1);
+        let second = p.take(&mut spare);
+        assert_eq!((second.count, second.last_seq), (1, 3));
+        assert_eq!(p.settled(second.last_seq).len(), 1);
+        assert_eq!(p.take(&mut spare).count, 0);
+    }
+}
