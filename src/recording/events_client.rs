@@ -67,11 +67,21 @@ struct Pending {
     /// Fail-closed requests, in sequence order.
     waiters: VecDeque<Waiter>,
     writer: Writer,
+    /// Frames sent and not yet acknowledged on the live connection.
+    unacked_frames: u64,
 }
 
 impl Pending {
     fn urgent(&self) -> bool {
         self.waiters.back().is_some_and(|(seq, _)| *seq > self.next_seq - 1 - self.count)
+    }
+
+    /// Whether a waited-for event should go now. While a frame is unacknowledged the
+    /// recorder is syncing it, and what arrives meanwhile could only join the next
+    /// sync anyway: it gathers until the acknowledgement (as Nagle's algorithm does),
+    /// so one frame, one wake-up on each side and one fsync serve many requests.
+    fn send_now(&self) -> bool {
+        self.urgent() && self.unacked_frames == 0
     }
 
     /// Takes the gathered lines, leaving `spare` (emptied) in their place.
@@ -110,7 +120,7 @@ impl EventSink {
     /// reconnecting in order. Unrecorded events nobody waited for are added to `dropped`.
     pub fn start(name: &str, targets: Vec<RecorderTarget>, dropped: Arc<AtomicU64>) -> Arc<EventSink> {
         let sink = Arc::new(EventSink {
-            pending: Mutex::new(Pending { lines: Vec::new(), count: 0, next_seq: 1, waiters: VecDeque::new(), writer: Writer::Busy }),
+            pending: Mutex::new(Pending { lines: Vec::new(), count: 0, next_seq: 1, waiters: VecDeque::new(), writer: Writer::Busy, unacked_frames: 0 }),
             wake: Condvar::new(),
             dropped,
         });
@@ -177,9 +187,10 @@ impl EventSink {
             if let Some(slot) = waiter {
                 p.waiters.push_back((seq, slot.clone()));
             }
+            // With frames unacknowledged, the acknowledgement wakes the writer.
             let wake = match p.writer {
-                Writer::Idle => true,
-                Writer::Lingering => waiter.is_some() || p.lines.len() >= FLUSH_BYTES,
+                Writer::Idle => p.unacked_frames == 0,
+                Writer::Lingering => p.send_now() || p.lines.len() >= FLUSH_BYTES,
                 Writer::Busy => false,
             };
             drop(p);
@@ -199,8 +210,9 @@ impl EventSink {
             if p.count > 0 {
                 let since = *lingering_since.get_or_insert_with(Instant::now);
                 let left = LINGER.saturating_sub(since.elapsed());
-                if p.urgent() || p.lines.len() >= FLUSH_BYTES || left.is_zero() {
+                if p.send_now() || p.lines.len() >= FLUSH_BYTES || left.is_zero() {
                     p.writer = Writer::Busy;
+                    p.unacked_frames += 1;
                     return Some(p.take(spare));
                 }
                 p.writer = Writer::Lingering;
@@ -219,6 +231,20 @@ impl EventSink {
                 }
             }
         }
+    }
+
+    /// `frames` frames up to event `through` are durable: their waiters go on, and the
+    /// writer sends what gathered meanwhile.
+    fn acknowledged(&self, through: u64, frames: u64) {
+        let wake = {
+            let mut p = lock(&self.pending);
+            p.unacked_frames = p.unacked_frames.saturating_sub(frames);
+            p.count > 0 && p.writer != Writer::Busy
+        };
+        if wake {
+            self.wake.notify_one();
+        }
+        self.settle(through, true);
     }
 
     /// Settles every waiter up to `through` with `ok`; returns how many there were.
@@ -257,6 +283,7 @@ fn writer(targets: Vec<RecorderTarget>, sink: &Arc<EventSink>) {
             continue;
         };
         log::info!("api event stream connected");
+        lock(&sink.pending).unacked_frames = 0; // frames taken while unconnected were lost
         let _ = socket.set_write_timeout(Some(WRITE_TIMEOUT));
         // (events sent on this connection once the batch is in, its last sequence number)
         let inflight: Arc<Mutex<VecDeque<(u64, u64)>>> = Arc::default();
@@ -290,6 +317,7 @@ fn writer(targets: Vec<RecorderTarget>, sink: &Arc<EventSink>) {
         let _ = socket.shutdown(std::net::Shutdown::Both);
         let acked = acker.ok().and_then(|a| a.join().ok()).unwrap_or(0);
         // Whatever this connection took unacknowledged is lost.
+        lock(&sink.pending).unacked_frames = 0;
         sink.lost(last_sent, sent.saturating_sub(acked));
         log::warn!("api event stream lost; reconnecting");
         thread::sleep(RECONNECT_BACKOFF);
@@ -312,15 +340,16 @@ fn acks(mut input: Input, inflight: &Mutex<VecDeque<(u64, u64)>>, sink: &EventSi
                 }
                 let Ok(ack) = serde_json::from_slice::<Ack>(&frame.payload) else { return acked };
                 acked = ack.acked;
-                let mut through = None;
+                let (mut through, mut frames) = (None, 0);
                 {
                     let mut fl = lock(inflight);
                     while fl.front().is_some_and(|(count, _)| *count <= ack.acked) {
                         through = fl.pop_front().map(|(_, last)| last);
+                        frames += 1;
                     }
                 }
                 if let Some(t) = through {
-                    sink.settle(t, true);
+                    sink.acknowledged(t, frames);
                 }
                 continue;
             }
@@ -338,7 +367,7 @@ mod tests {
     use super::*;
 
     fn pending() -> Pending {
-        Pending { lines: Vec::new(), count: 0, next_seq: 1, waiters: VecDeque::new(), writer: Writer::Idle }
+        Pending { lines: Vec::new(), count: 0, next_seq: 1, waiters: VecDeque::new(), writer: Writer::Idle, unacked_frames: 0 }
     }
 
     fn add(p: &mut Pending, line: &str, waiter: Option<&Arc<Slot<bool>>>) -> u64 {
@@ -366,6 +395,11 @@ mod tests {
         assert!(!p.urgent(), "what waits was taken");
         add(&mut p, "{\"a\":3}\n", Some(&w3));
         assert!(p.urgent());
+        // While the first frame is unacknowledged, event 3 gathers for the next sync.
+        p.unacked_frames = 1;
+        assert!(!p.send_now());
+        p.unacked_frames = 0;
+        assert!(p.send_now());
         // An acknowledgement of the first batch settles event 1, not event 3.
         let settled = p.settled(first.last_seq);
         assert_eq!(settled.len(), 1);
