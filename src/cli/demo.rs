@@ -2,7 +2,7 @@
 //! binary, with generated certificates, kubeconfigs and a policy under one directory.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -27,7 +27,7 @@ fn write(path: &Path, text: &str) -> Result<()> {
 }
 
 fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0").context("finding a free port")?.local_addr()?.port())
+    crate::net::server::free_loopback_port().context("finding a free port")
 }
 
 /// The demo policy: sessions and API events of both groups go to the demo's recorder;

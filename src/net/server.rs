@@ -8,6 +8,28 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+/// A loopback port that is free now, for a child process to listen on. It is taken
+/// below the kernel's ephemeral range (`ip_local_port_range`), so no outgoing
+/// connection can occupy it before the child binds, as one can a port from `bind(0)`.
+pub fn free_loopback_port() -> std::io::Result<u16> {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (from, to) = (low / 2, low);
+    if from >= 1024 {
+        for _ in 0..64 {
+            let mut b = [0u8; 2];
+            crate::net::random::fill(&mut b);
+            let port = from + u16::from_le_bytes(b) % (to - from);
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return Ok(port);
+            }
+        }
+    }
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
 /// Shared between a server's accept loop, its connections and whoever stops it.
 #[derive(Default)]
 pub struct Lifecycle {

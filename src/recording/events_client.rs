@@ -8,9 +8,9 @@
 //!
 //! The costs that matter at thousands of requests a second are wake-ups, not bytes:
 //! a request wakes the writer only when the writer sleeps with nothing to do, or when
-//! the request waits for its event (fail-closed). Events nobody waits for (fail-open,
-//! completions) linger up to [`LINGER`] so that one frame, one recorder wake-up and one
-//! fsync carry many of them.
+//! the request waits for its event (fail-closed) and no frame is unacknowledged (see
+//! [`Pending::send_now`]). Events nobody waits for (fail-open, completions) linger up
+//! to [`LINGER`] so that one frame, one recorder wake-up and one fsync carry many.
 
 use std::collections::VecDeque;
 use std::io::Write;

@@ -238,7 +238,7 @@ impl Drop for Spawned {
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    kubetape::net::server::free_loopback_port().expect("a free loopback port")
 }
 
 /// Whether something accepts TCP connections on loopback `port` now.
