@@ -4,9 +4,9 @@
 pub mod body;
 pub mod conn;
 pub mod pki;
-pub mod queue;
 pub mod random;
 pub mod server;
 pub mod signal;
+pub mod slot;
 pub mod tls;
 pub mod tunnel;

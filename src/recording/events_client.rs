@@ -20,7 +20,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::net::conn::Input;
-use crate::net::queue::Slot;
+use crate::net::slot::Slot;
 use crate::recording::client::{dial, mask, RecorderTarget};
 use crate::recording::protocol::Ack;
 use crate::wire::ws;
