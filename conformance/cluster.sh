@@ -7,7 +7,24 @@
 # DIR holds admin.kubeconfig, tokens.csv (admin-token for user admin in
 # system:masters), audit.log. k runs kubectl 1.32 as admin.
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# A free loopback port below the kernel's ephemeral range, so no outgoing connection
+# can take it before the server given it binds (as kubetape's demo picks its ports).
+free_port() {
+  python3 -c '
+import random, socket
+low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+for _ in range(64):
+    port = random.randrange(low // 2, low)
+    try:
+        socket.socket().bind(("127.0.0.1", port))
+        print(port)
+        break
+    except OSError:
+        pass
+else:
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])
+'
+}
 
 cluster_start() {
   local dir=$1 apiserver=$2
