@@ -139,9 +139,10 @@ impl EventSink {
 
     fn count_dropped(&self, n: u64) {
         let before = self.dropped.fetch_add(n, Ordering::Relaxed);
-        // Logged at powers of two, so a recorder outage cannot flood the log.
-        if n > 0 && (before + n).ilog2() != before.checked_ilog2().unwrap_or(u32::MAX) {
-            log::warn!("api events dropped: the recorder is slow or down dropped_total={}", before + n);
+        let after = before + n;
+        // Logged when the total reaches a new power of two, so an outage cannot flood the log.
+        if n > 0 && (before == 0 || after.ilog2() > before.ilog2()) {
+            log::warn!("api events dropped: the recorder is slow or down dropped_total={after}");
         }
     }
 
@@ -149,23 +150,19 @@ impl EventSink {
     pub fn send_and_wait(&self, event: &impl serde::Serialize, timeout: Duration) -> Result<(), String> {
         let slot = Arc::new(Slot::default());
         let Some(seq) = self.append(event, Some(&slot)) else { return Err("too many events are waiting for the recorder".into()) };
-        match slot.wait(timeout) {
+        let settled = slot.wait(timeout).or_else(|| {
+            let mut p = lock(&self.pending);
+            let before = p.waiters.len();
+            p.waiters.retain(|(s, _)| *s != seq);
+            let taken_back = p.waiters.len() < before;
+            drop(p);
+            // Not found: settled just now, by a thread that is about to say how.
+            if taken_back { None } else { slot.wait(Duration::from_secs(1)) }
+        });
+        match settled {
             Some(true) => Ok(()),
             Some(false) => Err("the recorder was lost before acknowledging the event".into()),
-            None => {
-                let mut p = lock(&self.pending);
-                let before = p.waiters.len();
-                p.waiters.retain(|(s, _)| *s != seq);
-                if p.waiters.len() == before {
-                    // Settled just now, by a thread that is about to say how.
-                    drop(p);
-                    return match slot.wait(Duration::from_secs(1)) {
-                        Some(true) => Ok(()),
-                        _ => Err("the recorder was lost before acknowledging the event".into()),
-                    };
-                }
-                Err(format!("the recorder did not acknowledge the event within {timeout:?}"))
-            }
+            None => Err(format!("the recorder did not acknowledge the event within {timeout:?}")),
         }
     }
 
