@@ -76,6 +76,12 @@ fn kubectl_commands_yield_the_right_verbs_and_resources() {
     let line: Value = serde_json::from_str(body.lines().next().unwrap()).unwrap();
     assert_eq!(line["apiVersion"], "audit.k8s.io/v1");
     assert!(line["auditID"].is_string());
+    // The recorder counts the fsyncs that made them durable; one may serve many.
+    let (code, metrics) = demo.recorder_get(Some("recorder-reader"), "/metrics");
+    assert_eq!(code, 200);
+    let value = |name: &str| metrics.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<u64>().ok());
+    let (events, fsyncs) = (value("kubetape_recorder_events_total"), value("kubetape_recorder_event_fsyncs_total"));
+    assert!(matches!((events, fsyncs), (Some(e), Some(f)) if f >= 1 && f <= e), "events {events:?}, fsyncs {fsyncs:?}");
 }
 
 #[test]

@@ -15,6 +15,7 @@ pub struct Metrics {
     events: AtomicU64,
     storage_errors: AtomicU64,
     fsyncs: AtomicU64,
+    event_fsyncs: AtomicU64,
     /// Microseconds spent making bytes durable before acknowledging them.
     ack_lag_micros: AtomicU64,
 }
@@ -37,6 +38,10 @@ impl Metrics {
         self.ack_lag_micros.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
     }
 
+    pub fn event_log_synced(&self) {
+        self.event_fsyncs.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn events(&self, n: u64) {
         self.events.fetch_add(n, Ordering::Relaxed);
     }
@@ -55,7 +60,8 @@ impl Metrics {
             ("kubetape_recorder_bytes_total", "counter", "Recording bytes made durable.", g(&self.bytes).to_string()),
             ("kubetape_recorder_events_total", "counter", "API events received.", g(&self.events).to_string()),
             ("kubetape_recorder_storage_errors_total", "counter", "Failed storage writes and syncs.", g(&self.storage_errors).to_string()),
-            ("kubetape_recorder_fsyncs_total", "counter", "Durable writes (one per acknowledged batch).", g(&self.fsyncs).to_string()),
+            ("kubetape_recorder_fsyncs_total", "counter", "Durable writes of recordings (one per acknowledged batch).", g(&self.fsyncs).to_string()),
+            ("kubetape_recorder_event_fsyncs_total", "counter", "Durable writes of the event log (each serves every batch appended before it).", g(&self.event_fsyncs).to_string()),
             ("kubetape_recorder_ack_lag_seconds_sum", "counter", "Time spent making bytes durable before acknowledging them.", format!("{:.6}", g(&self.ack_lag_micros) as f64 / 1e6)),
         ];
         lines.iter().map(|(name, kind, help, value)| format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n")).collect()

@@ -268,7 +268,9 @@ fn ingest_events(state: &State, head: RequestHead, mut input: Input, mut out: Wr
             }
         }
         if let Some(pos) = written {
-            state.events.sync_to(pos).map_err(|e| storage_failed(&mut out, e))?;
+            if state.events.sync_to(pos).map_err(|e| storage_failed(&mut out, e))? {
+                state.metrics.event_log_synced();
+            }
             state.metrics.events(count);
             acked += count;
             send_ack(&mut out, acked).map_err(|e| e.to_string())?;

@@ -31,8 +31,11 @@ pub const EVENTS_SUBPROTOCOL: &str = "kubetape.events.v1";
 const MAX_PENDING_EVENTS: u64 = 8192;
 const MAX_PENDING_BYTES: usize = 8 << 20;
 /// Events nobody waits for are sent at most this late, or sooner with any that is
-/// waited for, or when this many bytes have gathered.
-const LINGER: Duration = Duration::from_millis(2);
+/// waited for, or when this many bytes have gathered. Nothing is held up by them,
+/// and each frame costs a wake-up on both sides and an fsync.
+const LINGER: Duration = Duration::from_millis(10);
+/// A waited-for event gathers behind an unacknowledged frame at most this long.
+const HOLD: Duration = Duration::from_millis(2);
 const FLUSH_BYTES: usize = 256 * 1024;
 /// How long to wait between attempts to reach a recorder.
 const RECONNECT_BACKOFF: Duration = Duration::from_millis(500);
@@ -198,22 +201,26 @@ impl EventSink {
         })
     }
 
-    /// Waits until there is something to send: at once for a waited-for event,
-    /// after [`LINGER`] for others. `None` if nothing came within `idle`.
+    /// Waits until there is something to send: at once for a waited-for event (within
+    /// [`HOLD`] behind an unacknowledged frame), after [`LINGER`] for others. `None`
+    /// if nothing came within `idle`.
     fn next_batch(&self, spare: &mut Vec<u8>, idle: Duration) -> Option<Batch> {
         let mut p = lock(&self.pending);
         let mut lingering_since: Option<Instant> = None;
         loop {
             if p.count > 0 {
                 let since = *lingering_since.get_or_insert_with(Instant::now);
-                let left = LINGER.saturating_sub(since.elapsed());
+                let left = if p.urgent() { HOLD } else { LINGER }.saturating_sub(since.elapsed());
                 if p.send_now() || p.lines.len() >= FLUSH_BYTES || left.is_zero() {
                     p.writer = Writer::Busy;
                     p.unacked_frames += 1;
                     return Some(p.take(spare));
                 }
                 p.writer = Writer::Lingering;
-                p = self.wake.wait_timeout(p, left).map(|(g, _)| g).unwrap_or_else(|e| e.into_inner().0);
+                // A waited-for event that arrives behind an unacknowledged frame does not
+                // wake the writer, so it looks again within HOLD.
+                let nap = if p.unacked_frames > 0 { left.min(HOLD) } else { left };
+                p = self.wake.wait_timeout(p, nap).map(|(g, _)| g).unwrap_or_else(|e| e.into_inner().0);
             } else {
                 if lingering_since.is_some() {
                     p.writer = Writer::Busy;

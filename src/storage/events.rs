@@ -121,12 +121,13 @@ impl EventLog {
     }
 
     /// Waits until the bytes up to `pos` are durable, running the `fdatasync` itself
-    /// when nobody else is.
-    pub fn sync_to(&self, pos: u64) -> io::Result<()> {
+    /// when nobody else is; returns whether this call ran one.
+    pub fn sync_to(&self, pos: u64) -> io::Result<bool> {
         let mut st = self.lock();
+        let mut ran = false;
         loop {
             if st.durable >= pos {
-                return Ok(());
+                return Ok(ran);
             }
             if st.failed >= pos {
                 return Err(io::Error::other("the event segment failed before these events were durable"));
@@ -142,6 +143,7 @@ impl EventLog {
             st.syncing = true;
             drop(st);
             let result = file.sync_data();
+            ran = true;
             st = self.lock();
             st.syncing = false;
             match result {
