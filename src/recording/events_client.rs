@@ -210,7 +210,8 @@ impl EventSink {
         loop {
             if p.count > 0 {
                 let since = *lingering_since.get_or_insert_with(Instant::now);
-                let left = if p.urgent() { HOLD } else { LINGER }.saturating_sub(since.elapsed());
+                let limit = if p.urgent() { HOLD } else { LINGER };
+                let left = limit.saturating_sub(since.elapsed());
                 if p.send_now() || p.lines.len() >= FLUSH_BYTES || left.is_zero() {
                     p.writer = Writer::Busy;
                     p.unacked_frames += 1;
