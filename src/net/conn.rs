@@ -9,12 +9,13 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rustls::pki_types::CertificateDer;
 
 use crate::error::{Context, Result};
+use crate::net::sync::lock;
 
 /// Raw bytes read from the socket per call.
 const READ_CHUNK: usize = 16 * 1024;
@@ -23,11 +24,6 @@ struct TlsShared {
     conn: Mutex<rustls::Connection>,
     /// Held while TLS records are extracted and written, so records stay in order.
     write_order: Mutex<()>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic in another holder leaves the TLS state usable enough to fail cleanly.
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl TlsShared {

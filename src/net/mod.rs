@@ -7,6 +7,6 @@ pub mod pki;
 pub mod random;
 pub mod server;
 pub mod signal;
-pub mod slot;
+pub mod sync;
 pub mod tls;
 pub mod tunnel;

@@ -15,12 +15,12 @@
 use std::collections::VecDeque;
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::net::conn::Input;
-use crate::net::slot::Slot;
+use crate::net::sync::{lock, Slot};
 use crate::recording::client::{dial, mask, RecorderTarget};
 use crate::recording::protocol::Ack;
 use crate::wire::ws;
@@ -107,10 +107,6 @@ pub struct EventSink {
     /// Events nobody waited for that were not recorded: not queued (too much was
     /// waiting) or lost with a connection before they were acknowledged.
     dropped: Arc<AtomicU64>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 thread_local! {

@@ -10,6 +10,7 @@ use std::thread;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 
+use crate::net::sync::lock;
 use crate::sim::process::{self, Spawned};
 use crate::wire::channel::{self, TerminalSize};
 
@@ -40,9 +41,6 @@ pub struct Container {
     state: Mutex<State>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 impl Container {
     /// Starts `argv`; `on_exit` runs once with the exit code after all output is read.

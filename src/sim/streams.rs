@@ -14,6 +14,7 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 use serde_json::Value;
 
 use crate::net::conn::{Input, WriteHalf};
+use crate::net::sync::lock;
 use crate::wire::channel::{self, TerminalSize};
 use crate::wire::spdy::{self, Frame, HeaderDeflater, HeaderInflater, HeaderList};
 use crate::wire::ws;
@@ -51,9 +52,6 @@ pub struct Wanted {
     pub tty: bool,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 // ---- SPDY ----
 

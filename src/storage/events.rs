@@ -83,7 +83,7 @@ impl EventLog {
     }
 
     fn lock(&self) -> MutexGuard<'_, LogState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        crate::net::sync::lock(&self.state)
     }
 
     /// Appends whole NDJSON lines (not yet durable); returns the position to pass to

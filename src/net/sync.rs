@@ -1,15 +1,18 @@
-//! A one-shot slot on a mutex and condition variable: a waiting thread sleeps in the
-//! kernel at once instead of spinning and yielding first, which matters when every
-//! core is busy (crossbeam's blocking receive spins before it parks).
+//! Small synchronisation helpers shared by the servers and the recorder clients.
 
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+/// Locks `m`, also when a thread panicked while holding it: every value kept behind
+/// these locks stays consistent enough to go on with, or to fail cleanly.
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A value one thread sets and another waits for.
+/// A value one thread sets and another waits for, on a mutex and condition variable:
+/// the waiting thread sleeps in the kernel at once instead of spinning and yielding
+/// first, which matters when every core is busy (crossbeam's blocking receive spins
+/// before it parks).
 pub struct Slot<T> {
     value: Mutex<Option<T>>,
     set: Condvar,
