@@ -328,14 +328,22 @@ impl Input {
         E: Into<crate::error::Error>,
     {
         let mut deadline: Option<Instant> = None;
+        let mut scanned = 0;
         loop {
             if !self.buf.is_empty() {
-                if let Some((head, n)) = parse(&self.buf).map_err(Into::into)? {
-                    self.consume(n);
-                    return Ok(Some(head));
-                }
-                if self.buf.len() > max_len {
-                    crate::bail!("head exceeds {max_len} bytes");
+                // Only the new bytes are scanned for the end of the head; the parser
+                // runs once, on a whole head.
+                match crate::wire::http::scan_head(&self.buf, scanned)? {
+                    Some(end) if end > max_len => crate::bail!("head exceeds {max_len} bytes"),
+                    Some(end) => {
+                        if let Some((head, n)) = parse(&self.buf[..end]).map_err(Into::into)? {
+                            self.consume(n);
+                            return Ok(Some(head));
+                        }
+                        crate::bail!("malformed head");
+                    }
+                    None if self.buf.len() > max_len => crate::bail!("head exceeds {max_len} bytes"),
+                    None => scanned = self.buf.len(),
                 }
             }
             let timeout = match deadline {

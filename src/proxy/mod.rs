@@ -353,6 +353,9 @@ impl Request<'_> {
             Ok(f) => f,
             Err(e) => return refuse(client, Refusal::BadRequest(e.to_string())),
         };
+        if let Err(why) = rewrite::check_connection(&head) {
+            return refuse(client, Refusal::BadRequest(why));
+        }
         let client_close = head.headers.has_token("connection", "close");
         if let Some(body) = self.local_endpoint(&head) {
             respond::plain(&mut client.1, body.0, body.1)?;

@@ -27,13 +27,48 @@ pub enum Mode {
     NoAuth,
 }
 
-/// Removes hop-by-hop fields and any field the `Connection` header names.
+/// Fields that say where a message ends; the proxy writes its own from its framing
+/// decision and never copies these, so no peer can make the next hop frame a body
+/// differently.
+const FRAMING: &[&str] = &["content-length", "transfer-encoding"];
+
+/// Removes hop-by-hop fields, framing fields and any field the `Connection` header names.
 fn strip_hop_by_hop(headers: &mut Headers) {
     let named: Vec<String> = headers.tokens("connection").map(|t| t.to_ascii_lowercase()).collect();
     headers.retain(|h| {
         let n = h.name.to_ascii_lowercase();
-        !HOP_BY_HOP.contains(&n.as_str()) && !named.contains(&n)
+        !HOP_BY_HOP.contains(&n.as_str()) && !FRAMING.contains(&n.as_str()) && !named.contains(&n)
     });
+}
+
+/// Refuses a `Connection` header that names a field the proxy decides itself: framing,
+/// `Host`, identity, or `Upgrade` on a request that does not upgrade. Dropping such a
+/// field as hop-by-hop would let a client change what the next hop reads.
+pub fn check_connection(head: &RequestHead) -> Result<(), String> {
+    if head.headers.get_all("connection").any(|v| !v.is_ascii()) {
+        return Err("the Connection header must be ASCII tokens".into());
+    }
+    for token in head.headers.tokens("connection") {
+        let t = token.to_ascii_lowercase();
+        let decided_here = FRAMING.contains(&t.as_str())
+            || t == "host"
+            || is_identity_field(&t)
+            || matches!(t.as_str(), "audit-id" | "x-forwarded-for")
+            || (t == "upgrade" && head.upgrade().is_none());
+        if decided_here {
+            return Err(format!("the Connection header may not name {token:?}"));
+        }
+    }
+    Ok(())
+}
+
+/// The framing fields for a body sent as `framing`.
+fn push_framing(headers: &mut Headers, framing: BodyLength) {
+    match framing {
+        BodyLength::Length(n) => headers.push("Content-Length", n.to_string()),
+        BodyLength::Chunked => headers.push("Transfer-Encoding", "chunked"),
+        BodyLength::Empty | BodyLength::UntilClose => {}
+    }
 }
 
 /// What identity to present upstream in `auth` mode.
@@ -80,9 +115,7 @@ pub fn upstream_request(client: &RequestHead, framing: BodyLength, f: &Forwardin
     // The API server logs this id in its audit events; ours carry the same, and no
     // client can choose it.
     head.headers.set("Audit-ID", audit_id);
-    if framing == BodyLength::Chunked {
-        head.headers.push("Transfer-Encoding", "chunked");
-    }
+    push_framing(&mut head.headers, framing);
     if let Some(proto) = upgrade {
         head.headers.push("Connection", "Upgrade");
         head.headers.push("Upgrade", proto);
@@ -95,10 +128,12 @@ pub fn client_response(upstream: &ResponseHead, framing: BodyLength, close: bool
     let mut head = upstream.clone();
     let upgrade = (upstream.status == 101).then(|| upstream.headers.get("upgrade").map(<[u8]>::to_vec)).flatten();
     strip_hop_by_hop(&mut head.headers);
-    match framing {
-        BodyLength::Chunked => head.headers.push("Transfer-Encoding", "chunked"),
-        BodyLength::UntilClose => {}
-        BodyLength::Empty | BodyLength::Length(_) => {}
+    push_framing(&mut head.headers, framing);
+    // An empty body keeps its stated length (0, or a HEAD response's), as a number.
+    if framing == BodyLength::Empty {
+        if let Some(n) = upstream.headers.get_str("content-length").and_then(|v| v.trim().parse::<u64>().ok()) {
+            head.headers.push("Content-Length", n.to_string());
+        }
     }
     if let Some(proto) = upgrade {
         head.headers.push("Connection", "Upgrade");
@@ -178,6 +213,40 @@ mod tests {
         assert_eq!(out.headers.get_str("impersonate-user"), Some("admin"));
         assert_eq!(out.headers.get_str("transfer-encoding"), Some("chunked"));
         assert_eq!(out.headers.get("x-secret"), None);
+    }
+
+    #[test]
+    fn framing_is_written_from_the_decision_never_copied() {
+        let user = alice();
+        let imp = Impersonation { user: &user, groups: vec!["sre".into()] };
+        let f = Forwarding { mode: Mode::Auth, impersonate: Some(&imp), upstream_auth: None, upstream_host: "api", client_ip: "1.2.3.4", audit_id: "id" };
+        let mut h = RequestHead::new("POST", "/api/v1/namespaces");
+        h.headers.push("Content-Length", "007");
+        h.headers.push("Connection", "keep-alive");
+        let out = upstream_request(&h, BodyLength::Length(7), &f);
+        assert_eq!(out.headers.get_all("content-length").collect::<Vec<_>>(), vec![&b"7"[..]]);
+        assert_eq!(out.headers.get("transfer-encoding"), None);
+        let out = upstream_request(&h, BodyLength::Chunked, &f);
+        assert_eq!(out.headers.get("content-length"), None);
+        assert_eq!(out.headers.get_str("transfer-encoding"), Some("chunked"));
+    }
+
+    #[test]
+    fn connection_may_not_name_what_the_proxy_decides() {
+        let with = |conn: &str, upgrade: Option<&str>| {
+            let mut h = RequestHead::new("POST", "/api/v1/namespaces");
+            h.headers.push("Connection", conn);
+            if let Some(u) = upgrade {
+                h.headers.push("Upgrade", u);
+            }
+            check_connection(&h)
+        };
+        for bad in ["Content-Length", "keep-alive, content-length", "transfer-encoding", "Host", "Authorization", "impersonate-user", "Impersonate-Group", "x-remote-user", "x-remote-extra-scopes", "audit-id", "upgrade"] {
+            assert!(with(bad, None).is_err(), "{bad}");
+        }
+        for good in ["keep-alive", "close", "Upgrade", "x-custom"] {
+            assert_eq!(with(good, Some("SPDY/3.1")), Ok(()), "{good}");
+        }
     }
 
     #[test]

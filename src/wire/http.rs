@@ -187,6 +187,9 @@ pub enum HeadError {
     ObsoleteLineFolding { offset: usize },
     UnsupportedVersion(u8),
     NonUtf8(&'static str),
+    /// A LF without CR, or a CR without LF (Go and RFC 9112 section 2.2 may differ on
+    /// these, so neither is accepted).
+    BareLineEnd { offset: usize },
 }
 
 impl fmt::Display for HeadError {
@@ -199,15 +202,34 @@ impl fmt::Display for HeadError {
             }
             HeadError::UnsupportedVersion(v) => write!(f, "expected HTTP/1.1, found HTTP/1.{v}"),
             HeadError::NonUtf8(what) => write!(f, "{what} is not UTF-8"),
+            HeadError::BareLineEnd { offset } => write!(f, "expected CRLF at byte {offset}, found a bare line end"),
         }
     }
 }
 
 impl std::error::Error for HeadError {}
 
-/// The end of the head (the index after `\r\n\r\n`), if the buffer holds one.
-fn head_end(buf: &[u8]) -> Option<usize> {
-    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
+/// Scans `buf` for the end of a head (the index after `\r\n\r\n`), starting at
+/// `from`: bytes before it were scanned by an earlier call, so a head that arrives a
+/// byte at a time costs linear time in all. A bare LF or CR anywhere is an error.
+pub fn scan_head(buf: &[u8], from: usize) -> Result<Option<usize>, HeadError> {
+    // Step back over a possibly partial terminator so it is seen whole.
+    let mut i = from.saturating_sub(3).min(buf.len());
+    while let Some(at) = buf[i..].iter().position(|&b| b == b'\r' || b == b'\n') {
+        let at = i + at;
+        let bare = match buf[at] {
+            b'\n' => at == 0 || buf[at - 1] != b'\r',
+            _ => buf.get(at + 1).is_some_and(|&next| next != b'\n'),
+        };
+        if bare {
+            return Err(HeadError::BareLineEnd { offset: at });
+        }
+        if buf[at] == b'\n' && at >= 3 && &buf[at - 3..=at] == b"\r\n\r\n" {
+            return Ok(Some(at + 1));
+        }
+        i = at + 1;
+    }
+    Ok(None)
 }
 
 /// A line that starts with space or tab continues the one before: refused.
@@ -240,7 +262,7 @@ fn map_httparse(e: httparse::Error) -> HeadError {
 /// Parses a request head from the front of `buf`.
 /// Returns `Ok(None)` when more bytes are needed; nothing is consumed then.
 pub fn parse_request(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, HeadError> {
-    let Some(end) = head_end(buf) else { return Ok(None) };
+    let Some(end) = scan_head(buf, 0)? else { return Ok(None) };
     check_folding(&buf[..end])?;
     let mut raw = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut raw);
@@ -256,7 +278,9 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, HeadErr
                 target: req.path.unwrap_or_default().to_string(),
                 headers: convert_headers(req.headers)?,
             };
-            if !head.target.starts_with('/') && head.target != "*" {
+            // Origin form only: no absolute form, and no `*` (OPTIONS to the server
+            // itself is nothing the API server serves).
+            if !head.target.starts_with('/') {
                 return Err(HeadError::Malformed("request target must be in origin form"));
             }
             Ok(Some((head, n)))
@@ -267,7 +291,7 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, HeadErr
 /// Parses a response head from the front of `buf`.
 /// Returns `Ok(None)` when more bytes are needed; nothing is consumed then.
 pub fn parse_response(buf: &[u8]) -> Result<Option<(ResponseHead, usize)>, HeadError> {
-    let Some(end) = head_end(buf) else { return Ok(None) };
+    let Some(end) = scan_head(buf, 0)? else { return Ok(None) };
     check_folding(&buf[..end])?;
     let mut raw = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut raw);
@@ -342,7 +366,9 @@ fn declared_length(headers: &Headers) -> Result<Option<BodyLength>, FramingError
             if text.is_empty() || text.len() > 19 || !text.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(FramingError::BadContentLength(text));
             }
-            let n: u64 = text.parse().map_err(|_| FramingError::BadContentLength(text))?;
+            // Go reads lengths as int64 (`strconv.ParseUint(v, 10, 63)`): anything larger
+            // would be framed differently there.
+            let n: u64 = text.parse().ok().filter(|&n| n <= i64::MAX as u64).ok_or(FramingError::BadContentLength(text))?;
             Ok(Some(if n == 0 { BodyLength::Empty } else { BodyLength::Length(n) }))
         }
         _ => Err(FramingError::DuplicateContentLength),
@@ -607,10 +633,37 @@ mod tests {
             ("folding", b"GET / HTTP/1.1\r\nA: b\r\n c\r\n\r\n", HeadError::ObsoleteLineFolding { offset: 22 }),
             ("http10", b"GET / HTTP/1.0\r\n\r\n", HeadError::UnsupportedVersion(0)),
             ("absolute form", b"GET http://x/ HTTP/1.1\r\n\r\n", HeadError::Malformed("request target must be in origin form")),
+            ("asterisk form", b"OPTIONS * HTTP/1.1\r\n\r\n", HeadError::Malformed("request target must be in origin form")),
             ("bad name", b"GET / HTTP/1.1\r\nA b: c\r\n\r\n", HeadError::Malformed("invalid header name")),
         ];
         for (name, raw, want) in cases {
             assert_eq!(parse_request(raw).unwrap_err(), *want, "{name}");
+        }
+    }
+
+    #[test]
+    fn bare_line_ends_are_refused() {
+        let cases: &[(&str, &[u8], usize)] = &[
+            ("bare lf head", b"GET / HTTP/1.1\nHost: x\n\n", 14),
+            ("bare lf header", b"GET / HTTP/1.1\r\nHost: x\n\r\n", 23),
+            ("bare cr", b"GET / HTTP/1.1\rHost: x\r\n\r\n", 14),
+        ];
+        for (name, raw, offset) in cases {
+            assert_eq!(parse_request(raw).unwrap_err(), HeadError::BareLineEnd { offset: *offset }, "{name}");
+        }
+    }
+
+    #[test]
+    fn head_scan_resumes_where_it_stopped() {
+        let raw = b"GET / HTTP/1.1\r\nHost: x\r\n\r\nbody";
+        let want = raw.len() - 4;
+        for cut in 0..raw.len() {
+            let first = scan_head(&raw[..cut], 0).unwrap();
+            if first.is_some() {
+                assert_eq!(first, Some(want));
+                continue;
+            }
+            assert_eq!(scan_head(raw, cut).unwrap(), Some(want), "resumed at {cut}");
         }
     }
 
@@ -651,6 +704,7 @@ mod tests {
             ("two cl", &[("Content-Length", "3"), ("Content-Length", "3")], FramingError::DuplicateContentLength),
             ("signed cl", &[("Content-Length", "+3")], FramingError::BadContentLength("+3".into())),
             ("list cl", &[("Content-Length", "3, 3")], FramingError::BadContentLength("3, 3".into())),
+            ("cl of 2^63", &[("Content-Length", "9223372036854775808")], FramingError::BadContentLength("9223372036854775808".into())),
             ("gzip te", &[("Transfer-Encoding", "gzip, chunked")], FramingError::UnsupportedTransferEncoding("gzip, chunked".into())),
         ];
         for (name, h, want) in bad {
