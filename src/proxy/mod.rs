@@ -28,7 +28,7 @@ use crate::net::conn::{Conn, Input, WriteHalf};
 use crate::net::server::{self, Lifecycle};
 use crate::net::{signal, tls, tunnel};
 use crate::wire::http::{self, BodyLength, RequestHead, ResponseHead};
-use crate::kube::request_info::request_info;
+use crate::kube::request_info::{request_info, RequestInfo};
 use crate::recording::client::{RecorderTarget, Recording};
 use crate::recording::event::{ApiEvent, EventUser, Impersonated};
 use crate::recording::events_client::EventSink;
@@ -165,7 +165,7 @@ struct State {
 }
 
 /// Requests whose completion may be far off, as kube-apiserver's long-running check.
-fn long_running(head: &RequestHead, info: &crate::kube::request_info::RequestInfo) -> bool {
+fn long_running(head: &RequestHead, info: &RequestInfo) -> bool {
     info.verb == "watch" || head.upgrade().is_some() || http::query_pairs(head.query()).iter().any(|(k, v)| k == "follow" && v == "true")
 }
 
@@ -337,7 +337,7 @@ impl Request<'_> {
         self.state.config.tokens.as_ref()?.lookup(token).cloned()
     }
 
-    fn serve(&self, head: RequestHead, client: &mut (Input, WriteHalf), upstream: &mut Option<Upstream>) -> Result<Next> {
+    fn serve(&self, mut head: RequestHead, client: &mut (Input, WriteHalf), upstream: &mut Option<Upstream>) -> Result<Next> {
         let config = &self.state.config;
         let m = &self.state.metrics;
         metrics::inc(&m.requests);
@@ -356,6 +356,18 @@ impl Request<'_> {
         if let Err(why) = rewrite::check_connection(&head) {
             return refuse(client, Refusal::BadRequest(why));
         }
+        // Classified on the path the API server will route (Go decodes it first), and
+        // forwarded in that path's canonical encoding, so what was classified is what
+        // is routed.
+        let path = match http::decode_path(head.path()) {
+            Ok(p) => p,
+            Err(e) => return refuse(client, Refusal::BadRequest(e.to_string())),
+        };
+        head.target = match head.query() {
+            "" => http::encode_path(&path),
+            q => format!("{}?{q}", http::encode_path(&path)),
+        };
+        let info = request_info(&head.method, &path, head.query());
         let client_close = head.headers.has_token("connection", "close");
         if let Some(body) = self.local_endpoint(&head) {
             respond::plain(&mut client.1, body.0, body.1)?;
@@ -386,7 +398,7 @@ impl Request<'_> {
         };
         let received = Instant::now();
         let audit_id = crate::net::random::uuid();
-        let event = match self.start_event(&head, &audit_id, user.as_ref(), impersonation.as_ref(), grants.as_ref()) {
+        let event = match self.start_event(&head, &info, &audit_id, user.as_ref(), impersonation.as_ref(), grants.as_ref()) {
             Ok(e) => e,
             Err(refusal) => return refuse(client, refusal),
         };
@@ -408,7 +420,7 @@ impl Request<'_> {
         let up_head = rewrite::upstream_request(&head, framing, &forwarding);
         let who = user.as_ref().map(|u| u.name.as_str()).unwrap_or("-");
         log::debug!("request conn={} user={who} method={} path={}", self.id, head.method, head.path());
-        let recording = match self.start_recording(&head, user.as_ref(), impersonation.as_ref(), grants.as_ref()) {
+        let recording = match self.start_recording(&head, &path, &info, user.as_ref(), impersonation.as_ref(), grants.as_ref()) {
             Ok(r) => r,
             Err(refusal) => return refuse(client, refusal),
         };
@@ -478,15 +490,14 @@ impl Request<'_> {
                 Some((recording, fail, id)) => {
                     let proto = response.headers.get_str("upgrade").unwrap_or("");
                     let subprotocol = response.headers.get_str("x-stream-protocol-version").or(response.headers.get_str("sec-websocket-protocol")).unwrap_or("").to_string();
-                    match session::taps(proto) {
+                    match session::taps(proto, &subprotocol) {
                         Some(taps) => Some(Box::new(RecordPlan { recording, fail, taps, subprotocol, id })),
-                        None if fail == FailMode::Closed => {
-                            recording.finish(Outcome::Truncated, None, Some(format!("unknown stream protocol {proto:?}")));
-                            return refuse(client, Refusal::Forbidden(format!("cannot record stream protocol {proto:?}")));
-                        }
+                        // The request offered only what the taps parse; a server that
+                        // chose otherwise gets no session, in either fail mode.
                         None => {
-                            recording.finish(Outcome::Truncated, None, Some(format!("unknown stream protocol {proto:?}")));
-                            None
+                            let why = format!("the API server chose stream protocol {proto:?} {subprotocol:?}, which kubetape does not record");
+                            recording.finish(Outcome::Truncated, None, Some(why.clone()));
+                            return refuse(client, Refusal::Forbidden(why));
                         }
                     }
                 }
@@ -542,20 +553,20 @@ impl Request<'_> {
     fn start_event(
         &self,
         head: &RequestHead,
+        info: &RequestInfo,
         audit_id: &str,
         user: Option<&UserInfo>,
         impersonation: Option<&Impersonation<'_>>,
         grants: Option<&Grants>,
     ) -> std::result::Result<Option<EventPlan>, Refusal> {
         let Some(grants) = grants.filter(|g| g.events) else { return Ok(None) };
-        let info = request_info(&head.method, head.path(), head.query());
         let policy = self.state.policy.get();
-        let capture = match policy.events.level(&info) {
+        let capture = match policy.events.level(info) {
             policy::Level::None => return Ok(None),
             policy::Level::Metadata => None,
             policy::Level::Request => Some(policy.events.max_body_bytes),
         };
-        let mut ev = ApiEvent::received(audit_id.to_string(), &info, &head.method, head.path(), head.query());
+        let mut ev = ApiEvent::received(audit_id.to_string(), info, &head.method, head.path(), head.query());
         ev.user = user.map(|u| EventUser { name: u.name.clone(), groups: u.groups.clone(), authenticated_by: u.method.to_string() });
         ev.impersonated = impersonation.map(|i| Impersonated { user: i.user.name.clone(), groups: i.groups.clone() });
         ev.user_agent = head.headers.get_str("user-agent").unwrap_or("").to_string();
@@ -581,7 +592,7 @@ impl Request<'_> {
                 log::warn!("request refused conn={} user={who} reason=events-unrecordable error={e}", self.id);
                 return Err(Refusal::Unavailable(format!("API requests must be recorded, and recording is not possible: {e}")));
             }
-        } else if long_running(head, &info) {
+        } else if long_running(head, info) {
             // Fail-open: the completion event alone carries when the request was
             // received, so only requests that may run for long (watches, follows,
             // sessions) are announced now; nothing waits (the sink counts drops).
@@ -616,12 +627,30 @@ impl Request<'_> {
     fn start_recording(
         &self,
         head: &RequestHead,
+        path: &str,
+        info: &RequestInfo,
         user: Option<&UserInfo>,
         impersonation: Option<&Impersonation<'_>>,
         grants: Option<&Grants>,
     ) -> std::result::Result<Option<(Recording, FailMode, String)>, Refusal> {
-        let (Some(request), Some(grants)) = (session::session_request(head), grants) else { return Ok(None) };
+        let Some(grants) = grants else { return Ok(None) };
         let who = user.map(|u| u.name.as_str()).unwrap_or("-");
+        let recorded = !grants.recorder_tags.is_empty() || grants.fail_mode == FailMode::Closed;
+        if recorded && session::reaches_kubelet_stream(path) {
+            metrics::inc(&self.state.metrics.sessions_refused_unrecordable);
+            log::warn!("request refused conn={} user={who} reason=kubelet-stream-via-node-proxy", self.id);
+            return Err(Refusal::Forbidden("the kubelet's exec, attach, run and port-forward endpoints cannot be recorded through nodes/proxy: use kubectl exec, attach or port-forward".into()));
+        }
+        let request = match session::session_request(head, info) {
+            Ok(Some(r)) => r,
+            Ok(None) => return Ok(None),
+            Err(why) if recorded => {
+                metrics::inc(&self.state.metrics.sessions_refused_unrecordable);
+                log::warn!("session refused conn={} user={who} reason=unrecordable-request error={why}", self.id);
+                return Err(Refusal::BadRequest(format!("this session cannot be recorded: {why}")));
+            }
+            Err(_) => return Ok(None),
+        };
         let refuse_or_skip = |why: String| {
             if grants.fail_mode == FailMode::Closed {
                 metrics::inc(&self.state.metrics.sessions_refused_unrecordable);

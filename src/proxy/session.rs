@@ -21,6 +21,8 @@ use crate::recording::client::{Recording, SendError};
 use crate::recording::protocol::Outcome;
 use crate::recording::tap::{SpdyTap, Tap, TapEvent, WsTap};
 use crate::wire::asciicast::{self, Utf8Splitter};
+use crate::kube::request_info::RequestInfo;
+use crate::wire::channel;
 use crate::wire::http::{self, RequestHead};
 
 /// How often the recorder's health is checked during a session.
@@ -40,25 +42,61 @@ pub struct SessionRequest {
     pub tty: bool,
 }
 
-/// `Some` when `head` opens an exec or attach session (SPDY POST or WebSocket GET).
-pub fn session_request(head: &RequestHead) -> Option<SessionRequest> {
-    head.upgrade()?;
-    let segs: Vec<&str> = head.path().split('/').filter(|s| !s.is_empty()).collect();
-    let (namespace, pod, kind) = match segs.as_slice() {
-        ["api", "v1", "namespaces", ns, "pods", pod, sub @ ("exec" | "attach")] => (ns, pod, if *sub == "exec" { "exec" } else { "attach" }),
-        _ => return None,
-    };
+/// What a request to `pods/exec`, `pods/attach` or `pods/portforward` is, from its
+/// classification (`info`, on the decoded path) and head. `Ok(Some)` for an exec or
+/// attach upgrade kubetape can record; `Ok(None)` for anything else; `Err` for a
+/// session request kubetape could read differently from the API server (a query Go
+/// parses otherwise) or could not record (a stream protocol the taps do not parse).
+pub fn session_request(head: &RequestHead, info: &RequestInfo) -> Result<Option<SessionRequest>, String> {
+    if info.resource != "pods" || !info.api_group.is_empty() || !matches!(info.subresource.as_str(), "exec" | "attach" | "portforward") {
+        return Ok(None);
+    }
+    if !http::query_is_unambiguous(head.query()) {
+        return Err(format!("the query of a pods/{} request may not hold ';', a bad '%' escape or non-UTF-8", info.subresource));
+    }
+    // Without an upgrade the proxy forwards no Upgrade header, so nothing can stream.
+    let Some(proto) = head.upgrade() else { return Ok(None) };
+    if info.subresource == "portforward" {
+        return Ok(None);
+    }
+    let kind = if info.subresource == "exec" { "exec" } else { "attach" };
+    if proto.eq_ignore_ascii_case("websocket") {
+        let offered = head.headers.tokens("sec-websocket-protocol");
+        if let Some(p) = offered.into_iter().find(|p| !channel::EXEC_PROTOCOLS.contains(p)) {
+            return Err(format!("the WebSocket subprotocol {p:?} is not one kubetape records ({})", channel::EXEC_PROTOCOLS.join(", ")));
+        }
+    } else if !proto.eq_ignore_ascii_case("SPDY/3.1") {
+        return Err(format!("the stream protocol {proto:?} is not one kubetape records (SPDY/3.1, websocket)"));
+    }
     let q = http::query_pairs(head.query());
     let get = |k: &'static str| q.iter().filter(move |(n, _)| n == k).map(|(_, v)| v.clone());
-    Some(SessionRequest {
+    Ok(Some(SessionRequest {
         kind,
-        namespace: namespace.to_string(),
-        pod: pod.to_string(),
+        namespace: info.namespace.clone(),
+        pod: info.name.clone(),
         container: get("container").next().unwrap_or_default(),
         command: get("command").collect(),
         tty: get("tty").any(|v| v == "true" || v == "1"),
-    })
+    }))
 }
+
+/// Whether a decoded path reaches the kubelet's streaming endpoints through the node
+/// proxy (`nodes/NAME/proxy/exec/...`, or the old `proxy/nodes/NAME/...` form): the
+/// kubelet's own protocols cannot be tied to a pod session, so recorded callers are
+/// refused them. Compared in any case, as a safe superset of the kubelet's routes.
+pub fn reaches_kubelet_stream(path: &str) -> bool {
+    let lower = path.to_ascii_lowercase();
+    let segs: Vec<&str> = lower.split('/').filter(|s| !s.is_empty()).collect();
+    let rest = match segs.as_slice() {
+        ["api", _, "nodes", _, "proxy", rest @ ..] | ["api", _, "proxy", "nodes", _, rest @ ..] => rest,
+        _ => return false,
+    };
+    rest.first().is_some_and(|first| KUBELET_STREAMS.contains(first))
+}
+
+/// The kubelet's paths that run commands or stream (`/cri/` serves the CRI streaming
+/// server behind exec and attach).
+const KUBELET_STREAMS: &[&str] = &["exec", "attach", "run", "portforward", "cri"];
 
 /// Everything the recording header says about a session.
 pub struct HeaderContext<'a> {
@@ -109,9 +147,11 @@ pub fn header(c: &HeaderContext<'_>) -> Value {
     })
 }
 
-/// The taps for the protocol the API server agreed to.
-pub fn taps(upgrade: &str) -> Option<(Box<dyn Tap>, Box<dyn Tap>)> {
-    if upgrade.eq_ignore_ascii_case("websocket") {
+/// The taps for the protocol the API server agreed to; `None` for one they do not
+/// parse (WebSocket subprotocols other than the binary channel protocols; none at all
+/// is the kubelet's binary default).
+pub fn taps(upgrade: &str, subprotocol: &str) -> Option<(Box<dyn Tap>, Box<dyn Tap>)> {
+    if upgrade.eq_ignore_ascii_case("websocket") && (subprotocol.is_empty() || channel::EXEC_PROTOCOLS.contains(&subprotocol)) {
         let (c, s) = WsTap::pair();
         Some((Box::new(c), Box::new(s)))
     } else if upgrade.eq_ignore_ascii_case("SPDY/3.1") {
@@ -364,21 +404,53 @@ pub fn run(name: &str, client: (Input, WriteHalf), server: (Input, WriteHalf), t
 mod tests {
     use super::*;
 
+    fn classify(h: &RequestHead) -> Result<Option<SessionRequest>, String> {
+        let path = http::decode_path(h.path()).unwrap();
+        session_request(h, &crate::kube::request_info::request_info(&h.method, &path, h.query()))
+    }
+
+    fn upgrade(mut h: RequestHead, proto: &str) -> RequestHead {
+        h.headers.push("Connection", "Upgrade");
+        h.headers.push("Upgrade", proto);
+        h
+    }
+
     #[test]
     fn sessions_are_recognised() {
-        let mut h = RequestHead::new("POST", "/api/v1/namespaces/default/pods/web-0/exec?command=sh&command=-c&command=echo%20hi&container=main&tty=true&stdin=true");
-        h.headers.push("Connection", "Upgrade");
-        h.headers.push("Upgrade", "SPDY/3.1");
-        let s = session_request(&h).unwrap();
+        let h = upgrade(RequestHead::new("POST", "/api/v1/namespaces/default/pods/web-0/exec?command=sh&command=-c&command=echo%20hi&container=main&tty=true&stdin=true"), "SPDY/3.1");
+        let s = classify(&h).unwrap().unwrap();
         assert_eq!(s, SessionRequest { kind: "exec", namespace: "default".into(), pod: "web-0".into(), container: "main".into(), command: vec!["sh".into(), "-c".into(), "echo hi".into()], tty: true });
-        let mut a = RequestHead::new("GET", "/api/v1/namespaces/ns/pods/p/attach?container=c");
-        assert_eq!(session_request(&a), None, "not an upgrade");
-        a.headers.push("Connection", "Upgrade");
-        a.headers.push("Upgrade", "websocket");
-        assert_eq!(session_request(&a).unwrap().kind, "attach");
-        let mut pf = RequestHead::new("POST", "/api/v1/namespaces/ns/pods/p/portforward");
-        pf.headers.push("Connection", "Upgrade");
-        pf.headers.push("Upgrade", "SPDY/3.1");
-        assert_eq!(session_request(&pf), None);
+        let a = RequestHead::new("GET", "/api/v1/namespaces/ns/pods/p/attach?container=c");
+        assert_eq!(classify(&a), Ok(None), "not an upgrade");
+        assert_eq!(classify(&upgrade(a, "websocket")).unwrap().unwrap().kind, "attach");
+        let pf = upgrade(RequestHead::new("POST", "/api/v1/namespaces/ns/pods/p/portforward"), "SPDY/3.1");
+        assert_eq!(classify(&pf), Ok(None));
+        for encoded in ["/api/v1/namespaces/default/pods/web-0/%65xec", "/api/v1/namespaces/default/pods/web-0%2Fexec", "/api/v1/namespaces/default/pods/web-0/exec%2F", "/api/v1/namespaces/default/pods/web-0/exec/"] {
+            let s = classify(&upgrade(RequestHead::new("POST", &format!("{encoded}?command=id")), "SPDY/3.1")).unwrap();
+            assert_eq!(s.map(|s| (s.kind, s.pod, s.command)), Some(("exec", "web-0".to_string(), vec!["id".to_string()])), "{encoded}");
+        }
+    }
+
+    #[test]
+    fn session_requests_kubetape_could_misread_are_refused() {
+        let exec = |q: &str, proto: &str| upgrade(RequestHead::new("POST", &format!("/api/v1/namespaces/default/pods/web-0/exec?{q}")), proto);
+        for q in ["command=rm&command=%zz&command=-rf", "command=sh;command=x", "command=%ff"] {
+            assert!(classify(&exec(q, "SPDY/3.1")).is_err(), "{q}");
+        }
+        assert!(classify(&upgrade(RequestHead::new("POST", "/api/v1/namespaces/d/pods/p/portforward?ports=1;2"), "SPDY/3.1")).is_err());
+        assert!(classify(&exec("command=id", "h2c")).is_err());
+        let mut ws = exec("command=id", "websocket");
+        ws.headers.push("Sec-WebSocket-Protocol", "v5.channel.k8s.io, base64.channel.k8s.io");
+        assert!(classify(&ws).is_err(), "base64 text frames are not recorded");
+    }
+
+    #[test]
+    fn node_proxy_to_kubelet_streams() {
+        for p in ["/api/v1/nodes/n1/proxy/exec/default/web-0/main", "/api/v1/nodes/n1:10250/proxy/run/default/web-0/main", "/api/v1/nodes/n1/proxy/portForward/default/web-0", "/API/v1/Nodes/n1/Proxy/Attach/x", "/api/v1/proxy/nodes/n1/exec/a/b/c", "/api/v1/nodes/n1/proxy/cri/exec/tok"] {
+            assert!(reaches_kubelet_stream(p), "{p}");
+        }
+        for p in ["/api/v1/nodes/n1/proxy/metrics", "/api/v1/nodes/n1/proxy/containerLogs/a/b/c", "/api/v1/namespaces/default/pods/web-0/exec", "/api/v1/nodes/n1"] {
+            assert!(!reaches_kubelet_stream(p), "{p}");
+        }
     }
 }

@@ -554,28 +554,110 @@ impl ChunkedDecoder {
     }
 }
 
-/// Decodes `%XX` escapes and `+` (as a space) in a query component.
-pub fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PathError {
+    /// A `%` not followed by two hex digits (Go's `url.PathUnescape` refuses it too).
+    BadEscape { offset: usize },
+    /// The decoded path is not UTF-8 or holds a control byte.
+    BadByte { offset: usize },
+    /// An empty, `.` or `..` segment: routers differ on these, so none is accepted.
+    BadSegment(String),
+}
+
+impl fmt::Display for PathError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PathError::BadEscape { offset } => write!(f, "expected two hex digits after '%' at byte {offset} of the path"),
+            PathError::BadByte { offset } => write!(f, "the decoded path has a control or non-UTF-8 byte at {offset}"),
+            PathError::BadSegment(seg) => write!(f, "the path may not hold the segment {seg:?}"),
+        }
+    }
+}
+
+impl std::error::Error for PathError {}
+
+/// Decodes a request path as Go's `net/url` does for `URL.Path` (the path the API
+/// server routes on): every `%XX` becomes its byte, `%2F` included, and `+` stays.
+/// Refuses what could be routed differently by different readers: bad escapes,
+/// control bytes, non-UTF-8, and empty, `.` or `..` segments (a trailing `/` is kept,
+/// as kube-apiserver trims it).
+pub fn decode_path(raw: &str) -> Result<String, PathError> {
+    let b = raw.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => {
-                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16) {
-                    Ok(v) => {
-                        out.push(v);
-                        i += 2;
-                    }
-                    Err(_) => out.push(b'%'),
-                }
+        if b[i] == b'%' {
+            let hex = |k: usize| b.get(k).and_then(|c| (*c as char).to_digit(16));
+            match (hex(i + 1), hex(i + 2)) {
+                (Some(h), Some(l)) => out.push((h * 16 + l) as u8),
+                _ => return Err(PathError::BadEscape { offset: i }),
             }
-            c => out.push(c),
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    if let Some(at) = out.iter().position(|c| c.is_ascii_control()) {
+        return Err(PathError::BadByte { offset: at });
+    }
+    let path = String::from_utf8(out).map_err(|e| PathError::BadByte { offset: e.utf8_error().valid_up_to() })?;
+    let inner = path.strip_prefix('/').unwrap_or(&path);
+    let inner = inner.strip_suffix('/').unwrap_or(inner);
+    if !inner.is_empty() {
+        if let Some(seg) = inner.split('/').find(|s| s.is_empty() || *s == "." || *s == "..") {
+            return Err(PathError::BadSegment(seg.to_string()));
+        }
+    }
+    Ok(path)
+}
+
+/// The canonical encoding of a decoded path, as Go's `url.URL.EscapedPath` writes
+/// one with no raw form: unreserved bytes and `$&+,/:;=@` as they are, every other
+/// byte as `%XX`. `decode_path` of the result gives `path` back.
+pub fn encode_path(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for &c in path.as_bytes() {
+        if c.is_ascii_alphanumeric() || b"-_.~$&+,/:;=@".contains(&c) {
+            out.push(c as char);
+        } else {
+            out.push_str(&format!("%{c:02X}"));
+        }
+    }
+    out
+}
+
+/// Whether Go's `url.ParseQuery` reads `query` exactly as [`query_pairs`] does: no
+/// `;` (Go 1.17+ drops such a pair) and no bad `%` escape (Go drops that pair too).
+pub fn query_is_unambiguous(query: &str) -> bool {
+    let b = query.as_bytes();
+    !b.contains(&b';')
+        && b.iter().enumerate().all(|(i, &c)| c != b'%' || b.get(i + 1..i + 3).is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)))
+        && query.split('&').all(|p| p.split('=').all(|part| std::str::from_utf8(&percent_decode_bytes(part)).is_ok()))
+}
+
+fn percent_decode_bytes(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let hex = |k: usize| b.get(k).and_then(|c| (*c as char).to_digit(16));
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match (b[i], hex(i + 1), hex(i + 2)) {
+            (b'+', _, _) => out.push(b' '),
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 2;
+            }
+            (c, _, _) => out.push(c),
         }
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    out
+}
+
+/// Decodes `%XX` escapes and `+` (as a space) in a query component.
+pub fn percent_decode(s: &str) -> String {
+    String::from_utf8_lossy(&percent_decode_bytes(s)).into_owned()
 }
 
 /// The `name=value` pairs of a query string, decoded, in order (names may repeat).
@@ -774,6 +856,48 @@ mod tests {
         assert_eq!(q, want);
         assert_eq!(percent_decode("%"), "%");
         assert_eq!(percent_decode("%e2%82%ac"), "€");
+    }
+
+    #[test]
+    fn paths_decode_as_go_routes_them() {
+        let ok = [
+            ("/api/v1/namespaces/default/pods/web-0/exec", "/api/v1/namespaces/default/pods/web-0/exec"),
+            ("/api/v1/namespaces/default/pods/web-0/%65xec", "/api/v1/namespaces/default/pods/web-0/exec"),
+            ("/api/v1/namespaces/default/pods/web-0%2Fexec", "/api/v1/namespaces/default/pods/web-0/exec"),
+            ("/api/v1/namespaces/default/pods/web-0/exec%2F", "/api/v1/namespaces/default/pods/web-0/exec/"),
+            ("/api/v1/namespaces/default/pods/a+b", "/api/v1/namespaces/default/pods/a+b"),
+            ("/", "/"),
+        ];
+        for (raw, want) in ok {
+            let path = decode_path(raw).unwrap();
+            assert_eq!(path, want, "{raw}");
+            assert_eq!(decode_path(&encode_path(&path)).unwrap(), path, "{raw} round trip");
+        }
+        let bad = [
+            ("/api/%zz", PathError::BadEscape { offset: 5 }),
+            ("/api/%2", PathError::BadEscape { offset: 5 }),
+            ("/api/%+f", PathError::BadEscape { offset: 5 }),
+            ("/api/%00", PathError::BadByte { offset: 5 }),
+            ("/api/%ff", PathError::BadByte { offset: 5 }),
+            ("/api//v1", PathError::BadSegment(String::new())),
+            ("/api/./v1", PathError::BadSegment(".".into())),
+            ("/api/v1/%2E%2E/x", PathError::BadSegment("..".into())),
+            ("/api/v1/pods/web-0%2F%2Fexec", PathError::BadSegment(String::new())),
+        ];
+        for (raw, want) in bad {
+            assert_eq!(decode_path(raw), Err(want), "{raw}");
+        }
+        assert_eq!(encode_path("/a b/ü?#%"), "/a%20b/%C3%BC%3F%23%25");
+    }
+
+    #[test]
+    fn queries_go_would_read_differently_are_flagged() {
+        for q in ["command=sh&command=-c", "command=echo%20a+b", "", "tty=1&x"] {
+            assert!(query_is_unambiguous(q), "{q}");
+        }
+        for q in ["command=rm&command=%zz&command=-rf", "command=sh;command=x", "a=%", "a=%2", "a=%+f", "a=%ff"] {
+            assert!(!query_is_unambiguous(q), "{q}");
+        }
     }
 
     #[test]
