@@ -186,7 +186,7 @@ impl ReadHalf {
 impl Read for ReadHalf {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         let (shared, sock, raw, eof, scratch) = match &mut self.inner {
-            ReadInner::Plain(s) => return s.read(out),
+            ReadInner::Plain(s) => return read_retrying(s, out),
             ReadInner::Tls { shared, sock, raw, eof, scratch } => (shared, sock, raw, eof, scratch),
         };
         if out.is_empty() {
@@ -233,13 +233,24 @@ impl Read for ReadHalf {
                 shared.flush(sock)?;
             }
             if raw.is_empty() {
-                let n = sock.read(scratch)?;
+                let n = read_retrying(sock, scratch)?;
                 if n == 0 {
                     *eof = true;
                 } else {
                     raw.extend_from_slice(&scratch[..n]);
                 }
             }
+        }
+    }
+}
+
+/// A socket read that a signal cannot fail: EINTR (after SIGSTOP and SIGCONT, say)
+/// means "try again", not a broken connection.
+fn read_retrying(sock: &mut TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match sock.read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other,
         }
     }
 }

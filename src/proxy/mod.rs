@@ -32,6 +32,7 @@ use crate::kube::request_info::{request_info, RequestInfo};
 use crate::recording::client::{RecorderTarget, Recording};
 use crate::recording::event::{ApiEvent, EventUser, Impersonated};
 use crate::recording::events_client::EventSink;
+use crate::recording::fail::{self, Decision, Situation};
 use crate::recording::protocol::Outcome;
 use crate::recording::tap::Tap;
 use policy::{FailMode, Grants, Policy, PolicyHandle};
@@ -573,24 +574,25 @@ impl Request<'_> {
         ev.source_address = self.client_ip.to_string();
         ev.proxy = self.state.config.proxy_id.clone();
         let who = user.map(|u| u.name.as_str()).unwrap_or("-");
-        let sink = match self.event_sink(&grants.recorder_tags) {
-            Ok(s) => s,
-            Err(e) if grants.fail_mode == FailMode::Closed => {
+        let unrecordable = |e: &dyn std::fmt::Display| match fail::decide(grants.fail_mode, Situation::EventUnrecordable) {
+            Decision::Refuse => {
                 metrics::inc(&self.state.metrics.events_refused);
                 log::warn!("request refused conn={} user={who} reason=events-unrecordable error={e}", self.id);
-                return Err(Refusal::Unavailable(format!("API requests must be recorded, and recording is not possible: {e}")));
+                Err(Refusal::Unavailable(format!("API requests must be recorded, and recording is not possible: {e}")))
             }
-            Err(e) => {
+            _ => {
                 metrics::inc(&self.state.metrics.events_dropped);
                 log::debug!("api event not recorded conn={} error={e}", self.id);
-                return Ok(None);
+                Ok(None)
             }
+        };
+        let sink = match self.event_sink(&grants.recorder_tags) {
+            Ok(s) => s,
+            Err(e) => return unrecordable(&e),
         };
         if grants.fail_mode == FailMode::Closed {
             if let Err(e) = sink.send_and_wait(&ev, EVENT_ACK_TIMEOUT) {
-                metrics::inc(&self.state.metrics.events_refused);
-                log::warn!("request refused conn={} user={who} reason=events-unrecordable error={e}", self.id);
-                return Err(Refusal::Unavailable(format!("API requests must be recorded, and recording is not possible: {e}")));
+                return unrecordable(&e);
             }
         } else if long_running(head, info) {
             // Fail-open: the completion event alone carries when the request was
@@ -652,7 +654,7 @@ impl Request<'_> {
             Err(_) => return Ok(None),
         };
         let refuse_or_skip = |why: String| {
-            if grants.fail_mode == FailMode::Closed {
+            if fail::decide(grants.fail_mode, Situation::NoRecorderAtStart) == Decision::Refuse {
                 metrics::inc(&self.state.metrics.sessions_refused_unrecordable);
                 log::warn!("session refused conn={} user={who} ns={} pod={} reason={why}", self.id, request.namespace, request.pod);
                 Err(Refusal::Forbidden(format!("'kubectl {}' sessions must be recorded, and recording is not possible: {why}", request.kind)))

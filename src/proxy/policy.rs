@@ -124,13 +124,7 @@ pub struct Impersonate {
     pub groups: Vec<String>,
 }
 
-/// What to do when a session or event cannot be recorded.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum FailMode {
-    #[default]
-    Open,
-    Closed,
-}
+pub use crate::recording::fail::FailMode;
 
 /// Everything the grants matching one caller add up to.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -1,10 +1,12 @@
 //! Recorded exec/attach sessions: which requests are sessions, the recording header,
 //! and the tunnel whose two directions run through taps into the recorder.
 //!
-//! Fail mode decides every recording failure (recorder lost or silent, queue full,
-//! a frame the tap cannot parse): fail-open stops the recording, marks it truncated
-//! and lets the session run on untouched; fail-closed ends the session at once,
-//! telling the user why on the error channel when the stream is at a frame boundary.
+//! `recording::fail::decide` settles every recording failure (recorder lost or silent,
+//! queue full, a frame the tap cannot parse, a client breaking the protocol):
+//! fail-open stops the recording, marks it truncated and lets the session run on;
+//! fail-closed ends the session, telling the user why on the error channel when the
+//! stream is at a frame boundary. In fail-closed, output reaches the client only once
+//! the recorder has acknowledged it, so a stalled recorder freezes the session.
 
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,8 +18,9 @@ use serde_json::{json, Value};
 use crate::kube::auth::UserInfo;
 use crate::net::conn::{Input, WriteHalf};
 use crate::net::tunnel::{self, Sink, Totals};
-use crate::proxy::policy::FailMode;
-use crate::recording::client::{Recording, SendError};
+use crate::net::sync::lock;
+use crate::recording::client::{Recording, SendError, SILENT_RECORDER};
+use crate::recording::fail::{self, Decision, FailMode, Situation};
 use crate::recording::protocol::Outcome;
 use crate::recording::tap::{SpdyTap, Tap, TapEvent, WsTap};
 use crate::wire::asciicast::{self, Utf8Splitter};
@@ -168,9 +171,9 @@ struct Recorder {
     fail: FailMode,
     started: Instant,
     state: Mutex<RecState>,
-    /// Set once the session must end (fail-closed); read by the watchdog.
+    /// Set once the session must end; read by the watchdog and the client-bound pump.
     ended: AtomicBool,
-    down: Arc<Mutex<DownSide>>,
+    down: Mutex<DownSide>,
     sockets: [TcpStream; 2],
 }
 
@@ -186,6 +189,9 @@ struct RecState {
 struct DownSide {
     out: WriteHalf,
     tap: Box<dyn Tap>,
+    /// Whether what the client has been sent ends on a frame boundary. In fail-closed
+    /// the tap runs ahead of the client by the chunk that waits for its ack.
+    client_at_boundary: bool,
 }
 
 impl Recorder {
@@ -193,11 +199,12 @@ impl Recorder {
         self.started.elapsed().as_secs_f64()
     }
 
-    /// Turns tap events into event lines and queues them.
-    fn record(&self, events: Vec<TapEvent>) {
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+    /// Turns tap events into event lines and queues them. Returns the recording's
+    /// offset once they are in, when there were any.
+    fn record(&self, events: Vec<TapEvent>) -> Option<u64> {
+        let mut st = lock(&self.state);
         if !st.active || events.is_empty() {
-            return;
+            return None;
         }
         let t = self.seconds();
         let mut lines = String::new();
@@ -222,54 +229,74 @@ impl Recorder {
             }
         }
         if lines.is_empty() {
-            return;
+            return None;
         }
-        match self.recording.send(lines.into_bytes()) {
-            Ok(()) => {}
+        let sent = self.recording.send(lines.into_bytes());
+        drop(st);
+        match sent {
+            Ok(offset) => Some(offset),
             Err(SendError::Full) => {
-                drop(st);
-                self.fail("the recorder is not keeping up (queue full)".into());
+                self.fail(Situation::QueueFull, "the recorder is not keeping up (queue full)".into());
+                None
             }
             Err(SendError::Lost(why)) => {
-                drop(st);
-                self.fail(why);
+                self.fail(Situation::RecorderLost, why);
+                None
             }
         }
     }
 
-    /// A recording failure, decided by the fail mode.
-    fn fail(&self, why: String) {
+    /// A recording failure, decided by the failure policy.
+    fn fail(&self, situation: Situation, why: String) {
+        let decision = fail::decide(self.fail, situation);
         {
-            let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            if !st.active {
+            let mut st = lock(&self.state);
+            if st.active {
+                if matches!(situation, Situation::ClientViolation | Situation::UnparsableUpstream) {
+                    // The recorder still listens: the recording itself says why it ends.
+                    let line = format!("{}\n", asciicast::event_line(self.seconds(), "m", &format!("error:kubetape: {why}")));
+                    let _ = self.recording.send(line.into_bytes());
+                }
+                st.active = false;
+                st.truncated = Some(why.clone());
+            } else if decision != Decision::EndSession {
                 return;
             }
-            st.active = false;
-            st.truncated = Some(why.clone());
         }
-        match self.fail {
-            FailMode::Open => log::warn!("recording stopped, session continues fail_mode=open reason={why}"),
-            FailMode::Closed => {
-                log::warn!("recording failed, ending session fail_mode=closed reason={why}");
-                self.ended.store(true, Ordering::SeqCst);
-                let mut down = self.down.lock().unwrap_or_else(|e| e.into_inner());
-                if down.tap.at_boundary() {
-                    let bye = down.tap.goodbye(&format!("kubetape: this session must be recorded and recording failed: {why}"));
+        match decision {
+            Decision::EndSession => {
+                if self.ended.swap(true, Ordering::SeqCst) {
+                    return;
+                }
+                log::warn!("ending session fail_mode={:?} situation={situation:?} reason={why}", self.fail);
+                let message = match situation {
+                    Situation::ClientViolation => format!("kubetape: session ended: {why}"),
+                    _ => format!("kubetape: this session must be recorded and recording failed: {why}"),
+                };
+                let mut down = lock(&self.down);
+                if down.client_at_boundary {
+                    let bye = down.tap.goodbye(&message);
                     let _ = down.out.send(&bye);
                 }
                 for s in &self.sockets {
                     let _ = s.shutdown(Shutdown::Both);
                 }
             }
+            _ => log::warn!("recording stopped, session continues fail_mode={:?} situation={situation:?} reason={why}", self.fail),
         }
     }
 
     fn active(&self) -> bool {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).active
+        lock(&self.state).active
+    }
+
+    fn ended_error(&self) -> std::io::Error {
+        std::io::Error::other("the session was ended by kubetape")
     }
 }
 
-/// The server-bound direction: tap, then forward.
+/// The server-bound direction: tap, then forward. The tap always runs, recording or
+/// not, because a client that breaks the protocol ends its session either way.
 struct UpSink {
     out: WriteHalf,
     tap: Box<dyn Tap>,
@@ -278,15 +305,14 @@ struct UpSink {
 
 impl Sink for UpSink {
     fn send(&mut self, data: &[u8]) -> std::io::Result<()> {
-        // Parsed before it is forwarded, so the server never sees a stream id the
-        // client-bound tap has not learned.
-        if self.rec.active() {
-            let mut events = Vec::new();
-            match self.tap.feed(data, &mut events) {
-                Ok(()) => self.rec.record(events),
-                Err(e) => self.rec.fail(format!("cannot parse the client's stream: {e}")),
-            }
+        // Parsed before it is forwarded, so the server never sees a stream the
+        // client-bound tap has not learned, nor a frame that breaks the rules.
+        let mut events = Vec::new();
+        if let Err(e) = self.tap.feed(data, &mut events) {
+            self.rec.fail(Situation::ClientViolation, format!("the client broke the stream protocol: {e}"));
+            return Err(self.rec.ended_error());
         }
+        self.rec.record(events);
         self.out.send(data)
     }
     fn close(&mut self) {
@@ -300,22 +326,42 @@ struct DownSink {
 
 impl Sink for DownSink {
     fn send(&mut self, data: &[u8]) -> std::io::Result<()> {
-        let active = self.rec.active();
+        let rec = &self.rec;
         let mut events = Vec::new();
-        let parsed = {
-            let mut down = self.rec.down.lock().unwrap_or_else(|e| e.into_inner());
-            let parsed = if active { down.tap.feed(data, &mut events) } else { Ok(()) };
+        let mut down = lock(&rec.down);
+        let parsed = if rec.active() { down.tap.feed(data, &mut events) } else { Ok(()) };
+        let at_boundary = down.tap.at_boundary();
+        if rec.fail == FailMode::Open {
             down.out.send(data)?;
-            parsed
-        };
-        match parsed {
-            Ok(()) => self.rec.record(events),
-            Err(e) => self.rec.fail(format!("cannot parse the server's stream: {e}")),
+            down.client_at_boundary = at_boundary;
+            drop(down);
+            match parsed {
+                Ok(()) => {
+                    rec.record(events);
+                }
+                Err(e) => rec.fail(Situation::UnparsableUpstream, format!("cannot parse the server's stream: {e}")),
+            }
+            return Ok(());
         }
+        // Fail-closed: a chunk reaches the client only once its recording is durable.
+        drop(down);
+        if let Err(e) = parsed {
+            rec.fail(Situation::UnparsableUpstream, format!("cannot parse the server's stream: {e}"));
+        } else if let Some(offset) = rec.record(events) {
+            if let Err(why) = rec.recording.wait_acked(offset, SILENT_RECORDER) {
+                rec.fail(Situation::RecorderStalled, why);
+            }
+        }
+        let mut down = lock(&rec.down);
+        if rec.ended.load(Ordering::SeqCst) {
+            return Err(rec.ended_error());
+        }
+        down.out.send(data)?;
+        down.client_at_boundary = at_boundary;
         Ok(())
     }
     fn close(&mut self) {
-        self.rec.down.lock().unwrap_or_else(|e| e.into_inner()).out.close();
+        lock(&self.rec.down).out.close();
     }
 }
 
@@ -346,13 +392,13 @@ pub fn run(name: &str, client: (Input, WriteHalf), server: (Input, WriteHalf), t
         started: Instant::now(),
         state: Mutex::new(RecState { active: true, truncated: None, exit_code: None, splitters: Default::default() }),
         ended: AtomicBool::new(false),
-        down: Arc::new(Mutex::new(DownSide { out: client_out, tap: taps.1 })),
+        down: Mutex::new(DownSide { out: client_out, tap: taps.1, client_at_boundary: true }),
         sockets,
     });
     if !subprotocol.is_empty() {
         let line = format!("{}\n", asciicast::event_line(0.0, "m", &format!("subprotocol:{subprotocol}")));
         if rec.recording.send(line.into_bytes()).is_err() {
-            rec.fail("the recorder is not accepting events".into());
+            rec.fail(Situation::RecorderLost, "the recorder is not accepting events".into());
         }
     }
     // Dropping `done` wakes the watchdog at once when the session ends.
@@ -363,7 +409,7 @@ pub fn run(name: &str, client: (Input, WriteHalf), server: (Input, WriteHalf), t
             while stop.recv_timeout(WATCH_INTERVAL) == Err(crossbeam_channel::RecvTimeoutError::Timeout) && !rec.ended.load(Ordering::SeqCst) {
                 if rec.active() {
                     if let Some(why) = rec.recording.lost() {
-                        rec.fail(why);
+                        rec.fail(Situation::RecorderLost, why);
                     }
                 }
             }

@@ -6,7 +6,7 @@
 use std::io::Write;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,7 @@ use serde_json::Value;
 
 use crate::error::{Context, Error, Result};
 use crate::net::conn::{Conn, Input, WriteHalf};
+use crate::net::sync::lock;
 use crate::recording::protocol::{Ack, ClientMessage, Outcome, PATH, SUBPROTOCOL};
 use crate::wire::http::{self, RequestHead};
 use crate::wire::ws;
@@ -45,14 +46,26 @@ struct Shared {
     acked: AtomicU64,
     last_ack: Mutex<Instant>,
     lost: Mutex<Option<String>>,
+    /// Woken on every acknowledgement and on loss, for output waiting to be durable.
+    progress: Condvar,
 }
 
 impl Shared {
     fn set_lost(&self, why: String) {
-        let mut l = self.lost.lock().unwrap_or_else(|e| e.into_inner());
+        let mut l = lock(&self.lost);
         if l.is_none() {
             *l = Some(why);
         }
+        self.progress.notify_all();
+    }
+
+    fn set_acked(&self, acked: u64) {
+        // Under the `lost` lock, so a waiter cannot miss the wake-up between its check
+        // and its wait.
+        let _l = lock(&self.lost);
+        self.acked.fetch_max(acked, Ordering::SeqCst);
+        *lock(&self.last_ack) = Instant::now();
+        self.progress.notify_all();
     }
 }
 
@@ -65,6 +78,8 @@ enum Out {
 pub struct Recording {
     pub recorder: String,
     tx: Sender<Out>,
+    /// Bytes queued so far, header included: the offset each queued batch ends at.
+    queued: Mutex<u64>,
     shared: Arc<Shared>,
     writer: Option<JoinHandle<()>>,
     socket: TcpStream,
@@ -177,7 +192,13 @@ impl Recording {
     /// `header_bytes`: what the recorder acknowledged for the header, so `sent` and
     /// `acked` count the same bytes.
     fn run(recorder: String, mut input: Input, mut out: WriteHalf, socket: TcpStream, header_bytes: u64) -> Recording {
-        let shared = Arc::new(Shared { sent: AtomicU64::new(header_bytes), acked: AtomicU64::new(header_bytes), last_ack: Mutex::new(Instant::now()), lost: Mutex::new(None) });
+        let shared = Arc::new(Shared {
+            sent: AtomicU64::new(header_bytes),
+            acked: AtomicU64::new(header_bytes),
+            last_ack: Mutex::new(Instant::now()),
+            lost: Mutex::new(None),
+            progress: Condvar::new(),
+        });
         let acks = shared.clone();
         let _ = thread::Builder::new().name("rec-ack".into()).spawn(move || {
             let why = loop {
@@ -186,10 +207,7 @@ impl Recording {
                         input.consume(n);
                         match frame.opcode {
                             ws::OP_TEXT => match serde_json::from_slice::<Ack>(&frame.payload) {
-                                Ok(ack) => {
-                                    acks.acked.fetch_max(ack.acked, Ordering::SeqCst);
-                                    *acks.last_ack.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
-                                }
+                                Ok(ack) => acks.set_acked(ack.acked),
                                 Err(e) => break format!("bad acknowledgement: {e}"),
                             },
                             ws::OP_CLOSE => break format!("recorder closed the session: {}", String::from_utf8_lossy(frame.payload.get(2..).unwrap_or_default())),
@@ -217,7 +235,7 @@ impl Recording {
                         // Bound what the recorder holds unacknowledged; a stuck recorder
                         // then fills the queue, and the session's fail mode decides.
                         while w.sent.load(Ordering::SeqCst).saturating_sub(w.acked.load(Ordering::SeqCst)) > MAX_UNACKED {
-                            if w.lost.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
+                            if lock(&w.lost).is_some() {
                                 return;
                             }
                             thread::sleep(Duration::from_millis(10));
@@ -237,27 +255,59 @@ impl Recording {
                 }
             }
         });
-        Recording { recorder, tx, shared, writer: writer.ok(), socket }
+        Recording { recorder, tx, queued: Mutex::new(header_bytes), shared, writer: writer.ok(), socket }
     }
 
-    /// Queues whole event lines without waiting.
-    pub fn send(&self, lines: Vec<u8>) -> Result<(), SendError> {
+    /// Queues whole event lines without waiting; returns the offset they end at, for
+    /// [`Self::wait_acked`].
+    pub fn send(&self, lines: Vec<u8>) -> Result<u64, SendError> {
         if let Some(why) = self.lost() {
             return Err(SendError::Lost(why));
         }
+        // Held across the send so offsets follow queue order.
+        let mut queued = lock(&self.queued);
+        let end = *queued + lines.len() as u64;
         match self.tx.try_send(Out::Lines(lines)) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                *queued = end;
+                Ok(end)
+            }
             Err(TrySendError::Full(_)) => Err(SendError::Full),
             Err(TrySendError::Disconnected(_)) => Err(SendError::Lost("recorder writer stopped".into())),
         }
     }
 
+    /// Waits until the recorder has durably written everything up to `offset`.
+    /// Fails when the recorder is lost, or acknowledges nothing new for `silence`.
+    pub fn wait_acked(&self, offset: u64, silence: Duration) -> Result<(), String> {
+        let mut lost = lock(&self.shared.lost);
+        let mut acked = self.shared.acked.load(Ordering::SeqCst);
+        let mut since = Instant::now();
+        while acked < offset {
+            if let Some(why) = lost.as_ref() {
+                return Err(why.clone());
+            }
+            let left = silence.saturating_sub(since.elapsed());
+            if left.is_zero() {
+                return Err(format!("the recorder acknowledged nothing for {}s", silence.as_secs()));
+            }
+            lost = self.shared.progress.wait_timeout(lost, left).unwrap_or_else(|e| e.into_inner()).0;
+            let now = self.shared.acked.load(Ordering::SeqCst);
+            if now > acked {
+                // Progress restarts the silence bound: a slow recorder is not a dead one.
+                acked = now;
+                since = Instant::now();
+            }
+        }
+        Ok(())
+    }
+
     /// Why the recorder counts as lost, if it does.
     pub fn lost(&self) -> Option<String> {
-        if let Some(why) = self.shared.lost.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+        if let Some(why) = lock(&self.shared.lost).clone() {
             return Some(why);
         }
-        let silent = self.shared.last_ack.lock().unwrap_or_else(|e| e.into_inner()).elapsed();
+        let silent = lock(&self.shared.last_ack).elapsed();
         (silent > SILENT_RECORDER).then(|| format!("recorder silent for {}s", silent.as_secs()))
     }
 

@@ -4,12 +4,21 @@
 //! Each direction has its own tap; the two share what the client's SYN_STREAMs say
 //! about SPDY stream ids. A tap never holds bytes back from the session: it parses
 //! what it is given, streaming frame payloads as they arrive, and keeps only frame
-//! heads and control frames until they are whole. An error stops the recording; what
-//! happens to the session is the caller's decision (its fail mode).
+//! heads and control frames until they are whole. An error in the client's direction
+//! is a protocol violation no real kubectl commits (the session ends); in the server's
+//! direction it is a frame the tap cannot parse (the fail mode decides).
+//!
+//! The client-side tap holds the client to what the kubelet accepts, so the tap and
+//! the kubelet can never disagree about which stream carries what: SPDY stream ids
+//! are odd, rising and never reused (spdystream), each stream type is opened once and
+//! must be one the remote-command protocol defines; WebSocket client frames are
+//! masked binary frames on the stdin, resize or close channels.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
+
+use crate::net::sync::lock;
 
 use crate::wire::channel::{self, TerminalSize};
 use crate::wire::spdy::{self, Frame, HeaderInflater};
@@ -91,19 +100,43 @@ fn take_resizes(buf: &mut Vec<u8>, events: &mut Vec<TapEvent>) {
 
 // ---- SPDY ----
 
-/// What the client's SYN_STREAMs said: stream id → channel.
+/// What the client's SYN_STREAMs said: stream id → channel, and the last id opened.
 #[derive(Default)]
-pub struct SpdyStreams(Mutex<HashMap<u32, u8>>);
+pub struct SpdyStreams(Mutex<StreamTable>);
+
+#[derive(Default)]
+struct StreamTable {
+    channels: HashMap<u32, u8>,
+    last_id: u32,
+}
 
 impl SpdyStreams {
     fn get(&self, id: u32) -> Option<u8> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).get(&id).copied()
+        lock(&self.0).channels.get(&id).copied()
     }
-    fn set(&self, id: u32, ch: u8) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(id, ch);
+
+    /// Records a stream the client opened, or says which rule it breaks.
+    fn open(&self, id: u32, stream_type: Option<&str>) -> Result<(), TapError> {
+        let mut t = lock(&self.0);
+        if id % 2 == 0 {
+            return Err(TapError(format!("client opened SPDY stream {id}, an even (server) id")));
+        }
+        if id <= t.last_id {
+            return Err(TapError(format!("client opened SPDY stream {id} after {}: ids must rise and are never reused", t.last_id)));
+        }
+        let Some(ch) = stream_type.and_then(channel::channel_for_stream_type) else {
+            return Err(TapError(format!("client opened SPDY stream {id} with stream type {stream_type:?}, which the remote-command protocol does not define")));
+        };
+        if t.channels.values().any(|c| *c == ch) {
+            return Err(TapError(format!("client opened a second {:?} stream ({id})", stream_type.unwrap_or_default())));
+        }
+        t.last_id = id;
+        t.channels.insert(id, ch);
+        Ok(())
     }
+
     fn id_of(&self, ch: u8) -> Option<u32> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).iter().find(|(_, c)| **c == ch).map(|(id, _)| *id)
+        lock(&self.0).channels.iter().find(|(_, c)| **c == ch).map(|(id, _)| *id)
     }
 }
 
@@ -199,10 +232,8 @@ impl Tap for SpdyTap {
             match spdy::parse_frame(&frame).map_err(|e| TapError(e.to_string()))? {
                 Some((Frame::SynStream { stream_id, header_block, flags, .. }, _)) => {
                     let headers = self.inflater.inflate(header_block).map_err(|e| TapError(e.to_string()))?;
-                    if let Some(ch) = spdy::header(&headers, "streamtype").and_then(channel::channel_for_stream_type) {
-                        if self.dir == Direction::ClientToServer {
-                            self.streams.set(stream_id, ch);
-                        }
+                    if self.dir == Direction::ClientToServer {
+                        self.streams.open(stream_id, spdy::header(&headers, "streamtype"))?;
                     }
                     if flags & spdy::FLAG_FIN != 0 {
                         self.data(stream_id, &[], true, events)?;
@@ -274,6 +305,9 @@ impl WsTap {
                     return Ok(());
                 }
                 let ch = bytes.remove(0);
+                if self.dir == Direction::ClientToServer && !matches!(ch, channel::STDIN | channel::RESIZE | channel::CLOSE) {
+                    return Err(TapError(format!("client wrote to channel {ch}, which only the server writes or no protocol defines")));
+                }
                 self.message = Some(Some(ch));
                 ch
             }
@@ -333,9 +367,15 @@ impl Tap for WsTap {
             let Some(head) = ws::parse_head(&self.head).map_err(|e| TapError(e.to_string()))? else { continue };
             self.head.clear();
             let is_data = head.opcode <= ws::OP_BINARY;
+            if self.dir == Direction::ClientToServer && head.mask.is_none() {
+                return Err(TapError("client sent an unmasked WebSocket frame".into()));
+            }
             if is_data && head.opcode != ws::OP_CONTINUATION {
                 if head.opcode == ws::OP_TEXT {
                     return Err(TapError("text frames (base64 channel protocols) are not recorded".into()));
+                }
+                if self.message.is_some() {
+                    return Err(TapError("a new WebSocket message inside a fragmented one".into()));
                 }
                 self.message = Some(None);
             }
@@ -361,7 +401,9 @@ impl Tap for WsTap {
         let mut status = vec![channel::ERROR];
         status.extend_from_slice(crate::kube::status::failure(500, message).to_string().as_bytes());
         let mut out = ws::encode_frame(true, ws::OP_BINARY, None, &status);
-        out.extend(ws::encode_frame(true, ws::OP_CLOSE, None, &ws::close_payload(1011, "recording failed")));
+        // A normal closure: client-go then reads the error channel to its end and prints
+        // the Status; any other code makes it report the close code instead.
+        out.extend(ws::encode_frame(true, ws::OP_CLOSE, None, &ws::close_payload(1000, "session ended by kubetape")));
         out
     }
 }
@@ -460,6 +502,52 @@ mod tests {
             let (mut c, _) = WsTap::pair();
             assert_eq!(collect(&mut c, pieces), vec![TapEvent::Resize(TerminalSize { width: 80, height: 24 })]);
         });
+    }
+
+    #[test]
+    fn client_streams_follow_spdystream_rules() {
+        let open = |streams: &[(u32, &str)]| {
+            let mut z = HeaderDeflater::default();
+            let mut up = Vec::new();
+            for (id, t) in streams {
+                up.extend(encode_syn_stream(*id, 0, &z.deflate(&[("streamtype", t)])));
+            }
+            let (mut c, _) = SpdyTap::pair();
+            c.feed(&up, &mut Vec::new())
+        };
+        assert_eq!(open(&[(1, "error"), (3, "stdout"), (5, "stderr")]), Ok(()));
+        let refused: &[(&str, &[(u32, &str)])] = &[
+            ("reused id relabelled stdin", &[(1, "error"), (3, "stdout"), (3, "stdin")]),
+            ("reused id relabelled error", &[(1, "error"), (3, "stdout"), (3, "error")]),
+            ("decreasing id", &[(5, "error"), (3, "stdout")]),
+            ("even id", &[(2, "stdout")]),
+            ("id zero", &[(0, "stdout")]),
+            ("unknown type", &[(1, "shell")]),
+            ("second stdout", &[(1, "stdout"), (3, "stdout")]),
+        ];
+        for (name, streams) in refused {
+            assert!(open(streams).is_err(), "{name}");
+        }
+        let mut z = HeaderDeflater::default();
+        let (mut c, _) = SpdyTap::pair();
+        assert!(c.feed(&encode_syn_stream(1, 0, &z.deflate(&[("other", "x")])), &mut Vec::new()).is_err(), "no streamtype");
+    }
+
+    #[test]
+    fn client_websocket_frames_follow_the_channel_protocol() {
+        let mask = Some([1, 2, 3, 4]);
+        let refused: &[(&str, Vec<u8>)] = &[
+            ("text frame", ws::encode_frame(true, ws::OP_TEXT, mask, b"\x00aGk=")),
+            ("unmasked", ws::encode_frame(true, ws::OP_BINARY, None, b"\x00x")),
+            ("writes stdout", ws::encode_frame(true, ws::OP_BINARY, mask, b"\x01fake output")),
+            ("writes error", ws::encode_frame(true, ws::OP_BINARY, mask, b"\x03{}")),
+            ("continuation alone", ws::encode_frame(true, ws::OP_CONTINUATION, mask, b"x")),
+            ("message inside a message", [ws::encode_frame(false, ws::OP_BINARY, mask, b"\x00a"), ws::encode_frame(true, ws::OP_BINARY, mask, b"\x00b")].concat()),
+        ];
+        for (name, bytes) in refused {
+            let (mut c, _) = WsTap::pair();
+            assert!(c.feed(bytes, &mut Vec::new()).is_err(), "{name}");
+        }
     }
 
     #[test]
