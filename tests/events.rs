@@ -95,6 +95,14 @@ fn fail_closed_requests_are_refused_when_events_cannot_be_recorded() {
     assert!(!out.status.success(), "{}", out.describe());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("must be recorded"), "{err}");
+    // With no discovery cache kubectl's first requests are discovery, whose errors it
+    // shows only as text: the reason must reach the user there too.
+    let fresh = support::TempDir::new("fresh-cache");
+    let mut cmd = bob.command(&["get", "pods"]);
+    cmd.env("HOME", &fresh.0).stdin(std::process::Stdio::null()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let out = support::wait_with_timeout(cmd.spawn().expect("kubectl"), Duration::from_secs(60));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("must be recorded"), "fresh discovery cache: {}", out.describe());
     let alice = Kubectl::new(&demo, "kubeconfig", "1.32", Proto::WebSocket);
     let start = Instant::now();
     assert!(alice.run(&["get", "pods"]).status.success(), "fail-open goes on");

@@ -578,7 +578,7 @@ impl Request<'_> {
             Decision::Refuse => {
                 metrics::inc(&self.state.metrics.events_refused);
                 log::warn!("request refused conn={} user={who} reason=events-unrecordable error={e}", self.id);
-                Err(Refusal::Unavailable(format!("API requests must be recorded, and recording is not possible: {e}")))
+                Err(Refusal::Unrecordable { why: format!("API requests must be recorded, and recording is not possible: {e}"), discovery: !info.is_resource_request })
             }
             _ => {
                 metrics::inc(&self.state.metrics.events_dropped);

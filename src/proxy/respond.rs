@@ -18,7 +18,9 @@ pub enum Refusal {
     UpstreamUnavailable(String),
     UpstreamTimeout(String),
     /// The proxy cannot meet the caller's policy now (API events unrecordable).
-    Unavailable(String),
+    /// `discovery`: a non-resource request such as `/api`, whose errors kubectl
+    /// reports only from a `text/plain` body and only for a 4xx status.
+    Unrecordable { why: String, discovery: bool },
 }
 
 /// The status code and message for a refusal.
@@ -31,16 +33,22 @@ pub fn decide(r: &Refusal) -> (u16, String) {
         Refusal::Forbidden(why) => (403, format!("kubetape: forbidden: {why}")),
         Refusal::UpstreamUnavailable(why) => (502, format!("kubetape: API server unavailable: {why}")),
         Refusal::UpstreamTimeout(why) => (504, format!("kubetape: API server did not answer in time: {why}")),
-        Refusal::Unavailable(why) => (503, format!("kubetape: {why}")),
+        Refusal::Unrecordable { why, discovery: false } => (503, format!("kubetape: {why}")),
+        Refusal::Unrecordable { why, discovery: true } => (403, format!("kubetape: {why}")),
     }
 }
 
 /// Writes the refusal and marks the connection for closing.
 pub fn refuse(out: &mut WriteHalf, r: &Refusal) -> io::Result<()> {
     let (code, message) = decide(r);
-    let body = status::failure(code, &message).to_string();
+    // client-go decodes a Status on resource requests but shows discovery errors only
+    // as text, so the reason reaches the user in both.
+    let (content_type, body) = match r {
+        Refusal::Unrecordable { discovery: true, .. } => ("text/plain; charset=utf-8", message),
+        _ => ("application/json", status::failure(code, &message).to_string()),
+    };
     let mut head = ResponseHead::new(code);
-    head.headers.push("Content-Type", "application/json");
+    head.headers.push("Content-Type", content_type);
     head.headers.push("Content-Length", body.len().to_string());
     head.headers.push("Connection", "close");
     if code == 401 {
@@ -69,7 +77,8 @@ mod tests {
             (Refusal::Forbidden("x".into()), 403),
             (Refusal::UpstreamUnavailable("x".into()), 502),
             (Refusal::UpstreamTimeout("x".into()), 504),
-            (Refusal::Unavailable("x".into()), 503),
+            (Refusal::Unrecordable { why: "x".into(), discovery: false }, 503),
+            (Refusal::Unrecordable { why: "x".into(), discovery: true }, 403),
         ];
         for (r, code) in table {
             assert_eq!(decide(r).0, *code, "{r:?}");

@@ -79,7 +79,9 @@ pub fn session_request(head: &RequestHead, info: &RequestInfo) -> Result<Option<
         pod: info.name.clone(),
         container: get("container").next().unwrap_or_default(),
         command: get("command").collect(),
-        tty: get("tty").any(|v| v == "true" || v == "1"),
+        // As kube-apiserver converts it (`Convert_Slice_string_To_bool`): the first
+        // value counts, and anything but "0" or "false" is true, even an empty one.
+        tty: get("tty").next().is_some_and(|v| v != "0" && !v.eq_ignore_ascii_case("false")),
     }))
 }
 
@@ -474,6 +476,10 @@ mod tests {
         for encoded in ["/api/v1/namespaces/default/pods/web-0/%65xec", "/api/v1/namespaces/default/pods/web-0%2Fexec", "/api/v1/namespaces/default/pods/web-0/exec%2F", "/api/v1/namespaces/default/pods/web-0/exec/"] {
             let s = classify(&upgrade(RequestHead::new("POST", &format!("{encoded}?command=id")), "SPDY/3.1")).unwrap();
             assert_eq!(s.map(|s| (s.kind, s.pod, s.command)), Some(("exec", "web-0".to_string(), vec!["id".to_string()])), "{encoded}");
+        }
+        for (q, tty) in [("tty=1", true), ("tty=True", true), ("tty=", true), ("tty=yes", true), ("tty=0", false), ("tty=FALSE", false), ("tty=false&tty=true", false), ("", false)] {
+            let h = upgrade(RequestHead::new("POST", &format!("/api/v1/namespaces/d/pods/p/exec?command=sh&{q}")), "SPDY/3.1");
+            assert_eq!(classify(&h).unwrap().unwrap().tty, tty, "{q}");
         }
     }
 
