@@ -8,6 +8,7 @@ use std::str::FromStr;
 
 use crate::error::{Context, Error, Result};
 
+#[derive(Clone, Copy)]
 pub struct Flag {
     pub name: &'static str,
     /// `None`: no default (optional or required, as the subcommand decides).

@@ -109,7 +109,7 @@ impl TokenFile {
     }
 
     pub fn load(path: &Path) -> Result<TokenFile> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text = crate::net::file::read_config_text(path)?;
         TokenFile::parse(&text).with_context(|| path.display().to_string())
     }
 

@@ -1,7 +1,15 @@
-//! The accept loop shared by every server: one named thread per connection, a cap on
-//! open connections, and a graceful stop (stop accepting, let open ones finish).
+//! The accept loop shared by every server: one named thread per connection, two
+//! capped pools of connections, and a graceful stop (stop accepting, let open ones
+//! finish).
+//!
+//! Every connection starts in the unauthenticated pool (bounded in all and per source
+//! address) and moves to the authenticated pool once its handler has seen a valid
+//! identity, so peers that never authenticate can never take the capacity of those
+//! who did.
 
-use std::net::{TcpListener, TcpStream};
+use std::collections::HashMap;
+use std::net::{IpAddr, TcpListener, TcpStream};
+use std::sync::Mutex;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -30,11 +38,53 @@ pub fn free_loopback_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// How many connections a listener keeps open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections whose handler has seen a valid identity.
+    pub authenticated: usize,
+    /// Connections that have not (yet): TLS in progress, or no identity so far.
+    pub unauthenticated: usize,
+    /// Unauthenticated connections from one source address.
+    pub per_source: usize,
+}
+
+impl Limits {
+    /// The flags every server shares, read into limits; zero is refused.
+    pub fn from_args(args: &crate::args::Args) -> crate::error::Result<Limits> {
+        let positive = |name: &str| -> crate::error::Result<usize> {
+            let n: usize = args.parsed(name)?;
+            if n == 0 {
+                crate::bail!("--{name}: expected at least 1, found 0");
+            }
+            Ok(n)
+        };
+        Ok(Limits { authenticated: positive("max-connections")?, unauthenticated: positive("max-unauthenticated")?, per_source: positive("max-unauthenticated-per-source")? })
+    }
+
+    /// One cap for everything (equipment that does not tell callers apart).
+    pub fn flat(n: usize) -> Limits {
+        Limits { authenticated: n, unauthenticated: n, per_source: n }
+    }
+}
+
+/// The flags of [`Limits::from_args`], for a subcommand's flag list.
+pub const LIMIT_FLAGS: [crate::args::Flag; 3] = [
+    crate::args::Flag { name: "max-connections", default: Some("1024"), help: "open connections of authenticated callers at most" },
+    crate::args::Flag { name: "max-unauthenticated", default: Some("256"), help: "open connections that have not shown a valid identity (yet) at most" },
+    crate::args::Flag { name: "max-unauthenticated-per-source", default: Some("32"), help: "of those, from one source address at most" },
+];
+
 /// Shared between a server's accept loop, its connections and whoever stops it.
 #[derive(Default)]
 pub struct Lifecycle {
     stopping: AtomicBool,
+    /// Every open connection, in either pool.
     active: AtomicUsize,
+    authenticated: AtomicUsize,
+    /// Unauthenticated connections by source address.
+    unauthenticated: Mutex<HashMap<IpAddr, usize>>,
+    refused: AtomicU64,
     next_id: AtomicU64,
     listener_fd: AtomicU64,
 }
@@ -46,6 +96,33 @@ impl Lifecycle {
 
     pub fn active(&self) -> usize {
         self.active.load(Ordering::SeqCst)
+    }
+
+    /// Connections closed at accept because a pool was full.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    /// Takes an unauthenticated slot for `source`, if the pool has one.
+    fn admit(&self, source: IpAddr, limits: Limits) -> bool {
+        let mut pool = crate::net::sync::lock(&self.unauthenticated);
+        let total: usize = pool.values().sum();
+        let here = pool.get(&source).copied().unwrap_or(0);
+        if total >= limits.unauthenticated || here >= limits.per_source {
+            return false;
+        }
+        *pool.entry(source).or_default() += 1;
+        true
+    }
+
+    fn release_unauthenticated(&self, source: IpAddr) {
+        let mut pool = crate::net::sync::lock(&self.unauthenticated);
+        if let Some(n) = pool.get_mut(&source) {
+            *n -= 1;
+            if *n == 0 {
+                pool.remove(&source);
+            }
+        }
     }
 
     /// Stops accepting; connections already open carry on.
@@ -68,21 +145,52 @@ impl Lifecycle {
     }
 }
 
-/// Decrements the open-connection count when a connection thread ends.
-struct Active(Arc<Lifecycle>);
+/// One connection's place in the pools; gives it back when the connection ends.
+pub struct Admission {
+    life: Arc<Lifecycle>,
+    source: IpAddr,
+    max_authenticated: usize,
+    authenticated: AtomicBool,
+}
 
-impl Drop for Active {
-    fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::SeqCst);
+impl Admission {
+    pub fn is_authenticated(&self) -> bool {
+        self.authenticated.load(Ordering::Relaxed)
+    }
+
+    /// Moves the connection to the authenticated pool (once; later calls are free).
+    /// `false` when that pool is full: the handler refuses and closes.
+    pub fn authenticated(&self) -> bool {
+        if self.authenticated.load(Ordering::Relaxed) {
+            return true;
+        }
+        let taken = self.life.authenticated.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < self.max_authenticated).then_some(n + 1));
+        if taken.is_err() {
+            return false;
+        }
+        self.authenticated.store(true, Ordering::Relaxed);
+        self.life.release_unauthenticated(self.source);
+        true
     }
 }
 
-/// Accepts until [`Lifecycle::stop`], running `handle(stream, conn_id)` on a thread
-/// named `{name}-{conn_id}` per connection. Over `max_conns`, new connections are
-/// closed at once and logged.
-pub fn serve<F>(listener: TcpListener, name: &str, max_conns: usize, life: Arc<Lifecycle>, handle: F)
+impl Drop for Admission {
+    fn drop(&mut self) {
+        if *self.authenticated.get_mut() {
+            self.life.authenticated.fetch_sub(1, Ordering::SeqCst);
+        } else {
+            self.life.release_unauthenticated(self.source);
+        }
+        self.life.active.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Accepts until [`Lifecycle::stop`], running `handle(stream, conn_id, admission)` on
+/// a thread named `{name}-{conn_id}` per connection. When the unauthenticated pool
+/// (or this source's share of it) is full, new connections are closed at once.
+pub fn serve<F>(listener: TcpListener, name: &str, limits: Limits, life: Arc<Lifecycle>, handle: F)
 where
-    F: Fn(TcpStream, u64) + Send + Sync + 'static,
+    F: Fn(TcpStream, u64, &Admission) + Send + Sync + 'static,
 {
     life.listener_fd.store(listener.as_raw_fd() as u64, Ordering::SeqCst);
     let handle = Arc::new(handle);
@@ -99,17 +207,20 @@ where
                 continue;
             }
         };
-        if life.active() >= max_conns {
-            log::warn!("connection refused server={name} peer={peer} reason=limit max_conns={max_conns}");
+        if !life.admit(peer.ip(), limits) {
+            // Logged once per power of two, so a flood cannot flood the log too.
+            let n = life.refused.fetch_add(1, Ordering::Relaxed) + 1;
+            if n.is_power_of_two() {
+                log::warn!("connection refused server={name} peer={peer} reason=unauthenticated-pool-full refused_total={n} limits={limits:?}");
+            }
             continue;
         }
         let id = life.next_id.fetch_add(1, Ordering::SeqCst) + 1;
         life.active.fetch_add(1, Ordering::SeqCst);
-        let guard = Active(life.clone());
+        let admission = Admission { life: life.clone(), source: peer.ip(), max_authenticated: limits.authenticated, authenticated: AtomicBool::new(false) };
         let handle = handle.clone();
         let spawned = thread::Builder::new().name(format!("{name}-{id}")).spawn(move || {
-            let _guard = guard;
-            handle(stream, id);
+            handle(stream, id, &admission);
         });
         if let Err(e) = spawned {
             log::error!("cannot start connection thread server={name} error={e}");

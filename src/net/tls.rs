@@ -25,7 +25,7 @@ pub fn key_from_pem(pem: &[u8], what: &str) -> Result<PrivateKeyDer<'static>> {
 }
 
 pub fn read_file(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+    crate::net::file::read_config(path)
 }
 
 pub fn roots_from_pem(pem: &[u8], what: &str) -> Result<RootCertStore> {

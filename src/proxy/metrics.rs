@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::net::conn::{Conn, Input};
+use crate::net::server::{self, Lifecycle, Limits};
 use crate::wire::http;
 
 #[derive(Default)]
@@ -50,21 +51,26 @@ impl Metrics {
     }
 }
 
+/// Scrapers served at once; more are closed at accept (a flood of idle connections
+/// must not take the process's file descriptors).
+const MAX_SCRAPERS: usize = 16;
+/// A scraper must send its request, and take the answer, within this.
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Serves `GET /metrics` on `listener` until the process ends.
 pub fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
-    for sock in listener.incoming().flatten() {
-        let metrics = metrics.clone();
-        let _ = std::thread::Builder::new().name("metrics".into()).spawn(move || {
-            let Ok(conn) = Conn::plain(sock) else { return };
-            let mut input = Input::new(conn.read);
-            let mut out = conn.write;
-            let Ok(Some(head)) = input.read_head(http::parse_request, 16 * 1024, Duration::from_secs(10), Duration::from_secs(10)) else { return };
-            let resp = if head.method == "GET" && head.path() == "/metrics" {
-                http::response(200, "text/plain; version=0.0.4", metrics.render().as_bytes())
-            } else {
-                http::response(404, "text/plain", b"not found")
-            };
-            let _ = out.write_all(&resp);
-        });
-    }
+    let life = Arc::new(Lifecycle::default());
+    server::serve(listener, "metrics", Limits::flat(MAX_SCRAPERS), life, move |sock, _, _| {
+        let _ = sock.set_write_timeout(Some(SCRAPE_TIMEOUT));
+        let Ok(conn) = Conn::plain(sock) else { return };
+        let mut input = Input::new(conn.read);
+        let mut out = conn.write;
+        let Ok(Some(head)) = input.read_head(http::parse_request, 16 * 1024, SCRAPE_TIMEOUT, SCRAPE_TIMEOUT) else { return };
+        let resp = if head.method == "GET" && head.path() == "/metrics" {
+            http::response(200, "text/plain; version=0.0.4", metrics.render().as_bytes())
+        } else {
+            http::response(404, "text/plain", b"not found")
+        };
+        let _ = out.write_all(&resp);
+    });
 }

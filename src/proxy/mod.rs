@@ -25,7 +25,7 @@ use crate::kube::auth::{self, TokenFile, UserInfo};
 use crate::kube::client::ApiServer;
 use crate::net::body::BodyReader;
 use crate::net::conn::{Conn, Input, WriteHalf};
-use crate::net::server::{self, Lifecycle};
+use crate::net::server::{self, Admission, Lifecycle};
 use crate::net::{signal, tls, tunnel};
 use crate::wire::http::{self, BodyLength, RequestHead, ResponseHead};
 use crate::kube::request_info::{request_info, RequestInfo};
@@ -42,10 +42,14 @@ use rewrite::{Impersonation, Mode};
 /// Larger request or response heads are refused (kube-apiserver allows 1 MiB, but
 /// no kubectl request comes near this).
 const MAX_HEAD: usize = 64 * 1024;
-/// A client must finish its TLS handshake within this.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A client must finish its TLS handshake within this (kubectl needs milliseconds;
+/// the slot is in the bounded unauthenticated pool meanwhile).
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// An idle keep-alive connection is closed after this.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// A connection with no identity yet (no client certificate, no token seen) must
+/// send its next request head within this.
+const UNAUTHENTICATED_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Once a head has started it must be complete within this (slow-loris bound).
 const HEAD_TIMEOUT: Duration = Duration::from_secs(15);
 /// A request body may pause this long between reads.
@@ -71,7 +75,9 @@ pub const FLAGS: &[Flag] = &[
     Flag { name: "recorder-key", default: None, help: "the proxy's client key for recorders (PEM)" },
     Flag { name: "recorder-timeout", default: Some("3"), help: "seconds to connect to one recorder and get the header acknowledged" },
     Flag { name: "metrics-listen", default: None, help: "address for Prometheus metrics (plain HTTP, GET /metrics)" },
-    Flag { name: "max-connections", default: Some("1024"), help: "open client connections at most" },
+    server::LIMIT_FLAGS[0],
+    server::LIMIT_FLAGS[1],
+    server::LIMIT_FLAGS[2],
     Flag { name: "shutdown-grace", default: Some("30"), help: "seconds open sessions may run on after SIGTERM" },
     Flag { name: "proxy-id", default: None, help: "this proxy's name in logs and recordings [default: hostname]" },
 ];
@@ -88,7 +94,7 @@ pub struct Config {
     recorder_identity: Option<(Vec<rustls::pki_types::CertificateDer<'static>>, rustls::pki_types::PrivateKeyDer<'static>)>,
     recorder_timeout: Duration,
     metrics_listen: Option<String>,
-    pub max_connections: usize,
+    pub limits: server::Limits,
     pub shutdown_grace: Duration,
     pub proxy_id: String,
 }
@@ -145,7 +151,7 @@ impl Config {
             recorder_identity,
             recorder_timeout: Duration::from_secs(args.parsed("recorder-timeout")?),
             metrics_listen: args.opt("metrics-listen"),
-            max_connections: args.parsed("max-connections")?,
+            limits: server::Limits::from_args(args)?,
             shutdown_grace: Duration::from_secs(args.parsed("shutdown-grace")?),
             proxy_id: args.opt("proxy-id").unwrap_or_else(hostname),
         })
@@ -195,9 +201,9 @@ pub fn run(config: Config) -> Result<()> {
     let accept = {
         let state = state.clone();
         std::thread::Builder::new().name("accept".into()).spawn(move || {
-            let max = state.config.max_connections;
+            let limits = state.config.limits;
             let life = state.life.clone();
-            server::serve(listener, "conn", max, life, move |sock, id| handle_connection(&state, sock, id));
+            server::serve(listener, "conn", limits, life, move |sock, id, admission| handle_connection(&state, sock, id, admission));
         })?
     };
     let sig = signal::wait_for_termination()?;
@@ -222,7 +228,7 @@ struct Upstream {
 /// A connection idle for less than this is reused without a liveness check.
 const REUSE_WITHOUT_CHECK: Duration = Duration::from_secs(1);
 
-fn handle_connection(state: &State, sock: TcpStream, id: u64) {
+fn handle_connection(state: &State, sock: TcpStream, id: u64, admission: &Admission) {
     let peer = sock.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     let conn = match Conn::accept_tls(sock, &state.config.server_tls, TLS_HANDSHAKE_TIMEOUT) {
         Ok(c) => c,
@@ -234,9 +240,14 @@ fn handle_connection(state: &State, sock: TcpStream, id: u64) {
     let cert_user = conn.peer_certs.first().and_then(|c| auth::user_from_cert(c));
     let client_ip = conn.peer.ip().to_string();
     let mut client = (Input::new(conn.read), conn.write);
+    if cert_user.is_some() && !admission.authenticated() {
+        let _ = respond::refuse(&mut client.1, &Refusal::Busy);
+        return;
+    }
     let mut upstream: Option<Upstream> = None;
     loop {
-        let head = match client.0.read_head(http::parse_request, MAX_HEAD, IDLE_TIMEOUT, HEAD_TIMEOUT) {
+        let idle = if admission.is_authenticated() { IDLE_TIMEOUT } else { UNAUTHENTICATED_IDLE_TIMEOUT };
+        let head = match client.0.read_head(http::parse_request, MAX_HEAD, idle, HEAD_TIMEOUT) {
             Ok(Some(h)) => h,
             Ok(None) => break,
             Err(e) => {
@@ -255,7 +266,7 @@ fn handle_connection(state: &State, sock: TcpStream, id: u64) {
                 break;
             }
         };
-        let ctx = Request { state, id, peer: &peer, client_ip: &client_ip, cert_user: cert_user.as_ref() };
+        let ctx = Request { state, id, peer: &peer, client_ip: &client_ip, cert_user: cert_user.as_ref(), admission };
         match ctx.serve(head, &mut client, &mut upstream) {
             Ok(Next::KeepAlive) => {}
             Ok(Next::Close) => break,
@@ -325,6 +336,7 @@ struct Request<'a> {
     peer: &'a str,
     client_ip: &'a str,
     cert_user: Option<&'a UserInfo>,
+    admission: &'a Admission,
 }
 
 impl Request<'_> {
@@ -393,6 +405,11 @@ impl Request<'_> {
             }
             (Mode::NoAuth, _, _) => None,
         };
+        // An identity was shown (in noauth mode the API server judges it): the
+        // connection now counts against the callers' pool, not the anonymous one.
+        if !self.admission.authenticated() {
+            return refuse(client, Refusal::Busy);
+        }
         let upstream_auth = match config.mode {
             Mode::Auth => config.upstream.authorization()?,
             Mode::NoAuth => None,

@@ -161,7 +161,7 @@ impl Policy {
     }
 
     pub fn load(path: &Path) -> Result<Policy> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text = crate::net::file::read_config_text(path)?;
         Policy::parse(&text).with_context(|| path.display().to_string())
     }
 

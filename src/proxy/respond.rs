@@ -15,6 +15,8 @@ pub enum Refusal {
     Timeout(&'static str),
     Unauthenticated,
     Forbidden(String),
+    /// The pool of authenticated connections is full.
+    Busy,
     UpstreamUnavailable(String),
     UpstreamTimeout(String),
     /// The proxy cannot meet the caller's policy now (API events unrecordable).
@@ -31,6 +33,7 @@ pub fn decide(r: &Refusal) -> (u16, String) {
         Refusal::Timeout(phase) => (408, format!("kubetape: timed out waiting for the {phase}")),
         Refusal::Unauthenticated => (401, "Unauthorized".to_string()),
         Refusal::Forbidden(why) => (403, format!("kubetape: forbidden: {why}")),
+        Refusal::Busy => (503, "kubetape: too many open connections, try again".to_string()),
         Refusal::UpstreamUnavailable(why) => (502, format!("kubetape: API server unavailable: {why}")),
         Refusal::UpstreamTimeout(why) => (504, format!("kubetape: API server did not answer in time: {why}")),
         Refusal::Unrecordable { why, discovery: false } => (503, format!("kubetape: {why}")),
@@ -75,6 +78,7 @@ mod tests {
             (Refusal::Timeout("request head"), 408),
             (Refusal::Unauthenticated, 401),
             (Refusal::Forbidden("x".into()), 403),
+            (Refusal::Busy, 503),
             (Refusal::UpstreamUnavailable("x".into()), 502),
             (Refusal::UpstreamTimeout("x".into()), 504),
             (Refusal::Unrecordable { why: "x".into(), discovery: false }, 503),

@@ -31,8 +31,13 @@ use crate::wire::{der, ws};
 use metrics::Metrics;
 
 const MAX_HEAD: usize = 64 * 1024;
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Proxies and readers need milliseconds; the slot is in the bounded unauthenticated
+/// pool meanwhile.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// A connection without a writer's or reader's certificate (health checks) must send
+/// its next request within this.
+const UNAUTHENTICATED_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 const HEAD_TIMEOUT: Duration = Duration::from_secs(15);
 /// The recorder acknowledges at least this often while a session is idle.
 const ACK_INTERVAL: Duration = Duration::from_secs(1);
@@ -47,7 +52,9 @@ pub const FLAGS: &[Flag] = &[
     Flag { name: "writers", default: Some("kubetape-proxy"), help: "comma-separated client certificate CNs that may write recordings" },
     Flag { name: "readers", default: None, help: "comma-separated client certificate CNs that may read recordings and metrics" },
     Flag { name: "storage-dir", default: None, help: "directory to keep recordings in, required" },
-    Flag { name: "max-connections", default: Some("1024"), help: "open connections at most" },
+    server::LIMIT_FLAGS[0],
+    server::LIMIT_FLAGS[1],
+    server::LIMIT_FLAGS[2],
 ];
 
 pub struct Config {
@@ -56,7 +63,7 @@ pub struct Config {
     writers: Vec<String>,
     readers: Vec<String>,
     storage_dir: PathBuf,
-    max_connections: usize,
+    limits: server::Limits,
 }
 
 fn names(v: Option<String>) -> Vec<String> {
@@ -76,7 +83,7 @@ impl Config {
             writers: names(args.opt("writers")),
             readers: names(args.opt("readers")),
             storage_dir: args.required_path("storage-dir")?,
-            max_connections: args.parsed("max-connections")?,
+            limits: server::Limits::from_args(args)?,
         })
     }
 }
@@ -98,8 +105,8 @@ pub fn run(config: Config) -> Result<()> {
     let accept = {
         let (state, life) = (state.clone(), life.clone());
         std::thread::Builder::new().name("accept".into()).spawn(move || {
-            let max = state.config.max_connections;
-            server::serve(listener, "conn", max, life, move |sock, id| handle_connection(&state, sock, id))
+            let limits = state.config.limits;
+            server::serve(listener, "conn", limits, life, move |sock, id, admission| handle_connection(&state, sock, id, admission))
         })?
     };
     let sig = signal::wait_for_termination()?;
@@ -122,7 +129,7 @@ fn reply(out: &mut WriteHalf, code: u16, body: &Value) -> std::io::Result<()> {
     out.write_all(&http::response(code, "application/json", body.to_string().as_bytes()))
 }
 
-fn handle_connection(state: &Arc<State>, sock: TcpStream, id: u64) {
+fn handle_connection(state: &Arc<State>, sock: TcpStream, id: u64, admission: &server::Admission) {
     let conn = match Conn::accept_tls(sock, &state.config.tls, TLS_HANDSHAKE_TIMEOUT) {
         Ok(c) => c,
         Err(e) => {
@@ -134,8 +141,14 @@ fn handle_connection(state: &Arc<State>, sock: TcpStream, id: u64) {
     let peer = conn.peer.to_string();
     let mut input = Input::new(conn.read);
     let mut out = conn.write;
+    let known = cn.as_ref().is_some_and(|cn| state.config.writers.contains(cn) || state.config.readers.contains(cn));
+    if known && !admission.authenticated() {
+        let _ = reply(&mut out, 503, &status::failure(503, "too many open connections, try again"));
+        return;
+    }
+    let idle = if known { IDLE_TIMEOUT } else { UNAUTHENTICATED_IDLE_TIMEOUT };
     loop {
-        let head = match input.read_head(http::parse_request, MAX_HEAD, IDLE_TIMEOUT, HEAD_TIMEOUT) {
+        let head = match input.read_head(http::parse_request, MAX_HEAD, idle, HEAD_TIMEOUT) {
             Ok(Some(h)) => h,
             Ok(None) | Err(_) => return,
         };

@@ -153,7 +153,7 @@ pub fn run(config: Config) -> Result<()> {
         let cluster = cluster.clone();
         let life = life.clone();
         std::thread::Builder::new().name("accept".into()).spawn(move || {
-            server::serve(listener, "conn", MAX_CONNECTIONS, life, move |sock, id| handle_connection(&cluster, sock, id))
+            server::serve(listener, "conn", server::Limits::flat(MAX_CONNECTIONS), life, move |sock, id, _| handle_connection(&cluster, sock, id))
         })?
     };
     let sig = signal::wait_for_termination()?;
