@@ -188,7 +188,8 @@ fn recorder_killed_mid_session_fail_closed_ends_it_fail_open_carries_on() {
     let bob_took = killed_at.elapsed();
     let alice = alice.join().unwrap();
     assert!(!bob.status.success(), "fail-closed session ended: {}", bob.describe());
-    assert!(String::from_utf8_lossy(&bob.stderr).contains("recording failed"), "bob is told why: {}", bob.describe());
+    // The Status on the error channel, not a close code: kubectl prints the reason.
+    assert!(String::from_utf8_lossy(&bob.stderr).contains("must be recorded"), "bob is told why: {}", bob.describe());
     assert!(bob_took < Duration::from_secs(15), "ended within seconds, took {bob_took:?}");
     assert!(!bob.stdout_str().contains("line-29"));
     assert!(alice.status.success() && alice.stdout_str().contains("line-29"), "fail-open carries on: {}", alice.describe());
