@@ -227,3 +227,37 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn admission(life: &Arc<Lifecycle>, source: [u8; 4], limits: Limits) -> Option<Admission> {
+        let source = IpAddr::from(source);
+        life.admit(source, limits).then(|| {
+            life.active.fetch_add(1, Ordering::SeqCst);
+            Admission { life: life.clone(), source, max_authenticated: limits.authenticated, authenticated: AtomicBool::new(false) }
+        })
+    }
+
+    #[test]
+    fn anonymous_connections_cannot_take_the_callers_pool() {
+        let limits = Limits { authenticated: 2, unauthenticated: 3, per_source: 2 };
+        let life = Arc::new(Lifecycle::default());
+        let a1 = admission(&life, [10, 0, 0, 1], limits).expect("first from a");
+        let _a2 = admission(&life, [10, 0, 0, 1], limits).expect("second from a");
+        assert!(admission(&life, [10, 0, 0, 1], limits).is_none(), "a's share is full");
+        let b1 = admission(&life, [10, 0, 0, 2], limits).expect("b has room");
+        assert!(admission(&life, [10, 0, 0, 3], limits).is_none(), "the pool is full");
+        // Authenticating frees the anonymous slot for someone else.
+        assert!(a1.authenticated() && a1.authenticated(), "idempotent");
+        assert!(b1.authenticated());
+        let c = admission(&life, [10, 0, 0, 3], limits).expect("room again");
+        assert!(!c.authenticated(), "the callers' pool is full");
+        drop(a1);
+        assert!(c.authenticated(), "a slot came back");
+        drop((b1, c));
+        assert_eq!(life.authenticated.load(Ordering::SeqCst), 0);
+        assert_eq!(life.active(), 1, "only a2 is open");
+    }
+}
