@@ -440,7 +440,107 @@ fn events_fail_closed(c: &Ctx<'_>) -> Result<(), String> {
     Ok(())
 }
 
+/// A raw TLS connection to the proxy as the kubeconfig's user.
+fn raw_client(k: &Kubectl) -> Result<support::RawClient, String> {
+    let text = std::fs::read_to_string(&k.kubeconfig).map_err(|e| e.to_string())?;
+    let server = text.lines().find_map(|l| l.trim().strip_prefix("server: https://")).ok_or("no server in kubeconfig")?;
+    Ok(support::RawClient::connect(server, &k.kubeconfig, true))
+}
+
+/// Whether some recording's command holds `marker`, waiting a little for it.
+fn recorded_command(c: &Ctx<'_>, marker: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        for day in std::fs::read_dir(&c.recordings).map(|d| d.flatten().collect::<Vec<_>>()).unwrap_or_default() {
+            for f in std::fs::read_dir(day.path()).map(|d| d.flatten().collect::<Vec<_>>()).unwrap_or_default() {
+                if f.path().extension().and_then(|e| e.to_str()) == Some("json") && std::fs::read_to_string(f.path()).unwrap_or_default().contains(marker) {
+                    return true;
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// kube-apiserver routes on the path as Go decodes it: every spelling of
+/// `pods/exec` that gets a 101 must have been recorded, and the kubelet's own exec
+/// behind `nodes/proxy` is refused.
+fn encoded_exec_paths(c: &Ctx<'_>) -> Result<(), String> {
+    let base = format!("/api/v1/namespaces/{}/pods", c.ns);
+    let variants = [
+        format!("{base}/web-0/exec"),
+        format!("{base}/web-0/%65xec"),
+        format!("{base}/web-0%2Fexec"),
+        format!("{base}/web-0/exec%2F"),
+        format!("{base}/web-0/exec/"),
+        format!("{base}/web%2D0/exec"),
+        format!("{base}/web-0/ex%65c"),
+        format!("/api/v1/namespaces/{}/pods/web-0/exec", c.ns.replace('-', "%2d")),
+        format!("{base}/web-0/EXEC"),
+        format!("{base}/web-0/exec;x=y"),
+        format!("{base}//web-0/exec"),
+        format!("{base}/web-0/./exec"),
+    ];
+    let mut report = Vec::new();
+    let mut switched = 0;
+    for (i, path) in variants.iter().enumerate() {
+        let marker = format!("enc{i}x{}", kubetape::net::random::hex(4));
+        let mut k = raw_client(&c.alice)?;
+        let req = format!("POST {path}?command=echo&command={marker}&stdout=true HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: v4.channel.k8s.io\r\n\r\n");
+        k.send(req.as_bytes()).map_err(|e| e.to_string())?;
+        let status = k.response().map(|r| r.0).unwrap_or(0);
+        drop(k);
+        if status == 101 {
+            switched += 1;
+            if !recorded_command(c, &marker) {
+                return Err(format!("{path} reached exec (101) with no recording"));
+            }
+        }
+        report.push(format!("{path} -> {status}"));
+    }
+    if switched < 2 {
+        return Err(format!("expected the plain and at least one encoded spelling to reach exec, recorded: {report:?}"));
+    }
+    let node = must(c.carol.run(&["get", "pod", "web-0", "-n", &c.ns, "-o", "jsonpath={.spec.nodeName}"]), "node name")?;
+    for kubelet in ["exec", "run", "attach", "portForward"] {
+        let mut k = raw_client(&c.carol)?;
+        let req = format!("POST /api/v1/nodes/{node}/proxy/{kubelet}/{}/web-0/main?command=id HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: v4.channel.k8s.io\r\n\r\n", c.ns);
+        k.send(req.as_bytes()).map_err(|e| e.to_string())?;
+        match k.response() {
+            Some((403, body)) if body.contains("nodes/proxy") => {}
+            other => return Err(format!("nodes/{node}/proxy/{kubelet} was not refused by kubetape: {other:?}")),
+        }
+    }
+    Ok(())
+}
+
+/// `Connection: content-length` once made the proxy drop its framing header, so the
+/// API server read the body as a second request on the proxy's connection.
+fn smuggling_never_reaches_the_api_server(c: &Ctx<'_>) -> Result<(), String> {
+    let marker = format!("smuggled{}", kubetape::net::random::hex(6));
+    let inner = format!("GET /api/v1/namespaces/{}/configmaps/{marker} HTTP/1.1\r\nHost: x\r\nImpersonate-User: carol\r\nImpersonate-Group: system:masters\r\n\r\n", c.other);
+    for conn in ["content-length", "keep-alive, Content-Length", "transfer-encoding", "impersonate-user"] {
+        let mut k = raw_client(&c.alice)?;
+        let req = format!("POST /api/v1/namespaces/{}/configmaps HTTP/1.1\r\nHost: x\r\nConnection: {conn}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{inner}", c.ns, inner.len());
+        k.send(req.as_bytes()).map_err(|e| e.to_string())?;
+        match k.response() {
+            Some((400, _)) => {}
+            other => return Err(format!("Connection: {conn} was not refused: {other:?}")),
+        }
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    if audit_log(c)?.contains(&marker) {
+        return Err("the smuggled request reached the API server (it is in the audit log)".into());
+    }
+    Ok(())
+}
+
 const REAL_CASES: &[(&str, CaseFn)] = &[
+    ("encoded exec paths, nodes/proxy", encoded_exec_paths),
+    ("smuggling via Connection", smuggling_never_reaches_the_api_server),
     ("sessions recorded (both)", sessions_recorded),
     ("audit IDs match events", audit_ids_match),
     ("rbac: namespace boundary", rbac_namespace_boundary),
