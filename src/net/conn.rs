@@ -104,18 +104,37 @@ impl Conn {
         let _ = sock.set_nodelay(true);
         let deadline = Instant::now() + timeout;
         let mut s = sock.try_clone()?;
+        // One socket read per check of the deadline: a peer trickling its handshake a
+        // byte at a time cannot stretch it (rustls' `complete_io` reads on and on).
         while conn.is_handshaking() {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 crate::bail!("TLS handshake: timed out after {timeout:?}");
             }
             s.set_read_timeout(Some(left))?;
-            conn.complete_io(&mut s).context("TLS handshake")?;
+            s.set_write_timeout(Some(left))?;
+            while conn.wants_write() {
+                conn.write_tls(&mut s).context("TLS handshake")?;
+            }
+            if conn.is_handshaking() && conn.wants_read() {
+                match conn.read_tls(&mut s) {
+                    Ok(0) => crate::bail!("TLS handshake: the peer closed the connection"),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(crate::error::Error::from(e)).context("TLS handshake"),
+                }
+                if let Err(e) = conn.process_new_packets() {
+                    // Tell the peer why (a TLS alert) before giving up.
+                    let _ = conn.write_tls(&mut s);
+                    return Err(e).context("TLS handshake");
+                }
+            }
         }
         while conn.wants_write() {
             conn.write_tls(&mut s).context("TLS handshake")?;
         }
         s.set_read_timeout(None)?;
+        s.set_write_timeout(None)?;
         let peer_certs = conn
             .peer_certificates()
             .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())

@@ -3,11 +3,11 @@
 //! finish).
 //!
 //! Every connection starts in the unauthenticated pool (bounded in all and per source
-//! address) and moves to the authenticated pool once its handler has seen a valid
-//! identity, so peers that never authenticate can never take the capacity of those
-//! who did.
+//! address; when full, the oldest there makes room) and moves to the authenticated
+//! pool once its handler has seen a valid identity, so peers that never authenticate
+//! can never take the capacity of those who did, nor keep a newcomer out.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, TcpListener, TcpStream};
 use std::sync::Mutex;
 use std::os::fd::AsRawFd;
@@ -82,11 +82,30 @@ pub struct Lifecycle {
     /// Every open connection, in either pool.
     active: AtomicUsize,
     authenticated: AtomicUsize,
-    /// Unauthenticated connections by source address.
-    unauthenticated: Mutex<HashMap<IpAddr, usize>>,
-    refused: AtomicU64,
+    unauthenticated: Mutex<Pending>,
+    evicted: AtomicU64,
     next_id: AtomicU64,
     listener_fd: AtomicU64,
+}
+
+/// The unauthenticated pool. Ids rise with time, so the smallest is the oldest.
+#[derive(Default)]
+struct Pending {
+    by_id: BTreeMap<u64, (IpAddr, TcpStream)>,
+    per_source: HashMap<IpAddr, usize>,
+}
+
+impl Pending {
+    fn remove(&mut self, id: u64) -> Option<TcpStream> {
+        let (source, sock) = self.by_id.remove(&id)?;
+        if let Some(n) = self.per_source.get_mut(&source) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_source.remove(&source);
+            }
+        }
+        Some(sock)
+    }
 }
 
 impl Lifecycle {
@@ -98,31 +117,39 @@ impl Lifecycle {
         self.active.load(Ordering::SeqCst)
     }
 
-    /// Connections closed at accept because a pool was full.
-    pub fn refused(&self) -> u64 {
-        self.refused.load(Ordering::Relaxed)
+    /// Unauthenticated connections closed to make room for newer ones.
+    pub fn evicted(&self) -> u64 {
+        self.evicted.load(Ordering::Relaxed)
     }
 
-    /// Takes an unauthenticated slot for `source`, if the pool has one.
-    fn admit(&self, source: IpAddr, limits: Limits) -> bool {
+    /// Puts connection `id` in the unauthenticated pool. When the pool, or `source`'s
+    /// share of it, is full, the oldest connection there is shut down to make room:
+    /// a newcomer always gets its few milliseconds to authenticate, and a flood can
+    /// only churn through the pool, never keep a caller out of it. Returns whether
+    /// one was evicted.
+    fn admit(&self, id: u64, source: IpAddr, sock: TcpStream, limits: Limits) -> bool {
         let mut pool = crate::net::sync::lock(&self.unauthenticated);
-        let total: usize = pool.values().sum();
-        let here = pool.get(&source).copied().unwrap_or(0);
-        if total >= limits.unauthenticated || here >= limits.per_source {
-            return false;
+        let victim = if pool.per_source.get(&source).copied().unwrap_or(0) >= limits.per_source {
+            pool.by_id.iter().find(|(_, (s, _))| *s == source).map(|(id, _)| *id)
+        } else if pool.by_id.len() >= limits.unauthenticated {
+            pool.by_id.keys().next().copied()
+        } else {
+            None
+        };
+        let evicted = victim.and_then(|v| pool.remove(v));
+        pool.by_id.insert(id, (source, sock));
+        *pool.per_source.entry(source).or_default() += 1;
+        drop(pool);
+        if let Some(old) = &evicted {
+            // Wakes the evicted connection's thread, which then ends and releases.
+            let _ = old.shutdown(std::net::Shutdown::Both);
+            self.evicted.fetch_add(1, Ordering::Relaxed);
         }
-        *pool.entry(source).or_default() += 1;
-        true
+        evicted.is_some()
     }
 
-    fn release_unauthenticated(&self, source: IpAddr) {
-        let mut pool = crate::net::sync::lock(&self.unauthenticated);
-        if let Some(n) = pool.get_mut(&source) {
-            *n -= 1;
-            if *n == 0 {
-                pool.remove(&source);
-            }
-        }
+    fn release_unauthenticated(&self, id: u64) {
+        crate::net::sync::lock(&self.unauthenticated).remove(id);
     }
 
     /// Stops accepting; connections already open carry on.
@@ -148,7 +175,7 @@ impl Lifecycle {
 /// One connection's place in the pools; gives it back when the connection ends.
 pub struct Admission {
     life: Arc<Lifecycle>,
-    source: IpAddr,
+    id: u64,
     max_authenticated: usize,
     authenticated: AtomicBool,
 }
@@ -158,8 +185,9 @@ impl Admission {
         self.authenticated.load(Ordering::Relaxed)
     }
 
-    /// Moves the connection to the authenticated pool (once; later calls are free).
-    /// `false` when that pool is full: the handler refuses and closes.
+    /// Moves the connection to the authenticated pool (once; later calls are free),
+    /// out of reach of eviction. `false` when that pool is full: the handler refuses
+    /// and closes.
     pub fn authenticated(&self) -> bool {
         if self.authenticated.load(Ordering::Relaxed) {
             return true;
@@ -169,7 +197,7 @@ impl Admission {
             return false;
         }
         self.authenticated.store(true, Ordering::Relaxed);
-        self.life.release_unauthenticated(self.source);
+        self.life.release_unauthenticated(self.id);
         true
     }
 }
@@ -179,15 +207,14 @@ impl Drop for Admission {
         if *self.authenticated.get_mut() {
             self.life.authenticated.fetch_sub(1, Ordering::SeqCst);
         } else {
-            self.life.release_unauthenticated(self.source);
+            self.life.release_unauthenticated(self.id);
         }
         self.life.active.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
 /// Accepts until [`Lifecycle::stop`], running `handle(stream, conn_id, admission)` on
-/// a thread named `{name}-{conn_id}` per connection. When the unauthenticated pool
-/// (or this source's share of it) is full, new connections are closed at once.
+/// a thread named `{name}-{conn_id}` per connection.
 pub fn serve<F>(listener: TcpListener, name: &str, limits: Limits, life: Arc<Lifecycle>, handle: F)
 where
     F: Fn(TcpStream, u64, &Admission) + Send + Sync + 'static,
@@ -207,17 +234,17 @@ where
                 continue;
             }
         };
-        if !life.admit(peer.ip(), limits) {
-            // Logged once per power of two, so a flood cannot flood the log too.
-            let n = life.refused.fetch_add(1, Ordering::Relaxed) + 1;
-            if n.is_power_of_two() {
-                log::warn!("connection refused server={name} peer={peer} reason=unauthenticated-pool-full refused_total={n} limits={limits:?}");
-            }
-            continue;
-        }
+        let Ok(handle_sock) = stream.try_clone() else { continue };
         let id = life.next_id.fetch_add(1, Ordering::SeqCst) + 1;
         life.active.fetch_add(1, Ordering::SeqCst);
-        let admission = Admission { life: life.clone(), source: peer.ip(), max_authenticated: limits.authenticated, authenticated: AtomicBool::new(false) };
+        if life.admit(id, peer.ip(), handle_sock, limits) {
+            // Logged once per power of two, so a flood cannot flood the log too.
+            let n = life.evicted();
+            if n.is_power_of_two() {
+                log::warn!("unauthenticated connection evicted server={name} peer={peer} reason=pool-full evicted_total={n} limits={limits:?}");
+            }
+        }
+        let admission = Admission { life: life.clone(), id, max_authenticated: limits.authenticated, authenticated: AtomicBool::new(false) };
         let handle = handle.clone();
         let spawned = thread::Builder::new().name(format!("{name}-{id}")).spawn(move || {
             handle(stream, id, &admission);
@@ -232,32 +259,52 @@ where
 mod tests {
     use super::*;
 
-    fn admission(life: &Arc<Lifecycle>, source: [u8; 4], limits: Limits) -> Option<Admission> {
-        let source = IpAddr::from(source);
-        life.admit(source, limits).then(|| {
-            life.active.fetch_add(1, Ordering::SeqCst);
-            Admission { life: life.clone(), source, max_authenticated: limits.authenticated, authenticated: AtomicBool::new(false) }
-        })
+    struct Pair {
+        admission: Admission,
+        /// The server side of the connection, to see whether it was shut down.
+        server: TcpStream,
+        _client: TcpStream,
+    }
+
+    fn connect(life: &Arc<Lifecycle>, listener: &TcpListener, source: [u8; 4], limits: Limits) -> Pair {
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let id = life.next_id.fetch_add(1, Ordering::SeqCst) + 1;
+        life.active.fetch_add(1, Ordering::SeqCst);
+        life.admit(id, IpAddr::from(source), server.try_clone().unwrap(), limits);
+        Pair { admission: Admission { life: life.clone(), id, max_authenticated: limits.authenticated, authenticated: AtomicBool::new(false) }, server, _client: client }
+    }
+
+    fn shut(p: &Pair) -> bool {
+        use std::io::Read;
+        p.server.set_nonblocking(true).unwrap();
+        matches!((&p.server).read(&mut [0u8; 1]), Ok(0))
     }
 
     #[test]
-    fn anonymous_connections_cannot_take_the_callers_pool() {
+    fn anonymous_connections_churn_and_never_take_the_callers_pool() {
         let limits = Limits { authenticated: 2, unauthenticated: 3, per_source: 2 };
         let life = Arc::new(Lifecycle::default());
-        let a1 = admission(&life, [10, 0, 0, 1], limits).expect("first from a");
-        let _a2 = admission(&life, [10, 0, 0, 1], limits).expect("second from a");
-        assert!(admission(&life, [10, 0, 0, 1], limits).is_none(), "a's share is full");
-        let b1 = admission(&life, [10, 0, 0, 2], limits).expect("b has room");
-        assert!(admission(&life, [10, 0, 0, 3], limits).is_none(), "the pool is full");
-        // Authenticating frees the anonymous slot for someone else.
-        assert!(a1.authenticated() && a1.authenticated(), "idempotent");
-        assert!(b1.authenticated());
-        let c = admission(&life, [10, 0, 0, 3], limits).expect("room again");
-        assert!(!c.authenticated(), "the callers' pool is full");
-        drop(a1);
-        assert!(c.authenticated(), "a slot came back");
-        drop((b1, c));
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let a1 = connect(&life, &l, [10, 0, 0, 1], limits);
+        let a2 = connect(&life, &l, [10, 0, 0, 1], limits);
+        let a3 = connect(&life, &l, [10, 0, 0, 1], limits);
+        assert!(shut(&a1) && !shut(&a2) && !shut(&a3), "a's share is full: its oldest makes room");
+        let b1 = connect(&life, &l, [10, 0, 0, 2], limits);
+        let c1 = connect(&life, &l, [10, 0, 0, 3], limits);
+        assert!(shut(&a2) && !shut(&b1) && !shut(&c1), "the pool is full: the oldest makes room");
+        // Authenticated connections leave the pool and cannot be evicted.
+        assert!(b1.admission.authenticated() && b1.admission.authenticated(), "idempotent");
+        assert!(c1.admission.authenticated());
+        let d1 = connect(&life, &l, [10, 0, 0, 4], limits);
+        let _d2 = connect(&life, &l, [10, 0, 0, 5], limits);
+        assert!(!shut(&b1) && !shut(&c1) && !shut(&d1) && !shut(&a3));
+        assert!(!d1.admission.authenticated(), "the callers' pool is full");
+        drop(b1);
+        assert!(d1.admission.authenticated(), "a slot came back");
+        drop((a1, a2, c1, d1));
         assert_eq!(life.authenticated.load(Ordering::SeqCst), 0);
-        assert_eq!(life.active(), 1, "only a2 is open");
+        assert_eq!(life.active(), 2, "a3 and d2 are open");
+        assert_eq!(life.evicted(), 2);
     }
 }
