@@ -11,7 +11,9 @@ use super::{send_json, ApiError, Cluster, Outcome, Request};
 use crate::kube::status;
 use crate::net::conn::{Input, WriteHalf};
 use crate::sim::discovery;
+use crate::sim::gourl;
 use crate::sim::pods::{container_env, pod_dir, start_container, start_pod, stop_pod};
+use crate::sim::process;
 use crate::sim::runtime::{Container, Output};
 use crate::sim::session;
 use crate::sim::store::{self, Key, StoreError};
@@ -90,13 +92,16 @@ pub fn bootstrap(cluster: &Arc<Cluster>) -> crate::error::Result<()> {
 }
 
 pub fn route(cluster: &Arc<Cluster>, req: &Request, out: &mut WriteHalf) -> Reply {
-    let path = req.head.path().to_string();
-    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    // Routed on the decoded path, as go-restful routes `req.URL.Path`. Empty segments
+    // are skipped, which routes a little more than kube-apiserver does (it would 404
+    // `pods/web-0//exec`): a proxy in front must not rely on such paths failing.
+    let segs: Vec<&str> = req.path.split('/').filter(|s| !s.is_empty()).collect();
     let method = req.head.method.as_str();
     if cluster.config.kubelet {
         return kubelet_route(cluster, req, out, &segs);
     }
     match (method, segs.as_slice()) {
+        (_, ["api", "v1", "nodes", node, "proxy", rest @ ..]) => node_proxy(cluster, req, out, node, rest),
         ("GET", ["version"]) => ok_json(out, 200, &discovery::version()),
         ("GET", ["api"]) => ok_json(out, 200, &discovery::api_versions()),
         ("GET", ["apis"]) => ok_json(out, 200, &discovery::api_groups()),
@@ -660,17 +665,53 @@ fn port_forward(req: &Request, out: &mut WriteHalf, pod: &Value) -> Reply {
     }
 }
 
+/// `nodes/NODE/proxy/PATH`: kube-apiserver's node proxy passes any request, upgrades
+/// included, to `PATH` on that node's kubelet with the raw query unchanged
+/// (`ProxyREST.Connect`: `JoinPreservingTrailingSlash`, then an upgrade-aware proxy).
+/// Every simulated pod runs on [`NODE_NAME`], whose kubelet is this simulator.
+fn node_proxy(cluster: &Arc<Cluster>, req: &Request, out: &mut WriteHalf, node: &str, rest: &[&str]) -> Reply {
+    if gourl::split_scheme_name_port(node) != Some(NODE_NAME) {
+        return Err(not_found("nodes", node));
+    }
+    kubelet_route(cluster, req, out, &gourl::clean_segments(rest))
+}
+
 /// Kubelet mode: the paths a kube-apiserver forwards exec, attach and port-forward to
-/// (`/exec/NS/POD/CONTAINER?command=...`). Pods are whatever the API server says they
-/// are; commands run in a scratch directory per pod.
+/// (`/exec/NS/POD/CONTAINER?command=...`), also reached through `nodes/NODE/proxy`.
+/// Pods are whatever the API server says they are (in kubelet mode) or what the
+/// simulator's store holds; commands run in a scratch directory per pod.
 fn kubelet_route(cluster: &Arc<Cluster>, req: &Request, out: &mut WriteHalf, segs: &[&str]) -> Reply {
     let valid = |names: &[&str]| names.iter().all(|n| is_dns_subdomain(n));
+    // The kubelet answers 404 for pods it does not run (`GetPodByName`).
+    let known = |ns: &str, pod: &str| {
+        let key = Key { resource: "pods".into(), namespace: ns.into(), name: pod.into() };
+        if cluster.config.kubelet || cluster.store.get(&key).is_some() {
+            Ok(())
+        } else {
+            Err(ApiError::new(404, format!("pod does not exist: {ns}/{pod}")))
+        }
+    };
     match segs {
-        ["exec", ns, pod, _container] if valid(&[ns, pod]) => {
+        // `/exec/{podNamespace}/{podID}[/{uid}]/{containerName}`, GET or POST.
+        ["exec", ns, pod, _container] | ["exec", ns, pod, _, _container] if valid(&[ns, pod]) => {
+            known(ns, pod)?;
             let dir = pod_dir(cluster, ns, pod);
             std::fs::create_dir_all(&dir).map_err(|e| ApiError::new(500, e.to_string()))?;
             let env = vec![("HOSTNAME".to_string(), pod.to_string())];
             remote_command(req, out, Target::Exec { argv: req.params("command"), dir, env })
+        }
+        // `POST /run/{podNamespace}/{podID}[/{uid}]/{containerName}?cmd=...`: runs the
+        // command (`cmd` split on spaces, for legacy reasons) and answers its combined
+        // output, as the kubelet's `handleRun` does.
+        ["run", ns, pod, _container] | ["run", ns, pod, _, _container] if valid(&[ns, pod]) && req.head.method == "POST" => {
+            known(ns, pod)?;
+            let dir = pod_dir(cluster, ns, pod);
+            std::fs::create_dir_all(&dir).map_err(|e| ApiError::new(500, e.to_string()))?;
+            let argv: Vec<String> = req.param("cmd").unwrap_or("").split(' ').map(String::from).collect();
+            let env = vec![("HOSTNAME".to_string(), pod.to_string())];
+            let output = run_to_end(&argv, &dir, &env).map_err(|e| ApiError::new(500, format!("failed to run in container: {e}")))?;
+            out.write_all(&http::response(200, "application/json", &output))?;
+            Ok(Outcome::KeepAlive)
         }
         ["attach", ns, pod, container] if valid(&[ns, pod, container]) => {
             let key = (ns.to_string(), pod.to_string(), container.to_string());
@@ -678,8 +719,31 @@ fn kubelet_route(cluster: &Arc<Cluster>, req: &Request, out: &mut WriteHalf, seg
             let c = c.ok_or_else(|| ApiError::new(404, format!("container {container} of {ns}/{pod} is not running on this kubelet")))?;
             remote_command(req, out, Target::Attach(c))
         }
-        ["portForward", ns, pod] if valid(&[ns, pod]) => port_forward(req, out, &Value::Null),
+        ["portForward", ns, pod] | ["portForward", ns, pod, _] if valid(&[ns, pod]) => {
+            known(ns, pod)?;
+            port_forward(req, out, &Value::Null)
+        }
         ["containerLogs", ns, pod, container] if valid(&[ns, pod, container]) => logs(cluster, req, out, ns, pod, container.to_string()),
         _ => Err(ApiError::new(404, "the server could not find the requested resource")),
     }
+}
+
+/// Runs `argv` to its end and returns its stdout followed by its stderr (CRI
+/// `ExecSync`, which the kubelet's `run` answers with).
+fn run_to_end(argv: &[String], dir: &std::path::Path, env: &[(String, String)]) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut p = process::spawn(argv, dir, env, None, false)?;
+    let stderr = p.stderr.take();
+    let errors = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        if let Some(mut f) = stderr {
+            let _ = f.read_to_end(&mut v);
+        }
+        v
+    });
+    let mut output = Vec::new();
+    p.stdout.read_to_end(&mut output)?;
+    let _ = p.child.wait();
+    output.extend(errors.join().unwrap_or_default());
+    Ok(output)
 }

@@ -10,6 +10,7 @@
 
 mod api;
 mod discovery;
+mod gourl;
 mod kubelet;
 mod pods;
 mod process;
@@ -171,6 +172,9 @@ pub struct Request {
     pub head: RequestHead,
     pub body: Vec<u8>,
     pub user: UserInfo,
+    /// The path as Go's `URL.Path` holds it: percent-decoded, `%2F` a `/` ([`gourl`]).
+    pub path: String,
+    /// `req.URL.Query()`: malformed pairs dropped as Go drops them.
     pub query: Vec<(String, String)>,
 }
 
@@ -307,9 +311,12 @@ fn serve(cluster: &Arc<Cluster>, head: &RequestHead, body: Vec<u8>, cert_user: O
         send_json(out, 200, &serde_json::json!("ok"))?;
         return Ok(Outcome::KeepAlive);
     }
+    // Go's server parses the target before any handler runs; a target it cannot
+    // parse is answered 400 there.
+    let path = gourl::request_path(&head.target).map_err(|e| ApiError::new(400, e.to_string()))?;
     let user = authenticate(cluster, cert_user, head).ok_or_else(|| ApiError::new(401, "Unauthorized"))?;
     let user = impersonate(cluster, user, head)?;
-    let req = Request { head: head.clone(), body, user, query: http::query_pairs(head.query()) };
+    let req = Request { head: head.clone(), body, user, path, query: gourl::query_values(head.query()) };
     log::debug!("request user={} method={} path={}", req.user.name, head.method, head.path());
     api::route(cluster, &req, out)
 }

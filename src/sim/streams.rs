@@ -25,6 +25,8 @@ const INBOUND_QUEUE: usize = 64;
 const STREAM_SETUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Output is written in pieces no larger than this, as a kubelet does.
 const MAX_WRITE: usize = 32 * 1024;
+/// RST_STREAM status for a stream id the peer may not use (SPDY/3 section 2.4.2).
+const SPDY_PROTOCOL_ERROR: u32 = 1;
 
 /// What a client sends during a session.
 #[derive(Debug)]
@@ -71,12 +73,25 @@ enum SpdyIn {
 
 /// Reads frames, answering SYN_STREAM with SYN_REPLY and PING with PING, and
 /// passes the rest on. Ends with `Gone`.
+///
+/// Stream ids are checked as spdystream's `validateStreamId` checks them: a
+/// SYN_STREAM whose id is below the last accepted id + 2 (a reused or decreasing id)
+/// is answered RST_STREAM PROTOCOL_ERROR and dropped, so the first stream opened
+/// with an id keeps it. Parity is not checked (spdystream does not).
 fn spdy_reader(mut input: Input, out: SharedSpdyOut, tx: Sender<SpdyIn>) {
     let mut inflater = HeaderInflater::default();
+    // spdystream's `receivedStreamId` on the server side starts at 1.
+    let mut lowest_next_id: u32 = 1;
     let result: crate::error::Result<()> = (|| loop {
         while let Some((frame, n)) = spdy::parse_frame(input.buffered())? {
             let event = match frame {
+                Frame::SynStream { stream_id, header_block, .. } if stream_id < lowest_next_id => {
+                    inflater.inflate(header_block)?; // keeps the shared zlib stream in step
+                    lock(&out).out.write_all(&spdy::encode_rst_stream(stream_id, SPDY_PROTOCOL_ERROR))?;
+                    None
+                }
                 Frame::SynStream { stream_id, flags, header_block, .. } => {
+                    lowest_next_id = stream_id.saturating_add(2);
                     let headers = inflater.inflate(header_block)?;
                     let mut o = lock(&out);
                     let block = o.deflater.deflate(&[]);

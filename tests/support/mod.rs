@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod matrix;
+pub mod streams;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
