@@ -155,6 +155,69 @@ impl Demo {
         s
     }
 
+    /// The value of `flag` in a component's recorded command line.
+    pub fn cmdline_arg(&self, component: &str, flag: &str) -> Option<String> {
+        let cmdline = std::fs::read_to_string(self.path(&format!("{component}.cmdline"))).ok()?;
+        cmdline.split_whitespace().skip_while(|a| *a != flag).nth(1).map(String::from)
+    }
+
+    /// The loopback port a component serves on (its `--listen`).
+    pub fn listen_port(&self, component: &str) -> u16 {
+        let listen = self.cmdline_arg(component, "--listen").expect("--listen in cmdline");
+        listen.rsplit(':').next().and_then(|p| p.parse().ok()).expect("a port in --listen")
+    }
+
+    /// Kills a component the demo started (SIGKILL) and waits until its port is closed.
+    pub fn kill(&self, component: &str) {
+        self.signal(component, libc::SIGKILL);
+        let port = self.listen_port(component);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while port_alive(port) {
+            assert!(Instant::now() < deadline, "{component} still listening on {port} after SIGKILL");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts a component again from its recorded command line (after [`Demo::kill`])
+    /// with `extra` flags appended and, when `nofile` is given, that RLIMIT_NOFILE
+    /// (soft and hard). Panics with the component's log if it exits before its port
+    /// accepts connections, as it does when it does not know a flag.
+    pub fn restart_with(&self, component: &str, extra: &[&str], nofile: Option<u64>) -> Spawned {
+        use std::os::unix::process::CommandExt;
+        let cmdline = std::fs::read_to_string(self.path(&format!("{component}.cmdline"))).expect("cmdline");
+        let mut args: Vec<String> = cmdline.split_whitespace().skip(1).map(String::from).collect();
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let port = self.listen_port(component);
+        let log = self.path(&format!("{component}-restarted.log"));
+        let mut c = Command::new(BIN);
+        c.args(&args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(std::fs::File::create(&log).expect("log file"));
+        if let Some(n) = nofile {
+            // SAFETY: only setrlimit(2), async-signal-safe, between fork and exec.
+            unsafe {
+                c.pre_exec(move || {
+                    let lim = libc::rlimit { rlim_cur: n, rlim_max: n };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut s = Spawned(c.spawn().expect("starting kubetape"));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !port_alive(port) {
+            if let Ok(Some(status)) = s.0.try_wait() {
+                panic!(
+                    "restarted {component} with {extra:?} exited before serving ({status}): {}",
+                    std::fs::read_to_string(&log).unwrap_or_default().trim()
+                );
+            }
+            assert!(Instant::now() < deadline, "restarted {component} not listening on {port} in 20s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        s
+    }
+
     /// The value of one counter on the proxy's `--metrics-listen`.
     pub fn proxy_metric(&self, name: &str) -> u64 {
         let cmdline = std::fs::read_to_string(self.path("proxy.cmdline")).expect("proxy.cmdline");
@@ -235,6 +298,57 @@ impl Drop for Spawned {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// The number of open file descriptors of process `pid` (from /proc).
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+}
+
+/// Raises this process's soft RLIMIT_NOFILE to its hard limit (floods open many sockets).
+pub fn raise_nofile() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+/// A TCP connection to `dst` from the loopback address `src` (any of 127/8), so a
+/// test can appear as many sources; `connect(2)` gives up after `timeout`.
+pub fn connect_from(src: std::net::Ipv4Addr, dst: std::net::SocketAddrV4, timeout: Duration) -> std::io::Result<TcpStream> {
+    use std::os::fd::FromRawFd;
+    let sockaddr = |a: std::net::SocketAddrV4| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: a.port().to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from(*a.ip()).to_be() },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: a fresh socket owned by the TcpStream below (or closed on error); the
+    // addresses are valid sockaddr_in values that outlive the calls.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let stream = TcpStream::from_raw_fd(fd);
+        // Linux bounds a blocking connect(2) by the send timeout.
+        stream.set_write_timeout(Some(timeout))?;
+        let local = sockaddr(std::net::SocketAddrV4::new(src, 0));
+        if libc::bind(fd, &local as *const libc::sockaddr_in as *const libc::sockaddr, len) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let remote = sockaddr(dst);
+        if libc::connect(fd, &remote as *const libc::sockaddr_in as *const libc::sockaddr, len) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        stream.set_write_timeout(None)?;
+        Ok(stream)
     }
 }
 
