@@ -369,6 +369,11 @@ impl Request<'_> {
         if let Err(why) = rewrite::check_connection(&head) {
             return refuse(client, Refusal::BadRequest(why));
         }
+        // Go's server answers any other expectation 417; so does the proxy, rather
+        // than forward what the API server would refuse after reading part of it.
+        if let Some(e) = head.headers.get("expect").filter(|e| !e.eq_ignore_ascii_case(b"100-continue")) {
+            return refuse(client, Refusal::ExpectationFailed(String::from_utf8_lossy(e).into_owned()));
+        }
         // Classified on the path the API server will route (Go decodes it first), and
         // forwarded in that path's canonical encoding, so what was classified is what
         // is routed.

@@ -10,6 +10,8 @@ use crate::wire::http::ResponseHead;
 #[derive(Debug)]
 pub enum Refusal {
     BadRequest(String),
+    /// An `Expect` other than `100-continue`.
+    ExpectationFailed(String),
     HeadTooLarge,
     /// The client was too slow in the named phase.
     Timeout(&'static str),
@@ -29,6 +31,7 @@ pub enum Refusal {
 pub fn decide(r: &Refusal) -> (u16, String) {
     match r {
         Refusal::BadRequest(why) => (400, format!("kubetape: bad request: {why}")),
+        Refusal::ExpectationFailed(what) => (417, format!("kubetape: cannot meet the expectation {what:?}")),
         Refusal::HeadTooLarge => (431, "kubetape: request head too large".to_string()),
         Refusal::Timeout(phase) => (408, format!("kubetape: timed out waiting for the {phase}")),
         Refusal::Unauthenticated => (401, "Unauthorized".to_string()),
@@ -74,6 +77,7 @@ mod tests {
     fn codes() {
         let table: &[(Refusal, u16)] = &[
             (Refusal::BadRequest("x".into()), 400),
+            (Refusal::ExpectationFailed("x".into()), 417),
             (Refusal::HeadTooLarge, 431),
             (Refusal::Timeout("request head"), 408),
             (Refusal::Unauthenticated, 401),

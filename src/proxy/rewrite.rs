@@ -10,8 +10,10 @@ const HOP_BY_HOP: &[&str] =
     &["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "proxy-authorization", "proxy-authenticate"];
 
 /// Client fields that could assert an identity upstream, removed in `auth` mode.
+/// `_` counts as `-`: Go keeps `Impersonate_User` apart, but a CGI-style layer
+/// between the proxy and the API server may not.
 fn is_identity_field(name: &str) -> bool {
-    let n = name.to_ascii_lowercase();
+    let n = name.to_ascii_lowercase().replace('_', "-");
     n == "authorization"
         || n.starts_with("impersonate-")
         || n == "x-remote-user"
@@ -163,6 +165,8 @@ mod tests {
             ("Impersonate-Extra-scopes", "x"),
             ("Impersonate-Uid", "0"),
             ("X-Remote-User", "admin"),
+            ("Impersonate_User", "admin"),
+            ("X_Remote_Group", "system:masters"),
             ("Connection", "Upgrade, X-Secret"),
             ("X-Secret", "hop"),
             ("Upgrade", "SPDY/3.1"),
@@ -185,7 +189,7 @@ mod tests {
         assert_eq!(h.get_all("authorization").collect::<Vec<_>>(), vec![&b"Bearer proxy"[..]]);
         assert_eq!(h.get_all("impersonate-user").collect::<Vec<_>>(), vec![&b"alice"[..]]);
         assert_eq!(h.get_all("impersonate-group").collect::<Vec<_>>(), vec![&b"sre"[..], &b"system:masters"[..]]);
-        for gone in ["impersonate-extra-scopes", "impersonate-uid", "x-remote-user", "x-secret"] {
+        for gone in ["impersonate-extra-scopes", "impersonate-uid", "x-remote-user", "x-secret", "impersonate_user", "x_remote_group"] {
             assert_eq!(h.get(gone), None, "{gone}");
         }
         assert_eq!(h.get_str("host"), Some("api:6443"));

@@ -173,10 +173,12 @@ impl SpdyTap {
             }
             (Direction::ClientToServer, Some(channel::RESIZE)) => {
                 self.resize.extend_from_slice(payload);
+                // Whole messages first: the limit is on what is left, however the
+                // stream was split.
+                take_resizes(&mut self.resize, events);
                 if self.resize.len() > MAX_SMALL_MESSAGE {
                     return Err(TapError("resize stream carries no JSON".into()));
                 }
-                take_resizes(&mut self.resize, events);
             }
             _ => {} // stdin is never recorded
         }
@@ -319,10 +321,10 @@ impl WsTap {
             (Direction::ServerToClient, channel::ERROR) => self.error.push(&bytes)?,
             (Direction::ClientToServer, channel::RESIZE) => {
                 self.resize.extend_from_slice(&bytes);
+                take_resizes(&mut self.resize, events);
                 if self.resize.len() > MAX_SMALL_MESSAGE {
                     return Err(TapError("resize channel carries no JSON".into()));
                 }
-                take_resizes(&mut self.resize, events);
             }
             _ => {} // stdin and v5 close signals are never recorded
         }

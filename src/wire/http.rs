@@ -167,6 +167,7 @@ pub fn reason_phrase(status: u16) -> &'static str {
         409 => "Conflict",
         413 => "Content Too Large",
         415 => "Unsupported Media Type",
+        417 => "Expectation Failed",
         422 => "Unprocessable Entity",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
@@ -298,6 +299,10 @@ pub fn parse_response(buf: &[u8]) -> Result<Option<(ResponseHead, usize)>, HeadE
     match resp.parse(&buf[..end]).map_err(map_httparse)? {
         httparse::Status::Partial => Err(HeadError::Malformed("incomplete head")),
         httparse::Status::Complete(n) => {
+            // Go's client refuses these too; re-encoded they would not parse.
+            if resp.code.unwrap_or(0) < 100 {
+                return Err(HeadError::Malformed("status code below 100"));
+            }
             let head = ResponseHead {
                 status: resp.code.unwrap_or(0),
                 reason: resp.reason.unwrap_or_default().to_string(),
@@ -680,8 +685,11 @@ pub fn chunk_header(len: usize) -> Vec<u8> {
 /// The last chunk with no trailers.
 pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
-/// Encodes `data` as one chunk.
+/// Encodes `data` as one chunk; nothing for no data (an empty chunk is the last).
 pub fn encode_chunk(data: &[u8]) -> Vec<u8> {
+    if data.is_empty() {
+        return Vec::new();
+    }
     let mut out = chunk_header(data.len());
     out.extend_from_slice(data);
     out.extend_from_slice(b"\r\n");

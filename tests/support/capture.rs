@@ -65,6 +65,9 @@ pub struct Seen {
     pub raw: String,
     /// What the capture answered.
     pub status: u16,
+    /// The body ended at EOF before its framing said: no handler ever sees a whole
+    /// request (io.ReadAll fails), so nothing acts on it.
+    pub cut_short: bool,
 }
 
 impl Seen {
@@ -326,7 +329,7 @@ fn serve_connection(inner: &Inner, id: u64, sock: TcpStream, tls: Arc<rustls::Se
                 Ok(Some(b)) => break b,
                 Ok(None) if eof => {
                     let e = go::GoError::bad(format!("unexpected EOF in body after {} bytes", buf.len() - head_len));
-                    inner.push(error(seen, &e));
+                    inner.push(Seen { cut_short: true, ..error(seen, &e) });
                     return close(&mut s);
                 }
                 Ok(None) => eof = !fill(&mut s, &mut buf),
