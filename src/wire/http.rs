@@ -524,6 +524,9 @@ impl ChunkedDecoder {
                         ChunkState::Size { digits: 0 }
                     };
                 }
+                ChunkState::TrailerStart | ChunkState::TrailerLine if b == b'\n' => {
+                    return Err(ChunkError::ExpectedCrlf { offset: at, found: b });
+                }
                 ChunkState::TrailerStart => {
                     i += 1;
                     self.line_len = 0;
@@ -847,6 +850,8 @@ mod tests {
             ("overflow", b"11111111111111111\r\n", ChunkError::SizeTooLarge),
             ("bare lf", b"5\n", ChunkError::BadSize { offset: 1, byte: b'\n' }),
             ("missing crlf", b"1\r\naXY", ChunkError::ExpectedCrlf { offset: 4, found: b'X' }),
+            ("bare lf ending the body", b"0\r\n\n", ChunkError::ExpectedCrlf { offset: 3, found: b'\n' }),
+            ("bare lf in a trailer", b"0\r\nX: 1\n", ChunkError::ExpectedCrlf { offset: 7, found: b'\n' }),
         ];
         for (name, raw, want) in cases {
             let mut dec = ChunkedDecoder::default();
