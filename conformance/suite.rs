@@ -531,7 +531,17 @@ fn smuggling_never_reaches_the_api_server(c: &Ctx<'_>) -> Result<(), String> {
             other => return Err(format!("Connection: {conn} was not refused: {other:?}")),
         }
     }
-    std::thread::sleep(Duration::from_secs(2));
+    // A request sent after them that the audit log must show first, so the check
+    // below waits on the log's state rather than on time.
+    let after = format!("later{}", kubetape::net::random::hex(6));
+    let _ = c.alice.run(&["get", "configmap", &after, "-n", &c.ns]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !audit_log(c)?.contains(&after) {
+        if Instant::now() > deadline {
+            return Err(format!("the audit log never showed {after}"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     if audit_log(c)?.contains(&marker) {
         return Err("the smuggled request reached the API server (it is in the audit log)".into());
     }

@@ -125,15 +125,8 @@ fn exec_marker(k: &Kubectl, marker: &str) -> std::process::Output {
 #[test]
 fn recorder_down_fail_closed_refuses_and_nothing_runs_fail_open_runs() {
     let demo = Demo::start();
-    // Sessions only: with API events fail-closed too, bob's discovery requests would
-    // be refused before kubectl ever tried the exec (tests/events.rs covers that).
-    let policy = std::fs::read_to_string(demo.path("policy.json")).unwrap();
-    let mut v: Value = serde_json::from_str(&policy).unwrap();
-    for g in v["grants"].as_array_mut().unwrap() {
-        g["enableEvents"] = Value::Bool(false);
-    }
-    std::fs::write(demo.path("policy.json"), v.to_string()).unwrap();
-    std::thread::sleep(Duration::from_millis(2500));
+    // Sessions only (tests/events.rs covers fail-closed events).
+    demo.disable_events();
     demo.signal("recorder", libc::SIGKILL);
     std::thread::sleep(Duration::from_millis(300));
     let bob = Kubectl::new(&demo, "bob.kubeconfig", "1.32", Proto::WebSocket);

@@ -245,19 +245,6 @@ enum Fault {
     Kill,
 }
 
-/// Sessions only: with API events fail-closed too, bob's next requests would wait on
-/// the event stream's reconnection (tests/events.rs covers events).
-fn disable_events(demo: &Demo) {
-    let policy = std::fs::read_to_string(demo.path("policy.json")).unwrap();
-    let mut v: Value = serde_json::from_str(&policy).unwrap();
-    for g in v["grants"].as_array_mut().unwrap() {
-        g["enableEvents"] = Value::Bool(false);
-    }
-    std::fs::write(demo.path("policy.json"), v.to_string()).unwrap();
-    // The policy file is checked every second.
-    std::thread::sleep(Duration::from_millis(2500));
-}
-
 /// One fail-closed case: returns its summary line and what went wrong, if anything.
 fn fail_closed_case(demo: &Demo, recorder: &mut Recorder, proto: Proto, fault: Fault, k: usize, tag: &str) -> (String, Vec<String>) {
     let bob = Kubectl::new(demo, "bob.kubeconfig", "1.32", proto);
@@ -332,7 +319,7 @@ fn fail_closed_cases(fault: Fault, test: &str) {
     let _serial = serial();
     let mut rng = Rng::for_test(test);
     let demo = Demo::start();
-    disable_events(&demo);
+    demo.disable_events();
     let mut recorder = Recorder { demo: &demo, restarted: None };
     let started = Instant::now();
     let mut failed = Vec::new();
@@ -365,7 +352,7 @@ fn fail_open_session_runs_to_completion_through_a_frozen_recorder() {
     let _serial = serial();
     let mut rng = Rng::for_test("fail-open");
     let demo = Demo::start();
-    disable_events(&demo);
+    demo.disable_events();
     let recorder = Recorder { demo: &demo, restarted: None };
     let proto = if rng.next() % 2 == 0 { Proto::WebSocket } else { Proto::Spdy };
     let k = rng.in_range(K_RANGE);

@@ -249,6 +249,25 @@ impl Demo {
         c.response().expect("response")
     }
 
+    /// Turns API events off in the demo's policy (for tests about sessions alone: with
+    /// fail-closed events, bob's discovery would be refused before any exec), and
+    /// waits until the proxy has reloaded it.
+    pub fn disable_events(&self) {
+        let reloads = || std::fs::read_to_string(self.path("proxy.log")).unwrap_or_default().matches("policy reloaded").count();
+        let before = reloads();
+        let policy = std::fs::read_to_string(self.path("policy.json")).expect("policy.json");
+        let mut v: serde_json::Value = serde_json::from_str(&policy).expect("policy JSON");
+        for g in v["grants"].as_array_mut().expect("grants") {
+            g["enableEvents"] = serde_json::Value::Bool(false);
+        }
+        std::fs::write(self.path("policy.json"), v.to_string()).expect("writing policy.json");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while reloads() == before {
+            assert!(Instant::now() < deadline, "the proxy did not reload the policy: {}", self.logs());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn wait_for_pod(&self, name: &str) {
         let k = Kubectl::new(self, "admin.kubeconfig", "1.32", Proto::WebSocket);
         let deadline = Instant::now() + Duration::from_secs(30);
