@@ -331,8 +331,10 @@ impl Sink for DownSink {
         let rec = &self.rec;
         let mut events = Vec::new();
         let mut down = lock(&rec.down);
-        let parsed = if rec.active() { down.tap.feed(data, &mut events) } else { Ok(()) };
-        let at_boundary = down.tap.at_boundary();
+        let fed = rec.active();
+        let parsed = if fed { down.tap.feed(data, &mut events) } else { Ok(()) };
+        // A tap no longer fed knows nothing of where frames end: no goodbye then.
+        let at_boundary = fed && parsed.is_ok() && down.tap.at_boundary();
         if rec.fail == FailMode::Open {
             down.out.send(data)?;
             down.client_at_boundary = at_boundary;
