@@ -13,12 +13,11 @@ const HOP_BY_HOP: &[&str] =
 /// `_` counts as `-`: Go keeps `Impersonate_User` apart, but a CGI-style layer
 /// between the proxy and the API server may not.
 fn is_identity_field(name: &str) -> bool {
-    let n = name.to_ascii_lowercase().replace('_', "-");
-    n == "authorization"
-        || n.starts_with("impersonate-")
-        || n == "x-remote-user"
-        || n == "x-remote-group"
-        || n.starts_with("x-remote-extra-")
+    // Compared in place: this runs for every header of every request.
+    let same = |a: u8, b: u8| a.eq_ignore_ascii_case(&b) || (a == b'_' && b == b'-');
+    let is = |want: &str| name.len() == want.len() && name.bytes().zip(want.bytes()).all(|(a, b)| same(a, b));
+    let starts = |want: &str| name.len() > want.len() && name.bytes().zip(want.bytes()).all(|(a, b)| same(a, b));
+    is("authorization") || starts("impersonate-") || is("x-remote-user") || is("x-remote-group") || starts("x-remote-extra-")
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,11 +35,9 @@ const FRAMING: &[&str] = &["content-length", "transfer-encoding"];
 
 /// Removes hop-by-hop fields, framing fields and any field the `Connection` header names.
 fn strip_hop_by_hop(headers: &mut Headers) {
-    let named: Vec<String> = headers.tokens("connection").map(|t| t.to_ascii_lowercase()).collect();
-    headers.retain(|h| {
-        let n = h.name.to_ascii_lowercase();
-        !HOP_BY_HOP.contains(&n.as_str()) && !FRAMING.contains(&n.as_str()) && !named.contains(&n)
-    });
+    let named: Vec<String> = headers.tokens("connection").map(str::to_string).collect();
+    let listed = |list: &[&str], n: &str| list.iter().any(|x| x.eq_ignore_ascii_case(n));
+    headers.retain(|h| !listed(HOP_BY_HOP, &h.name) && !listed(FRAMING, &h.name) && !named.iter().any(|x| x.eq_ignore_ascii_case(&h.name)));
 }
 
 /// Refuses a `Connection` header that names a field the proxy decides itself: framing,
@@ -50,15 +47,16 @@ pub fn check_connection(head: &RequestHead) -> Result<(), String> {
     if head.headers.get_all("connection").any(|v| !v.is_ascii()) {
         return Err("the Connection header must be ASCII tokens".into());
     }
-    for token in head.headers.tokens("connection") {
-        let t = token.to_ascii_lowercase();
-        let decided_here = FRAMING.contains(&t.as_str())
-            || t == "host"
-            || is_identity_field(&t)
-            || matches!(t.as_str(), "audit-id" | "x-forwarded-for")
-            || (t == "upgrade" && head.upgrade().is_none());
+    for t in head.headers.tokens("connection") {
+        let is = |n: &str| t.eq_ignore_ascii_case(n);
+        let decided_here = FRAMING.iter().any(|f| is(f))
+            || is("host")
+            || is_identity_field(t)
+            || is("audit-id")
+            || is("x-forwarded-for")
+            || (is("upgrade") && head.upgrade().is_none());
         if decided_here {
-            return Err(format!("the Connection header may not name {token:?}"));
+            return Err(format!("the Connection header may not name {t:?}"));
         }
     }
     Ok(())
