@@ -501,6 +501,7 @@ fn encoded_exec_paths(c: &Ctx<'_>) -> Result<(), String> {
         }
         report.push(format!("{path} -> {status}"));
     }
+    eprintln!("conformance: exec spellings and what this API server answered: {}", report.join(", "));
     if switched < 2 {
         return Err(format!("expected the plain and at least one encoded spelling to reach exec, recorded: {report:?}"));
     }
