@@ -243,13 +243,13 @@ fn a_relay_writing_one_byte_at_a_time_yields_the_same_recording() {
     let kc = std::fs::read_to_string(demo.path("kubeconfig")).unwrap().replace(&demo.proxy_addr(), &format!("127.0.0.1:{port}"));
     std::fs::write(&relayed_kc, kc).unwrap();
     let relayed = Kubectl { kubeconfig: relayed_kc, ..direct.clone() };
-    let script = "printf 'héllo wörld ✓\\n'; printf 'e\\n' >&2; seq 1 300; exit 4";
     let mut casts = Vec::new();
     for (name, k) in [("direct", &direct), ("relayed", &relayed)] {
-        let out = k.run_timeout(&["exec", "web-0", "--", "sh", "-c", script], None, Duration::from_secs(60));
+        // The comment names the run, so each run's own recording is the one compared.
+        let script = format!("printf 'héllo wörld ✓\\n'; printf 'e\\n' >&2; seq 1 300; exit 4 # {name}");
+        let out = k.run_timeout(&["exec", "web-0", "--", "sh", "-c", &script], None, Duration::from_secs(60));
         assert_eq!(out.status.code(), Some(4), "{name}: {}", out.describe());
-        let n = casts.len();
-        let (_, cast) = demo.wait_recording(|_, _| demo.recordings().len() > n);
+        let (_, cast) = demo.wait_recording(|m, _| m["session"]["command"].to_string().contains(&format!("# {name}")));
         casts.push(events(&cast));
     }
     // stdout and stderr come from two pipes, so only the order within each is fixed.

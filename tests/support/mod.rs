@@ -227,7 +227,8 @@ impl Demo {
         s.write_all(b"GET /metrics HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n").expect("metrics request");
         let mut out = String::new();
         let _ = s.read_to_string(&mut out);
-        out.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+        // A metric that is not exported is a broken test or proxy, never a zero.
+        out.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok()).unwrap_or_else(|| panic!("the proxy exports no metric {name}:\n{out}"))
     }
 
     /// GET on the recorder's API presenting `pki/<who>.pem` (`None`: no certificate).
