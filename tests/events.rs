@@ -91,8 +91,7 @@ fn fail_closed_requests_are_refused_when_events_cannot_be_recorded() {
     let demo = Demo::start();
     let bob = Kubectl::new(&demo, "bob.kubeconfig", "1.32", Proto::WebSocket);
     assert!(bob.run(&["get", "pods"]).status.success());
-    demo.signal("recorder", libc::SIGKILL);
-    std::thread::sleep(Duration::from_millis(300));
+    demo.kill("recorder");
     let out = bob.run(&["get", "pods"]);
     assert!(!out.status.success(), "{}", out.describe());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -118,8 +117,7 @@ fn acknowledged_events_survive_a_recorder_kill() {
     // bob is fail-closed: each of his requests returns only after its event is durable.
     let marker = format!("survivor-{}", kubetape::net::random::hex(4));
     assert!(bob.run(&["get", "pods", "-l", &format!("app={marker}")]).status.success());
-    demo.signal("recorder", libc::SIGKILL);
-    std::thread::sleep(Duration::from_millis(300));
+    demo.kill("recorder");
     let _recorder = demo.restart("recorder");
     let found = events(&demo, "user=bob&limit=1000");
     assert!(found.iter().any(|e| e["query"].as_str().unwrap_or("").contains(&marker)), "{found:?}");

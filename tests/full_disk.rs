@@ -29,8 +29,7 @@ fn a_full_recorder_disk_truncates_fail_open_and_ends_fail_closed() {
     let _mount = Mount(small.clone());
 
     // The recorder again, from its command line, now storing on the small disk.
-    demo.signal("recorder", libc::SIGKILL);
-    std::thread::sleep(Duration::from_millis(300));
+    demo.kill("recorder");
     let cmdline = std::fs::read_to_string(demo.path("recorder.cmdline")).unwrap();
     let mut args: Vec<String> = cmdline.split_whitespace().skip(1).map(String::from).collect();
     let i = args.iter().position(|a| a == "--storage-dir").unwrap();

@@ -127,8 +127,7 @@ fn recorder_down_fail_closed_refuses_and_nothing_runs_fail_open_runs() {
     let demo = Demo::start();
     // Sessions only (tests/events.rs covers fail-closed events).
     demo.disable_events();
-    demo.signal("recorder", libc::SIGKILL);
-    std::thread::sleep(Duration::from_millis(300));
+    demo.kill("recorder");
     let bob = Kubectl::new(&demo, "bob.kubeconfig", "1.32", Proto::WebSocket);
     for proto in [Proto::WebSocket, Proto::Spdy] {
         let bob = Kubectl { proto, ..bob.clone() };

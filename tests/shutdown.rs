@@ -2,7 +2,7 @@
 
 mod support;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use support::{Demo, Kubectl, OutputExt, Proto};
 
@@ -14,11 +14,21 @@ fn sigterm_lets_open_sessions_finish() {
         let k = k.clone();
         std::thread::spawn(move || k.run_timeout(&["exec", "web-0", "--", "sh", "-c", "sleep 2; echo finished"], None, Duration::from_secs(30)))
     };
-    std::thread::sleep(Duration::from_millis(800));
+    // The session is open once its recording is.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !demo.recordings().iter().any(|(m, _)| m["status"] == "recording") {
+        assert!(Instant::now() < deadline, "the session did not start: {}", demo.logs());
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let proxy = demo.pid("proxy");
     // SAFETY: signalling the demo's proxy child by its recorded pid.
     unsafe { libc::kill(proxy, libc::SIGTERM) };
-    std::thread::sleep(Duration::from_millis(300));
+    // Draining: the listener closes, open sessions go on.
+    let port = demo.listen_port("proxy");
+    while support::port_alive(port) {
+        assert!(Instant::now() < deadline, "the proxy still accepts after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let refused = k.run_timeout(&["get", "pods"], None, Duration::from_secs(20));
     assert!(!refused.status.success(), "new requests are refused while draining: {}", refused.describe());
     let out = session.join().expect("session thread");
