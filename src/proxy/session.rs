@@ -23,7 +23,7 @@ use crate::recording::client::{Recording, SendError, SILENT_RECORDER};
 use crate::recording::fail::{self, Decision, FailMode, Situation};
 use crate::recording::protocol::Outcome;
 use crate::recording::tap::{SpdyTap, Tap, TapEvent, WsTap};
-use crate::wire::asciicast::{self, Utf8Splitter};
+use crate::recording::cast::{marker_line, CastWriter};
 use crate::kube::request_info::RequestInfo;
 use crate::wire::channel;
 use crate::wire::http::{self, RequestHead};
@@ -182,8 +182,7 @@ struct Recorder {
 struct RecState {
     active: bool,
     truncated: Option<String>,
-    exit_code: Option<i32>,
-    splitters: [Utf8Splitter; 2],
+    cast: CastWriter,
 }
 
 /// The client-bound direction: its tap and the client's write half, under one lock
@@ -201,35 +200,14 @@ impl Recorder {
         self.started.elapsed().as_secs_f64()
     }
 
-    /// Turns tap events into event lines and queues them. Returns the recording's
+    /// Turns tap events into event lines (`CastWriter`) and queues them. Returns the recording's
     /// offset once they are in, when there were any.
     fn record(&self, events: Vec<TapEvent>) -> Option<u64> {
         let mut st = lock(&self.state);
         if !st.active || events.is_empty() {
             return None;
         }
-        let t = self.seconds();
-        let mut lines = String::new();
-        for e in events {
-            match e {
-                TapEvent::Output { stream, data } => {
-                    let i = usize::from(stream == asciicast::STDERR);
-                    for piece in st.splitters[i].push(&data) {
-                        lines.push_str(&asciicast::output_line(t, stream, &piece));
-                        lines.push('\n');
-                    }
-                }
-                TapEvent::Resize(s) => {
-                    lines.push_str(&asciicast::event_line(t, "r", &format!("{}x{}", s.width, s.height)));
-                    lines.push('\n');
-                }
-                TapEvent::Exit(code) => st.exit_code = Some(code),
-                TapEvent::Failure(msg) => {
-                    lines.push_str(&asciicast::event_line(t, "m", &format!("error:{msg}")));
-                    lines.push('\n');
-                }
-            }
-        }
+        let lines = st.cast.lines(self.seconds(), events);
         if lines.is_empty() {
             return None;
         }
@@ -256,7 +234,7 @@ impl Recorder {
             if st.active {
                 if matches!(situation, Situation::ClientViolation | Situation::UnparsableUpstream) {
                     // The recorder still listens: the recording itself says why it ends.
-                    let line = format!("{}\n", asciicast::event_line(self.seconds(), "m", &format!("error:kubetape: {why}")));
+                    let line = marker_line(self.seconds(), &format!("error:kubetape: {why}"));
                     let _ = self.recording.send(line.into_bytes());
                 }
                 st.active = false;
@@ -394,13 +372,13 @@ pub fn run(name: &str, client: (Input, WriteHalf), server: (Input, WriteHalf), t
         recording,
         fail,
         started: Instant::now(),
-        state: Mutex::new(RecState { active: true, truncated: None, exit_code: None, splitters: Default::default() }),
+        state: Mutex::new(RecState { active: true, truncated: None, cast: CastWriter::default() }),
         ended: AtomicBool::new(false),
         down: Mutex::new(DownSide { out: client_out, tap: taps.1, client_at_boundary: true }),
         sockets,
     });
     if !subprotocol.is_empty() {
-        let line = format!("{}\n", asciicast::event_line(0.0, "m", &format!("subprotocol:{subprotocol}")));
+        let line = marker_line(0.0, &format!("subprotocol:{subprotocol}"));
         if rec.recording.send(line.into_bytes()).is_err() {
             rec.fail(Situation::RecorderLost, "the recorder is not accepting events".into());
         }
@@ -429,25 +407,15 @@ pub fn run(name: &str, client: (Input, WriteHalf), server: (Input, WriteHalf), t
         return Summary { totals, outcome: Outcome::Truncated, reason: Some("session state still shared".into()), exit_code: None, sent: 0, acked: 0 };
     };
     let t = rec.seconds();
-    let st = rec.state.into_inner().unwrap_or_else(|e| e.into_inner());
-    let mut tail = String::new();
-    let mut splitters = st.splitters;
-    for (i, stream) in [asciicast::STDOUT, asciicast::STDERR].into_iter().enumerate() {
-        if let Some(piece) = splitters[i].finish() {
-            tail.push_str(&asciicast::output_line(t, stream, &piece));
-            tail.push('\n');
-        }
-    }
-    if let Some(code) = st.exit_code {
-        tail.push_str(&asciicast::event_line(t, "m", &format!("exit:{code}")));
-        tail.push('\n');
-    }
+    let mut st = rec.state.into_inner().unwrap_or_else(|e| e.into_inner());
+    let tail = st.cast.finish(t);
+    let exit_code = st.cast.exit_code();
     if st.active && !tail.is_empty() {
         let _ = rec.recording.send(tail.into_bytes());
     }
     let outcome = if st.truncated.is_some() { Outcome::Truncated } else { Outcome::Complete };
-    let (sent, acked) = rec.recording.finish(outcome, st.exit_code, st.truncated.clone());
-    Summary { totals, outcome, reason: st.truncated, exit_code: st.exit_code, sent, acked }
+    let (sent, acked) = rec.recording.finish(outcome, exit_code, st.truncated.clone());
+    Summary { totals, outcome, reason: st.truncated, exit_code, sent, acked }
 }
 
 #[cfg(test)]
