@@ -29,6 +29,7 @@ use crate::net::server::{self, Admission, Lifecycle};
 use crate::net::{signal, tls, tunnel};
 use crate::wire::http::{self, BodyLength, RequestHead, ResponseHead};
 use crate::kube::request_info::{request_info, RequestInfo};
+use crate::recording::cast;
 use crate::recording::client::{RecorderTarget, Recording};
 use crate::recording::event::{ApiEvent, EventUser, Impersonated};
 use crate::recording::events_client::EventSink;
@@ -694,16 +695,18 @@ impl Request<'_> {
             Err(e) => return refuse_or_skip(e.to_string()),
         };
         let id = crate::recording::protocol::new_id();
-        let ctx = session::HeaderContext {
+        let ctx = cast::HeaderContext {
             id: &id,
             request: &request,
-            head,
+            protocol: head.upgrade().unwrap_or(""),
+            offered: &session::offered_subprotocols(head),
             user,
             impersonated: impersonation.map(|i| (i.user.name.as_str(), i.groups.as_slice())),
             source: self.client_ip,
             proxy_id: &self.state.config.proxy_id,
+            started: std::time::SystemTime::now(),
         };
-        match Recording::start(&targets, &id, &session::header(&ctx), self.state.config.recorder_timeout) {
+        match Recording::start(&targets, &id, &cast::header(&ctx), self.state.config.recorder_timeout) {
             Ok(r) => {
                 metrics::inc(&self.state.metrics.sessions_recorded);
                 log::info!("session recording conn={} session={id} user={who} ns={} pod={} type={} recorder={}", self.id, request.namespace, request.pod, request.kind, r.recorder);

@@ -1,5 +1,6 @@
-//! Recorded exec/attach sessions: which requests are sessions, the recording header,
-//! and the tunnel whose two directions run through taps into the recorder.
+//! Recorded exec/attach sessions: which requests are sessions, and the tunnel whose
+//! two directions run through taps into the recorder (the recording's header and
+//! lines are written by `recording::cast`).
 //!
 //! `recording::fail::decide` settles every recording failure (recorder lost or silent,
 //! queue full, a frame the tap cannot parse, a client breaking the protocol):
@@ -13,9 +14,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
-
-use crate::kube::auth::UserInfo;
 use crate::net::conn::{Input, WriteHalf};
 use crate::net::tunnel::{self, Sink, Totals};
 use crate::net::sync::lock;
@@ -23,27 +21,13 @@ use crate::recording::client::{Recording, SendError, SILENT_RECORDER};
 use crate::recording::fail::{self, Decision, FailMode, Situation};
 use crate::recording::protocol::Outcome;
 use crate::recording::tap::{SpdyTap, Tap, TapEvent, WsTap};
-use crate::recording::cast::{marker_line, CastWriter};
+use crate::recording::cast::{marker_line, CastWriter, SessionRequest};
 use crate::kube::request_info::RequestInfo;
 use crate::wire::channel;
 use crate::wire::http::{self, RequestHead};
 
 /// How often the recorder's health is checked during a session.
 const WATCH_INTERVAL: Duration = Duration::from_millis(250);
-/// The terminal size a recording starts with; the client's first resize follows as
-/// an `r` event (the header is written before the upgrade, when no size is known).
-const DEFAULT_SIZE: (u16, u16) = (80, 24);
-
-/// An exec or attach request, from its path and query.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SessionRequest {
-    pub kind: &'static str,
-    pub namespace: String,
-    pub pod: String,
-    pub container: String,
-    pub command: Vec<String>,
-    pub tty: bool,
-}
 
 /// What a request to `pods/exec`, `pods/attach` or `pods/portforward` is, from its
 /// classification (`info`, on the decoded path) and head. `Ok(Some)` for an exec or
@@ -103,53 +87,15 @@ pub fn reaches_kubelet_stream(path: &str) -> bool {
 /// server behind exec and attach).
 const KUBELET_STREAMS: &[&str] = &["exec", "attach", "run", "portforward", "cri"];
 
-/// Everything the recording header says about a session.
-pub struct HeaderContext<'a> {
-    pub id: &'a str,
-    pub request: &'a SessionRequest,
-    pub head: &'a RequestHead,
-    pub user: Option<&'a UserInfo>,
-    pub impersonated: Option<(&'a str, &'a [String])>,
-    pub source: &'a str,
-    pub proxy_id: &'a str,
-}
-
-/// The asciicast v2 header with the `kubetape` context object.
-pub fn header(c: &HeaderContext<'_>) -> Value {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    let offered: Vec<String> = c
-        .head
-        .headers
+/// The subprotocols the client offered (`X-Stream-Protocol-Version` for SPDY,
+/// `Sec-WebSocket-Protocol` for WebSocket), in order.
+pub fn offered_subprotocols(head: &RequestHead) -> Vec<String> {
+    head.headers
         .get_all("x-stream-protocol-version")
-        .chain(c.head.headers.get_all("sec-websocket-protocol"))
+        .chain(head.headers.get_all("sec-websocket-protocol"))
         .flat_map(|v| String::from_utf8_lossy(v).split(',').map(|p| p.trim().to_string()).collect::<Vec<_>>())
         .filter(|p| !p.is_empty())
-        .collect();
-    let r = c.request;
-    json!({
-        "version": 2,
-        "width": DEFAULT_SIZE.0,
-        "height": DEFAULT_SIZE.1,
-        "timestamp": now.as_secs(),
-        "title": format!("kubectl {} {}/{} {}", r.kind, r.namespace, r.pod, r.command.join(" ")),
-        "env": {"TERM": "xterm-256color"},
-        "kubetape": {
-            "sessionId": c.id,
-            "type": r.kind,
-            "protocol": c.head.upgrade().unwrap_or(""),
-            "subprotocols": offered,
-            "tty": r.tty,
-            "user": c.user.map(|u| json!({"name": u.name, "uid": u.uid, "groups": u.groups, "authenticatedBy": u.method, "sourceAddress": c.source}))
-                .unwrap_or_else(|| json!({"name": "", "sourceAddress": c.source})),
-            "impersonated": c.impersonated.map(|(u, g)| json!({"user": u, "groups": g})),
-            "namespace": r.namespace,
-            "pod": r.pod,
-            "container": r.container,
-            "command": r.command,
-            "proxy": {"id": c.proxy_id, "version": env!("CARGO_PKG_VERSION")},
-            "startTime": crate::wire::time::now_rfc3339_millis(),
-        }
-    })
+        .collect()
 }
 
 /// The taps for the protocol the API server agreed to; `None` for one they do not

@@ -1,10 +1,74 @@
-//! A session's asciicast v2 event lines (`wire::asciicast`) from what the taps saw:
-//! output held back until its UTF-8 sequences are whole, resizes, failures on the
-//! error channel as markers, and the exit status at the end. Pure: the caller hands
-//! in the time, so the lines for a sequence of events can be checked exactly. No I/O.
+//! A session's asciicast v2 recording (`wire::asciicast`): the header with the
+//! `kubetape` context object, then event lines from what the taps saw (output held
+//! back until its UTF-8 sequences are whole, resizes, failures on the error channel as
+//! markers, and the exit status at the end). Pure: the caller hands in the time, so
+//! the header and the lines for a sequence of events can be checked exactly. No I/O.
 
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+
+use crate::kube::auth::UserInfo;
 use crate::recording::tap::TapEvent;
 use crate::wire::asciicast::{self, Utf8Splitter};
+
+/// The terminal size a recording starts with; the client's first resize follows as
+/// an `r` event (the header is written before the upgrade, when no size is known).
+const DEFAULT_SIZE: (u16, u16) = (80, 24);
+
+/// An exec or attach session, as its request asked for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionRequest {
+    pub kind: &'static str,
+    pub namespace: String,
+    pub pod: String,
+    pub container: String,
+    pub command: Vec<String>,
+    pub tty: bool,
+}
+
+/// Everything the recording header says about a session.
+pub struct HeaderContext<'a> {
+    pub id: &'a str,
+    pub request: &'a SessionRequest,
+    /// The upgrade asked for (`SPDY/3.1`, `websocket`) and the subprotocols offered.
+    pub protocol: &'a str,
+    pub offered: &'a [String],
+    pub user: Option<&'a UserInfo>,
+    pub impersonated: Option<(&'a str, &'a [String])>,
+    pub source: &'a str,
+    pub proxy_id: &'a str,
+    pub started: SystemTime,
+}
+
+/// The asciicast v2 header with the `kubetape` context object.
+pub fn header(c: &HeaderContext<'_>) -> Value {
+    let r = c.request;
+    json!({
+        "version": 2,
+        "width": DEFAULT_SIZE.0,
+        "height": DEFAULT_SIZE.1,
+        "timestamp": c.started.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs(),
+        "title": format!("kubectl {} {}/{} {}", r.kind, r.namespace, r.pod, r.command.join(" ")),
+        "env": {"TERM": "xterm-256color"},
+        "kubetape": {
+            "sessionId": c.id,
+            "type": r.kind,
+            "protocol": c.protocol,
+            "subprotocols": c.offered,
+            "tty": r.tty,
+            "user": c.user.map(|u| json!({"name": u.name, "uid": u.uid, "groups": u.groups, "authenticatedBy": u.method, "sourceAddress": c.source}))
+                .unwrap_or_else(|| json!({"name": "", "sourceAddress": c.source})),
+            "impersonated": c.impersonated.map(|(u, g)| json!({"user": u, "groups": g})),
+            "namespace": r.namespace,
+            "pod": r.pod,
+            "container": r.container,
+            "command": r.command,
+            "proxy": {"id": c.proxy_id, "version": env!("CARGO_PKG_VERSION")},
+            "startTime": crate::wire::time::rfc3339_millis(c.started),
+        }
+    })
+}
 
 /// The writer for one session.
 #[derive(Default)]
@@ -73,6 +137,26 @@ fn push_line(out: &mut String, line: String) {
 mod tests {
     use super::*;
     use crate::wire::channel::TerminalSize;
+
+    #[test]
+    fn the_header_says_who_what_where_and_when() {
+        let request = SessionRequest { kind: "exec", namespace: "default".into(), pod: "web-0".into(), container: "main".into(), command: vec!["sh".into(), "-c".into(), "id".into()], tty: true };
+        let groups = vec!["sre".to_string(), "system:masters".to_string()];
+        let started = UNIX_EPOCH + std::time::Duration::from_millis(1_796_000_000_123);
+        let h = header(&HeaderContext {
+            id: "s-1", request: &request, protocol: "SPDY/3.1", offered: &["v5.channel.k8s.io".to_string()], user: None,
+            impersonated: Some(("alice", &groups)), source: "192.0.2.1", proxy_id: "p1", started,
+        });
+        assert_eq!(h["timestamp"], 1_796_000_000);
+        assert_eq!(h["title"], "kubectl exec default/web-0 sh -c id");
+        let k = &h["kubetape"];
+        assert_eq!(k["startTime"], "2026-11-30T00:53:20.123Z");
+        assert_eq!(k["protocol"], "SPDY/3.1");
+        assert_eq!(k["subprotocols"], json!(["v5.channel.k8s.io"]));
+        assert_eq!(k["impersonated"], json!({"user": "alice", "groups": groups}));
+        assert_eq!(k["command"], json!(["sh", "-c", "id"]));
+        assert_eq!(k["user"], json!({"name": "", "sourceAddress": "192.0.2.1"}));
+    }
 
     #[test]
     fn events_become_lines_and_the_exit_comes_last() {

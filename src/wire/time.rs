@@ -4,7 +4,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Now with milliseconds, `YYYY-MM-DDTHH:MM:SS.mmmZ`.
 pub fn now_rfc3339_millis() -> String {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    rfc3339_millis(SystemTime::now())
+}
+
+/// `at` with milliseconds, `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+pub fn rfc3339_millis(at: SystemTime) -> String {
+    let now = at.duration_since(UNIX_EPOCH).unwrap_or_default();
     let mut s = rfc3339(now.as_secs());
     s.pop(); // the Z
     s.push('.');
