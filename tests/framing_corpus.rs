@@ -937,7 +937,7 @@ fn every_framing_shape_is_refused_or_forwarded_exactly() {
 
 /// Parses one complete request with the Go rules: (method, path, headers, body) or
 /// the status Go answers.
-fn go_parse(raw: &[u8]) -> Result<(go::Head, Vec<u8>, Vec<(String, Vec<u8>)>), u16> {
+fn go_parse(raw: &[u8]) -> Result<(go::Head, Vec<u8>, go::Fields), u16> {
     let (head, n) = go::parse_head(raw).map_err(|e| e.status)?.expect("a complete head");
     let (body, trailers, _) = go::parse_body(&raw[n..], head.framing).map_err(|e| e.status)?.expect("a complete body");
     Ok((head, body, trailers))

@@ -319,10 +319,12 @@ fn serve_connection(inner: &Inner, id: u64, sock: TcpStream, tls: Arc<rustls::Se
             return refuse(inner, &mut s, error(seen, &go::GoError { status: 417, reason: "Expect other than 100-continue".into() }));
         }
         // server.go expectContinueReader: "100 Continue" on the handler's first body read.
-        if head.expect_continue && (head.major, head.minor) >= (1, 1) && head.framing != go::Framing::None {
-            if s.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").and_then(|_| s.flush()).is_err() {
-                return;
-            }
+        if head.expect_continue
+            && (head.major, head.minor) >= (1, 1)
+            && head.framing != go::Framing::None
+            && s.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").and_then(|_| s.flush()).is_err()
+        {
+            return;
         }
         let (body, trailers, body_len) = loop {
             match go::parse_body(&buf[head_len..], head.framing) {
@@ -373,6 +375,9 @@ fn close(s: &mut Tls) {
 
 /// Go's net/http request parsing, as pure functions over the bytes received so far.
 pub mod go {
+    /// Header or trailer fields in arrival order.
+    pub type Fields = Vec<(String, Vec<u8>)>;
+
     /// kube-apiserver's http.Server sets MaxHeaderBytes to 1 MiB
     /// (k8s.io/apiserver secure_serving.go).
     pub const MAX_HEADER_BYTES: usize = 1 << 20;
@@ -647,7 +652,7 @@ pub mod go {
     /// continues the one before (obs-fold, joined by one SP); every line needs a colon
     /// (mustHaveFieldNameColon); keys are canonicalised; values are checked byte by byte
     /// and trimmed. Returns the fields and the offset after the empty line.
-    pub fn read_mime_header(buf: &[u8], mut at: usize) -> Result<Option<(Vec<(String, Vec<u8>)>, usize)>> {
+    pub fn read_mime_header(buf: &[u8], mut at: usize) -> Result<Option<(Fields, usize)>> {
         let mut fields = Vec::new();
         match buf.get(at) {
             None => return Ok(None),
@@ -894,7 +899,7 @@ pub mod go {
 
     /// The body of a request framed as `framing`, from the front of `buf`: the decoded
     /// bytes, the trailers, and how many bytes it took. `Ok(None)` while incomplete.
-    pub fn parse_body(buf: &[u8], framing: Framing) -> Result<Option<(Vec<u8>, Vec<(String, Vec<u8>)>, usize)>> {
+    pub fn parse_body(buf: &[u8], framing: Framing) -> Result<Option<(Vec<u8>, Fields, usize)>> {
         match framing {
             Framing::None => Ok(Some((Vec::new(), Vec::new(), 0))),
             // transfer.go readTransfer: io.LimitReader(r, realLength).
@@ -908,7 +913,7 @@ pub mod go {
 
     /// internal/chunked.go chunkedReader (beginChunk, readChunkLine, Read) and
     /// transfer.go body.readTrailer.
-    fn parse_chunked(buf: &[u8]) -> Result<Option<(Vec<u8>, Vec<(String, Vec<u8>)>, usize)>> {
+    fn parse_chunked(buf: &[u8]) -> Result<Option<(Vec<u8>, Fields, usize)>> {
         let mut pos = 0;
         let mut out = Vec::new();
         let mut excess: i128 = 0;
