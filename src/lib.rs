@@ -1,5 +1,7 @@
 //! kubetape: a Kubernetes API server proxy that records kubectl sessions and API
-//! requests. Layers, bottom-up: `wire` → `net` → `kube` → apps (`proxy`, `sim`) → `cli`.
+//! requests. Layers, bottom-up: `wire` (parsers, no I/O) → `net` (sockets, TLS, the
+//! accept loop) → `record` (the records everyone shares) → `recording`, `storage`,
+//! `kube` → apps (`proxy`, `recorder`, `sim`, `playback`) → `cli`.
 
 pub mod args;
 pub mod cli;
@@ -8,6 +10,7 @@ pub mod kube;
 pub mod net;
 pub mod playback;
 pub mod proxy;
+pub mod record;
 pub mod recorder;
 pub mod recording;
 pub mod storage;

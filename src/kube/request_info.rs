@@ -4,28 +4,9 @@
 //! lower-case method for non-resource paths), API group and version, resource,
 //! subresource, namespace and name. No I/O.
 
-use serde::{Deserialize, Serialize};
-
 use crate::wire::http::query_pairs;
 
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq, Serialize)]
-#[serde(default, rename_all = "camelCase")]
-pub struct RequestInfo {
-    pub is_resource_request: bool,
-    pub verb: String,
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub api_group: String,
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub api_version: String,
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub resource: String,
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub subresource: String,
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub namespace: String,
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub name: String,
-}
+pub use crate::record::event::RequestInfo;
 
 /// Derives the request's verb and target from its method, path and query.
 pub fn request_info(method: &str, path: &str, query: &str) -> RequestInfo {

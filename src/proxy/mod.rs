@@ -31,10 +31,10 @@ use crate::wire::http::{self, BodyLength, RequestHead, ResponseHead};
 use crate::kube::request_info::{request_info, RequestInfo};
 use crate::recording::cast;
 use crate::recording::client::{RecorderTarget, Recording};
-use crate::recording::event::{ApiEvent, EventUser, Impersonated};
+use crate::record::event::{ApiEvent, EventUser, Impersonated};
 use crate::recording::events_client::EventSink;
 use crate::recording::fail::{self, Decision, Situation};
-use crate::recording::protocol::Outcome;
+use crate::record::protocol::Outcome;
 use crate::recording::tap::Tap;
 use policy::{FailMode, Grants, Policy, PolicyHandle};
 use respond::Refusal;
@@ -694,7 +694,7 @@ impl Request<'_> {
             Ok(t) => t,
             Err(e) => return refuse_or_skip(e.to_string()),
         };
-        let id = crate::recording::protocol::new_id();
+        let id = crate::record::protocol::new_id();
         let ctx = cast::HeaderContext {
             id: &id,
             request: &request,

@@ -19,7 +19,7 @@ use crate::net::tunnel::{self, Sink, Totals};
 use crate::net::sync::lock;
 use crate::recording::client::{Recording, SendError, SILENT_RECORDER};
 use crate::recording::fail::{self, Decision, FailMode, Situation};
-use crate::recording::protocol::Outcome;
+use crate::record::protocol::Outcome;
 use crate::recording::tap::{SpdyTap, Tap, TapEvent, WsTap};
 use crate::recording::cast::{marker_line, CastWriter, SessionRequest};
 use crate::kube::request_info::RequestInfo;

@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::recording::protocol::Status;
+use crate::record::protocol::Status;
 
 #[derive(Default)]
 pub struct Metrics {

@@ -18,7 +18,7 @@ use serde_json::Value;
 use crate::error::{Context, Error, Result};
 use crate::net::conn::{Conn, Input, WriteHalf};
 use crate::net::sync::lock;
-use crate::recording::protocol::{Ack, ClientMessage, Outcome, PATH, SUBPROTOCOL};
+use crate::record::protocol::{Ack, ClientMessage, Outcome, PATH, SUBPROTOCOL};
 use crate::wire::http::{self, RequestHead};
 use crate::wire::ws;
 

@@ -21,12 +21,10 @@ use std::time::{Duration, Instant};
 
 use crate::net::conn::Input;
 use crate::net::sync::{lock, Slot};
+use crate::record::protocol::{Ack, EVENTS_PATH, EVENTS_SUBPROTOCOL};
 use crate::recording::client::{dial, mask, RecorderTarget};
-use crate::recording::protocol::Ack;
 use crate::wire::ws;
 
-pub const EVENTS_PATH: &str = "/v1/events";
-pub const EVENTS_SUBPROTOCOL: &str = "kubetape.events.v1";
 /// Events gathered for the writer before fail-open events are dropped.
 const MAX_PENDING_EVENTS: u64 = 8192;
 const MAX_PENDING_BYTES: usize = 8 << 20;

@@ -17,7 +17,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::error::{Context, Result};
-use crate::recording::event::ApiEvent;
+use crate::record::event::ApiEvent;
 
 /// A segment is closed when it reaches this size...
 const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;

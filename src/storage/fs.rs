@@ -15,7 +15,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Context, Result};
-use crate::recording::protocol::{valid_id, SessionMeta, Status};
+use crate::record::protocol::{valid_id, SessionMeta, Status};
 
 pub struct FsStore {
     root: PathBuf,

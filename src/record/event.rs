@@ -16,7 +16,27 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::kube::request_info::RequestInfo;
+
+/// What a request does in Kubernetes terms, as kube-apiserver's `RequestInfoFactory`
+/// derives it (`kube::request_info` derives it here).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq, Serialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct RequestInfo {
+    pub is_resource_request: bool,
+    pub verb: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub api_group: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub api_version: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub resource: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub subresource: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub name: String,
+}
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]

@@ -17,6 +17,10 @@ use serde_json::Value;
 
 pub const PATH: &str = "/v1/sessions";
 pub const SUBPROTOCOL: &str = "kubetape.recording.v1";
+/// API events: one WebSocket per proxy and set of recorders, NDJSON lines with a
+/// sequence number each, acknowledged by count (`recording::events_client`).
+pub const EVENTS_PATH: &str = "/v1/events";
+pub const EVENTS_SUBPROTOCOL: &str = "kubetape.events.v1";
 
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
