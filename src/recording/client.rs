@@ -59,6 +59,31 @@ impl Shared {
         self.progress.notify_all();
     }
 
+    /// Waits until the recorder has durably written everything up to `offset`.
+    /// Fails when the recorder is lost, or acknowledges nothing new for `silence`.
+    fn wait_acked(&self, offset: u64, silence: Duration) -> Result<(), String> {
+        let mut lost = lock(&self.lost);
+        let mut acked = self.acked.load(Ordering::SeqCst);
+        let mut since = Instant::now();
+        while acked < offset {
+            if let Some(why) = lost.as_ref() {
+                return Err(why.clone());
+            }
+            let left = silence.saturating_sub(since.elapsed());
+            if left.is_zero() {
+                return Err(format!("the recorder acknowledged nothing for {}s", silence.as_secs()));
+            }
+            lost = self.progress.wait_timeout(lost, left).unwrap_or_else(|e| e.into_inner()).0;
+            let now = self.acked.load(Ordering::SeqCst);
+            if now > acked {
+                // Progress restarts the silence bound: a slow recorder is not a dead one.
+                acked = now;
+                since = Instant::now();
+            }
+        }
+        Ok(())
+    }
+
     fn set_acked(&self, acked: u64) {
         // Under the `lost` lock, so a waiter cannot miss the wake-up between its check
         // and its wait.
@@ -234,11 +259,10 @@ impl Recording {
                     Out::Lines(bytes) => {
                         // Bound what the recorder holds unacknowledged; a stuck recorder
                         // then fills the queue, and the session's fail mode decides.
-                        while w.sent.load(Ordering::SeqCst).saturating_sub(w.acked.load(Ordering::SeqCst)) > MAX_UNACKED {
-                            if lock(&w.lost).is_some() {
-                                return;
-                            }
-                            thread::sleep(Duration::from_millis(10));
+                        let sent = w.sent.load(Ordering::SeqCst);
+                        if let Err(why) = w.wait_acked(sent.saturating_sub(MAX_UNACKED), SILENT_RECORDER) {
+                            w.set_lost(why);
+                            return;
                         }
                         ws::encode_frame(true, ws::OP_BINARY, mask(), bytes)
                     }
@@ -280,26 +304,7 @@ impl Recording {
     /// Waits until the recorder has durably written everything up to `offset`.
     /// Fails when the recorder is lost, or acknowledges nothing new for `silence`.
     pub fn wait_acked(&self, offset: u64, silence: Duration) -> Result<(), String> {
-        let mut lost = lock(&self.shared.lost);
-        let mut acked = self.shared.acked.load(Ordering::SeqCst);
-        let mut since = Instant::now();
-        while acked < offset {
-            if let Some(why) = lost.as_ref() {
-                return Err(why.clone());
-            }
-            let left = silence.saturating_sub(since.elapsed());
-            if left.is_zero() {
-                return Err(format!("the recorder acknowledged nothing for {}s", silence.as_secs()));
-            }
-            lost = self.shared.progress.wait_timeout(lost, left).unwrap_or_else(|e| e.into_inner()).0;
-            let now = self.shared.acked.load(Ordering::SeqCst);
-            if now > acked {
-                // Progress restarts the silence bound: a slow recorder is not a dead one.
-                acked = now;
-                since = Instant::now();
-            }
-        }
-        Ok(())
+        self.shared.wait_acked(offset, silence)
     }
 
     /// Why the recorder counts as lost, if it does.
@@ -327,9 +332,9 @@ impl Recording {
         if let Some(w) = self.writer.take() {
             let _ = w.join();
         }
-        let deadline = Instant::now() + FINAL_ACK_WAIT;
-        while !lost && self.shared.acked.load(Ordering::SeqCst) < self.shared.sent.load(Ordering::SeqCst) && Instant::now() < deadline && self.lost().is_none() {
-            thread::sleep(Duration::from_millis(20));
+        if !lost {
+            // What is not acknowledged by then is counted as sent, not acked.
+            let _ = self.shared.wait_acked(self.shared.sent.load(Ordering::SeqCst), FINAL_ACK_WAIT);
         }
         let _ = self.socket.shutdown(std::net::Shutdown::Both);
         self.progress()
