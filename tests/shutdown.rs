@@ -2,9 +2,9 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use support::{Demo, Kubectl, OutputExt, Proto};
+use support::{eventually, Demo, Kubectl, OutputExt, Proto};
 
 #[test]
 fn sigterm_lets_open_sessions_finish() {
@@ -15,20 +15,15 @@ fn sigterm_lets_open_sessions_finish() {
         std::thread::spawn(move || k.run_timeout(&["exec", "web-0", "--", "sh", "-c", "sleep 2; echo finished"], None, Duration::from_secs(30)))
     };
     // The session is open once its recording is.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !demo.recordings().iter().any(|(m, _)| m["status"] == "recording") {
-        assert!(Instant::now() < deadline, "the session did not start: {}", demo.logs());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    eventually(Duration::from_secs(20), || {
+        if demo.recordings().iter().any(|(m, _)| m["status"] == "recording") { Ok(()) } else { Err(format!("the session did not start: {}", demo.logs())) }
+    });
     let proxy = demo.pid("proxy");
     // SAFETY: signalling the demo's proxy child by its recorded pid.
     unsafe { libc::kill(proxy, libc::SIGTERM) };
     // Draining: the listener closes, open sessions go on.
     let port = demo.listen_port("proxy");
-    while support::port_alive(port) {
-        assert!(Instant::now() < deadline, "the proxy still accepts after SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    eventually(Duration::from_secs(10), || if support::port_alive(port) { Err("the proxy still accepts after SIGTERM".to_string()) } else { Ok(()) });
     let refused = k.run_timeout(&["get", "pods"], None, Duration::from_secs(20));
     assert!(!refused.status.success(), "new requests are refused while draining: {}", refused.describe());
     let out = session.join().expect("session thread");

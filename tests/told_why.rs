@@ -6,9 +6,9 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use support::{kubectl, Demo, Kubectl, OutputExt, Proto};
+use support::{eventually, kubectl, Demo, Kubectl, OutputExt, Proto};
 
 const VERSIONS: &[&str] = &["1.27", "1.28", "1.29", "1.30", "1.31", "1.32", "1.33"];
 /// The words every message about an unrecordable session carries.
@@ -58,11 +58,10 @@ fn a_stalled_recorder_tells_every_kubectl_why() {
         })
         .collect();
     // Every session is being recorded before the recorder freezes.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while demo.recordings().iter().filter(|(m, _)| m["status"] == "recording").count() < clients.len() {
-        assert!(Instant::now() < deadline, "not every session started: {:#?}", demo.recordings());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    eventually(Duration::from_secs(30), || {
+        let open = demo.recordings().iter().filter(|(m, _)| m["status"] == "recording").count();
+        if open == clients.len() { Ok(()) } else { Err(format!("{open} of {} sessions started: {:#?}", clients.len(), demo.recordings())) }
+    });
     demo.signal("recorder", libc::SIGSTOP);
     let outputs: Vec<_> = running.into_iter().map(|t| t.join().expect("kubectl thread")).collect();
     demo.signal("recorder", libc::SIGCONT);

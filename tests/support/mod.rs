@@ -130,14 +130,9 @@ impl Demo {
 
     /// Waits for a recording whose sidecar satisfies `pred` and is no longer `recording`.
     pub fn wait_recording(&self, pred: impl Fn(&serde_json::Value, &str) -> bool) -> (serde_json::Value, String) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(r) = self.recordings().into_iter().rev().find(|(m, c)| m["status"] != "recording" && pred(m, c)) {
-                return r;
-            }
-            assert!(Instant::now() < deadline, "no matching recording: {:#?}\n{}", self.recordings(), self.logs());
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        eventually(Duration::from_secs(20), || {
+            self.recordings().into_iter().rev().find(|(m, c)| m["status"] != "recording" && pred(m, c)).ok_or_else(|| format!("no matching recording: {:#?}\n{}", self.recordings(), self.logs()))
+        })
     }
 
     /// Sends `signal` to a component the demo started.
@@ -172,11 +167,7 @@ impl Demo {
     pub fn kill(&self, component: &str) {
         self.signal(component, libc::SIGKILL);
         let port = self.listen_port(component);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while port_alive(port) {
-            assert!(Instant::now() < deadline, "{component} still listening on {port} after SIGKILL");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        eventually(Duration::from_secs(10), || if port_alive(port) { Err(format!("{component} still listening on {port} after SIGKILL")) } else { Ok(()) });
     }
 
     /// Starts a component again from its recorded command line (after [`Demo::kill`])
@@ -262,24 +253,15 @@ impl Demo {
             g["enableEvents"] = serde_json::Value::Bool(false);
         }
         std::fs::write(self.path("policy.json"), v.to_string()).expect("writing policy.json");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while reloads() == before {
-            assert!(Instant::now() < deadline, "the proxy did not reload the policy: {}", self.logs());
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        eventually(Duration::from_secs(10), || if reloads() > before { Ok(()) } else { Err(format!("the proxy did not reload the policy: {}", self.logs())) });
     }
 
     pub fn wait_for_pod(&self, name: &str) {
         let k = Kubectl::new(self, "admin.kubeconfig", "1.32", Proto::WebSocket);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
+        eventually(Duration::from_secs(30), || {
             let out = k.run(&["get", "pod", name, "-o", "jsonpath={.status.phase}"]);
-            if out.stdout_str() == "Running" {
-                return;
-            }
-            assert!(Instant::now() < deadline, "pod {name} not running: {}", out.describe());
-            std::thread::sleep(Duration::from_millis(100));
-        }
+            if out.stdout_str() == "Running" { Ok(()) } else { Err(format!("pod {name} not running: {}", out.describe())) }
+        });
     }
 }
 
@@ -384,10 +366,23 @@ pub fn port_alive(port: u16) -> bool {
 
 /// Waits until `host:port` accepts TCP connections.
 pub fn wait_for_port(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nothing listening on {port}");
-        std::thread::sleep(Duration::from_millis(50));
+    eventually(Duration::from_secs(20), || if port_alive(port) { Ok(()) } else { Err(format!("nothing listening on {port}")) });
+}
+
+/// How often [`eventually`] looks again.
+const POLL: Duration = Duration::from_millis(20);
+
+/// Waits for state: calls `check` until it returns `Ok`, and panics with its last
+/// error when `timeout` has passed. Every wait in the tests goes through here, so none
+/// sleeps for a fixed time and hopes.
+pub fn eventually<T>(timeout: Duration, mut check: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check() {
+            Ok(v) => return v,
+            Err(e) if Instant::now() >= deadline => panic!("not within {timeout:?}: {e}"),
+            Err(_) => std::thread::sleep(POLL),
+        }
     }
 }
 
