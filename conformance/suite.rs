@@ -162,24 +162,42 @@ fn setup(admin: Kubectl, fill: bool, id: &str) -> Result<(Fixture, String), Stri
     fx.cluster_objects.push(("clusterrole".into(), role.clone()));
     fx.cluster_objects.push(("clusterrolebinding".into(), role.clone()));
     apply(&admin, &json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "kubetape-proxy", "namespace": ns}}))?;
-    apply(&admin, &json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": role},
-        "rules": [{"apiGroups": [""], "resources": ["users", "groups"], "verbs": ["impersonate"]}]}))?;
-    apply(&admin, &json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": role},
+    apply(
+        &admin,
+        &json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": role},
+        "rules": [{"apiGroups": [""], "resources": ["users", "groups"], "verbs": ["impersonate"]}]}),
+    )?;
+    apply(
+        &admin,
+        &json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": role},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
-        "subjects": [{"kind": "ServiceAccount", "name": "kubetape-proxy", "namespace": ns}]}))?;
+        "subjects": [{"kind": "ServiceAccount", "name": "kubetape-proxy", "namespace": ns}]}),
+    )?;
     // alice may edit in the suite's namespace only.
-    apply(&admin, &json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "alice-edit", "namespace": ns},
+    apply(
+        &admin,
+        &json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "alice-edit", "namespace": ns},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "alice"}]}))?;
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "alice"}]}),
+    )?;
     // `edit` covers ephemeral containers only from Kubernetes 1.23; grant them explicitly.
-    apply(&admin, &json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "debugger", "namespace": ns},
-        "rules": [{"apiGroups": [""], "resources": ["pods/ephemeralcontainers"], "verbs": ["get", "patch", "update"]}]}))?;
-    apply(&admin, &json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "alice-debugger", "namespace": ns},
+    apply(
+        &admin,
+        &json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "debugger", "namespace": ns},
+        "rules": [{"apiGroups": [""], "resources": ["pods/ephemeralcontainers"], "verbs": ["get", "patch", "update"]}]}),
+    )?;
+    apply(
+        &admin,
+        &json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "alice-debugger", "namespace": ns},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "debugger"},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "alice"}]}))?;
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "alice"}]}),
+    )?;
     for (n, pod) in [(&ns, "web-0"), (&other, "elsewhere")] {
-        apply(&admin, &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": pod, "namespace": n},
-            "spec": {"containers": [{"name": "main", "image": "busybox", "command": ["sh", "-c", "while true; do sleep 3600; done"]}]}}))?;
+        apply(
+            &admin,
+            &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": pod, "namespace": n},
+            "spec": {"containers": [{"name": "main", "image": "busybox", "command": ["sh", "-c", "while true; do sleep 3600; done"]}]}}),
+        )?;
     }
     for (n, pod) in [(&ns, "web-0"), (&other, "elsewhere")] {
         let out = admin.run_timeout(&["wait", "--for=condition=Ready", &format!("pod/{pod}"), "-n", n, "--timeout=120s"], None, Duration::from_secs(130));
@@ -225,7 +243,9 @@ fn start_proxy(admin: &Kubectl, token: &str) -> Result<Proxy, String> {
     let rca = Ca::new("kubetape-conformance-recorder-ca").map_err(|e| e.to_string())?;
     let rserving = rca.server("kubetape-recorder", &["127.0.0.1"]).map_err(|e| e.to_string())?;
     let writer = rca.client("kubetape-proxy", &[]).map_err(|e| e.to_string())?;
-    for (f, text) in [("recorder-ca.pem", &rca.cert_pem), ("recorder.pem", &rserving.cert), ("recorder-key.pem", &rserving.key), ("writer.pem", &writer.cert), ("writer-key.pem", &writer.key)] {
+    for (f, text) in
+        [("recorder-ca.pem", &rca.cert_pem), ("recorder.pem", &rserving.cert), ("recorder-key.pem", &rserving.key), ("writer.pem", &writer.cert), ("writer-key.pem", &writer.key)]
+    {
         w(d(f), text)?;
     }
     let rport = free_port();
@@ -239,19 +259,46 @@ fn start_proxy(admin: &Kubectl, token: &str) -> Result<Proxy, String> {
     });
     w(d("policy.json"), &policy.to_string())?;
     let p = |f: &str| d(f).display().to_string();
-    let rargs: Vec<String> = ["recorder", "--listen", &format!("127.0.0.1:{rport}"), "--tls-cert", &p("recorder.pem"), "--tls-key", &p("recorder-key.pem"),
-        "--client-ca", &p("recorder-ca.pem"), "--storage-dir", &p("recordings")]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let rargs: Vec<String> = [
+        "recorder",
+        "--listen",
+        &format!("127.0.0.1:{rport}"),
+        "--tls-cert",
+        &p("recorder.pem"),
+        "--tls-key",
+        &p("recorder-key.pem"),
+        "--client-ca",
+        &p("recorder-ca.pem"),
+        "--storage-dir",
+        &p("recordings"),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     let recorder = Spawned::start(&rargs, &d("recorder.log"));
     wait_for_port(rport);
-    let args: Vec<String> = ["proxy", "--listen", &format!("127.0.0.1:{port}"), "--tls-cert", &p("proxy.pem"), "--tls-key", &p("proxy-key.pem"),
-        "--client-ca", &p("proxy-ca.pem"), "--kubeconfig", &p("upstream.kubeconfig"), "--policy", &p("policy.json"),
-        "--recorder-cert", &p("writer.pem"), "--recorder-key", &p("writer-key.pem")]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let args: Vec<String> = [
+        "proxy",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--tls-cert",
+        &p("proxy.pem"),
+        "--tls-key",
+        &p("proxy-key.pem"),
+        "--client-ca",
+        &p("proxy-ca.pem"),
+        "--kubeconfig",
+        &p("upstream.kubeconfig"),
+        "--policy",
+        &p("policy.json"),
+        "--recorder-cert",
+        &p("writer.pem"),
+        "--recorder-key",
+        &p("writer-key.pem"),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     let child = Spawned::start(&args, &d("proxy.log"));
     wait_for_port(port);
     Ok(Proxy { _proxy: child, recorder: std::sync::Mutex::new(Some(recorder)), dir })
@@ -525,7 +572,11 @@ fn smuggling_never_reaches_the_api_server(c: &Ctx<'_>) -> Result<(), String> {
     let inner = format!("GET /api/v1/namespaces/{}/configmaps/{marker} HTTP/1.1\r\nHost: x\r\nImpersonate-User: carol\r\nImpersonate-Group: system:masters\r\n\r\n", c.other);
     for conn in ["content-length", "keep-alive, Content-Length", "transfer-encoding", "impersonate-user"] {
         let mut k = raw_client(&c.alice)?;
-        let req = format!("POST /api/v1/namespaces/{}/configmaps HTTP/1.1\r\nHost: x\r\nConnection: {conn}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{inner}", c.ns, inner.len());
+        let req = format!(
+            "POST /api/v1/namespaces/{}/configmaps HTTP/1.1\r\nHost: x\r\nConnection: {conn}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{inner}",
+            c.ns,
+            inner.len()
+        );
         k.send(req.as_bytes()).map_err(|e| e.to_string())?;
         match k.response() {
             Some((400, _)) => {}
@@ -630,12 +681,7 @@ fn run(args: &Args) -> (String, Tally) {
             return (table, tally);
         }
     };
-    let kc = |user: &str, proto: Proto| Kubectl {
-        bin: kubectl(KUBECTL),
-        kubeconfig: proxy.dir.0.join(format!("{user}.kubeconfig")),
-        proto,
-        version: KUBECTL.into(),
-    };
+    let kc = |user: &str, proto: Proto| Kubectl { bin: kubectl(KUBECTL), kubeconfig: proxy.dir.0.join(format!("{user}.kubeconfig")), proto, version: KUBECTL.into() };
     // Matrix cases run in the suite's namespace, as alice.
     for proto in [Proto::WebSocket, Proto::Spdy] {
         let alice = kc("alice", proto);
@@ -648,7 +694,17 @@ fn run(args: &Args) -> (String, Tally) {
             row(&mut table, case.name, &proto.to_string(), result, expected_difference(case.name, minor));
         }
     }
-    let ctx = Ctx { proxy: &proxy, audit_log: args.audit_log.clone(), dave: kc("dave", Proto::WebSocket), recordings: proxy.dir.0.join("recordings"), alice: kc("alice", Proto::WebSocket), carol: kc("carol", Proto::WebSocket), ns: fixture.ns.clone(), other: fixture.other.clone(), id };
+    let ctx = Ctx {
+        proxy: &proxy,
+        audit_log: args.audit_log.clone(),
+        dave: kc("dave", Proto::WebSocket),
+        recordings: proxy.dir.0.join("recordings"),
+        alice: kc("alice", Proto::WebSocket),
+        carol: kc("carol", Proto::WebSocket),
+        ns: fixture.ns.clone(),
+        other: fixture.other.clone(),
+        id,
+    };
     for (name, case) in REAL_CASES {
         row(&mut table, name, "-", case(&ctx), None);
     }

@@ -65,8 +65,7 @@ impl Args {
         }
         if let Some(path) = cli.remove("config") {
             let text = std::fs::read_to_string(&path).with_context(|| format!("--config {path}"))?;
-            let doc: serde_json::Map<String, serde_json::Value> =
-                serde_json::from_str(&text).with_context(|| format!("--config {path}: expected a JSON object"))?;
+            let doc: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text).with_context(|| format!("--config {path}: expected a JSON object"))?;
             for (k, v) in doc {
                 if !known(&k) {
                     crate::bail!("--config {path}: unknown key {k:?}");
@@ -119,11 +118,8 @@ impl Args {
 mod tests {
     use super::*;
 
-    const FLAGS: &[Flag] = &[
-        Flag { name: "listen", default: Some("127.0.0.1:1"), help: "" },
-        Flag { name: "mode", default: None, help: "" },
-        Flag { name: "verbose", default: None, help: "" },
-    ];
+    const FLAGS: &[Flag] =
+        &[Flag { name: "listen", default: Some("127.0.0.1:1"), help: "" }, Flag { name: "mode", default: None, help: "" }, Flag { name: "verbose", default: None, help: "" }];
 
     fn argv(a: &[&str]) -> Vec<String> {
         a.iter().map(|s| s.to_string()).collect()

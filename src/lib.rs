@@ -13,7 +13,7 @@ pub mod proxy;
 pub mod record;
 pub mod recorder;
 pub mod recording;
-pub mod storage;
 #[cfg(feature = "sim")]
 pub mod sim;
+pub mod storage;
 pub mod wire;

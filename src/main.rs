@@ -1,5 +1,5 @@
 fn main() {
-    // Both ring and (through rust-s3) aws-lc-rs may be linked: pick one, first.
+    // The process-wide TLS provider, before any TLS is set up (ring, the only one linked).
     let _ = rustls::crypto::ring::default_provider().install_default();
     // Before any thread starts, so sigwait(2) in one thread sees every SIGTERM.
     if let Err(e) = kubetape::net::signal::block_termination() {

@@ -112,10 +112,19 @@ impl Class {
 /// What a case runs, as the API server (Go) reads the request.
 #[derive(Clone, Debug)]
 enum What {
-    Exec { argv: Vec<String>, container: &'static str, tty: bool },
-    Attach { pod: &'static str, container: &'static str },
+    Exec {
+        argv: Vec<String>,
+        container: &'static str,
+        tty: bool,
+    },
+    Attach {
+        pod: &'static str,
+        container: &'static str,
+    },
     /// `pods/portforward` on web-0; `port` is unique to the case.
-    PortForward { port: u16 },
+    PortForward {
+        port: u16,
+    },
     /// Reaches the kubelet where nothing can record it (`run`, `portForward`).
     Unrecordable,
 }
@@ -214,34 +223,109 @@ type WsAttack = (&'static str, &'static str, fn() -> Vec<u8>);
 
 fn spdy_cases() -> Vec<SpdyAttack> {
     vec![
-        ("second SYN_STREAM on stdout's id labelled stdin", |s| { let f = open_std(s); then(f, s.syn_stream(3, &[("streamtype", "stdin")])) }, STD_IDS),
-        ("second SYN_STREAM on stdout's id labelled resize", |s| { let f = open_std(s); then(f, s.syn_stream(3, &[("streamtype", "resize")])) }, STD_IDS),
-        ("second SYN_STREAM on stdout's id labelled error", |s| { let f = open_std(s); then(f, s.syn_stream(3, &[("streamtype", "error")])) }, STD_IDS),
-        ("second SYN_STREAM on stdout's id labelled stdout", |s| { let f = open_std(s); then(f, s.syn_stream(3, &[("streamtype", "stdout")])) }, STD_IDS),
-        ("second SYN_STREAM on stderr's id labelled stdin", |s| { let f = open_std(s); then(f, s.syn_stream(5, &[("streamtype", "stdin")])) }, STD_IDS),
-        ("error stream relabelled stdout", |s| { let f = open_std(s); then(f, s.syn_stream(1, &[("streamtype", "stdout")])) }, STD_IDS),
-        ("error stream relabelled stdin", |s| { let f = open_std(s); then(f, s.syn_stream(1, &[("streamtype", "stdin")])) }, STD_IDS),
-        ("unknown streamtype on a new id", |s| { let f = open_std(s); then(f, s.syn_stream(7, &[("streamtype", "bogus")])) }, STD_IDS),
-        ("unknown streamtype on stdout's id", |s| { let f = open_std(s); then(f, s.syn_stream(3, &[("streamtype", "bogus")])) }, STD_IDS),
-        ("even stream ids", |s| {
-            let mut f = s.syn_stream(2, &[("streamtype", "error")]);
-            f.extend(s.syn_stream(4, &[("streamtype", "stdout")]));
-            f.extend(s.syn_stream(6, &[("streamtype", "stderr")]));
-            f
-        }, [2, 4, 6]),
-        ("decreasing stream id", |s| {
-            let mut f = s.syn_stream(1, &[("streamtype", "error")]);
-            f.extend(s.syn_stream(5, &[("streamtype", "stdout")]));
-            f.extend(s.syn_stream(7, &[("streamtype", "stderr")]));
-            f.extend(s.syn_stream(3, &[("streamtype", "stdin")]));
-            f
-        }, [1, 5, 7]),
-        ("control frame over the tap's limit (1 MiB header block)", |s| {
-            let mut f = s.padded_syn_stream(1, &[("streamtype", "error")], TAP_CONTROL_LIMIT + 64 * 1024);
-            f.extend(s.syn_stream(3, &[("streamtype", "stdout")]));
-            f.extend(s.syn_stream(5, &[("streamtype", "stderr")]));
-            f
-        }, STD_IDS),
+        (
+            "second SYN_STREAM on stdout's id labelled stdin",
+            |s| {
+                let f = open_std(s);
+                then(f, s.syn_stream(3, &[("streamtype", "stdin")]))
+            },
+            STD_IDS,
+        ),
+        (
+            "second SYN_STREAM on stdout's id labelled resize",
+            |s| {
+                let f = open_std(s);
+                then(f, s.syn_stream(3, &[("streamtype", "resize")]))
+            },
+            STD_IDS,
+        ),
+        (
+            "second SYN_STREAM on stdout's id labelled error",
+            |s| {
+                let f = open_std(s);
+                then(f, s.syn_stream(3, &[("streamtype", "error")]))
+            },
+            STD_IDS,
+        ),
+        (
+            "second SYN_STREAM on stdout's id labelled stdout",
+            |s| {
+                let f = open_std(s);
+                then(f, s.syn_stream(3, &[("streamtype", "stdout")]))
+            },
+            STD_IDS,
+        ),
+        (
+            "second SYN_STREAM on stderr's id labelled stdin",
+            |s| {
+                let f = open_std(s);
+                then(f, s.syn_stream(5, &[("streamtype", "stdin")]))
+            },
+            STD_IDS,
+        ),
+        (
+            "error stream relabelled stdout",
+            |s| {
+                let f = open_std(s);
+                then(f, s.syn_stream(1, &[("streamtype", "stdout")]))
+            },
+            STD_IDS,
+        ),
+        (
+            "error stream relabelled stdin",
+            |s| {
+                let f = open_std(s);
+                then(f, s.syn_stream(1, &[("streamtype", "stdin")]))
+            },
+            STD_IDS,
+        ),
+        (
+            "unknown streamtype on a new id",
+            |s| {
+                let f = open_std(s);
+                then(f, s.syn_stream(7, &[("streamtype", "bogus")]))
+            },
+            STD_IDS,
+        ),
+        (
+            "unknown streamtype on stdout's id",
+            |s| {
+                let f = open_std(s);
+                then(f, s.syn_stream(3, &[("streamtype", "bogus")]))
+            },
+            STD_IDS,
+        ),
+        (
+            "even stream ids",
+            |s| {
+                let mut f = s.syn_stream(2, &[("streamtype", "error")]);
+                f.extend(s.syn_stream(4, &[("streamtype", "stdout")]));
+                f.extend(s.syn_stream(6, &[("streamtype", "stderr")]));
+                f
+            },
+            [2, 4, 6],
+        ),
+        (
+            "decreasing stream id",
+            |s| {
+                let mut f = s.syn_stream(1, &[("streamtype", "error")]);
+                f.extend(s.syn_stream(5, &[("streamtype", "stdout")]));
+                f.extend(s.syn_stream(7, &[("streamtype", "stderr")]));
+                f.extend(s.syn_stream(3, &[("streamtype", "stdin")]));
+                f
+            },
+            [1, 5, 7],
+        ),
+        (
+            "control frame over the tap's limit (1 MiB header block)",
+            |s| {
+                let mut f = s.padded_syn_stream(1, &[("streamtype", "error")], TAP_CONTROL_LIMIT + 64 * 1024);
+                f.extend(s.syn_stream(3, &[("streamtype", "stdout")]));
+                f.extend(s.syn_stream(5, &[("streamtype", "stderr")]));
+                f
+            },
+            STD_IDS,
+        ),
     ]
 }
 
@@ -287,9 +371,15 @@ fn cases(user: User, addr: &str) -> Vec<Case> {
         let t = token();
         let script = long_script(&t);
         out.push(Case {
-            class: Class::Spdy, name: name.into(), method: "POST",
+            class: Class::Spdy,
+            name: name.into(),
+            method: "POST",
             target: format!("/api/v1/namespaces/default/pods/web-0/exec?{}", exec_query(&script)),
-            upgrade: SPDY_V4, after: After::Spdy(frames, ids), what: exec_what(&script), token: t, marker: false,
+            upgrade: SPDY_V4,
+            after: After::Spdy(frames, ids),
+            what: exec_what(&script),
+            token: t,
+            marker: false,
         });
     }
     for (name, proto, frames) in ws_cases() {
@@ -297,9 +387,15 @@ fn cases(user: User, addr: &str) -> Vec<Case> {
         let script = long_script(&t);
         let upgrade = if proto == V4 { Upgrade::WebSocket(V4) } else { WS_V5 };
         out.push(Case {
-            class: Class::WebSocket, name: name.into(), method: "GET",
+            class: Class::WebSocket,
+            name: name.into(),
+            method: "GET",
             target: format!("/api/v1/namespaces/default/pods/web-0/exec?{}", exec_query(&script)),
-            upgrade, after: After::Ws(frames), what: exec_what(&script), token: t, marker: false,
+            upgrade,
+            after: After::Ws(frames),
+            what: exec_what(&script),
+            token: t,
+            marker: false,
         });
     }
 
@@ -354,9 +450,15 @@ fn cases(user: User, addr: &str) -> Vec<Case> {
         let t = token();
         let script = marker_script(&t);
         out.push(Case {
-            class: Class::Path, name: format!("exec: {name}"), method: "POST",
+            class: Class::Path,
+            name: format!("exec: {name}"),
+            method: "POST",
             target: format!("{}?{}", path.replace("ADDR", addr), exec_query(&script)),
-            upgrade: SPDY_V4, after: After::Spdy(open_std, STD_IDS), what: exec_what(&script), token: t, marker: true,
+            upgrade: SPDY_V4,
+            after: After::Spdy(open_std, STD_IDS),
+            what: exec_what(&script),
+            token: t,
+            marker: true,
         });
     }
     let ws_paths: &[(&str, &str)] = &[
@@ -369,9 +471,15 @@ fn cases(user: User, addr: &str) -> Vec<Case> {
         let t = token();
         let script = marker_script(&t);
         out.push(Case {
-            class: Class::Path, name: format!("exec over websocket: {name}"), method: "GET",
+            class: Class::Path,
+            name: format!("exec over websocket: {name}"),
+            method: "GET",
             target: format!("{path}?{}", exec_query(&script)),
-            upgrade: WS_V5, after: After::Ws(Vec::new), what: exec_what(&script), token: t, marker: true,
+            upgrade: WS_V5,
+            after: After::Ws(Vec::new),
+            what: exec_what(&script),
+            token: t,
+            marker: true,
         });
     }
     let attach_paths: &[(&str, &str, Upgrade)] = &[
@@ -386,10 +494,15 @@ fn cases(user: User, addr: &str) -> Vec<Case> {
     for (name, path, upgrade) in attach_paths {
         let ws = matches!(upgrade, Upgrade::WebSocket(_));
         out.push(Case {
-            class: Class::Path, name: format!("attach: {name}"), method: if ws { "GET" } else { "POST" },
+            class: Class::Path,
+            name: format!("attach: {name}"),
+            method: if ws { "GET" } else { "POST" },
             target: format!("{path}?container=main&stdout=true&stderr=true"),
-            upgrade: *upgrade, after: if ws { After::Watch(WS_IDS) } else { After::Watch(STD_IDS) },
-            what: What::Attach { pod: "ticker", container: "main" }, token: token(), marker: false,
+            upgrade: *upgrade,
+            after: if ws { After::Watch(WS_IDS) } else { After::Watch(STD_IDS) },
+            what: What::Attach { pod: "ticker", container: "main" },
+            token: token(),
+            marker: false,
         });
     }
     let pf_paths: &[(&str, &str)] = &[
@@ -405,9 +518,15 @@ fn cases(user: User, addr: &str) -> Vec<Case> {
     for (i, (name, path)) in pf_paths.iter().enumerate() {
         let port = 20000 + i as u16 + if user == User::Bob { 500 } else { 0 };
         out.push(Case {
-            class: Class::Path, name: format!("portforward: {name}"), method: "POST",
-            target: format!("{path}?ports={port}"), upgrade: PF, after: After::HangUp,
-            what: What::PortForward { port }, token: token(), marker: false,
+            class: Class::Path,
+            name: format!("portforward: {name}"),
+            method: "POST",
+            target: format!("{path}?ports={port}"),
+            upgrade: PF,
+            after: After::HangUp,
+            what: What::PortForward { port },
+            token: token(),
+            marker: false,
         });
     }
 
@@ -420,21 +539,32 @@ fn cases(user: User, addr: &str) -> Vec<Case> {
         query_cases.push((name, q(&s, &enc(&s)), what(&s), t));
     };
     add("a %zz command between others", &|_, e| format!("command=sh&command=-c&command=%zz&command={e}&container=main&stdout=true&stderr=true"), &|s| exec_what(s));
-    add("a command pair holding ';' (Go drops it)", &|_, e| format!("command=sh&command=-c&command=echo%20decoy;x&command={e}&container=main&stdout=true&stderr=true"), &|s| exec_what(s));
+    add("a command pair holding ';' (Go drops it)", &|_, e| format!("command=sh&command=-c&command=echo%20decoy;x&command={e}&container=main&stdout=true&stderr=true"), &|s| {
+        exec_what(s)
+    });
     add("'-c;' then -c", &|_, e| format!("command=sh&command=-c;&command=-c&command={e}&container=main&stdout=true&stderr=true"), &|s| exec_what(s));
     add("';' as a separator after the script", &|_, e| format!("command=sh&command=-c&command={e}&x=1;command=rm&container=main&stdout=true&stderr=true"), &|s| exec_what(s));
     add("a command ending in a bare %", &|_, e| format!("command=sh&command=-c&command=decoy%&command={e}&container=main&stdout=true&stderr=true"), &|s| exec_what(s));
     add("container=%zz before container=main", &|_, e| format!("command=sh&command=-c&command={e}&container=%zz&container=main&stdout=true&stderr=true"), &|s| exec_what(s));
     add("'+' for spaces", &|s, _| format!("command=sh&command=-c&command={}&container=main&stdout=true&stderr=true", enc(s).replace("%20", "+")), &|s| exec_what(s));
-    add("%2B is a literal plus", &|s, _| format!("command=sh&command=-c&command={}%3B%20echo%20a%2Bb&container=main&stdout=true&stderr=true", enc(s)), &|s| exec_what(&format!("{s}; echo a+b")));
+    add("%2B is a literal plus", &|s, _| format!("command=sh&command=-c&command={}%3B%20echo%20a%2Bb&container=main&stdout=true&stderr=true", enc(s)), &|s| {
+        exec_what(&format!("{s}; echo a+b"))
+    });
     add("encoded key %63ommand", &|_, e| format!("%63ommand=sh&%63ommand=-c&%63ommand={e}&container=main&stdout=true&stderr=true"), &|s| exec_what(s));
     add("a key with a bad escape", &|_, e| format!("command=sh&command=-c&comm%zzand=rm&command={e}&container=main&stdout=true&stderr=true"), &|s| exec_what(s));
     add("tty=false then tty=true", &|_, e| format!("command=sh&command=-c&command={e}&container=main&stdout=true&stderr=true&tty=false&tty=true"), &|s| exec_what(s));
     add("empty pairs", &|_, e| format!("&command=sh&&command=-c&&command={e}&&container=main&stdout=true&stderr=true&"), &|s| exec_what(s));
     for (name, q, what, t) in query_cases {
         out.push(Case {
-            class: Class::Query, name: name.into(), method: "POST", target: format!("{base}?{q}"),
-            upgrade: SPDY_V4, after: After::Spdy(open_std, STD_IDS), what, token: t, marker: true,
+            class: Class::Query,
+            name: name.into(),
+            method: "POST",
+            target: format!("{base}?{q}"),
+            upgrade: SPDY_V4,
+            after: After::Spdy(open_std, STD_IDS),
+            what,
+            token: t,
+            marker: true,
         });
     }
 
@@ -459,24 +589,41 @@ fn cases(user: User, addr: &str) -> Vec<Case> {
         let s = marker_script(&t);
         let ws = matches!(upgrade, Upgrade::WebSocket(_));
         out.push(Case {
-            class: Class::NodeProxy, name: name.to_string(), method: if ws { "GET" } else { "POST" },
+            class: Class::NodeProxy,
+            name: name.to_string(),
+            method: if ws { "GET" } else { "POST" },
             target: format!("{}?{}", path.replace("NODE", NODE), kubelet_query(&s)),
-            upgrade: *upgrade, after: if ws { After::Ws(Vec::new) } else { After::Spdy(open_std, STD_IDS) },
-            what: exec_what(&s), token: t, marker: true,
+            upgrade: *upgrade,
+            after: if ws { After::Ws(Vec::new) } else { After::Spdy(open_std, STD_IDS) },
+            what: exec_what(&s),
+            token: t,
+            marker: true,
         });
     }
     for (name, path) in [("run", "/api/v1/nodes/NODE/proxy/run/default/web-0/main"), ("%72un", "/api/v1/nodes/NODE/proxy/%72un/default/web-0/main")] {
         let t = token();
         out.push(Case {
-            class: Class::NodeProxy, name: name.into(), method: "POST",
+            class: Class::NodeProxy,
+            name: name.into(),
+            method: "POST",
             target: format!("{}?cmd=touch%20{t}", path.replace("NODE", NODE)),
-            upgrade: Upgrade::None, after: After::HangUp, what: What::Unrecordable, token: t, marker: true,
+            upgrade: Upgrade::None,
+            after: After::HangUp,
+            what: What::Unrecordable,
+            token: t,
+            marker: true,
         });
     }
     out.push(Case {
-        class: Class::NodeProxy, name: "attach".into(), method: "POST",
+        class: Class::NodeProxy,
+        name: "attach".into(),
+        method: "POST",
         target: format!("/api/v1/nodes/{NODE}/proxy/attach/default/ticker/main?output=1&error=1"),
-        upgrade: SPDY_V4, after: After::Watch(STD_IDS), what: What::Attach { pod: "ticker", container: "main" }, token: token(), marker: false,
+        upgrade: SPDY_V4,
+        after: After::Watch(STD_IDS),
+        what: What::Attach { pod: "ticker", container: "main" },
+        token: token(),
+        marker: false,
     });
     for (name, path) in [
         ("portForward", "/api/v1/nodes/NODE/proxy/portForward/default/web-0"),
@@ -485,9 +632,15 @@ fn cases(user: User, addr: &str) -> Vec<Case> {
         ("portForward with a pod uid", "/api/v1/nodes/NODE/proxy/portForward/default/web-0/0000-uid"),
     ] {
         out.push(Case {
-            class: Class::NodeProxy, name: name.into(), method: "POST",
+            class: Class::NodeProxy,
+            name: name.into(),
+            method: "POST",
             target: format!("{}?port=8080", path.replace("NODE", NODE)),
-            upgrade: PF, after: After::HangUp, what: What::Unrecordable, token: token(), marker: false,
+            upgrade: PF,
+            after: After::HangUp,
+            what: What::Unrecordable,
+            token: token(),
+            marker: false,
         });
     }
     out
@@ -509,11 +662,7 @@ fn recording_ids(demo: &Demo, user: User) -> (BTreeSet<String>, bool) {
 fn new_recordings(demo: &Demo, user: User, before: &BTreeSet<String>) -> Vec<(Value, String)> {
     let started = Instant::now();
     loop {
-        let fresh: Vec<(Value, String)> = demo
-            .recordings()
-            .into_iter()
-            .filter(|(m, _)| user_of(m) == user.name() && !before.contains(m["id"].as_str().unwrap_or("")))
-            .collect();
+        let fresh: Vec<(Value, String)> = demo.recordings().into_iter().filter(|(m, _)| user_of(m) == user.name() && !before.contains(m["id"].as_str().unwrap_or(""))).collect();
         let busy = fresh.iter().any(|(m, _)| m["status"] == "recording");
         let waited = started.elapsed();
         if (!fresh.is_empty() && !busy) || waited > RECORDING_SETTLE || (fresh.is_empty() && waited > RECORDING_GRACE) {
@@ -619,7 +768,13 @@ fn describe_recording(rec: &Option<(Value, String)>) -> String {
             let err = asciicast::recover_stream(cast, asciicast::STDERR).unwrap_or_default();
             format!(
                 "recording {} status={} reason={} exitCode={} command={} stdout {} stderr {}",
-                m["id"].as_str().unwrap_or(""), m["status"], m["reason"], m["exitCode"], m["session"]["command"], preview(&out), preview(&err)
+                m["id"].as_str().unwrap_or(""),
+                m["status"],
+                m["reason"],
+                m["exitCode"],
+                m["session"]["command"],
+                preview(&out),
+                preview(&err)
             )
         }
     }
@@ -647,7 +802,12 @@ fn judge(case: &Case, obs: &Observed) -> Verdict {
         What::PortForward { .. } => {
             return match &obs.event {
                 None => Verdict::Failed("port-forward switched protocols and no API event names it".into()),
-                Some(e) if (e["resource"].as_str(), e["subresource"].as_str(), e["namespace"].as_str(), e["name"].as_str()) == (Some("pods"), Some("portforward"), Some("default"), Some("web-0")) => Verdict::Recorded,
+                Some(e)
+                    if (e["resource"].as_str(), e["subresource"].as_str(), e["namespace"].as_str(), e["name"].as_str())
+                        == (Some("pods"), Some("portforward"), Some("default"), Some("web-0")) =>
+                {
+                    Verdict::Recorded
+                }
                 Some(e) => Verdict::Failed(format!(
                     "port-forward ran, but its API event says resource={} subresource={} namespace={} name={}",
                     e["resource"], e["subresource"], e["namespace"], e["name"]
@@ -662,11 +822,13 @@ fn judge(case: &Case, obs: &Observed) -> Verdict {
     // Every command here exits 0 when it runs to its end; another status (a kubelet
     // killing the process, kubetape's own goodbye) means the session was ended.
     let completed = exit == Some(0);
-    let stray: Vec<String> = got.data.iter().filter(|(id, d)| ![error_id, out_id, err_id].contains(id) && !d.is_empty()).map(|(id, d)| format!("stream {id}: {}", preview(d))).collect();
+    let stray: Vec<String> =
+        got.data.iter().filter(|(id, d)| ![error_id, out_id, err_id].contains(id) && !d.is_empty()).map(|(id, d)| format!("stream {id}: {}", preview(d))).collect();
     let client = format!("client: stdout {} stderr {} exit {exit:?}{}", preview(&out), preview(&err), if stray.is_empty() { String::new() } else { format!(" other {stray:?}") });
-    let recorded = obs.recording.as_ref().map(|(m, cast)| {
-        (m, asciicast::recover_stream(cast, asciicast::STDOUT).unwrap_or_default(), asciicast::recover_stream(cast, asciicast::STDERR).unwrap_or_default())
-    });
+    let recorded = obs
+        .recording
+        .as_ref()
+        .map(|(m, cast)| (m, asciicast::recover_stream(cast, asciicast::STDOUT).unwrap_or_default(), asciicast::recover_stream(cast, asciicast::STDERR).unwrap_or_default()));
     let fail = |why: &str| Verdict::Failed(format!("{why}; {client}; {} ({} new)", describe_recording(&obs.recording), obs.recordings_new));
 
     let ended_at = got.closed.zip(obs.violation_at).map(|(c, v)| c.saturating_duration_since(v));
@@ -775,10 +937,15 @@ fn no_session_runs_unrecorded_whatever_the_client_sends() {
     demo.wait_for_pod("ticker");
 
     let outcomes: Vec<Outcome> = std::thread::scope(|s| {
-        let runs: Vec<_> = [User::Alice, User::Bob].into_iter().map(|u| s.spawn({
-            let demo = &demo;
-            move || run_all(demo, u)
-        })).collect();
+        let runs: Vec<_> = [User::Alice, User::Bob]
+            .into_iter()
+            .map(|u| {
+                s.spawn({
+                    let demo = &demo;
+                    move || run_all(demo, u)
+                })
+            })
+            .collect();
         runs.into_iter().flat_map(|r| r.join().expect("a case runner panicked")).collect()
     });
 
@@ -828,8 +995,15 @@ fn no_session_runs_unrecorded_whatever_the_client_sends() {
 fn judge_table() {
     let status = |code: i32| serde_json::to_vec(&channel::exit_status(code, &[])).unwrap();
     let exec = |class: Class| Case {
-        class, name: "t".into(), method: "POST", target: String::new(), upgrade: SPDY_V4,
-        after: After::Spdy(open_std, STD_IDS), what: What::Exec { argv: argv("x"), container: "main", tty: false }, token: "tok".into(), marker: true,
+        class,
+        name: "t".into(),
+        method: "POST",
+        target: String::new(),
+        upgrade: SPDY_V4,
+        after: After::Spdy(open_std, STD_IDS),
+        what: What::Exec { argv: argv("x"), container: "main", tty: false },
+        token: "tok".into(),
+        marker: true,
     };
     let got = |out: &[u8], exit: Option<i32>, closed: bool| {
         let mut r = Received::default();
@@ -847,7 +1021,15 @@ fn judge_table() {
         (meta, cast)
     };
     let obs = |status: u16, got: Option<Received>, ran: bool, recording: Option<(Value, String)>| Observed {
-        status, body: String::new(), error: None, got, violation_at: Some(Instant::now() - Duration::from_millis(10)), ran, recording, recordings_new: 0, event: None,
+        status,
+        body: String::new(),
+        error: None,
+        got,
+        violation_at: Some(Instant::now() - Duration::from_millis(10)),
+        ran,
+        recording,
+        recordings_new: 0,
+        event: None,
     };
     let failed = |v: Verdict| matches!(v, Verdict::Failed(_));
     assert_eq!(judge(&exec(Class::Path), &obs(404, None, false, None)), Verdict::Refused);

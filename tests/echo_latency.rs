@@ -22,7 +22,8 @@ const DEFAULT_SAMPLES: usize = 40;
 const ROUND_TRIP_LIMIT: Duration = Duration::from_secs(10);
 
 fn open(demo: &Demo, kubeconfig: &str, marker: &str) -> Box<Session> {
-    let target = format!("/api/v1/namespaces/default/pods/web-0/exec?command=sh&command=-c&command=stty+raw+-echo+%26%26+printf+R+%26%26+cat+%23+{marker}&stdin=true&stdout=true&tty=true");
+    let target =
+        format!("/api/v1/namespaces/default/pods/web-0/exec?command=sh&command=-c&command=stty+raw+-echo+%26%26+printf+R+%26%26+cat+%23+{marker}&stdin=true&stdout=true&tty=true");
     match streams::send(&demo.proxy_addr(), &demo.path(kubeconfig), "GET", &target, Upgrade::WebSocket("v5.channel.k8s.io")) {
         Ok(Answer::Switched(s)) => s,
         Ok(Answer::Response { status, body }) => panic!("{kubeconfig}: exec answered {status}: {body}"),
@@ -74,12 +75,6 @@ fn typing_through_fail_open_and_fail_closed_sessions() {
     for ((mode, _), t) in users.iter().zip(&mut times) {
         t.sort();
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-        println!(
-            "echo latency: {mode} n={} p50={:.2}ms p99={:.2}ms max={:.2}ms",
-            t.len(),
-            ms(percentile(t, 0.5)),
-            ms(percentile(t, 0.99)),
-            ms(*t.last().expect("samples"))
-        );
+        println!("echo latency: {mode} n={} p50={:.2}ms p99={:.2}ms max={:.2}ms", t.len(), ms(percentile(t, 0.5)), ms(percentile(t, 0.99)), ms(*t.last().expect("samples")));
     }
 }

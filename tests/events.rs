@@ -36,7 +36,9 @@ fn kubectl_commands_yield_the_right_verbs_and_resources() {
         let since = kubetape::wire::time::now_rfc3339_millis();
         let k = Kubectl::new(&demo, "kubeconfig", "1.32", proto);
         let pod = format!("ev-{}", kubetape::net::random::hex(4));
-        let yaml = format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: {pod}\nspec:\n  containers:\n  - name: main\n    image: busybox\n    command: [\"sh\", \"-c\", \"echo hi; sleep 30\"]\n");
+        let yaml = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {pod}\nspec:\n  containers:\n  - name: main\n    image: busybox\n    command: [\"sh\", \"-c\", \"echo hi; sleep 30\"]\n"
+        );
         let ok = |out: std::process::Output| assert!(out.status.success(), "{}", out.describe());
         ok(k.run(&["get", "pods"]));
         ok(k.run(&["get", "pod", "web-0"]));
@@ -51,8 +53,15 @@ fn kubectl_commands_yield_the_right_verbs_and_resources() {
         ok(k.run(&["delete", "pod", &pod]));
         let exec_verb = if proto == Proto::WebSocket { "get" } else { "create" };
         let want = [
-            ("list", "pods"), ("get", "pods"), ("create", "pods"), ("patch", "pods"), ("watch", "pods"),
-            ("get", "pods/log"), (exec_verb, "pods/exec"), ("create", "selfsubjectaccessreviews"), ("delete", "pods"),
+            ("list", "pods"),
+            ("get", "pods"),
+            ("create", "pods"),
+            ("patch", "pods"),
+            ("watch", "pods"),
+            ("get", "pods/log"),
+            (exec_verb, "pods/exec"),
+            ("create", "selfsubjectaccessreviews"),
+            ("delete", "pods"),
             // kubectl 1.32 tries WebSocket first (GET, answered 400 by the sim), then SPDY (POST).
             ("create", "pods/portforward"),
         ];
@@ -139,7 +148,8 @@ fn request_bodies_are_kept_only_where_the_policy_says_and_never_for_secrets() {
     // send the request as a client would, the policy applies all the same.
     let secret = r#"{"apiVersion":"v1","kind":"Secret","metadata":{"name":"hidden"},"stringData":{"password":"never-kept"}}"#;
     let mut c = RawClient::connect(&demo.proxy_addr(), &demo.path("kubeconfig"), true);
-    c.send(format!("POST /api/v1/namespaces/default/secrets HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{secret}", secret.len()).as_bytes()).unwrap();
+    c.send(format!("POST /api/v1/namespaces/default/secrets HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{secret}", secret.len()).as_bytes())
+        .unwrap();
     let _ = c.response();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

@@ -250,10 +250,7 @@ impl Flood {
             .enumerate()
             .map(|(index, slots)| {
                 let (stop, shared, tls) = (stop.clone(), shared.clone(), tls.clone());
-                std::thread::Builder::new()
-                    .name(format!("flood-{name}-{index}"))
-                    .spawn(move || work(kind, target, tls, slots, index, stop, shared))
-                    .expect("flood thread")
+                std::thread::Builder::new().name(format!("flood-{name}-{index}")).spawn(move || work(kind, target, tls, slots, index, stop, shared)).expect("flood thread")
             })
             .collect();
         Flood { name: name.to_string(), started: now, stop, shared, workers }
@@ -523,7 +520,8 @@ fn recorder_default_limits_certless_flood_past_max_connections_leaves_room_for_t
     let started = Instant::now();
     let demo = Demo::start();
     let count = DEFAULT_MAX_CONNECTIONS + 76;
-    let flood = Flood::start("certless-1100", Kind::CertlessIdle, addr(&demo, "recorder"), count, &sources(Ipv4Addr::new(127, 0, 7, 1), 40), Some(certless(&demo, "recorder-ca.pem")));
+    let flood =
+        Flood::start("certless-1100", Kind::CertlessIdle, addr(&demo, "recorder"), count, &sources(Ipv4Addr::new(127, 0, 7, 1), 40), Some(certless(&demo, "recorder-ca.pem")));
     flood.wait_filled(count);
     let mut failures: Vec<String> = flood.check_held(DEFAULT_MAX_UNAUTHENTICATED, Some(MAX_UNAUTHENTICATED_PER_SOURCE)).into_iter().collect();
     failures.extend(callers_get_through(&demo, test, true));

@@ -167,11 +167,7 @@ fn chunked(data: &[u8]) -> Vec<u8> {
 /// The request hidden in bodies: a SelfSubjectReview as mallory in system:masters.
 fn smuggled() -> Vec<u8> {
     let cl = format!("Content-Length: {}", SSR_BODY.len());
-    msg(
-        &format!("POST {SSR} HTTP/1.1"),
-        &["Host: kubernetes", "Impersonate-User: mallory", "Impersonate-Group: system:masters", "Content-Type: application/json", &cl],
-        SSR_BODY,
-    )
+    msg(&format!("POST {SSR} HTTP/1.1"), &["Host: kubernetes", "Impersonate-User: mallory", "Impersonate-Group: system:masters", "Content-Type: application/json", &cl], SSR_BODY)
 }
 
 /// A GET whose head is exactly `total` bytes, padded over `pad_lines` header lines.
@@ -251,12 +247,7 @@ fn corpus() -> Vec<Shape> {
         vec![meant("POST", CM, &s)],
     )
     .smuggle();
-    c.ok(
-        "Connection names transfer-encoding (Content-Length body)",
-        post_cl(&["Connection: transfer-encoding"], &s),
-        vec![meant("POST", CM, &s)],
-    )
-    .smuggle();
+    c.ok("Connection names transfer-encoding (Content-Length body)", post_cl(&["Connection: transfer-encoding"], &s), vec![meant("POST", CM, &s)]).smuggle();
     let cl = format!("Content-Length: {}", s.len());
     c.ok(
         "Connection names content-length (on GET)",
@@ -271,16 +262,14 @@ fn corpus() -> Vec<Shape> {
     )
     .smuggle();
     let inner_get = msg(&format!("GET {PODS} HTTP/1.1"), &["Host: kubernetes", "Impersonate-User: mallory", "Impersonate-Group: system:masters"], b"");
-    c.ok("Connection names content-length (body is a GET as mallory)", post_cl(&["Connection: content-length"], &inner_get), vec![meant("POST", CM, &inner_get)])
-        .smuggle();
+    c.ok("Connection names content-length (body is a GET as mallory)", post_cl(&["Connection: content-length"], &inner_get), vec![meant("POST", CM, &inner_get)]).smuggle();
 
     // Content-Length and Transfer-Encoding together (RFC 9112 6.3: chunked wins, or refuse).
     let ch = chunked(&s);
     let ch_len = format!("Content-Length: {}", ch.len());
     c.ok("Content-Length then chunked", post_raw(&[&ch_len, "Transfer-Encoding: chunked"], &ch), vec![meant("POST", CM, &s)]).smuggle();
     c.ok("chunked then Content-Length", post_raw(&["Transfer-Encoding: chunked", &ch_len], &ch), vec![meant("POST", CM, &s)]).smuggle();
-    c.ok("Content-Length shorter than the chunked body", post_raw(&["Content-Length: 4", "Transfer-Encoding: chunked"], &ch), vec![meant("POST", CM, &s)])
-        .smuggle();
+    c.ok("Content-Length shorter than the chunked body", post_raw(&["Content-Length: 4", "Transfer-Encoding: chunked"], &ch), vec![meant("POST", CM, &s)]).smuggle();
     c.ok("Content-Length 0 and chunked", post_raw(&["Content-Length: 0", "Transfer-Encoding: chunked"], &ch), vec![meant("POST", CM, &s)]).smuggle();
     c.ok("chunked and Content-Length abc", post_raw(&["Transfer-Encoding: chunked", "Content-Length: abc"], &ch), vec![meant("POST", CM, &s)]).smuggle();
     c.bad("Content-Length and Transfer-Encoding identity", post_raw(&[&ch_len, "Transfer-Encoding: identity"], &ch)).smuggle();
@@ -367,11 +356,7 @@ fn corpus() -> Vec<Shape> {
     c.bad_with("Transfer-Encoding with a space before the colon", post_raw(&["Transfer-Encoding : chunked"], &chunked(HELLO)), 400);
     let raw_chunked = chunked(HELLO);
     c.ok("Transfer_Encoding (underscore) beside Content-Length", post_cl(&["Transfer_Encoding: chunked"], &raw_chunked), vec![meant("POST", CM, &raw_chunked)]);
-    c.ok(
-        "Transfer-Encoding on GET",
-        msg(&format!("GET {PODS} HTTP/1.1"), &["Host: kubernetes", "Transfer-Encoding: chunked"], &chunked(HELLO)),
-        vec![meant("GET", PODS, HELLO)],
-    );
+    c.ok("Transfer-Encoding on GET", msg(&format!("GET {PODS} HTTP/1.1"), &["Host: kubernetes", "Transfer-Encoding: chunked"], &chunked(HELLO)), vec![meant("GET", PODS, HELLO)]);
 
     // Chunk sizes, extensions, line endings and trailers.
     let chunk_ok: &[(&str, &[u8], &[u8])] = &[
@@ -459,8 +444,7 @@ fn corpus() -> Vec<Shape> {
     for (name, bytes) in lf_heads {
         c.bad_with(name, bytes, 400);
     }
-    c.bad_with("bare LF hiding Impersonate-User", format!("{g}\r\nHost: kubernetes\r\nX-A: b\nImpersonate-User: mallory\r\n\r\n").into_bytes(), 400)
-        .smuggle();
+    c.bad_with("bare LF hiding Impersonate-User", format!("{g}\r\nHost: kubernetes\r\nX-A: b\nImpersonate-User: mallory\r\n\r\n").into_bytes(), 400).smuggle();
     c.bad_with(
         "bare LF blank line before identity headers",
         format!("{g}\r\nHost: kubernetes\r\n\nImpersonate-User: mallory\r\nImpersonate-Group: system:masters\r\n\r\n").into_bytes(),
@@ -502,12 +486,7 @@ fn corpus() -> Vec<Shape> {
     c.bad("obs-fold continuing Content-Length", post_raw(&["Content-Length: 1", " 0"], b"0123456789"));
     c.bad("obs-fold continuing Transfer-Encoding", post_raw(&["Transfer-Encoding: chunked", " , identity"], &chunked(HELLO)));
     c.ok("obs-fold continuing Connection with content-length", post_cl(&["Connection: keep-alive", " content-length"], &s), vec![meant("POST", CM, &s)]).smuggle();
-    c.ok(
-        "whitespace before the first header",
-        format!("{g}\r\n Impersonate-User: mallory\r\nHost: kubernetes\r\n\r\n").into_bytes(),
-        vec![meant("GET", PODS, b"")],
-    )
-    .smuggle();
+    c.ok("whitespace before the first header", format!("{g}\r\n Impersonate-User: mallory\r\nHost: kubernetes\r\n\r\n").into_bytes(), vec![meant("GET", PODS, b"")]).smuggle();
     c.bad_with("space before a colon", get(&["X-A : b"]), 400);
     c.bad_with("space before the colon of Impersonate-User", get(&["Impersonate-User : mallory"]), 400).smuggle();
     c.bad_with("space before the colon of Content-Length", post_raw(&["Content-Length : 5"], HELLO), 400);
@@ -571,7 +550,9 @@ fn corpus() -> Vec<Shape> {
     c.ok("HTTP/1.0", format!("GET {PODS} HTTP/1.0\r\n\r\n").into_bytes(), vec![meant("GET", PODS, b"")]);
     c.ok("HTTP/1.0 with Host and keep-alive", msg(&format!("GET {PODS} HTTP/1.0"), &["Host: kubernetes", "Connection: keep-alive"], b""), vec![meant("GET", PODS, b"")]);
     c.ok("HTTP/1.2", get_line(&format!("GET {PODS} HTTP/1.2")), vec![meant("GET", PODS, b"")]);
-    for (name, version) in [("HTTP/1.10", "HTTP/1.10"), ("lower-case http/1.1", "http/1.1"), ("HTTP/1", "HTTP/1"), ("HTTP/0.9 version", "HTTP/0.9"), ("HTTP/2.0 request line", "HTTP/2.0")] {
+    for (name, version) in
+        [("HTTP/1.10", "HTTP/1.10"), ("lower-case http/1.1", "http/1.1"), ("HTTP/1", "HTTP/1"), ("HTTP/0.9 version", "HTTP/0.9"), ("HTTP/2.0 request line", "HTTP/2.0")]
+    {
         c.bad(name, get_line(&format!("GET {PODS} {version}")));
     }
     c.bad("HTTP/0.9 request without a version", format!("GET {PODS}\r\n\r\n").into_bytes());
@@ -597,18 +578,12 @@ fn corpus() -> Vec<Shape> {
     c.ok("two pipelined GETs", cat(&[&get(&[]), &get(&[])]), vec![meant("GET", PODS, b""); 2]);
     c.ok("pipelined GET carrying Impersonate-User", cat(&[&get(&[]), &with_id]), vec![meant("GET", PODS, b""); 2]).smuggle();
     c.ok("pipelined GET carrying Impersonate-Group and X-Remote-User", cat(&[&get(&[]), &with_groups]), vec![meant("GET", PODS, b""); 2]).smuggle();
-    c.ok("POST, then a GET carrying identity headers", cat(&[&post_cl(&[], HELLO), &with_id]), vec![meant("POST", CM, HELLO), meant("GET", PODS, b"")])
-        .smuggle();
+    c.ok("POST, then a GET carrying identity headers", cat(&[&post_cl(&[], HELLO), &with_id]), vec![meant("POST", CM, HELLO), meant("GET", PODS, b"")]).smuggle();
     c.ok("chunked POST, then a GET carrying identity headers", cat(&[&post_te(&[], &chunked(HELLO)), &with_groups]), vec![meant("POST", CM, HELLO), meant("GET", PODS, b"")])
         .smuggle();
-    c.ok("Content-Length 0, then the smuggled request", cat(&[&post_raw(&["Content-Length: 0"], b""), &s]), vec![meant("POST", CM, b""), meant("POST", SSR, SSR_BODY)])
+    c.ok("Content-Length 0, then the smuggled request", cat(&[&post_raw(&["Content-Length: 0"], b""), &s]), vec![meant("POST", CM, b""), meant("POST", SSR, SSR_BODY)]).smuggle();
+    c.ok("GET, then a Connection: content-length smuggle", cat(&[&get(&[]), &post_cl(&["Connection: content-length"], &s)]), vec![meant("GET", PODS, b""), meant("POST", CM, &s)])
         .smuggle();
-    c.ok(
-        "GET, then a Connection: content-length smuggle",
-        cat(&[&get(&[]), &post_cl(&["Connection: content-length"], &s)]),
-        vec![meant("GET", PODS, b""), meant("POST", CM, &s)],
-    )
-    .smuggle();
     c.push("Connection: close, then a second request", cat(&[&get(&["Connection: close"]), &with_id]), vec![meant("GET", PODS, b"")], Tail::Ignored).smuggle();
     c.push(
         "HTTP/1.0 without keep-alive, then a second request",
@@ -631,21 +606,24 @@ fn corpus() -> Vec<Shape> {
         Tail::Invalid(Some(400)),
     )
     .smuggle();
-    c.push(
-        "GET, then a request with a space before a colon",
-        cat(&[&get(&[]), &get(&["Impersonate-User : mallory"])]),
-        vec![meant("GET", PODS, b"")],
-        Tail::Invalid(Some(400)),
-    )
-    .smuggle();
+    c.push("GET, then a request with a space before a colon", cat(&[&get(&[]), &get(&["Impersonate-User : mallory"])]), vec![meant("GET", PODS, b"")], Tail::Invalid(Some(400)))
+        .smuggle();
 
     // Bodies that hold requests, and bodies on methods that rarely have them.
     c.ok("body holds a full request as mallory", post_cl(&[], &s), vec![meant("POST", CM, &s)]).smuggle();
     c.ok("GET whose body holds a full request", msg(&format!("GET {PODS} HTTP/1.1"), &["Host: kubernetes", &cl], &s), vec![meant("GET", PODS, &s)]).smuggle();
     c.ok("GET with a Content-Length body", msg(&format!("GET {PODS} HTTP/1.1"), &["Host: kubernetes", "Content-Length: 5"], HELLO), vec![meant("GET", PODS, HELLO)]);
     c.ok("HEAD with a Content-Length body", msg(&format!("HEAD {PODS} HTTP/1.1"), &["Host: kubernetes", "Content-Length: 5"], HELLO), vec![meant("HEAD", PODS, HELLO)]);
-    c.ok("DELETE with a Content-Length body", msg(&format!("DELETE {CM}/x HTTP/1.1"), &["Host: kubernetes", "Content-Length: 5"], HELLO), vec![meant("DELETE", &format!("{CM}/x"), HELLO)]);
-    c.ok("OPTIONS with a chunked body", msg(&format!("OPTIONS {PODS} HTTP/1.1"), &["Host: kubernetes", "Transfer-Encoding: chunked"], &chunked(HELLO)), vec![meant("OPTIONS", PODS, HELLO)]);
+    c.ok(
+        "DELETE with a Content-Length body",
+        msg(&format!("DELETE {CM}/x HTTP/1.1"), &["Host: kubernetes", "Content-Length: 5"], HELLO),
+        vec![meant("DELETE", &format!("{CM}/x"), HELLO)],
+    );
+    c.ok(
+        "OPTIONS with a chunked body",
+        msg(&format!("OPTIONS {PODS} HTTP/1.1"), &["Host: kubernetes", "Transfer-Encoding: chunked"], &chunked(HELLO)),
+        vec![meant("OPTIONS", PODS, HELLO)],
+    );
 
     // Limits (each head sent in one write).
     c.ok("head of 64 KiB minus one byte", padded_head(PROXY_MAX_HEAD - 1, 1), vec![meant("GET", PODS, b"")]);
@@ -764,7 +742,10 @@ fn run(front: &FrontProxy, demo: &Demo, capture: &Capture, who: &Who, shape: &Sh
 
 enum Verdict {
     /// Refused with `status` after `after` requests were delivered exactly.
-    Refused { after: usize, status: u16 },
+    Refused {
+        after: usize,
+        status: u16,
+    },
     Exact,
     Failed(String),
 }
@@ -1013,8 +994,7 @@ fn capture_parser_follows_go_rules() {
     assert_eq!(head.headers[1], ("X-A".to_string(), b"b c d".to_vec()));
     assert_eq!(head.headers[2].0, "Impersonate_user");
     // Trailers are kept apart from the header.
-    let (head, body, trailers) =
-        go_parse(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nImpersonate-User: mallory\r\n\r\n").unwrap();
+    let (head, body, trailers) = go_parse(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nImpersonate-User: mallory\r\n\r\n").unwrap();
     assert_eq!((body.as_slice(), trailers[0].0.as_str()), (&b"hello"[..], "Impersonate-User"));
     assert!(head.headers.iter().all(|(k, _)| k != "Impersonate-User"));
     // Connection semantics (shouldClose) and Expect.
@@ -1034,10 +1014,7 @@ fn capture_parser_follows_go_rules() {
 
     // Every strict prefix of a valid pipelined stream is "need more", never an error,
     // and the whole stream parses to the same requests however it is split.
-    let stream = cat(&[
-        b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5;e=1\r\nhello\r\n0\r\nT: 1\r\n\r\n",
-        b"GET /b HTTP/1.1\nHost: x\nX: y\n z\n\n",
-    ]);
+    let stream = cat(&[b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5;e=1\r\nhello\r\n0\r\nT: 1\r\n\r\n", b"GET /b HTTP/1.1\nHost: x\nX: y\n z\n\n"]);
     let first_len = stream.len() - b"GET /b HTTP/1.1\nHost: x\nX: y\n z\n\n".len();
     for cut in 0..first_len {
         let prefix = &stream[..cut];

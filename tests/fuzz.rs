@@ -93,10 +93,7 @@ fn fuzz() {
     }
     let total: u64 = counts.iter().sum();
     println!("fuzz: total {total} inputs in {secs:.1} s ({:.0} inputs/s), seed {seed}", total as f64 / secs.max(1e-9));
-    let report: Vec<String> = failures
-        .values()
-        .map(|f| format!("{} ({} inputs, {}): {}", rel(&f.path), f.hits, if f.new { "new" } else { "kept before" }, f.failure))
-        .collect();
+    let report: Vec<String> = failures.values().map(|f| format!("{} ({} inputs, {}): {}", rel(&f.path), f.hits, if f.new { "new" } else { "kept before" }, f.failure)).collect();
     for line in &report {
         println!("fuzz: failing input {line}");
     }
@@ -110,10 +107,7 @@ fn replay_seeds() {
     for t in TARGETS {
         assert!(kept.iter().any(|(i, _, _)| TARGETS[*i].name == t.name), "no kept input for {}: run `cargo test --test fuzz`", t.name);
     }
-    let failures: Vec<String> = kept
-        .iter()
-        .filter_map(|(t, path, data)| run(&TARGETS[*t], data, &watchdog).err().map(|f| format!("{}: {f}", rel(path))))
-        .collect();
+    let failures: Vec<String> = kept.iter().filter_map(|(t, path, data)| run(&TARGETS[*t], data, &watchdog).err().map(|f| format!("{}: {f}", rel(path)))).collect();
     println!("replay: {} kept inputs, {} failing", kept.len(), failures.len());
     assert!(failures.is_empty(), "{} kept inputs fail:\n{}", failures.len(), failures.join("\n"));
 }
@@ -277,9 +271,7 @@ const DATA_KIND: u32 = 0x1_0000;
 fn owned(f: &Frame<'_>) -> OwnedFrame {
     match *f {
         Frame::Data { stream_id, flags, payload } => (DATA_KIND, stream_id, 0, flags, payload.to_vec()),
-        Frame::SynStream { stream_id, associated_id, flags, header_block } => {
-            (spdy::TYPE_SYN_STREAM.into(), stream_id, associated_id, flags, header_block.to_vec())
-        }
+        Frame::SynStream { stream_id, associated_id, flags, header_block } => (spdy::TYPE_SYN_STREAM.into(), stream_id, associated_id, flags, header_block.to_vec()),
         Frame::SynReply { stream_id, flags, header_block } => (spdy::TYPE_SYN_REPLY.into(), stream_id, 0, flags, header_block.to_vec()),
         Frame::Headers { stream_id, flags, header_block } => (spdy::TYPE_HEADERS.into(), stream_id, 0, flags, header_block.to_vec()),
         Frame::RstStream { stream_id, status } => (spdy::TYPE_RST_STREAM.into(), stream_id, status, 0, Vec::new()),
@@ -346,8 +338,7 @@ fn spdy_round_trip(data: &[u8]) {
                 let list: Vec<(String, String)> = (0..r.u8() % 4).map(|_| (r.text(16), r.text(48))).collect();
                 let pairs: Vec<(&str, &str)> = list.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
                 let block = deflater.deflate(&pairs);
-                let decoded: HeaderList =
-                    list.iter().map(|(n, v)| (n.to_ascii_lowercase(), v.split('\0').map(String::from).collect())).collect();
+                let decoded: HeaderList = list.iter().map(|(n, v)| (n.to_ascii_lowercase(), v.split('\0').map(String::from).collect())).collect();
                 if op == 1 {
                     let frame: OwnedFrame = (spdy::TYPE_SYN_STREAM.into(), masked, 0, flags, block.clone());
                     (spdy::encode_syn_stream(id, flags, &block), frame, Some(decoded))
@@ -660,11 +651,8 @@ fn spdy_session(tty: bool, exit: i32) -> (Vec<u8>, Vec<u8>) {
     let mut client_z = HeaderDeflater::default();
     let mut server_z = HeaderDeflater::default();
     let (mut up, mut down) = (Vec::new(), Vec::new());
-    let streams: &[(u32, &str)] = if tty {
-        &[(1, "error"), (3, "stdin"), (5, "stdout"), (7, "resize")]
-    } else {
-        &[(1, "error"), (3, "stdin"), (5, "stdout"), (7, "stderr"), (9, "resize")]
-    };
+    let streams: &[(u32, &str)] =
+        if tty { &[(1, "error"), (3, "stdin"), (5, "stdout"), (7, "resize")] } else { &[(1, "error"), (3, "stdin"), (5, "stdout"), (7, "stderr"), (9, "resize")] };
     for &(id, t) in streams {
         let block = client_z.deflate(&[("streamtype", t), ("x-kubernetes-pf", "")]);
         up.extend(spdy::encode_syn_stream(id, 0, &block));
@@ -805,11 +793,7 @@ fn base64_seeds() -> Vec<Vec<u8>> {
 
 fn der_seeds() -> Vec<Vec<u8>> {
     let long = "x".repeat(300);
-    vec![
-        certificate("alice", &["sre".into(), "system:masters".into()]),
-        certificate(&long, &[]),
-        b"\x30\x85\0\0\0\0\0".to_vec(),
-    ]
+    vec![certificate("alice", &["sre".into(), "system:masters".into()]), certificate(&long, &[]), b"\x30\x85\0\0\0\0\0".to_vec()]
 }
 
 const OID_CN: &[u8] = &[0x55, 0x04, 0x03];
@@ -834,8 +818,7 @@ fn tlv(tag: u8, contents: &[u8]) -> Vec<u8> {
 /// An X.509 certificate shaped as RFC 5280 section 4.1 has it, with this subject.
 fn certificate(cn: &str, orgs: &[String]) -> Vec<u8> {
     let name = |attrs: &[(&[u8], &str)]| {
-        let rdns: Vec<u8> =
-            attrs.iter().flat_map(|(oid, v)| tlv(0x31, &tlv(0x30, &[tlv(0x06, oid), tlv(0x0c, v.as_bytes())].concat()))).collect();
+        let rdns: Vec<u8> = attrs.iter().flat_map(|(oid, v)| tlv(0x31, &tlv(0x30, &[tlv(0x06, oid), tlv(0x0c, v.as_bytes())].concat()))).collect();
         tlv(0x30, &rdns)
     };
     let mut subject: Vec<(&[u8], &str)> = vec![(OID_CN, cn)];
@@ -907,17 +890,59 @@ fn hash(data: &[u8]) -> u64 {
     data.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
 }
 
-const INTERESTING_BYTES: &[u8] =
-    &[0, 1, 0x7f, 0x80, 0xff, b'\r', b'\n', b':', b' ', b'\t', b'0', b'9', b'a', b'f', b';', b'%', b'+', b'?', b'&', b'=', b'{', b'"'];
+const INTERESTING_BYTES: &[u8] = &[0, 1, 0x7f, 0x80, 0xff, b'\r', b'\n', b':', b' ', b'\t', b'0', b'9', b'a', b'f', b';', b'%', b'+', b'?', b'&', b'=', b'{', b'"'];
 const INTERESTING_INTS: &[u64] = &[
-    0, 1, 0x7e, 0x7f, 0x80, 0xff, 0x100, 125, 126, 127, 0x7fff, 0x8000, 0xffff, 0x1_0000, 0xff_ffff, 0x100_0000,
-    0x7fff_ffff, 0x8000_0000, 0xffff_ffff, 1 << 32, 1 << 63, u64::MAX, 64 << 20, (64 << 20) + 1,
+    0,
+    1,
+    0x7e,
+    0x7f,
+    0x80,
+    0xff,
+    0x100,
+    125,
+    126,
+    127,
+    0x7fff,
+    0x8000,
+    0xffff,
+    0x1_0000,
+    0xff_ffff,
+    0x100_0000,
+    0x7fff_ffff,
+    0x8000_0000,
+    0xffff_ffff,
+    1 << 32,
+    1 << 63,
+    u64::MAX,
+    64 << 20,
+    (64 << 20) + 1,
 ];
 const TOKENS: &[&[u8]] = &[
-    b"\r\n", b"\r\n\r\n", b": ", b"chunked", b"Transfer-Encoding: chunked\r\n", b"Content-Length: 0\r\n",
-    b"Content-Length: 18446744073709551616\r\n", b"Connection: Upgrade\r\n", b"0\r\n\r\n", b"ffffffffffffffff",
-    b"HTTP/1.1", b"{\"Width\":", b"\"Height\":", b"}", b"{\"status\":\"Success\"}", b"\"ExitCode\"", b"%", b"+",
-    b"=", b"&", b"/namespaces/", b"\xc3\xa9", b"\xf0\x9f", b"[0.1, \"b\", \"stdout:", b"==",
+    b"\r\n",
+    b"\r\n\r\n",
+    b": ",
+    b"chunked",
+    b"Transfer-Encoding: chunked\r\n",
+    b"Content-Length: 0\r\n",
+    b"Content-Length: 18446744073709551616\r\n",
+    b"Connection: Upgrade\r\n",
+    b"0\r\n\r\n",
+    b"ffffffffffffffff",
+    b"HTTP/1.1",
+    b"{\"Width\":",
+    b"\"Height\":",
+    b"}",
+    b"{\"status\":\"Success\"}",
+    b"\"ExitCode\"",
+    b"%",
+    b"+",
+    b"=",
+    b"&",
+    b"/namespaces/",
+    b"\xc3\xa9",
+    b"\xf0\x9f",
+    b"[0.1, \"b\", \"stdout:",
+    b"==",
 ];
 
 /// One input from the corpus: a seed with stacked mutations, now and then raw bytes.
@@ -1161,9 +1186,7 @@ fn run(target: &Target, data: &[u8], watchdog: &Watchdog) -> Result<(), Failure>
     let result = panic::catch_unwind(AssertUnwindSafe(|| (target.check)(data)));
     CATCHING.with(|c| c.set(false));
     watchdog.end();
-    result.map_err(|_| {
-        CAUGHT.with(|c| c.borrow_mut().take()).unwrap_or(Failure { location: "unknown".into(), message: String::new() })
-    })
+    result.map_err(|_| CAUGHT.with(|c| c.borrow_mut().take()).unwrap_or(Failure { location: "unknown".into(), message: String::new() }))
 }
 
 /// The smallest input found by deleting ever smaller runs of bytes that still fails

@@ -11,11 +11,7 @@ const REVIEW: &str = "/apis/authentication.k8s.io/v1/selfsubjectreviews";
 
 fn review_request(extra_headers: &str) -> Vec<u8> {
     let body = r#"{"apiVersion":"authentication.k8s.io/v1","kind":"SelfSubjectReview"}"#;
-    format!(
-        "POST {REVIEW} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra_headers}\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
+    format!("POST {REVIEW} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra_headers}\r\n{body}", body.len()).into_bytes()
 }
 
 fn username_and_groups(body: &str) -> (String, Vec<String>) {

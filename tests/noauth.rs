@@ -26,9 +26,17 @@ fn noauth_passes_caller_credentials_and_lends_none() {
     let pki = demo.path("pki");
     let p = |f: &str| pki.join(f).display().to_string();
     let proxy_args: Vec<String> = [
-        "proxy", "--mode", "noauth", "--listen", &format!("127.0.0.1:{port}"),
-        "--tls-cert", &p("proxy.pem"), "--tls-key", &p("proxy-key.pem"),
-        "--kubeconfig", &demo.path("proxy-upstream.kubeconfig").display().to_string(),
+        "proxy",
+        "--mode",
+        "noauth",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--tls-cert",
+        &p("proxy.pem"),
+        "--tls-key",
+        &p("proxy-key.pem"),
+        "--kubeconfig",
+        &demo.path("proxy-upstream.kubeconfig").display().to_string(),
     ]
     .iter()
     .map(|s| s.to_string())
@@ -38,7 +46,10 @@ fn noauth_passes_caller_credentials_and_lends_none() {
     let addr = format!("127.0.0.1:{port}");
     let review = |auth: &str| {
         let body = r#"{"apiVersion":"authentication.k8s.io/v1","kind":"SelfSubjectReview"}"#;
-        format!("POST /apis/authentication.k8s.io/v1/selfsubjectreviews HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{auth}\r\n{body}", body.len())
+        format!(
+            "POST /apis/authentication.k8s.io/v1/selfsubjectreviews HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{auth}\r\n{body}",
+            body.len()
+        )
     };
 
     let mut c = RawClient::connect(&addr, &demo.path("kubeconfig"), false);

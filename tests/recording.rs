@@ -13,11 +13,7 @@ use support::{Demo, Kubectl, OutputExt, Proto};
 
 /// Event codes and data of a cast, without the header and timestamps.
 fn events(cast: &str) -> Vec<(String, String)> {
-    cast.lines()
-        .skip(1)
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .map(|e| (e[1].as_str().unwrap_or("").to_string(), e[2].as_str().unwrap_or("").to_string()))
-        .collect()
+    cast.lines().skip(1).filter_map(|l| serde_json::from_str::<Value>(l).ok()).map(|e| (e[1].as_str().unwrap_or("").to_string(), e[2].as_str().unwrap_or("").to_string())).collect()
 }
 
 fn text(cast: &str, code: &str) -> String {

@@ -16,7 +16,11 @@ fn sigterm_lets_open_sessions_finish() {
     };
     // The session is open once its recording is.
     eventually(Duration::from_secs(20), || {
-        if demo.recordings().iter().any(|(m, _)| m["status"] == "recording") { Ok(()) } else { Err(format!("the session did not start: {}", demo.logs())) }
+        if demo.recordings().iter().any(|(m, _)| m["status"] == "recording") {
+            Ok(())
+        } else {
+            Err(format!("the session did not start: {}", demo.logs()))
+        }
     });
     let proxy = demo.pid("proxy");
     // SAFETY: signalling the demo's proxy child by its recorded pid.

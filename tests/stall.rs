@@ -120,10 +120,7 @@ impl Running {
         c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = c.spawn().expect("starting kubectl");
         let (out, err) = (Arc::new(Mutex::new(Vec::new())), Arc::new(Mutex::new(Vec::new())));
-        let readers = vec![
-            drain(child.stdout.take().expect("stdout pipe"), out.clone()),
-            drain(child.stderr.take().expect("stderr pipe"), err.clone()),
-        ];
+        let readers = vec![drain(child.stdout.take().expect("stdout pipe"), out.clone()), drain(child.stderr.take().expect("stderr pipe"), err.clone())];
         Running { child, out, err, readers }
     }
 

@@ -60,7 +60,11 @@ fn a_stalled_recorder_tells_every_kubectl_why() {
     // Every session is being recorded before the recorder freezes.
     eventually(Duration::from_secs(30), || {
         let open = demo.recordings().iter().filter(|(m, _)| m["status"] == "recording").count();
-        if open == clients.len() { Ok(()) } else { Err(format!("{open} of {} sessions started: {:#?}", clients.len(), demo.recordings())) }
+        if open == clients.len() {
+            Ok(())
+        } else {
+            Err(format!("{open} of {} sessions started: {:#?}", clients.len(), demo.recordings()))
+        }
     });
     demo.signal("recorder", libc::SIGSTOP);
     let outputs: Vec<_> = running.into_iter().map(|t| t.join().expect("kubectl thread")).collect();

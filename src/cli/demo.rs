@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use crate::args::{Args, Flag};
 use crate::error::{Context, Error, Result};
+use crate::kube::client::{kubeconfig, Credential};
 use crate::net::conn::Conn;
 use crate::net::pki::{Ca, Pem};
 use crate::net::{signal, tls};
-use crate::kube::client::{kubeconfig, Credential};
 
 pub const FLAGS: &[Flag] = &[Flag { name: "dir", default: None, help: "where to put certificates, kubeconfigs and data [default: a new temporary directory]" }];
 
@@ -51,14 +51,7 @@ struct Component {
 fn start(dir: &Path, name: &'static str, args: &[String]) -> Result<Component> {
     let exe = std::env::current_exe().context("locating the kubetape binary")?;
     let log = std::fs::File::create(dir.join(format!("{name}.log"))).context("creating log file")?;
-    let child = Command::new(&exe)
-        .arg(name)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-        .with_context(|| format!("starting {name}"))?;
+    let child = Command::new(&exe).arg(name).args(args).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log).spawn().with_context(|| format!("starting {name}"))?;
     let quoted: Vec<String> = std::iter::once(exe.display().to_string()).chain(std::iter::once(name.to_string())).chain(args.iter().cloned()).collect();
     write(&dir.join(format!("{name}.pid")), &format!("{}\n", child.id()))?;
     write(&dir.join(format!("{name}.cmdline")), &format!("{}\n", quoted.join(" ")))?;
@@ -125,11 +118,8 @@ pub fn run(args: &Args) -> Result<()> {
     let proxy_ca = Ca::new("kubetape-demo-proxy-ca")?;
     let recorder_ca = Ca::new("kubetape-demo-recorder-ca")?;
     let hosts = ["127.0.0.1", "localhost"];
-    let files: Vec<(&str, String)> = vec![
-        ("cluster-ca.pem", cluster_ca.cert_pem.clone()),
-        ("proxy-ca.pem", proxy_ca.cert_pem.clone()),
-        ("recorder-ca.pem", recorder_ca.cert_pem.clone()),
-    ];
+    let files: Vec<(&str, String)> =
+        vec![("cluster-ca.pem", cluster_ca.cert_pem.clone()), ("proxy-ca.pem", proxy_ca.cert_pem.clone()), ("recorder-ca.pem", recorder_ca.cert_pem.clone())];
     for (name, pem) in &files {
         write(&pki.join(name), pem)?;
     }
@@ -170,29 +160,69 @@ pub fn run(args: &Args) -> Result<()> {
     let s = |v: &str| v.to_string();
     let mut components = Vec::new();
     let started = (|| -> Result<()> {
-        components.push(start(&dir, "sim", &[
-            s("--listen"), format!("127.0.0.1:{sim_port}"),
-            s("--tls-cert"), p("sim.pem"), s("--tls-key"), p("sim-key.pem"),
-            s("--client-ca"), p("cluster-ca.pem"),
-            s("--data-dir"), dir.join("sim-data").display().to_string(), s("--seed"),
-        ])?);
-        components.push(start(&dir, "recorder", &[
-            s("--listen"), format!("127.0.0.1:{recorder_port}"),
-            s("--tls-cert"), p("recorder.pem"), s("--tls-key"), p("recorder-key.pem"),
-            s("--client-ca"), p("recorder-ca.pem"),
-            s("--writers"), s("kubetape-proxy"), s("--readers"), s("auditor"),
-            s("--storage-dir"), dir.join("recordings").display().to_string(),
-        ])?);
-        components.push(start(&dir, "proxy", &[
-            s("--listen"), format!("127.0.0.1:{proxy_port}"),
-            s("--tls-cert"), p("proxy.pem"), s("--tls-key"), p("proxy-key.pem"),
-            s("--client-ca"), p("proxy-ca.pem"),
-            s("--token-file"), dir.join("tokens.csv").display().to_string(),
-            s("--kubeconfig"), dir.join("proxy-upstream.kubeconfig").display().to_string(),
-            s("--policy"), dir.join("policy.json").display().to_string(),
-            s("--recorder-cert"), p("recorder-writer.pem"), s("--recorder-key"), p("recorder-writer-key.pem"),
-            s("--metrics-listen"), format!("127.0.0.1:{metrics_port}"),
-        ])?);
+        components.push(start(
+            &dir,
+            "sim",
+            &[
+                s("--listen"),
+                format!("127.0.0.1:{sim_port}"),
+                s("--tls-cert"),
+                p("sim.pem"),
+                s("--tls-key"),
+                p("sim-key.pem"),
+                s("--client-ca"),
+                p("cluster-ca.pem"),
+                s("--data-dir"),
+                dir.join("sim-data").display().to_string(),
+                s("--seed"),
+            ],
+        )?);
+        components.push(start(
+            &dir,
+            "recorder",
+            &[
+                s("--listen"),
+                format!("127.0.0.1:{recorder_port}"),
+                s("--tls-cert"),
+                p("recorder.pem"),
+                s("--tls-key"),
+                p("recorder-key.pem"),
+                s("--client-ca"),
+                p("recorder-ca.pem"),
+                s("--writers"),
+                s("kubetape-proxy"),
+                s("--readers"),
+                s("auditor"),
+                s("--storage-dir"),
+                dir.join("recordings").display().to_string(),
+            ],
+        )?);
+        components.push(start(
+            &dir,
+            "proxy",
+            &[
+                s("--listen"),
+                format!("127.0.0.1:{proxy_port}"),
+                s("--tls-cert"),
+                p("proxy.pem"),
+                s("--tls-key"),
+                p("proxy-key.pem"),
+                s("--client-ca"),
+                p("proxy-ca.pem"),
+                s("--token-file"),
+                dir.join("tokens.csv").display().to_string(),
+                s("--kubeconfig"),
+                dir.join("proxy-upstream.kubeconfig").display().to_string(),
+                s("--policy"),
+                dir.join("policy.json").display().to_string(),
+                s("--recorder-cert"),
+                p("recorder-writer.pem"),
+                s("--recorder-key"),
+                p("recorder-writer-key.pem"),
+                s("--metrics-listen"),
+                format!("127.0.0.1:{metrics_port}"),
+            ],
+        )?);
         let checks = [
             ("sim", sim_port, tls::roots_from_pem(cluster_ca.cert_pem.as_bytes(), "cluster CA")?),
             ("recorder", recorder_port, tls::roots_from_pem(recorder_ca.cert_pem.as_bytes(), "recorder CA")?),

@@ -13,10 +13,10 @@ use serde_json::Value;
 use crate::error::{Context, Error, Result};
 use crate::kube::yaml;
 use crate::net::conn::{Conn, Input};
-use crate::wire::http::{self, RequestHead};
-use std::io::Write;
 use crate::net::tls;
 use crate::wire::base64;
+use crate::wire::http::{self, RequestHead};
+use std::io::Write;
 
 const IN_CLUSTER_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 /// Connect, send and first response byte, for one control-loop request.
@@ -44,9 +44,7 @@ pub struct ApiServer {
 
 /// Splits `https://host:port/` into host and port.
 fn parse_server_url(url: &str) -> Result<(String, u16)> {
-    let rest = url
-        .strip_prefix("https://")
-        .ok_or_else(|| Error::new(format!("server {url:?}: expected an https:// URL")))?;
+    let rest = url.strip_prefix("https://").ok_or_else(|| Error::new(format!("server {url:?}: expected an https:// URL")))?;
     let authority = rest.split('/').next().unwrap_or("");
     let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
         let (h, after) = v6.split_once(']').ok_or_else(|| Error::new(format!("server {url:?}: bad IPv6 host")))?;
@@ -98,12 +96,9 @@ impl ApiServer {
     fn from_kubeconfig_doc(doc: &Value, context: Option<&str>, base: &Path) -> Result<ApiServer> {
         let context = match context {
             Some(c) => c.to_string(),
-            None => doc
-                .get("current-context")
-                .and_then(Value::as_str)
-                .filter(|c| !c.is_empty())
-                .ok_or_else(|| Error::new("no current-context and no --context given"))?
-                .to_string(),
+            None => {
+                doc.get("current-context").and_then(Value::as_str).filter(|c| !c.is_empty()).ok_or_else(|| Error::new("no current-context and no --context given"))?.to_string()
+            }
         };
         let ctx = named(doc, "contexts", &context, "context")?;
         let cluster_name = ctx.get("cluster").and_then(Value::as_str).unwrap_or_default();
@@ -114,12 +109,8 @@ impl ApiServer {
             crate::bail!("cluster {cluster_name:?}: insecure-skip-tls-verify is refused; give certificate-authority");
         }
         let server = cluster.get("server").and_then(Value::as_str).ok_or_else(|| Error::new("cluster has no server"))?;
-        let ca = data_or_file(cluster, "certificate-authority", base)?
-            .ok_or_else(|| Error::new(format!("cluster {cluster_name:?}: certificate-authority is required")))?;
-        let identity = match (
-            data_or_file(user, "client-certificate", base)?,
-            data_or_file(user, "client-key", base)?,
-        ) {
+        let ca = data_or_file(cluster, "certificate-authority", base)?.ok_or_else(|| Error::new(format!("cluster {cluster_name:?}: certificate-authority is required")))?;
+        let identity = match (data_or_file(user, "client-certificate", base)?, data_or_file(user, "client-key", base)?) {
             (Some(c), Some(k)) => Some((tls::certs_from_pem(&c, "client-certificate")?, tls::key_from_pem(&k, "client-key")?)),
             (None, None) => None,
             _ => crate::bail!("user {user_name:?}: client-certificate and client-key go together"),
@@ -162,8 +153,7 @@ impl ApiServer {
 
     /// Opens a verified TLS connection.
     pub fn connect(&self, timeout: Duration) -> Result<Conn> {
-        let addrs = std::net::ToSocketAddrs::to_socket_addrs(&(self.host.as_str(), self.port))
-            .with_context(|| format!("resolving {}", self.host))?;
+        let addrs = std::net::ToSocketAddrs::to_socket_addrs(&(self.host.as_str(), self.port)).with_context(|| format!("resolving {}", self.host))?;
         let mut last = Error::new(format!("{}: no addresses", self.host));
         for addr in addrs {
             match TcpStream::connect_timeout(&addr, timeout) {
@@ -247,11 +237,7 @@ pub enum Credential<'a> {
 /// A kubeconfig (YAML) for `user` against `server`, trusting `ca_pem`.
 pub fn kubeconfig(server: &str, ca_pem: &str, user: &str, cred: Credential<'_>) -> String {
     let user_fields = match cred {
-        Credential::Cert(pem) => format!(
-            "    client-certificate-data: {}\n    client-key-data: {}\n",
-            base64::encode(pem.cert.as_bytes()),
-            base64::encode(pem.key.as_bytes())
-        ),
+        Credential::Cert(pem) => format!("    client-certificate-data: {}\n    client-key-data: {}\n", base64::encode(pem.cert.as_bytes()), base64::encode(pem.key.as_bytes())),
         Credential::Token(t) => format!("    token: {t}\n"),
     };
     format!(

@@ -94,9 +94,7 @@ impl Read for BodyReader<'_> {
                     if self.input.buffered().is_empty() && self.input.fill()? == 0 {
                         return Err(truncated());
                     }
-                    let used = decoder
-                        .decode(self.input.buffered(), pending)
-                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                    let used = decoder.decode(self.input.buffered(), pending).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
                     self.input.consume(used);
                 }
             }

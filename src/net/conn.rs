@@ -44,7 +44,13 @@ impl TlsShared {
 enum ReadInner {
     Plain(TcpStream),
     /// `scratch` is reused for every socket read, so a read costs no allocation.
-    Tls { shared: Arc<TlsShared>, sock: TcpStream, raw: Vec<u8>, eof: bool, scratch: Vec<u8> },
+    Tls {
+        shared: Arc<TlsShared>,
+        sock: TcpStream,
+        raw: Vec<u8>,
+        eof: bool,
+        scratch: Vec<u8>,
+    },
 }
 
 /// The read half of a connection.
@@ -135,20 +141,11 @@ impl Conn {
         }
         s.set_read_timeout(None)?;
         s.set_write_timeout(None)?;
-        let peer_certs = conn
-            .peer_certificates()
-            .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
-            .unwrap_or_default();
+        let peer_certs = conn.peer_certificates().map(|c| c.iter().map(|c| c.clone().into_owned()).collect()).unwrap_or_default();
         let shared = Arc::new(TlsShared { conn: Mutex::new(conn), write_order: Mutex::new(()) });
         Ok(Conn {
             read: ReadHalf {
-                inner: ReadInner::Tls {
-                    shared: shared.clone(),
-                    sock: sock.try_clone()?,
-                    raw: Vec::new(),
-                    eof: false,
-                    scratch: vec![0u8; READ_CHUNK],
-                },
+                inner: ReadInner::Tls { shared: shared.clone(), sock: sock.try_clone()?, raw: Vec::new(), eof: false, scratch: vec![0u8; READ_CHUNK] },
                 socket: sock.try_clone()?,
                 timeout: Default::default(),
             },

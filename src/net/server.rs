@@ -9,10 +9,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, TcpListener, TcpStream};
-use std::sync::Mutex;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -20,10 +20,7 @@ use std::time::{Duration, Instant};
 /// below the kernel's ephemeral range (`ip_local_port_range`), so no outgoing
 /// connection can occupy it before the child binds, as one can a port from `bind(0)`.
 pub fn free_loopback_port() -> std::io::Result<u16> {
-    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32768);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok().and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok()).unwrap_or(32768);
     let (from, to) = (low / 2, low);
     if from >= 1024 {
         for _ in 0..64 {

@@ -11,9 +11,7 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use crate::error::{Context, Error, Result};
 
 pub fn certs_from_pem(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>> {
-    let certs = CertificateDer::pem_slice_iter(pem)
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| Error::new(format!("{what}: {e}")))?;
+    let certs = CertificateDer::pem_slice_iter(pem).collect::<std::result::Result<Vec<_>, _>>().map_err(|e| Error::new(format!("{what}: {e}")))?;
     if certs.is_empty() {
         crate::bail!("{what}: expected at least one PEM certificate, found none");
     }
@@ -44,11 +42,7 @@ pub enum ClientAuth {
     Required,
 }
 
-pub fn server_config(
-    chain: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
-    client_roots: Option<(RootCertStore, ClientAuth)>,
-) -> Result<Arc<ServerConfig>> {
+pub fn server_config(chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>, client_roots: Option<(RootCertStore, ClientAuth)>) -> Result<Arc<ServerConfig>> {
     let builder = ServerConfig::builder();
     let builder = match client_roots {
         None => builder.with_no_client_auth(),
@@ -67,10 +61,7 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
-pub fn client_config(
-    roots: RootCertStore,
-    identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
-) -> Result<Arc<ClientConfig>> {
+pub fn client_config(roots: RootCertStore, identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>) -> Result<Arc<ClientConfig>> {
     let builder = ClientConfig::builder().with_root_certificates(roots);
     let mut config = match identity {
         None => builder.with_no_client_auth(),

@@ -45,9 +45,7 @@ impl Metrics {
             ("kubetape_proxy_events_refused_total", "Fail-closed requests refused because their API event could not be recorded.", &self.events_refused),
             ("kubetape_proxy_events_dropped_total", "API events nobody waited for that could not be recorded.", &*self.events_dropped),
         ];
-        rows.iter()
-            .map(|(name, help, v)| format!("# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n", v.load(Ordering::Relaxed)))
-            .collect()
+        rows.iter().map(|(name, help, v)| format!("# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n", v.load(Ordering::Relaxed))).collect()
     }
 }
 

@@ -7,8 +7,8 @@
 //! message can never reach the API server. Upgrades (exec, attach, port-forward)
 //! become a two-way tunnel.
 
-pub mod policy;
 mod metrics;
+pub mod policy;
 mod respond;
 pub mod rewrite;
 pub mod session;
@@ -23,19 +23,19 @@ use crate::args::{Args, Flag};
 use crate::error::{Context, Error, Result};
 use crate::kube::auth::{self, TokenFile, UserInfo};
 use crate::kube::client::ApiServer;
+use crate::kube::request_info::{request_info, RequestInfo};
 use crate::net::body::BodyReader;
 use crate::net::conn::{Conn, Input, WriteHalf};
 use crate::net::server::{self, Admission, Lifecycle};
 use crate::net::{signal, tls, tunnel};
-use crate::wire::http::{self, BodyLength, RequestHead, ResponseHead};
-use crate::kube::request_info::{request_info, RequestInfo};
+use crate::record::event::{ApiEvent, EventUser, Impersonated};
+use crate::record::protocol::Outcome;
 use crate::recording::cast;
 use crate::recording::client::{RecorderTarget, Recording};
-use crate::record::event::{ApiEvent, EventUser, Impersonated};
 use crate::recording::events_client::EventSink;
 use crate::recording::fail::{self, Decision, Situation};
-use crate::record::protocol::Outcome;
 use crate::recording::tap::Tap;
+use crate::wire::http::{self, BodyLength, RequestHead, ResponseHead};
 use policy::{FailMode, Grants, Policy, PolicyHandle};
 use respond::Refusal;
 use rewrite::{Impersonation, Mode};
@@ -133,10 +133,7 @@ impl Config {
             crate::bail!("--policy: required in auth mode (callers who match no grant are refused)");
         }
         let recorder_identity = match (args.path("recorder-cert"), args.path("recorder-key")) {
-            (Some(c), Some(k)) => Some((
-                tls::certs_from_pem(&tls::read_file(&c)?, "--recorder-cert")?,
-                tls::key_from_pem(&tls::read_file(&k)?, "--recorder-key")?,
-            )),
+            (Some(c), Some(k)) => Some((tls::certs_from_pem(&tls::read_file(&c)?, "--recorder-cert")?, tls::key_from_pem(&tls::read_file(&k)?, "--recorder-key")?)),
             (None, None) => None,
             _ => crate::bail!("--recorder-cert and --recorder-key go together"),
         };
@@ -184,13 +181,7 @@ pub fn run(config: Config) -> Result<()> {
         Some(p) => PolicyHandle::watch(p.clone()).context("--policy")?,
         None => PolicyHandle::new(Policy::default()),
     };
-    log::info!(
-        "proxy listening addr={} mode={:?} upstream={} proxy_id={}",
-        listener.local_addr()?,
-        config.mode,
-        config.upstream_host,
-        config.proxy_id
-    );
+    log::info!("proxy listening addr={} mode={:?} upstream={} proxy_id={}", listener.local_addr()?, config.mode, config.upstream_host, config.proxy_id);
     let life = Arc::new(Lifecycle::default());
     let metrics = Arc::new(metrics::Metrics::default());
     if let Some(addr) = &config.metrics_listen {
@@ -297,12 +288,9 @@ fn handle_connection(state: &State, sock: TcpStream, id: u64, admission: &Admiss
                 let started = Instant::now();
                 let result = tunnel::tunnel(&format!("conn-{id}"), client, (up.input, up.output));
                 match result {
-                    Ok(t) => log::info!(
-                        "upgraded stream ended conn={id} up_bytes={} down_bytes={} secs={:.1}",
-                        t.client_to_server,
-                        t.server_to_client,
-                        started.elapsed().as_secs_f64()
-                    ),
+                    Ok(t) => {
+                        log::info!("upgraded stream ended conn={id} up_bytes={} down_bytes={} secs={:.1}", t.client_to_server, t.server_to_client, started.elapsed().as_secs_f64())
+                    }
                     Err(e) => log::info!("upgraded stream failed conn={id} error={e}"),
                 }
                 return;
@@ -664,7 +652,9 @@ impl Request<'_> {
         if recorded && session::reaches_kubelet_stream(path) {
             metrics::inc(&self.state.metrics.sessions_refused_unrecordable);
             log::warn!("request refused conn={} user={who} reason=kubelet-stream-via-node-proxy", self.id);
-            return Err(Refusal::Forbidden("the kubelet's exec, attach, run and port-forward endpoints cannot be recorded through nodes/proxy: use kubectl exec, attach or port-forward".into()));
+            return Err(Refusal::Forbidden(
+                "the kubelet's exec, attach, run and port-forward endpoints cannot be recorded through nodes/proxy: use kubectl exec, attach or port-forward".into(),
+            ));
         }
         let request = match session::session_request(head, info) {
             Ok(Some(r)) => r,

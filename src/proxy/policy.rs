@@ -81,7 +81,11 @@ impl EventPolicy {
         let level = self
             .rules
             .iter()
-            .find(|r| (r.resources.is_empty() || r.resources.iter().any(|x| x == &full || x == &info.resource || x == "*")) && any(&r.verbs, &info.verb) && any(&r.namespaces, &info.namespace))
+            .find(|r| {
+                (r.resources.is_empty() || r.resources.iter().any(|x| x == &full || x == &info.resource || x == "*"))
+                    && any(&r.verbs, &info.verb)
+                    && any(&r.namespaces, &info.namespace)
+            })
             .map(|r| r.level)
             .unwrap_or_default();
         let sensitive = info.resource == "secrets" || info.subresource == "token" || info.resource == "tokenrequests";
@@ -257,18 +261,16 @@ mod tests {
     fn grants_union_per_caller() {
         let p = Policy::parse(DEMO).unwrap();
         let cases: &[(&str, Option<UserInfo>, Grants)] = &[
-            ("sre member", Some(user("alice", &["sre"])), Grants {
-                groups: vec!["system:masters".into(), "viewers".into()],
-                recorder_tags: vec!["tag:recorder".into()],
-                fail_mode: FailMode::Open,
-                events: true,
-            }),
-            ("bob is fail-closed", Some(user("bob", &["dev"])), Grants {
-                groups: vec!["dev".into(), "viewers".into()],
-                recorder_tags: vec!["tag:recorder".into()],
-                fail_mode: FailMode::Closed,
-                events: false,
-            }),
+            (
+                "sre member",
+                Some(user("alice", &["sre"])),
+                Grants { groups: vec!["system:masters".into(), "viewers".into()], recorder_tags: vec!["tag:recorder".into()], fail_mode: FailMode::Open, events: true },
+            ),
+            (
+                "bob is fail-closed",
+                Some(user("bob", &["dev"])),
+                Grants { groups: vec!["dev".into(), "viewers".into()], recorder_tags: vec!["tag:recorder".into()], fail_mode: FailMode::Closed, events: false },
+            ),
             ("anyone", None, Grants { groups: vec!["viewers".into()], ..Grants::default() }),
         ];
         for (name, u, want) in cases {
@@ -286,11 +288,14 @@ mod tests {
     #[test]
     fn event_levels() {
         use crate::kube::request_info::request_info;
-        let p = Policy::parse(r#"{"events": {"maxBodyBytes": 10, "rules": [
+        let p = Policy::parse(
+            r#"{"events": {"maxBodyBytes": 10, "rules": [
             {"level": "None", "resources": ["events"]},
             {"level": "Request", "resources": ["configmaps", "secrets", "serviceaccounts/token"], "verbs": ["create", "patch"]},
             {"level": "Request", "resources": ["*"], "namespaces": ["audited"]}
-        ]}}"#).unwrap();
+        ]}}"#,
+        )
+        .unwrap();
         let cases = [
             ("POST", "/api/v1/namespaces/a/configmaps", Level::Request),
             ("GET", "/api/v1/namespaces/a/configmaps", Level::Metadata),

@@ -24,7 +24,10 @@ pub enum Refusal {
     /// The proxy cannot meet the caller's policy now (API events unrecordable).
     /// `discovery`: a non-resource request such as `/api`, whose errors kubectl
     /// reports only from a `text/plain` body and only for a 4xx status.
-    Unrecordable { why: String, discovery: bool },
+    Unrecordable {
+        why: String,
+        discovery: bool,
+    },
 }
 
 /// The status code and message for a refusal.

@@ -6,8 +6,7 @@ use crate::kube::auth::UserInfo;
 use crate::wire::http::{BodyLength, Headers, RequestHead, ResponseHead};
 
 /// Hop-by-hop fields (RFC 9110 section 7.6.1) never forwarded as they are.
-const HOP_BY_HOP: &[&str] =
-    &["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "proxy-authorization", "proxy-authenticate"];
+const HOP_BY_HOP: &[&str] = &["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "proxy-authorization", "proxy-authenticate"];
 
 /// Client fields that could assert an identity upstream, removed in `auth` mode.
 /// `_` counts as `-`: Go keeps `Impersonate_User` apart, but a CGI-style layer
@@ -49,12 +48,8 @@ pub fn check_connection(head: &RequestHead) -> Result<(), String> {
     }
     for t in head.headers.tokens("connection") {
         let is = |n: &str| t.eq_ignore_ascii_case(n);
-        let decided_here = FRAMING.iter().any(|f| is(f))
-            || is("host")
-            || is_identity_field(t)
-            || is("audit-id")
-            || is("x-forwarded-for")
-            || (is("upgrade") && head.upgrade().is_none());
+        let decided_here =
+            FRAMING.iter().any(|f| is(f)) || is("host") || is_identity_field(t) || is("audit-id") || is("x-forwarded-for") || (is("upgrade") && head.upgrade().is_none());
         if decided_here {
             return Err(format!("the Connection header may not name {t:?}"));
         }
@@ -243,7 +238,19 @@ mod tests {
             }
             check_connection(&h)
         };
-        for bad in ["Content-Length", "keep-alive, content-length", "transfer-encoding", "Host", "Authorization", "impersonate-user", "Impersonate-Group", "x-remote-user", "x-remote-extra-scopes", "audit-id", "upgrade"] {
+        for bad in [
+            "Content-Length",
+            "keep-alive, content-length",
+            "transfer-encoding",
+            "Host",
+            "Authorization",
+            "impersonate-user",
+            "Impersonate-Group",
+            "x-remote-user",
+            "x-remote-extra-scopes",
+            "audit-id",
+            "upgrade",
+        ] {
             assert!(with(bad, None).is_err(), "{bad}");
         }
         for good in ["keep-alive", "close", "Upgrade", "x-custom"] {

@@ -14,15 +14,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::kube::request_info::RequestInfo;
 use crate::net::conn::{Input, WriteHalf};
-use crate::net::tunnel::{self, Sink, Totals};
 use crate::net::sync::lock;
+use crate::net::tunnel::{self, Sink, Totals};
+use crate::record::protocol::Outcome;
+use crate::recording::cast::{marker_line, CastWriter, SessionRequest};
 use crate::recording::client::{Recording, SendError, SILENT_RECORDER};
 use crate::recording::fail::{self, Decision, FailMode, Situation};
-use crate::record::protocol::Outcome;
 use crate::recording::tap::{SpdyTap, Tap, TapEvent, WsTap};
-use crate::recording::cast::{marker_line, CastWriter, SessionRequest};
-use crate::kube::request_info::RequestInfo;
 use crate::wire::channel;
 use crate::wire::http::{self, RequestHead};
 
@@ -304,7 +304,15 @@ pub struct Summary {
 }
 
 /// Runs the tunnel with both directions tapped into `recording`.
-pub fn run(name: &str, client: (Input, WriteHalf), server: (Input, WriteHalf), taps: (Box<dyn Tap>, Box<dyn Tap>), recording: Recording, fail: FailMode, subprotocol: &str) -> Summary {
+pub fn run(
+    name: &str,
+    client: (Input, WriteHalf),
+    server: (Input, WriteHalf),
+    taps: (Box<dyn Tap>, Box<dyn Tap>),
+    recording: Recording,
+    fail: FailMode,
+    subprotocol: &str,
+) -> Summary {
     let (client_in, client_out) = client;
     let (server_in, server_out) = server;
     let sockets = match (client_in.half.shutdown_handle(), server_in.half.shutdown_handle()) {
@@ -381,19 +389,36 @@ mod tests {
 
     #[test]
     fn sessions_are_recognised() {
-        let h = upgrade(RequestHead::new("POST", "/api/v1/namespaces/default/pods/web-0/exec?command=sh&command=-c&command=echo%20hi&container=main&tty=true&stdin=true"), "SPDY/3.1");
+        let h =
+            upgrade(RequestHead::new("POST", "/api/v1/namespaces/default/pods/web-0/exec?command=sh&command=-c&command=echo%20hi&container=main&tty=true&stdin=true"), "SPDY/3.1");
         let s = classify(&h).unwrap().unwrap();
-        assert_eq!(s, SessionRequest { kind: "exec", namespace: "default".into(), pod: "web-0".into(), container: "main".into(), command: vec!["sh".into(), "-c".into(), "echo hi".into()], tty: true });
+        assert_eq!(
+            s,
+            SessionRequest {
+                kind: "exec",
+                namespace: "default".into(),
+                pod: "web-0".into(),
+                container: "main".into(),
+                command: vec!["sh".into(), "-c".into(), "echo hi".into()],
+                tty: true
+            }
+        );
         let a = RequestHead::new("GET", "/api/v1/namespaces/ns/pods/p/attach?container=c");
         assert_eq!(classify(&a), Ok(None), "not an upgrade");
         assert_eq!(classify(&upgrade(a, "websocket")).unwrap().unwrap().kind, "attach");
         let pf = upgrade(RequestHead::new("POST", "/api/v1/namespaces/ns/pods/p/portforward"), "SPDY/3.1");
         assert_eq!(classify(&pf), Ok(None));
-        for encoded in ["/api/v1/namespaces/default/pods/web-0/%65xec", "/api/v1/namespaces/default/pods/web-0%2Fexec", "/api/v1/namespaces/default/pods/web-0/exec%2F", "/api/v1/namespaces/default/pods/web-0/exec/"] {
+        for encoded in [
+            "/api/v1/namespaces/default/pods/web-0/%65xec",
+            "/api/v1/namespaces/default/pods/web-0%2Fexec",
+            "/api/v1/namespaces/default/pods/web-0/exec%2F",
+            "/api/v1/namespaces/default/pods/web-0/exec/",
+        ] {
             let s = classify(&upgrade(RequestHead::new("POST", &format!("{encoded}?command=id")), "SPDY/3.1")).unwrap();
             assert_eq!(s.map(|s| (s.kind, s.pod, s.command)), Some(("exec", "web-0".to_string(), vec!["id".to_string()])), "{encoded}");
         }
-        for (q, tty) in [("tty=1", true), ("tty=True", true), ("tty=", true), ("tty=yes", true), ("tty=0", false), ("tty=FALSE", false), ("tty=false&tty=true", false), ("", false)] {
+        for (q, tty) in [("tty=1", true), ("tty=True", true), ("tty=", true), ("tty=yes", true), ("tty=0", false), ("tty=FALSE", false), ("tty=false&tty=true", false), ("", false)]
+        {
             let h = upgrade(RequestHead::new("POST", &format!("/api/v1/namespaces/d/pods/p/exec?command=sh&{q}")), "SPDY/3.1");
             assert_eq!(classify(&h).unwrap().unwrap().tty, tty, "{q}");
         }
@@ -414,7 +439,14 @@ mod tests {
 
     #[test]
     fn node_proxy_to_kubelet_streams() {
-        for p in ["/api/v1/nodes/n1/proxy/exec/default/web-0/main", "/api/v1/nodes/n1:10250/proxy/run/default/web-0/main", "/api/v1/nodes/n1/proxy/portForward/default/web-0", "/API/v1/Nodes/n1/Proxy/Attach/x", "/api/v1/proxy/nodes/n1/exec/a/b/c", "/api/v1/nodes/n1/proxy/cri/exec/tok"] {
+        for p in [
+            "/api/v1/nodes/n1/proxy/exec/default/web-0/main",
+            "/api/v1/nodes/n1:10250/proxy/run/default/web-0/main",
+            "/api/v1/nodes/n1/proxy/portForward/default/web-0",
+            "/API/v1/Nodes/n1/Proxy/Attach/x",
+            "/api/v1/proxy/nodes/n1/exec/a/b/c",
+            "/api/v1/nodes/n1/proxy/cri/exec/tok",
+        ] {
             assert!(reaches_kubelet_stream(p), "{p}");
         }
         for p in ["/api/v1/nodes/n1/proxy/metrics", "/api/v1/nodes/n1/proxy/containerLogs/a/b/c", "/api/v1/namespaces/default/pods/web-0/exec", "/api/v1/nodes/n1"] {

@@ -16,7 +16,6 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-
 /// What a request does in Kubernetes terms, as kube-apiserver's `RequestInfoFactory`
 /// derives it (`kube::request_info` derives it here).
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq, Serialize)]

@@ -32,9 +32,16 @@ pub enum Outcome {
 #[derive(Debug, Deserialize, Serialize, PartialEq)]
 #[serde(tag = "type", rename_all = "camelCase")]
 pub enum ClientMessage {
-    Start { id: String, header: Value },
+    Start {
+        id: String,
+        header: Value,
+    },
     #[serde(rename_all = "camelCase")]
-    End { outcome: Outcome, exit_code: Option<i32>, reason: Option<String> },
+    End {
+        outcome: Outcome,
+        exit_code: Option<i32>,
+        reason: Option<String>,
+    },
 }
 
 #[derive(Debug, Deserialize, Serialize, PartialEq, Eq)]

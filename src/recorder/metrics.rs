@@ -62,7 +62,12 @@ impl Metrics {
             ("kubetape_recorder_storage_errors_total", "counter", "Failed storage writes and syncs.", g(&self.storage_errors).to_string()),
             ("kubetape_recorder_fsyncs_total", "counter", "Durable writes of recordings (one per acknowledged batch).", g(&self.fsyncs).to_string()),
             ("kubetape_recorder_event_fsyncs_total", "counter", "Durable writes of the event log (each serves every batch appended before it).", g(&self.event_fsyncs).to_string()),
-            ("kubetape_recorder_ack_lag_seconds_sum", "counter", "Time spent making bytes durable before acknowledging them.", format!("{:.6}", g(&self.ack_lag_micros) as f64 / 1e6)),
+            (
+                "kubetape_recorder_ack_lag_seconds_sum",
+                "counter",
+                "Time spent making bytes durable before acknowledging them.",
+                format!("{:.6}", g(&self.ack_lag_micros) as f64 / 1e6),
+            ),
         ];
         lines.iter().map(|(name, kind, help, value)| format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n")).collect()
     }

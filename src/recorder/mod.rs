@@ -21,8 +21,8 @@ use crate::kube::status;
 use crate::net::conn::{Conn, Input, WriteHalf};
 use crate::net::server::{self, Lifecycle};
 use crate::net::{signal, tls};
-use crate::record::protocol::{valid_id, Ack, ClientMessage, Outcome, SessionMeta, Status, PATH, SUBPROTOCOL};
 use crate::record::event::ApiEvent;
+use crate::record::protocol::{valid_id, Ack, ClientMessage, Outcome, SessionMeta, Status, PATH, SUBPROTOCOL};
 use crate::record::protocol::{EVENTS_PATH, EVENTS_SUBPROTOCOL};
 use crate::storage::events::EventLog;
 use crate::storage::fs::{FsStore, SessionFile};
@@ -360,8 +360,14 @@ fn ingest(state: &State, head: RequestHead, mut input: Input, mut out: WriteHalf
                             return Err(format!("session id {id:?} is not valid"));
                         }
                         let meta = SessionMeta {
-                            id: id.clone(), status: Status::Recording, bytes: 0, exit_code: None, reason: None,
-                            started: now(), ended: None, writer: writer.clone(),
+                            id: id.clone(),
+                            status: Status::Recording,
+                            bytes: 0,
+                            exit_code: None,
+                            reason: None,
+                            started: now(),
+                            ended: None,
+                            writer: writer.clone(),
                             session: header.get("kubetape").cloned().unwrap_or(Value::Null),
                         };
                         let line = format!("{header}\n");

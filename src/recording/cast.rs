@@ -140,12 +140,26 @@ mod tests {
 
     #[test]
     fn the_header_says_who_what_where_and_when() {
-        let request = SessionRequest { kind: "exec", namespace: "default".into(), pod: "web-0".into(), container: "main".into(), command: vec!["sh".into(), "-c".into(), "id".into()], tty: true };
+        let request = SessionRequest {
+            kind: "exec",
+            namespace: "default".into(),
+            pod: "web-0".into(),
+            container: "main".into(),
+            command: vec!["sh".into(), "-c".into(), "id".into()],
+            tty: true,
+        };
         let groups = vec!["sre".to_string(), "system:masters".to_string()];
         let started = UNIX_EPOCH + std::time::Duration::from_millis(1_796_000_000_123);
         let h = header(&HeaderContext {
-            id: "s-1", request: &request, protocol: "SPDY/3.1", offered: &["v5.channel.k8s.io".to_string()], user: None,
-            impersonated: Some(("alice", &groups)), source: "192.0.2.1", proxy_id: "p1", started,
+            id: "s-1",
+            request: &request,
+            protocol: "SPDY/3.1",
+            offered: &["v5.channel.k8s.io".to_string()],
+            user: None,
+            impersonated: Some(("alice", &groups)),
+            source: "192.0.2.1",
+            proxy_id: "p1",
+            started,
         });
         assert_eq!(h["timestamp"], 1_796_000_000);
         assert_eq!(h["title"], "kubectl exec default/web-0 sh -c id");
@@ -162,11 +176,14 @@ mod tests {
     fn events_become_lines_and_the_exit_comes_last() {
         let mut w = CastWriter::default();
         let euro = "€".as_bytes();
-        let first = w.lines(1.5, vec![
-            TapEvent::Resize(TerminalSize { width: 120, height: 40 }),
-            TapEvent::Output { stream: asciicast::STDOUT, data: [b"a".as_slice(), &euro[..1]].concat() },
-            TapEvent::Exit(3),
-        ]);
+        let first = w.lines(
+            1.5,
+            vec![
+                TapEvent::Resize(TerminalSize { width: 120, height: 40 }),
+                TapEvent::Output { stream: asciicast::STDOUT, data: [b"a".as_slice(), &euro[..1]].concat() },
+                TapEvent::Exit(3),
+            ],
+        );
         assert_eq!(first, "[1.500000, \"r\", \"120x40\"]\n[1.500000, \"o\", \"a\"]\n", "a split UTF-8 sequence is held back");
         let second = w.lines(2.0, vec![TapEvent::Output { stream: asciicast::STDOUT, data: euro[1..].to_vec() }, TapEvent::Failure("x".into())]);
         assert_eq!(second, "[2.000000, \"o\", \"€\"]\n[2.000000, \"m\", \"error:x\"]\n");

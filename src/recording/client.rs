@@ -349,7 +349,12 @@ impl Drop for Recording {
 
 /// A recorder target from its policy entry: URL `https://host:port`, CA roots, and
 /// the proxy's client identity.
-pub fn target(name: &str, url: &str, roots: rustls::RootCertStore, identity: Option<(Vec<rustls::pki_types::CertificateDer<'static>>, rustls::pki_types::PrivateKeyDer<'static>)>) -> Result<RecorderTarget> {
+pub fn target(
+    name: &str,
+    url: &str,
+    roots: rustls::RootCertStore,
+    identity: Option<(Vec<rustls::pki_types::CertificateDer<'static>>, rustls::pki_types::PrivateKeyDer<'static>)>,
+) -> Result<RecorderTarget> {
     let rest = url.strip_prefix("https://").ok_or_else(|| Error::new(format!("recorder {name}: url {url:?} must be https://")))?;
     let authority = rest.split('/').next().unwrap_or("");
     let (host, port) = authority.rsplit_once(':').ok_or_else(|| Error::new(format!("recorder {name}: url {url:?} needs a port")))?;

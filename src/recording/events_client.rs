@@ -154,7 +154,11 @@ impl EventSink {
             let taken_back = p.waiters.len() < before;
             drop(p);
             // Not found: settled just now, by a thread that is about to say how.
-            if taken_back { None } else { slot.wait(Duration::from_secs(1)) }
+            if taken_back {
+                None
+            } else {
+                slot.wait(Duration::from_secs(1))
+            }
         });
         match settled {
             Some(true) => Ok(()),

@@ -31,7 +31,10 @@ const MAX_SMALL_MESSAGE: usize = 64 * 1024;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TapEvent {
-    Output { stream: u8, data: Vec<u8> },
+    Output {
+        stream: u8,
+        data: Vec<u8>,
+    },
     Resize(TerminalSize),
     Exit(i32),
     /// The error channel carried a Status without an exit code.
@@ -155,7 +158,8 @@ pub struct SpdyTap {
 impl SpdyTap {
     pub fn pair() -> (SpdyTap, SpdyTap) {
         let streams = Arc::new(SpdyStreams::default());
-        let tap = |dir| SpdyTap { dir, streams: streams.clone(), inflater: HeaderInflater::default(), pending: Vec::new(), data: None, error: Small::default(), resize: Vec::new() };
+        let tap =
+            |dir| SpdyTap { dir, streams: streams.clone(), inflater: HeaderInflater::default(), pending: Vec::new(), data: None, error: Small::default(), resize: Vec::new() };
         (tap(Direction::ClientToServer), tap(Direction::ServerToClient))
     }
 

@@ -44,10 +44,7 @@ fn not_found(resource: &str, name: &str) -> ApiError {
 fn store_error(e: StoreError, resource: &str, name: &str) -> ApiError {
     match e {
         StoreError::NotFound => not_found(resource, name),
-        StoreError::AlreadyExists => ApiError {
-            code: 409,
-            body: status::failure_for(409, &format!("{resource} \"{name}\" already exists"), resource.trim_end_matches('s'), name),
-        },
+        StoreError::AlreadyExists => ApiError { code: 409, body: status::failure_for(409, &format!("{resource} \"{name}\" already exists"), resource.trim_end_matches('s'), name) },
         StoreError::Conflict => ApiError::new(
             409,
             format!("Operation cannot be fulfilled on {resource} \"{name}\": the object has been modified; please apply your changes to the latest version and try again"),
@@ -213,8 +210,7 @@ fn filter(req: &Request, items: Vec<Value>) -> Result<Vec<Value>, ApiError> {
         let mut keep = true;
         for (param, fields) in [("labelSelector", false), ("fieldSelector", true)] {
             if let Some(sel) = req.param(param) {
-                keep &= store::matches_selector(&item, sel, fields)
-                    .ok_or_else(|| ApiError::new(400, format!("{param} {sel:?} is not supported by kubetape sim")))?;
+                keep &= store::matches_selector(&item, sel, fields).ok_or_else(|| ApiError::new(400, format!("{param} {sel:?} is not supported by kubetape sim")))?;
             }
         }
         if keep {
@@ -402,10 +398,13 @@ fn create_pod(cluster: &Arc<Cluster>, ns: &str, mut pod: Value) -> Result<Value,
     let created = cluster.store.create(key, pod).map_err(|e| store_error(e, "pods", &name))?;
     let cluster = cluster.clone();
     let ns = ns.to_string();
-    std::thread::Builder::new().name(format!("start-{name}")).spawn(move || {
-        std::thread::sleep(START_DELAY);
-        start_pod(&cluster, &ns, &name, &containers);
-    }).map_err(|e| ApiError::new(500, e.to_string()))?;
+    std::thread::Builder::new()
+        .name(format!("start-{name}"))
+        .spawn(move || {
+            std::thread::sleep(START_DELAY);
+            start_pod(&cluster, &ns, &name, &containers);
+        })
+        .map_err(|e| ApiError::new(500, e.to_string()))?;
     Ok(created)
 }
 
@@ -449,10 +448,7 @@ fn default_container(c: &mut Value) {
 /// The container a subresource request names, or the pod's first.
 fn pick_container(pod: &Value, req: &Request) -> Result<String, ApiError> {
     if let Some(c) = req.param("container").filter(|c| !c.is_empty()) {
-        let known = ["containers", "ephemeralContainers"]
-            .iter()
-            .flat_map(|f| pod["spec"][f].as_array().cloned().unwrap_or_default())
-            .any(|s| s["name"] == json!(c));
+        let known = ["containers", "ephemeralContainers"].iter().flat_map(|f| pod["spec"][f].as_array().cloned().unwrap_or_default()).any(|s| s["name"] == json!(c));
         if !known {
             let pod_name = pod["metadata"]["name"].as_str().unwrap_or_default();
             return Err(ApiError::new(400, format!("container {c} is not valid for pod {pod_name}")));
@@ -582,11 +578,8 @@ fn upgrade(req: &Request, out: &mut WriteHalf, supported: &[&str]) -> Result<Pro
     resp.headers.push("Connection", "Upgrade");
     let proto = if upgrade.eq_ignore_ascii_case("websocket") {
         let offered: Vec<&str> = h.tokens("sec-websocket-protocol").collect();
-        let chosen = offered
-            .iter()
-            .copied()
-            .find(|p| supported.contains(p))
-            .ok_or_else(|| ApiError::new(400, format!("unable to upgrade: no supported subprotocol in {offered:?}")))?;
+        let chosen =
+            offered.iter().copied().find(|p| supported.contains(p)).ok_or_else(|| ApiError::new(400, format!("unable to upgrade: no supported subprotocol in {offered:?}")))?;
         let key = h.get("sec-websocket-key").ok_or_else(|| ApiError::new(400, "missing Sec-WebSocket-Key"))?;
         resp.headers.push("Upgrade", "websocket");
         resp.headers.push("Sec-WebSocket-Accept", tungstenite::handshake::derive_accept_key(key));
@@ -594,11 +587,7 @@ fn upgrade(req: &Request, out: &mut WriteHalf, supported: &[&str]) -> Result<Pro
         Proto::WebSocket { v5: chosen == "v5.channel.k8s.io" }
     } else if upgrade == "SPDY/3.1" {
         let offered: Vec<&str> = h.get_all("x-stream-protocol-version").filter_map(|v| std::str::from_utf8(v).ok()).flat_map(|v| v.split(',')).map(str::trim).collect();
-        let chosen = offered
-            .iter()
-            .copied()
-            .find(|p| supported.contains(p))
-            .ok_or_else(|| ApiError::new(403, format!("unable to upgrade: no common protocol in {offered:?}")))?;
+        let chosen = offered.iter().copied().find(|p| supported.contains(p)).ok_or_else(|| ApiError::new(403, format!("unable to upgrade: no common protocol in {offered:?}")))?;
         resp.headers.push("Upgrade", "SPDY/3.1");
         resp.headers.push("X-Stream-Protocol-Version", chosen);
         Proto::Spdy

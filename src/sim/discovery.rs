@@ -42,8 +42,7 @@ fn resource(name: &str, kind: &str, namespaced: bool, verbs: &[&str], short: &[&
 const OBJECT_VERBS: &[&str] = &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
 
 /// Resources this simulator serves under `/api/v1`: (name, kind, namespaced).
-pub const CORE_RESOURCES: &[(&str, &str, bool)] =
-    &[("namespaces", "Namespace", false), ("pods", "Pod", true), ("configmaps", "ConfigMap", true)];
+pub const CORE_RESOURCES: &[(&str, &str, bool)] = &[("namespaces", "Namespace", false), ("pods", "Pod", true), ("configmaps", "ConfigMap", true)];
 
 pub fn api_resources(group_version: &str) -> Option<Value> {
     let resources = match group_version {
@@ -89,11 +88,7 @@ pub fn openapi_v3(group_version: &str) -> Option<Value> {
     let mut paths = serde_json::Map::new();
     if group_version == "api/v1" {
         for (resource, kind, namespaced) in CORE_RESOURCES {
-            let path = if *namespaced {
-                format!("/api/v1/namespaces/{{namespace}}/{resource}/{{name}}")
-            } else {
-                format!("/api/v1/{resource}/{{name}}")
-            };
+            let path = if *namespaced { format!("/api/v1/namespaces/{{namespace}}/{resource}/{{name}}") } else { format!("/api/v1/{resource}/{{name}}") };
             let op = json!({
                 "x-kubernetes-group-version-kind": {"group": "", "version": "v1", "kind": kind},
                 "x-kubernetes-action": "patch",
@@ -132,11 +127,7 @@ fn pb_field(num: u32, bytes: &[u8]) -> Vec<u8> {
 pub fn openapi_v2_protobuf() -> Vec<u8> {
     let mut paths = Vec::new();
     for (resource, kind, namespaced) in CORE_RESOURCES {
-        let path = if *namespaced {
-            format!("/api/v1/namespaces/{{namespace}}/{resource}/{{name}}")
-        } else {
-            format!("/api/v1/{resource}/{{name}}")
-        };
+        let path = if *namespaced { format!("/api/v1/namespaces/{{namespace}}/{resource}/{{name}}") } else { format!("/api/v1/{resource}/{{name}}") };
         // QueryParameterSubSchema{in=2, name=4, type=6} in NonBodyParameter(3) in Parameter(2) in ParametersItem(1)
         let query = [pb_field(2, b"query"), pb_field(4, b"fieldValidation"), pb_field(6, b"string")].concat();
         let param = pb_field(1, &pb_field(2, &pb_field(3, &query)));
@@ -167,11 +158,7 @@ pub fn human_age(secs: u64) -> String {
 
 fn age(obj: &Value) -> String {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    obj["metadata"]["creationTimestamp"]
-        .as_str()
-        .and_then(parse_rfc3339)
-        .map(|t| human_age(now.saturating_sub(t)))
-        .unwrap_or_else(|| "<unknown>".into())
+    obj["metadata"]["creationTimestamp"].as_str().and_then(parse_rfc3339).map(|t| human_age(now.saturating_sub(t))).unwrap_or_else(|| "<unknown>".into())
 }
 
 fn column(name: &str, kind: &str, priority: u8) -> Value {

@@ -75,9 +75,7 @@ pub struct Config {
 impl Config {
     pub fn from_args(args: &Args) -> Result<Config> {
         let listen = args.required("listen")?;
-        let addrs: Vec<_> = std::net::ToSocketAddrs::to_socket_addrs(listen.as_str())
-            .with_context(|| format!("--listen {listen}"))?
-            .collect();
+        let addrs: Vec<_> = std::net::ToSocketAddrs::to_socket_addrs(listen.as_str()).with_context(|| format!("--listen {listen}"))?.collect();
         if addrs.is_empty() || !addrs.iter().all(|a| a.ip().is_loopback()) {
             crate::bail!("--listen {listen}: the simulator runs commands on this host, so it binds to loopback only");
         }
@@ -153,9 +151,9 @@ pub fn run(config: Config) -> Result<()> {
     let serving = {
         let cluster = cluster.clone();
         let life = life.clone();
-        std::thread::Builder::new().name("accept".into()).spawn(move || {
-            server::serve(listener, "conn", server::Limits::flat(MAX_CONNECTIONS), life, move |sock, id, _| handle_connection(&cluster, sock, id))
-        })?
+        std::thread::Builder::new()
+            .name("accept".into())
+            .spawn(move || server::serve(listener, "conn", server::Limits::flat(MAX_CONNECTIONS), life, move |sock, id, _| handle_connection(&cluster, sock, id)))?
     };
     let sig = signal::wait_for_termination()?;
     log::info!("stopping signal={sig}");

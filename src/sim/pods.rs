@@ -110,7 +110,6 @@ pub fn start_pod(cluster: &Arc<Cluster>, ns: &str, pod: &str, containers: &[Valu
     }
 }
 
-
 /// Kills a pod's containers and removes its files.
 pub fn stop_pod(cluster: &Cluster, ns: &str, pod: &str) {
     let mut containers = cluster.containers.lock().unwrap_or_else(|e| e.into_inner());

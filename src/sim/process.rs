@@ -76,13 +76,7 @@ pub fn spawn(argv: &[String], dir: &Path, env: &[(String, String)], tty: Option<
         let child = cmd.spawn()?;
         drop(cmd); // closes our copies of the slave, so reads see EOF when the child exits
         let master = File::from(master);
-        return Ok(Spawned {
-            child,
-            stdin: if stdin { Some(master.try_clone()?) } else { None },
-            stdout: master.try_clone()?,
-            stderr: None,
-            pty: Some(master),
-        });
+        return Ok(Spawned { child, stdin: if stdin { Some(master.try_clone()?) } else { None }, stdout: master.try_clone()?, stderr: None, pty: Some(master) });
     }
     cmd.stdin(if stdin { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::piped());
     // SAFETY: setsid is async-signal-safe; this runs between fork and exec.

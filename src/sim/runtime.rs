@@ -41,7 +41,6 @@ pub struct Container {
     state: Mutex<State>,
 }
 
-
 impl Container {
     /// Starts `argv`; `on_exit` runs once with the exit code after all output is read.
     pub fn start(
@@ -54,13 +53,7 @@ impl Container {
         on_exit: impl FnOnce(i32) + Send + 'static,
     ) -> std::io::Result<Arc<Container>> {
         let Spawned { mut child, stdin: input, stdout, stderr, pty } = process::spawn(argv, dir, env, tty.then_some(process::DEFAULT_SIZE), stdin)?;
-        let c = Arc::new(Container {
-            stdin_once,
-            pid: child.id(),
-            stdin: Mutex::new(input),
-            pty,
-            state: Mutex::new(State::default()),
-        });
+        let c = Arc::new(Container { stdin_once, pid: child.id(), stdin: Mutex::new(input), pty, state: Mutex::new(State::default()) });
         let mut readers = Vec::new();
         for (ch, file) in [(channel::STDOUT, Some(stdout)), (channel::STDERR, stderr)] {
             let Some(mut file) = file else { continue };

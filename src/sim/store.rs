@@ -101,12 +101,7 @@ impl Store {
 
     pub fn list(&self, resource: &str, namespace: Option<&str>) -> (Vec<Value>, u64) {
         let inner = self.lock();
-        let items = inner
-            .objects
-            .iter()
-            .filter(|(k, _)| k.resource == resource && namespace.is_none_or(|ns| k.namespace == ns))
-            .map(|(_, v)| v.clone())
-            .collect();
+        let items = inner.objects.iter().filter(|(k, _)| k.resource == resource && namespace.is_none_or(|ns| k.namespace == ns)).map(|(_, v)| v.clone()).collect();
         (items, inner.rv)
     }
 
@@ -158,17 +153,10 @@ impl Store {
         let mut inner = self.lock();
         let wanted = |k: &Key| k.resource == resource && namespace.is_none_or(|ns| k.namespace == ns);
         let backlog: Vec<Event> = match since {
-            Some(rv) if inner.history.front().is_none_or(|e| e.rv <= rv + 1) => {
-                inner.history.iter().filter(|e| e.rv > rv && wanted(&e.key)).cloned().collect()
-            }
+            Some(rv) if inner.history.front().is_none_or(|e| e.rv <= rv + 1) => inner.history.iter().filter(|e| e.rv > rv && wanted(&e.key)).cloned().collect(),
             _ => {
                 let rv = inner.rv;
-                inner
-                    .objects
-                    .iter()
-                    .filter(|(k, _)| wanted(k))
-                    .map(|(k, v)| Event { kind: "ADDED", key: k.clone(), object: v.clone(), rv })
-                    .collect()
+                inner.objects.iter().filter(|(k, _)| wanted(k)).map(|(k, v)| Event { kind: "ADDED", key: k.clone(), object: v.clone(), rv }).collect()
             }
         };
         for e in backlog.into_iter().take(WATCH_BUFFER - 1) {
@@ -248,9 +236,15 @@ mod tests {
     #[test]
     fn selectors() {
         let o = json!({"metadata": {"name": "web-0", "labels": {"app": "web"}}});
-        let cases = [("app=web", false, Some(true)), ("app!=web", false, Some(false)), ("app", false, Some(true)),
-            ("tier", false, Some(false)), ("metadata.name=web-0", true, Some(true)), ("metadata.name=x", true, Some(false)),
-            ("app in (a,b)", false, None)];
+        let cases = [
+            ("app=web", false, Some(true)),
+            ("app!=web", false, Some(false)),
+            ("app", false, Some(true)),
+            ("tier", false, Some(false)),
+            ("metadata.name=web-0", true, Some(true)),
+            ("metadata.name=x", true, Some(false)),
+            ("app in (a,b)", false, None),
+        ];
         for (sel, fields, want) in cases {
             assert_eq!(matches_selector(&o, sel, fields), want, "{sel}");
         }

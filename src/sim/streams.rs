@@ -54,7 +54,6 @@ pub struct Wanted {
     pub tty: bool,
 }
 
-
 // ---- SPDY ----
 
 struct SpdyOut {
@@ -105,9 +104,7 @@ fn spdy_reader(mut input: Input, out: SharedSpdyOut, tx: Sender<SpdyIn>) {
                         Some(open)
                     }
                 }
-                Frame::Data { stream_id, flags, payload } => {
-                    Some(SpdyIn::Data { id: stream_id, data: payload.to_vec(), fin: flags & spdy::FLAG_FIN != 0 })
-                }
+                Frame::Data { stream_id, flags, payload } => Some(SpdyIn::Data { id: stream_id, data: payload.to_vec(), fin: flags & spdy::FLAG_FIN != 0 }),
                 Frame::Headers { header_block, .. } | Frame::SynReply { header_block, .. } => {
                     inflater.inflate(header_block)?; // keeps the shared zlib stream in step
                     None
@@ -274,9 +271,7 @@ pub fn spdy_port_forward(input: Input, output: WriteHalf, allowed: impl Fn(u16) 
                                 sockets.insert(id, sock);
                                 let out = out.clone();
                                 let error_id = errors.get(&request).copied();
-                                thread::Builder::new().name(format!("pf-{port}")).spawn(move || {
-                                    forward_socket(reader, id, error_id, &out)
-                                })?;
+                                thread::Builder::new().name(format!("pf-{port}")).spawn(move || forward_socket(reader, id, error_id, &out))?;
                             }
                             Err(e) => fail(format!("error forwarding port {port} to pod: {e}")),
                         }

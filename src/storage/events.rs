@@ -185,13 +185,16 @@ mod tests {
     fn append_query_and_recover() {
         let dir = std::env::temp_dir().join(format!("kubetape-events-{}", crate::net::random::hex(8)));
         let log = EventLog::open(&dir).unwrap();
-        let ev = |id: &str, verb: &str| serde_json::to_string(&ApiEvent {
-            id: id.into(),
-            request: crate::kube::request_info::RequestInfo { verb: verb.into(), ..Default::default() },
-            received: "2026-11-25T00:00:00.000Z".into(),
-            ..ApiEvent::default()
-        })
-        .unwrap() + "\n";
+        let ev = |id: &str, verb: &str| {
+            serde_json::to_string(&ApiEvent {
+                id: id.into(),
+                request: crate::kube::request_info::RequestInfo { verb: verb.into(), ..Default::default() },
+                received: "2026-11-25T00:00:00.000Z".into(),
+                ..ApiEvent::default()
+            })
+            .unwrap()
+                + "\n"
+        };
         let log = Arc::new(log);
         // Concurrent writers share syncs; each learns when its own lines are durable.
         let threads: Vec<_> = (0..4)

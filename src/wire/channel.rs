@@ -19,8 +19,7 @@ pub const RESIZE: u8 = 4;
 pub const CLOSE: u8 = 255;
 
 /// Remote-command subprotocols, newest first, as a kubelet prefers them.
-pub const EXEC_PROTOCOLS: &[&str] =
-    &["v5.channel.k8s.io", "v4.channel.k8s.io", "v3.channel.k8s.io", "v2.channel.k8s.io", "channel.k8s.io"];
+pub const EXEC_PROTOCOLS: &[&str] = &["v5.channel.k8s.io", "v4.channel.k8s.io", "v3.channel.k8s.io", "v2.channel.k8s.io", "channel.k8s.io"];
 pub const PORT_FORWARD_PROTOCOL: &str = "portforward.k8s.io";
 
 /// The channel a SPDY stream carries, from its `streamtype` header.
@@ -53,10 +52,7 @@ pub struct TerminalSize {
 
 /// Every complete size message in `data`; kubectl may send several in one write.
 pub fn parse_resizes(data: &[u8]) -> Vec<TerminalSize> {
-    serde_json::Deserializer::from_slice(data)
-        .into_iter::<TerminalSize>()
-        .map_while(Result::ok)
-        .collect()
+    serde_json::Deserializer::from_slice(data).into_iter::<TerminalSize>().map_while(Result::ok).collect()
 }
 
 /// The Status a kubelet writes on the error channel when a command exits.
@@ -81,14 +77,7 @@ pub fn exit_code(status: &[u8]) -> Option<i32> {
     let v: serde_json::Value = serde_json::from_slice(status).ok()?;
     match v.get("status")?.as_str()? {
         "Success" => Some(0),
-        _ => v.pointer("/details/causes")?
-            .as_array()?
-            .iter()
-            .find(|c| c.get("reason").and_then(|r| r.as_str()) == Some("ExitCode"))?
-            .get("message")?
-            .as_str()?
-            .parse()
-            .ok(),
+        _ => v.pointer("/details/causes")?.as_array()?.iter().find(|c| c.get("reason").and_then(|r| r.as_str()) == Some("ExitCode"))?.get("message")?.as_str()?.parse().ok(),
     }
 }
 

@@ -68,11 +68,7 @@ impl Headers {
 
     /// The comma-separated tokens of every `name` field, trimmed.
     pub fn tokens<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.get_all(name)
-            .filter_map(|v| std::str::from_utf8(v).ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
+        self.get_all(name).filter_map(|v| std::str::from_utf8(v).ok()).flat_map(|v| v.split(',')).map(str::trim).filter(|t| !t.is_empty())
     }
 
     fn encode_into(&self, out: &mut Vec<u8>) {
@@ -185,12 +181,16 @@ pub enum HeadError {
     Malformed(&'static str),
     TooManyHeaders,
     /// A header line starting with space or tab (RFC 9112 section 5.2).
-    ObsoleteLineFolding { offset: usize },
+    ObsoleteLineFolding {
+        offset: usize,
+    },
     UnsupportedVersion(u8),
     NonUtf8(&'static str),
     /// A LF without CR, or a CR without LF (Go and RFC 9112 section 2.2 may differ on
     /// these, so neither is accepted).
-    BareLineEnd { offset: usize },
+    BareLineEnd {
+        offset: usize,
+    },
 }
 
 impl fmt::Display for HeadError {
@@ -242,10 +242,7 @@ fn check_folding(head: &[u8]) -> Result<(), HeadError> {
 }
 
 fn convert_headers(raw: &[httparse::Header<'_>]) -> Result<Headers, HeadError> {
-    raw.iter()
-        .map(|h| Ok(Header { name: h.name.to_string(), value: h.value.to_vec() }))
-        .collect::<Result<Vec<_>, HeadError>>()
-        .map(Headers)
+    raw.iter().map(|h| Ok(Header { name: h.name.to_string(), value: h.value.to_vec() })).collect::<Result<Vec<_>, HeadError>>().map(Headers)
 }
 
 fn map_httparse(e: httparse::Error) -> HeadError {
@@ -274,11 +271,7 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, HeadErr
             if version != 1 {
                 return Err(HeadError::UnsupportedVersion(version));
             }
-            let head = RequestHead {
-                method: req.method.unwrap_or_default().to_string(),
-                target: req.path.unwrap_or_default().to_string(),
-                headers: convert_headers(req.headers)?,
-            };
+            let head = RequestHead { method: req.method.unwrap_or_default().to_string(), target: req.path.unwrap_or_default().to_string(), headers: convert_headers(req.headers)? };
             // Origin form only: no absolute form, and no `*` (OPTIONS to the server
             // itself is nothing the API server serves).
             if !head.target.starts_with('/') {
@@ -303,11 +296,7 @@ pub fn parse_response(buf: &[u8]) -> Result<Option<(ResponseHead, usize)>, HeadE
             if resp.code.unwrap_or(0) < 100 {
                 return Err(HeadError::Malformed("status code below 100"));
             }
-            let head = ResponseHead {
-                status: resp.code.unwrap_or(0),
-                reason: resp.reason.unwrap_or_default().to_string(),
-                headers: convert_headers(resp.headers)?,
-            };
+            let head = ResponseHead { status: resp.code.unwrap_or(0), reason: resp.reason.unwrap_or_default().to_string(), headers: convert_headers(resp.headers)? };
             Ok(Some((head, n)))
         }
     }
@@ -421,7 +410,9 @@ impl std::error::Error for ChunkError {}
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum ChunkState {
     /// Reading hex digits; `digits` counts them.
-    Size { digits: u8 },
+    Size {
+        digits: u8,
+    },
     /// After the size: `;extensions` up to CR.
     Extension,
     SizeLf,
@@ -431,7 +422,9 @@ enum ChunkState {
     /// At the start of a trailer line (or the final empty line).
     TrailerStart,
     TrailerLine,
-    TrailerLf { empty: bool },
+    TrailerLf {
+        empty: bool,
+    },
     Done,
 }
 
@@ -518,11 +511,7 @@ impl ChunkedDecoder {
                         return Err(ChunkError::ExpectedCrlf { offset: at, found: b });
                     }
                     i += 1;
-                    self.state = if want == b'\r' {
-                        ChunkState::DataLf
-                    } else {
-                        ChunkState::Size { digits: 0 }
-                    };
+                    self.state = if want == b'\r' { ChunkState::DataLf } else { ChunkState::Size { digits: 0 } };
                 }
                 ChunkState::TrailerStart | ChunkState::TrailerLine if b == b'\n' => {
                     return Err(ChunkError::ExpectedCrlf { offset: at, found: b });
@@ -530,11 +519,7 @@ impl ChunkedDecoder {
                 ChunkState::TrailerStart => {
                     i += 1;
                     self.line_len = 0;
-                    self.state = if b == b'\r' {
-                        ChunkState::TrailerLf { empty: true }
-                    } else {
-                        ChunkState::TrailerLine
-                    };
+                    self.state = if b == b'\r' { ChunkState::TrailerLf { empty: true } } else { ChunkState::TrailerLine };
                 }
                 ChunkState::TrailerLine => {
                     i += 1;
@@ -862,10 +847,8 @@ mod tests {
     #[test]
     fn queries_decode() {
         let q = query_pairs("command=sh&command=-c&command=echo%20a+b%2&tty=true&x");
-        let want: Vec<(String, String)> = [("command", "sh"), ("command", "-c"), ("command", "echo a b%2"), ("tty", "true"), ("x", "")]
-            .iter()
-            .map(|(a, b)| (a.to_string(), b.to_string()))
-            .collect();
+        let want: Vec<(String, String)> =
+            [("command", "sh"), ("command", "-c"), ("command", "echo a b%2"), ("tty", "true"), ("x", "")].iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
         assert_eq!(q, want);
         assert_eq!(percent_decode("%"), "%");
         assert_eq!(percent_decode("%e2%82%ac"), "€");

@@ -35,7 +35,10 @@ pub const TYPE_WINDOW_UPDATE: u16 = 9;
 pub enum SpdyError {
     UnsupportedVersion(u16),
     /// A control frame too short for its type.
-    ShortControlFrame { kind: u16, len: usize },
+    ShortControlFrame {
+        kind: u16,
+        len: usize,
+    },
     BadHeaderBlock(&'static str),
     HeaderBlockTooLarge,
     Inflate(String),
@@ -61,16 +64,48 @@ impl std::error::Error for SpdyError {}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Frame<'a> {
-    Data { stream_id: u32, flags: u8, payload: &'a [u8] },
-    SynStream { stream_id: u32, associated_id: u32, flags: u8, header_block: &'a [u8] },
-    SynReply { stream_id: u32, flags: u8, header_block: &'a [u8] },
-    Headers { stream_id: u32, flags: u8, header_block: &'a [u8] },
-    RstStream { stream_id: u32, status: u32 },
-    Ping { id: u32 },
-    GoAway { last_good_stream_id: u32, status: u32 },
-    WindowUpdate { stream_id: u32, delta: u32 },
+    Data {
+        stream_id: u32,
+        flags: u8,
+        payload: &'a [u8],
+    },
+    SynStream {
+        stream_id: u32,
+        associated_id: u32,
+        flags: u8,
+        header_block: &'a [u8],
+    },
+    SynReply {
+        stream_id: u32,
+        flags: u8,
+        header_block: &'a [u8],
+    },
+    Headers {
+        stream_id: u32,
+        flags: u8,
+        header_block: &'a [u8],
+    },
+    RstStream {
+        stream_id: u32,
+        status: u32,
+    },
+    Ping {
+        id: u32,
+    },
+    GoAway {
+        last_good_stream_id: u32,
+        status: u32,
+    },
+    WindowUpdate {
+        stream_id: u32,
+        delta: u32,
+    },
     /// SETTINGS, and types this crate does not interpret.
-    OtherControl { kind: u16, flags: u8, payload: &'a [u8] },
+    OtherControl {
+        kind: u16,
+        flags: u8,
+        payload: &'a [u8],
+    },
 }
 
 fn be32(b: &[u8]) -> u32 {
@@ -112,20 +147,13 @@ pub fn parse_frame(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>, SpdyError> 
     }
     let id = || be32(payload) & 0x7fff_ffff;
     let frame = match kind {
-        TYPE_SYN_STREAM => Frame::SynStream {
-            stream_id: id(),
-            associated_id: be32(&payload[4..]) & 0x7fff_ffff,
-            flags,
-            header_block: &payload[10..],
-        },
+        TYPE_SYN_STREAM => Frame::SynStream { stream_id: id(), associated_id: be32(&payload[4..]) & 0x7fff_ffff, flags, header_block: &payload[10..] },
         TYPE_SYN_REPLY => Frame::SynReply { stream_id: id(), flags, header_block: &payload[4..] },
         TYPE_HEADERS => Frame::Headers { stream_id: id(), flags, header_block: &payload[4..] },
         TYPE_RST_STREAM => Frame::RstStream { stream_id: id(), status: be32(&payload[4..]) },
         TYPE_PING => Frame::Ping { id: be32(payload) },
         TYPE_GOAWAY => Frame::GoAway { last_good_stream_id: id(), status: be32(&payload[4..]) },
-        TYPE_WINDOW_UPDATE => {
-            Frame::WindowUpdate { stream_id: id(), delta: be32(&payload[4..]) & 0x7fff_ffff }
-        }
+        TYPE_WINDOW_UPDATE => Frame::WindowUpdate { stream_id: id(), delta: be32(&payload[4..]) & 0x7fff_ffff },
         _ => Frame::OtherControl { kind, flags, payload },
     };
     Ok(Some((frame, total)))
@@ -186,16 +214,71 @@ pub fn encode_goaway(last_good_stream_id: u32, status: u32) -> Vec<u8> {
 /// words, then a run of common values.
 fn dictionary() -> Vec<u8> {
     const WORDS: &[&str] = &[
-        "options", "head", "post", "put", "delete", "trace", "accept", "accept-charset",
-        "accept-encoding", "accept-language", "accept-ranges", "age", "allow", "authorization",
-        "cache-control", "connection", "content-base", "content-encoding", "content-language",
-        "content-length", "content-location", "content-md5", "content-range", "content-type",
-        "date", "etag", "expect", "expires", "from", "host", "if-match", "if-modified-since",
-        "if-none-match", "if-range", "if-unmodified-since", "last-modified", "location",
-        "max-forwards", "pragma", "proxy-authenticate", "proxy-authorization", "range", "referer",
-        "retry-after", "server", "te", "trailer", "transfer-encoding", "upgrade", "user-agent",
-        "vary", "via", "warning", "www-authenticate", "method", "get", "status", "200 OK",
-        "version", "HTTP/1.1", "url", "public", "set-cookie", "keep-alive", "origin",
+        "options",
+        "head",
+        "post",
+        "put",
+        "delete",
+        "trace",
+        "accept",
+        "accept-charset",
+        "accept-encoding",
+        "accept-language",
+        "accept-ranges",
+        "age",
+        "allow",
+        "authorization",
+        "cache-control",
+        "connection",
+        "content-base",
+        "content-encoding",
+        "content-language",
+        "content-length",
+        "content-location",
+        "content-md5",
+        "content-range",
+        "content-type",
+        "date",
+        "etag",
+        "expect",
+        "expires",
+        "from",
+        "host",
+        "if-match",
+        "if-modified-since",
+        "if-none-match",
+        "if-range",
+        "if-unmodified-since",
+        "last-modified",
+        "location",
+        "max-forwards",
+        "pragma",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "range",
+        "referer",
+        "retry-after",
+        "server",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "user-agent",
+        "vary",
+        "via",
+        "warning",
+        "www-authenticate",
+        "method",
+        "get",
+        "status",
+        "200 OK",
+        "version",
+        "HTTP/1.1",
+        "url",
+        "public",
+        "set-cookie",
+        "keep-alive",
+        "origin",
     ];
     const TAIL: &str = concat!(
         "100101201202205206300302303304305306307402405406407408409410411412413414415416417502504505",
@@ -271,8 +354,7 @@ fn decode_header_list(raw: &[u8]) -> Result<HeaderList, SpdyError> {
     let mut list = Vec::with_capacity(count.min(64));
     for _ in 0..count {
         let n = be32(take(&mut raw, 4)?) as usize;
-        let name = std::str::from_utf8(take(&mut raw, n)?)
-            .map_err(|_| SpdyError::BadHeaderBlock("name is not UTF-8"))?;
+        let name = std::str::from_utf8(take(&mut raw, n)?).map_err(|_| SpdyError::BadHeaderBlock("name is not UTF-8"))?;
         let n = be32(take(&mut raw, 4)?) as usize;
         let value = take(&mut raw, n)?;
         let values = value.split(|b| *b == 0).map(|v| String::from_utf8_lossy(v).into_owned()).collect();
@@ -391,10 +473,7 @@ mod tests {
     #[test]
     fn frame_errors() {
         assert_eq!(parse_frame(&[0x80, 2, 0, 1, 0, 0, 0, 0]).unwrap_err(), SpdyError::UnsupportedVersion(2));
-        assert_eq!(
-            parse_frame(&[0x80, 3, 0, 3, 0, 0, 0, 4, 0, 0, 0, 1]).unwrap_err(),
-            SpdyError::ShortControlFrame { kind: 3, len: 4 }
-        );
+        assert_eq!(parse_frame(&[0x80, 3, 0, 3, 0, 0, 0, 4, 0, 0, 0, 1]).unwrap_err(), SpdyError::ShortControlFrame { kind: 3, len: 4 });
         assert_eq!(decode_header_list(&[0, 0, 0, 1, 0, 0, 0, 9]).unwrap_err(), SpdyError::BadHeaderBlock("truncated"));
     }
 }

@@ -62,7 +62,6 @@ pub fn parse_rfc3339(s: &str) -> Option<u64> {
     u64::try_from(days * 86_400 + hh * 3600 + mm * 60 + ss).ok()
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -77,5 +76,4 @@ mod tests {
         assert_eq!(rfc3339(1_795_000_000), "2026-11-18T11:06:40Z");
         assert_eq!(parse_rfc3339("2026-11-18T11:06:40Z"), Some(1_795_000_000));
     }
-
 }

@@ -163,10 +163,7 @@ impl Capture {
         let inner = Arc::new(Inner { record: Mutex::default(), changed: Condvar::new(), stopping: AtomicBool::new(false), conns: Mutex::default() });
         let accept = {
             let inner = inner.clone();
-            std::thread::Builder::new()
-                .name("capture-accept".into())
-                .spawn(move || accept_loop(listener, tls, inner))
-                .expect("starting the capture accept thread")
+            std::thread::Builder::new().name("capture-accept".into()).spawn(move || accept_loop(listener, tls, inner)).expect("starting the capture accept thread")
         };
         Capture { port, ca_pem: ca.cert_pem.clone(), inner, accept: Some(accept) }
     }
@@ -548,14 +545,12 @@ pub mod go {
             return Ok(RequestUri { path: "*".into(), host: String::new() });
         }
         let (scheme, rest) = get_scheme(raw)?;
-        let rest = if rest.ends_with(b"?") && rest.iter().filter(|&&b| b == b'?').count() == 1 {
-            &rest[..rest.len() - 1]
-        } else {
-            rest.split(|&b| b == b'?').next().unwrap_or(rest)
-        };
+        let rest =
+            if rest.ends_with(b"?") && rest.iter().filter(|&&b| b == b'?').count() == 1 { &rest[..rest.len() - 1] } else { rest.split(|&b| b == b'?').next().unwrap_or(rest) };
         if !rest.starts_with(b"/") {
             if !scheme.is_empty() {
-                return Ok(RequestUri { path: String::new(), host: String::new() }); // opaque
+                return Ok(RequestUri { path: String::new(), host: String::new() });
+                // opaque
             }
             return Err(GoError::bad("invalid URI for request"));
         }
@@ -758,11 +753,8 @@ pub mod go {
             return false;
         }
         let boundary = |b: u8| b == b' ' || b == b',' || b == b'\t';
-        (0..=v.len() - token.len()).any(|sp| {
-            (sp == 0 || boundary(v[sp - 1]))
-                && (sp + token.len() == v.len() || boundary(v[sp + token.len()]))
-                && v[sp..sp + token.len()].eq_ignore_ascii_case(token)
-        })
+        (0..=v.len() - token.len())
+            .any(|sp| (sp == 0 || boundary(v[sp - 1])) && (sp + token.len() == v.len() || boundary(v[sp + token.len()])) && v[sp..sp + token.len()].eq_ignore_ascii_case(token))
     }
 
     /// request.go readRequest (request line, URL, header, Host count, readTransfer) and

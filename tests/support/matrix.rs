@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use super::{Kubectl, OutputExt, Proto, whoami_field};
+use super::{whoami_field, Kubectl, OutputExt, Proto};
 
 pub struct Target {
     pub kubectl: Kubectl,
@@ -72,7 +72,11 @@ fn suffix() -> String {
 }
 
 fn check(ok: bool, what: impl FnOnce() -> String) -> CaseResult {
-    if ok { Ok(()) } else { Err(what()) }
+    if ok {
+        Ok(())
+    } else {
+        Err(what())
+    }
 }
 
 fn pod_yaml(name: &str, script: &str) -> String {
@@ -182,7 +186,9 @@ fn exec_stdin(t: &Target) -> CaseResult {
     let mut data = vec![0u8; 1024 * 1024];
     kubetape::net::random::fill(&mut data);
     let out = t.kubectl.run_timeout(&["exec", "-i", &t.pod, "--", "cat"], Some(&data), Duration::from_secs(60));
-    check(out.status.success() && out.stdout == data, || format!("echoed {} of {} bytes, equal={}: {}", out.stdout.len(), data.len(), out.stdout == data, String::from_utf8_lossy(&out.stderr)))
+    check(out.status.success() && out.stdout == data, || {
+        format!("echoed {} of {} bytes, equal={}: {}", out.stdout.len(), data.len(), out.stdout == data, String::from_utf8_lossy(&out.stderr))
+    })
 }
 
 fn exec_tty(t: &Target) -> CaseResult {
@@ -288,11 +294,7 @@ fn whoami(t: &Target) -> CaseResult {
 
 /// The matrix for one kubectl version and protocol against the demo's alice.
 pub fn against_demo(demo: &super::Demo, version: &str, proto: Proto) -> Report {
-    let target = Target {
-        kubectl: Kubectl::new(demo, "kubeconfig", version, proto),
-        pod: "web-0".into(),
-        user: "alice".into(),
-        groups: vec!["sre".into(), "system:masters".into()],
-    };
+    let target =
+        Target { kubectl: Kubectl::new(demo, "kubeconfig", version, proto), pod: "web-0".into(), user: "alice".into(), groups: vec!["sre".into(), "system:masters".into()] };
     run(&target)
 }

@@ -94,10 +94,7 @@ impl Demo {
     }
 
     pub fn logs(&self) -> String {
-        ["demo.log", "proxy.log", "sim.log", "recorder.log"]
-            .iter()
-            .map(|f| format!("--- {f}\n{}", std::fs::read_to_string(self.path(f)).unwrap_or_default()))
-            .collect()
+        ["demo.log", "proxy.log", "sim.log", "recorder.log"].iter().map(|f| format!("--- {f}\n{}", std::fs::read_to_string(self.path(f)).unwrap_or_default())).collect()
     }
 
     pub fn pid(&self, component: &str) -> i32 {
@@ -131,7 +128,11 @@ impl Demo {
     /// Waits for a recording whose sidecar satisfies `pred` and is no longer `recording`.
     pub fn wait_recording(&self, pred: impl Fn(&serde_json::Value, &str) -> bool) -> (serde_json::Value, String) {
         eventually(Duration::from_secs(20), || {
-            self.recordings().into_iter().rev().find(|(m, c)| m["status"] != "recording" && pred(m, c)).ok_or_else(|| format!("no matching recording: {:#?}\n{}", self.recordings(), self.logs()))
+            self.recordings()
+                .into_iter()
+                .rev()
+                .find(|(m, c)| m["status"] != "recording" && pred(m, c))
+                .ok_or_else(|| format!("no matching recording: {:#?}\n{}", self.recordings(), self.logs()))
         })
     }
 
@@ -199,10 +200,7 @@ impl Demo {
         let deadline = Instant::now() + Duration::from_secs(20);
         while !port_alive(port) {
             if let Ok(Some(status)) = s.0.try_wait() {
-                panic!(
-                    "restarted {component} with {extra:?} exited before serving ({status}): {}",
-                    std::fs::read_to_string(&log).unwrap_or_default().trim()
-                );
+                panic!("restarted {component} with {extra:?} exited before serving ({status}): {}", std::fs::read_to_string(&log).unwrap_or_default().trim());
             }
             assert!(Instant::now() < deadline, "restarted {component} not listening on {port} in 20s");
             std::thread::sleep(Duration::from_millis(50));
@@ -231,10 +229,15 @@ impl Demo {
         let cert = who.unwrap_or("recorder-reader");
         // A kubeconfig-shaped file lets the raw client present the chosen certificate.
         let kc = self.path(&format!("{cert}.recorder-kubeconfig"));
-        std::fs::write(&kc, format!(
-            "certificate-authority-data: {}\nclient-certificate-data: {}\nclient-key-data: {}\n",
-            b64("recorder-ca.pem"), b64(&format!("{cert}.pem")), b64(&format!("{cert}-key.pem"))
-        ))
+        std::fs::write(
+            &kc,
+            format!(
+                "certificate-authority-data: {}\nclient-certificate-data: {}\nclient-key-data: {}\n",
+                b64("recorder-ca.pem"),
+                b64(&format!("{cert}.pem")),
+                b64(&format!("{cert}-key.pem"))
+            ),
+        )
         .expect("writing kubeconfig");
         let mut c = RawClient::connect(&addr, &kc, who.is_some());
         c.send(format!("GET {path} HTTP/1.1\r\nHost: r\r\n\r\n").as_bytes()).expect("request");
@@ -260,7 +263,11 @@ impl Demo {
         let k = Kubectl::new(self, "admin.kubeconfig", "1.32", Proto::WebSocket);
         eventually(Duration::from_secs(30), || {
             let out = k.run(&["get", "pod", name, "-o", "jsonpath={.status.phase}"]);
-            if out.stdout_str() == "Running" { Ok(()) } else { Err(format!("pod {name} not running: {}", out.describe())) }
+            if out.stdout_str() == "Running" {
+                Ok(())
+            } else {
+                Err(format!("pod {name} not running: {}", out.describe()))
+            }
         });
     }
 }
@@ -286,13 +293,8 @@ pub struct Spawned(pub Child);
 
 impl Spawned {
     pub fn start(args: &[String], log: &Path) -> Spawned {
-        let child = Command::new(BIN)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(log).expect("log file"))
-            .spawn()
-            .expect("starting kubetape");
+        let child =
+            Command::new(BIN).args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(std::fs::File::create(log).expect("log file")).spawn().expect("starting kubetape");
         Spawned(child)
     }
 }

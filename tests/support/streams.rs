@@ -37,7 +37,10 @@ pub enum Upgrade {
 /// What the server answered.
 pub enum Answer {
     /// Anything but 101, with its body.
-    Response { status: u16, body: String },
+    Response {
+        status: u16,
+        body: String,
+    },
     Switched(Box<Session>),
 }
 
