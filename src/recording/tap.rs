@@ -92,13 +92,7 @@ fn status_event(status: &[u8]) -> Option<TapEvent> {
 
 /// Complete resize messages from the front of `buf`; a partial one stays.
 fn take_resizes(buf: &mut Vec<u8>, events: &mut Vec<TapEvent>) {
-    let mut de = serde_json::Deserializer::from_slice(buf).into_iter::<TerminalSize>();
-    let mut used = 0;
-    while let Some(Ok(size)) = de.next() {
-        used = de.byte_offset();
-        events.push(TapEvent::Resize(size));
-    }
-    buf.drain(..used);
+    events.extend(channel::take_resizes(buf).into_iter().map(TapEvent::Resize));
 }
 
 // ---- SPDY ----

@@ -578,8 +578,7 @@ fn upgrade(req: &Request, out: &mut WriteHalf, supported: &[&str]) -> Result<Pro
     resp.headers.push("Connection", "Upgrade");
     let proto = if upgrade.eq_ignore_ascii_case("websocket") {
         let offered: Vec<&str> = h.tokens("sec-websocket-protocol").collect();
-        let chosen =
-            offered.iter().copied().find(|p| supported.contains(p)).ok_or_else(|| ApiError::new(400, format!("unable to upgrade: no supported subprotocol in {offered:?}")))?;
+        let chosen = channel::negotiate(&offered, supported).ok_or_else(|| ApiError::new(400, format!("unable to upgrade: no supported subprotocol in {offered:?}")))?;
         let key = h.get("sec-websocket-key").ok_or_else(|| ApiError::new(400, "missing Sec-WebSocket-Key"))?;
         resp.headers.push("Upgrade", "websocket");
         resp.headers.push("Sec-WebSocket-Accept", tungstenite::handshake::derive_accept_key(key));
@@ -587,7 +586,7 @@ fn upgrade(req: &Request, out: &mut WriteHalf, supported: &[&str]) -> Result<Pro
         Proto::WebSocket { v5: chosen == "v5.channel.k8s.io" }
     } else if upgrade == "SPDY/3.1" {
         let offered: Vec<&str> = h.get_all("x-stream-protocol-version").filter_map(|v| std::str::from_utf8(v).ok()).flat_map(|v| v.split(',')).map(str::trim).collect();
-        let chosen = offered.iter().copied().find(|p| supported.contains(p)).ok_or_else(|| ApiError::new(403, format!("unable to upgrade: no common protocol in {offered:?}")))?;
+        let chosen = channel::negotiate(&offered, supported).ok_or_else(|| ApiError::new(403, format!("unable to upgrade: no common protocol in {offered:?}")))?;
         resp.headers.push("Upgrade", "SPDY/3.1");
         resp.headers.push("X-Stream-Protocol-Version", chosen);
         Proto::Spdy

@@ -34,10 +34,10 @@ pub fn channel_for_stream_type(t: &str) -> Option<u8> {
     })
 }
 
-/// The first protocol of `supported` that the client offered (in `supported`'s order,
-/// as kubelet's `httpstream.Handshake` does).
+/// The first protocol the client offered that is in `supported`, in the client's
+/// order, as kubelet's `httpstream.Handshake` (`negotiateProtocol`) and `wsstream` do.
 pub fn negotiate<'a>(offered: &[&str], supported: &[&'a str]) -> Option<&'a str> {
-    supported.iter().copied().find(|p| offered.contains(p))
+    offered.iter().find_map(|o| supported.iter().copied().find(|s| s == o))
 }
 
 /// A terminal size message: `{"Width":120,"Height":40}` (kubectl's `TerminalSize` has
@@ -52,7 +52,21 @@ pub struct TerminalSize {
 
 /// Every complete size message in `data`; kubectl may send several in one write.
 pub fn parse_resizes(data: &[u8]) -> Vec<TerminalSize> {
-    serde_json::Deserializer::from_slice(data).into_iter::<TerminalSize>().map_while(Result::ok).collect()
+    take_resizes(&mut data.to_vec())
+}
+
+/// The complete size messages at the front of `buf`, removed from it; a partial one
+/// (split across frames) stays for the next call.
+pub fn take_resizes(buf: &mut Vec<u8>) -> Vec<TerminalSize> {
+    let mut de = serde_json::Deserializer::from_slice(buf).into_iter::<TerminalSize>();
+    let mut sizes = Vec::new();
+    let mut used = 0;
+    while let Some(Ok(size)) = de.next() {
+        used = de.byte_offset();
+        sizes.push(size);
+    }
+    buf.drain(..used);
+    sizes
 }
 
 /// The Status a kubelet writes on the error channel when a command exits.
@@ -103,7 +117,7 @@ mod tests {
 
     #[test]
     fn negotiation_prefers_newest_supported() {
-        assert_eq!(negotiate(&["v4.channel.k8s.io", "v5.channel.k8s.io"], EXEC_PROTOCOLS), Some("v5.channel.k8s.io"));
+        assert_eq!(negotiate(&["v4.channel.k8s.io", "v5.channel.k8s.io"], EXEC_PROTOCOLS), Some("v4.channel.k8s.io"), "the client's order");
         assert_eq!(negotiate(&["v9"], EXEC_PROTOCOLS), None);
     }
 }
