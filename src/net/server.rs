@@ -19,14 +19,18 @@ use std::time::{Duration, Instant};
 /// A loopback port that is free now, for a child process to listen on. It is taken
 /// below the kernel's ephemeral range (`ip_local_port_range`), so no outgoing
 /// connection can occupy it before the child binds, as one can a port from `bind(0)`.
+/// Each process takes its ports in turn from a block of its own (chosen by its pid),
+/// so two processes picking at the same moment (two demos starting side by side) do
+/// not hand out the same port before either child has bound it.
 pub fn free_loopback_port() -> std::io::Result<u16> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
     let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok().and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok()).unwrap_or(32768);
-    let (from, to) = (low / 2, low);
+    let (from, to) = (u64::from(low / 2), u64::from(low));
     if from >= 1024 {
-        for _ in 0..64 {
-            let mut b = [0u8; 2];
-            crate::net::random::fill(&mut b);
-            let port = from + u16::from_le_bytes(b) % (to - from);
+        let blocks = (to - from) / PORTS_PER_PROCESS;
+        let block = from + u64::from(std::process::id()) % blocks * PORTS_PER_PROCESS;
+        for _ in 0..PORTS_PER_PROCESS {
+            let port = (block + NEXT.fetch_add(1, Ordering::Relaxed) % PORTS_PER_PROCESS) as u16;
             if TcpListener::bind(("127.0.0.1", port)).is_ok() {
                 return Ok(port);
             }
@@ -34,6 +38,9 @@ pub fn free_loopback_port() -> std::io::Result<u16> {
     }
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
+
+/// The ports one process hands out in turn before it reuses its block.
+const PORTS_PER_PROCESS: u64 = 64;
 
 /// How many connections a listener keeps open.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
