@@ -118,3 +118,67 @@ pub fn read_to_vec(input: &mut Input, framing: BodyLength, max: usize) -> io::Re
         out.extend_from_slice(&chunk[..n]);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::testutil::{cut, input_fed};
+
+    const NEXT: &[u8] = b"GET /next HTTP/1.1\r\n\r\n";
+
+    /// Reads the body in small reads, as the proxy's copy loop may.
+    fn read_all(body: &mut BodyReader<'_>) -> io::Result<Vec<u8>> {
+        let (mut out, mut chunk) = (Vec::new(), [0u8; 3]);
+        loop {
+            match body.read(&mut chunk)? {
+                0 => return Ok(out),
+                n => out.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    #[test]
+    fn bodies_split_at_every_byte_boundary_decode_the_same_and_leave_the_next_message() {
+        let cases: [(BodyLength, &[u8], &[u8]); 4] = [
+            (BodyLength::Length(11), b"hello world", b"hello world"),
+            (BodyLength::Chunked, b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nTrailer: x\r\n\r\n", b"hello world"),
+            (BodyLength::Empty, b"", b""),
+            (BodyLength::Length(0), b"", b""),
+        ];
+        for (framing, wire, want) in cases {
+            let stream = [wire, NEXT].concat();
+            for at in 0..=stream.len() {
+                let mut input = input_fed(cut(&stream, at, at + 5));
+                let mut body = BodyReader::new(&mut input, framing);
+                assert_eq!(read_all(&mut body).unwrap(), want, "{framing:?} cut at {at}");
+                assert!(body.is_done(), "{framing:?} cut at {at}");
+                let mut rest = Vec::new();
+                input.read_to_end(&mut rest).unwrap();
+                assert_eq!(rest, NEXT, "{framing:?} cut at {at}: the next message is untouched");
+            }
+        }
+    }
+
+    #[test]
+    fn a_body_read_until_close_ends_with_the_stream() {
+        let mut input = input_fed(vec![b"streamed ".to_vec(), b"to the end".to_vec()]);
+        assert_eq!(read_all(&mut BodyReader::new(&mut input, BodyLength::UntilClose)).unwrap(), b"streamed to the end");
+    }
+
+    #[test]
+    fn short_and_malformed_bodies_are_errors() {
+        let cases: [(BodyLength, &[u8], io::ErrorKind); 4] = [
+            (BodyLength::Length(10), b"short", io::ErrorKind::UnexpectedEof),
+            (BodyLength::Chunked, b"5\r\nhel", io::ErrorKind::UnexpectedEof),
+            (BodyLength::Chunked, b"zz\r\nhello\r\n", io::ErrorKind::InvalidData),
+            (BodyLength::Chunked, b"5\r\nhelloXX0\r\n\r\n", io::ErrorKind::InvalidData),
+        ];
+        for (framing, wire, kind) in cases {
+            let mut input = input_fed(vec![wire.to_vec()]);
+            let got = read_all(&mut BodyReader::new(&mut input, framing));
+            assert_eq!(got.map_err(|e| e.kind()), Err(kind), "{framing:?} {:?}", String::from_utf8_lossy(wire));
+        }
+        let mut input = input_fed(vec![b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n".to_vec()]);
+        assert_eq!(read_to_vec(&mut input, BodyLength::Chunked, 10).unwrap_err().to_string(), "body exceeds 10 bytes");
+    }
+}

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::net::conn::{Conn, Input};
+use crate::net::head::HeadLimits;
 use crate::net::server::{self, Lifecycle, Limits};
 use crate::wire::http;
 
@@ -52,6 +53,8 @@ impl Metrics {
 /// Scrapers served at once; more are closed at accept (a flood of idle connections
 /// must not take the process's file descriptors).
 const MAX_SCRAPERS: usize = 16;
+/// A scrape's request head is a few hundred bytes.
+const MAX_SCRAPE_HEAD: usize = 16 * 1024;
 /// A scraper must send its request, and take the answer, within this.
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -63,7 +66,7 @@ pub fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
         let Ok(conn) = Conn::plain(sock) else { return };
         let mut input = Input::new(conn.read);
         let mut out = conn.write;
-        let Ok(Some(head)) = input.read_head(http::parse_request, 16 * 1024, SCRAPE_TIMEOUT, SCRAPE_TIMEOUT) else { return };
+        let Ok(Some(head)) = input.next_request(&HeadLimits { max_len: MAX_SCRAPE_HEAD, idle: SCRAPE_TIMEOUT, whole: SCRAPE_TIMEOUT }) else { return };
         let resp = if head.method == "GET" && head.path() == "/metrics" {
             http::response(200, "text/plain; version=0.0.4", metrics.render().as_bytes())
         } else {

@@ -20,7 +20,7 @@ use crate::net::sync::lock;
 use crate::net::tunnel::{self, Sink, Totals};
 use crate::record::protocol::Outcome;
 use crate::recording::cast::{marker_line, CastWriter, SessionRequest};
-use crate::recording::client::{Recording, SendError, SILENT_RECORDER};
+use crate::recording::client::{RecorderLink, SendError, SILENT_RECORDER};
 use crate::recording::fail::{self, Decision, FailMode, Situation};
 use crate::recording::tap::{SpdyTap, Tap, TapEvent, WsTap};
 use crate::wire::channel;
@@ -113,11 +113,14 @@ pub fn taps(upgrade: &str, subprotocol: &str) -> Option<(Box<dyn Tap>, Box<dyn T
     }
 }
 
+/// Seconds since the session started, for the recording's timestamps.
+type Clock = Box<dyn Fn() -> f64 + Send + Sync>;
+
 /// What the tunnel's two directions share about the recording.
 struct Recorder {
-    recording: Recording,
+    recording: Box<dyn RecorderLink>,
     fail: FailMode,
-    started: Instant,
+    clock: Clock,
     state: Mutex<RecState>,
     /// Set once the session must end; read by the watchdog and the client-bound pump.
     ended: AtomicBool,
@@ -143,7 +146,7 @@ struct DownSide {
 
 impl Recorder {
     fn seconds(&self) -> f64 {
-        self.started.elapsed().as_secs_f64()
+        (self.clock)()
     }
 
     /// Turns tap events into event lines (`CastWriter`) and queues them. Returns the recording's
@@ -309,7 +312,23 @@ pub fn run(
     client: (Input, WriteHalf),
     server: (Input, WriteHalf),
     taps: (Box<dyn Tap>, Box<dyn Tap>),
-    recording: Recording,
+    recording: impl RecorderLink + 'static,
+    fail: FailMode,
+    subprotocol: &str,
+) -> Summary {
+    let started = Instant::now();
+    let clock: Clock = Box::new(move || started.elapsed().as_secs_f64());
+    run_with(name, client, server, taps, Box::new(recording), clock, fail, subprotocol)
+}
+
+#[allow(clippy::too_many_arguments)] // run's, plus the two seams
+fn run_with(
+    name: &str,
+    client: (Input, WriteHalf),
+    server: (Input, WriteHalf),
+    taps: (Box<dyn Tap>, Box<dyn Tap>),
+    recording: Box<dyn RecorderLink>,
+    clock: Clock,
     fail: FailMode,
     subprotocol: &str,
 ) -> Summary {
@@ -325,7 +344,7 @@ pub fn run(
     let rec = Arc::new(Recorder {
         recording,
         fail,
-        started: Instant::now(),
+        clock,
         state: Mutex::new(RecState { active: true, truncated: None, cast: CastWriter::default() }),
         ended: AtomicBool::new(false),
         down: Mutex::new(DownSide { out: client_out, tap: taps.1, client_at_boundary: true }),
@@ -375,6 +394,9 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::net::testutil::conn_pair;
+    use crate::wire::ws;
+    use std::io::{Read, Write};
 
     fn classify(h: &RequestHead) -> Result<Option<SessionRequest>, String> {
         let path = http::decode_path(h.path()).unwrap();
@@ -451,6 +473,158 @@ mod tests {
         }
         for p in ["/api/v1/nodes/n1/proxy/metrics", "/api/v1/nodes/n1/proxy/containerLogs/a/b/c", "/api/v1/namespaces/default/pods/web-0/exec", "/api/v1/nodes/n1"] {
             assert!(!reaches_kubelet_stream(p), "{p}");
+        }
+    }
+
+    /// How the scripted recorder misbehaves once told to.
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    enum Fault {
+        Lost,
+        Stalled,
+        QueueFull,
+        /// Not the recorder: the API server sends a frame the tap cannot parse.
+        UnparsableFrame,
+    }
+
+    /// What the scripted recorder was sent, and how it was ended.
+    #[derive(Default)]
+    struct Script {
+        lines: Mutex<String>,
+        /// Woken on every line sent.
+        sent: std::sync::Condvar,
+        fault: Mutex<Option<Fault>>,
+        waited_for_acks: AtomicBool,
+        ended: Mutex<Option<(Outcome, Option<String>)>>,
+    }
+
+    impl Script {
+        /// Waits until the recording holds `text` (fail-open writes to the client
+        /// before it records).
+        fn wait_for(&self, text: &str) {
+            let (lines, timeout) = self.sent.wait_timeout_while(lock(&self.lines), Duration::from_secs(10), |l| !l.contains(text)).unwrap();
+            assert!(!timeout.timed_out(), "{text} was never recorded: {}", *lines);
+        }
+    }
+
+    struct Scripted(Arc<Script>);
+
+    impl RecorderLink for Scripted {
+        fn send(&self, lines: Vec<u8>) -> Result<u64, SendError> {
+            match *lock(&self.0.fault) {
+                Some(Fault::Lost) => return Err(SendError::Lost("the recorder went away".into())),
+                Some(Fault::QueueFull) => return Err(SendError::Full),
+                _ => {}
+            }
+            let mut all = lock(&self.0.lines);
+            all.push_str(&String::from_utf8_lossy(&lines));
+            self.0.sent.notify_all();
+            Ok(all.len() as u64)
+        }
+        fn wait_acked(&self, _offset: u64, _silence: Duration) -> Result<(), String> {
+            self.0.waited_for_acks.store(true, Ordering::SeqCst);
+            match *lock(&self.0.fault) {
+                Some(Fault::Stalled) => Err("the recorder stopped acknowledging".into()),
+                _ => Ok(()),
+            }
+        }
+        fn lost(&self) -> Option<String> {
+            (*lock(&self.0.fault) == Some(Fault::Lost)).then(|| "the recorder went away".into())
+        }
+        fn finish(self: Box<Self>, outcome: Outcome, _exit_code: Option<i32>, reason: Option<String>) -> (u64, u64) {
+            *lock(&self.0.ended) = Some((outcome, reason));
+            (0, 0)
+        }
+    }
+
+    /// A connection: the session's end, and the test's (playing kubectl or the API server).
+    fn socket_pair() -> ((Input, WriteHalf), TcpStream) {
+        let (test_side, conn) = conn_pair();
+        ((Input::new(conn.read), conn.write), test_side)
+    }
+
+    fn stdout(data: &[u8]) -> Vec<u8> {
+        ws::encode_frame(true, ws::OP_BINARY, None, &[&[channel::STDOUT], data].concat())
+    }
+
+    /// Reads what kubectl is sent until the session closes its side.
+    fn read_to_end(kubectl: &mut TcpStream) -> String {
+        kubectl.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut got = Vec::new();
+        let _ = kubectl.read_to_end(&mut got);
+        String::from_utf8_lossy(&got).into_owned()
+    }
+
+    /// Every mid-session failure in both fail modes, over a WebSocket exec, with a
+    /// scripted recorder and a fixed clock: what kubectl receives after the failure
+    /// and what the recording says. (`NoRecorderAtStart` happens before a session
+    /// exists: `fail::decide`'s table and the proxy's integration tests cover it.)
+    #[test]
+    fn every_recording_failure_in_both_fail_modes() {
+        let faults = [Fault::Lost, Fault::Stalled, Fault::QueueFull, Fault::UnparsableFrame];
+        for mode in [FailMode::Open, FailMode::Closed] {
+            for fault in faults {
+                let case = format!("{mode:?} × {fault:?}");
+                let (client, mut kubectl) = socket_pair();
+                let (server, mut apiserver) = socket_pair();
+                let script = Arc::new(Script::default());
+                let link = Box::new(Scripted(script.clone()));
+                let session = std::thread::spawn(move || {
+                    let taps = taps("websocket", "v4.channel.k8s.io").unwrap();
+                    run_with("t", client, server, taps, link, Box::new(|| 1.5), mode, "v4.channel.k8s.io")
+                });
+                apiserver.write_all(&stdout(b"one")).unwrap();
+                let mut first = vec![0u8; stdout(b"one").len()];
+                kubectl.read_exact(&mut first).unwrap();
+                assert_eq!(first, stdout(b"one"), "{case}: output before the failure arrives");
+                script.wait_for(r#"[1.500000, "o", "one"]"#);
+
+                match fault {
+                    // Reserved bits set: not a frame any WebSocket peer may send.
+                    Fault::UnparsableFrame => apiserver.write_all(&[0xf2, 0x00]).unwrap(),
+                    f => *lock(&script.fault) = Some(f),
+                }
+                // The session may already be gone in fail-closed: writes can fail.
+                let _ = apiserver.write_all(&stdout(b"two"));
+                let _ = apiserver.shutdown(Shutdown::Write);
+                let after = read_to_end(&mut kubectl);
+                drop(kubectl);
+                let summary = session.join().unwrap();
+
+                let open_and_never_waiting = mode == FailMode::Open && fault == Fault::Stalled;
+                let reason = match fault {
+                    Fault::Lost => "the recorder went away",
+                    Fault::Stalled => "the recorder stopped acknowledging",
+                    Fault::QueueFull => "the recorder is not keeping up (queue full)",
+                    Fault::UnparsableFrame => "cannot parse the server's stream: expected reserved bits clear",
+                };
+                let lines = lock(&script.lines).clone();
+                let ended = lock(&script.ended).clone().unwrap();
+                if open_and_never_waiting {
+                    // Fail-open never waits for acknowledgements, so a stalled recorder
+                    // costs the session nothing (the real client then counts it lost).
+                    assert!(!script.waited_for_acks.load(Ordering::SeqCst), "{case}");
+                    assert!(after.contains("two") && lines.contains(r#"[1.500000, "o", "two"]"#), "{case}: {after:?} {lines}");
+                    assert_eq!((summary.outcome, ended), (Outcome::Complete, (Outcome::Complete, None)), "{case}");
+                    continue;
+                }
+                assert_eq!(summary.outcome, Outcome::Truncated, "{case}");
+                assert!(summary.reason.as_deref().is_some_and(|r| r.starts_with(reason)), "{case}: {:?}", summary.reason);
+                assert_eq!(ended.0, Outcome::Truncated, "{case}");
+                if fault != Fault::Stalled {
+                    // (A stalled recorder was sent "two" before its ack was awaited.)
+                    assert!(!lines.contains(r#""two""#), "{case}: nothing is recorded after the failure: {lines}");
+                }
+                if fault == Fault::UnparsableFrame {
+                    assert!(lines.contains("error:kubetape: cannot parse the server's stream"), "{case}: the recording says why it ends: {lines}");
+                }
+                match mode {
+                    FailMode::Open => assert!(after.contains("two"), "{case}: the session runs on: {after:?}"),
+                    FailMode::Closed => {
+                        assert!(!after.contains("two"), "{case}: unrecorded output never reaches kubectl: {after:?}");
+                        assert!(after.contains("this session must be recorded and recording failed"), "{case}: kubectl is told why: {after:?}");
+                    }
+                }
+            }
         }
     }
 }

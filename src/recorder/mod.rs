@@ -5,13 +5,14 @@
 //! Who may do what is decided by the client certificate's CN: `--writers` may stream
 //! sessions, `--readers` may use the API and metrics. Health checks are open.
 
+mod ingest;
 mod metrics;
 
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
@@ -19,15 +20,15 @@ use crate::args::{Args, Flag};
 use crate::error::{Context, Error, Result};
 use crate::kube::status;
 use crate::net::conn::{Conn, Input, WriteHalf};
+use crate::net::head::HeadLimits;
 use crate::net::server::{self, Lifecycle};
 use crate::net::{signal, tls};
 use crate::record::event::ApiEvent;
-use crate::record::protocol::{valid_id, Ack, ClientMessage, Outcome, SessionMeta, Status, PATH, SUBPROTOCOL};
-use crate::record::protocol::{EVENTS_PATH, EVENTS_SUBPROTOCOL};
+use crate::record::protocol::{SessionMeta, Status, EVENTS_PATH, PATH};
 use crate::storage::events::EventLog;
-use crate::storage::fs::{FsStore, SessionFile};
-use crate::wire::http::{self, RequestHead, ResponseHead};
-use crate::wire::{der, ws};
+use crate::storage::fs::FsStore;
+use crate::wire::der;
+use crate::wire::http::{self, RequestHead};
 use metrics::Metrics;
 
 const MAX_HEAD: usize = 64 * 1024;
@@ -146,11 +147,15 @@ fn handle_connection(state: &Arc<State>, sock: TcpStream, id: u64, admission: &s
         let _ = reply(&mut out, 503, &status::failure(503, "too many open connections, try again"));
         return;
     }
-    let idle = if known { IDLE_TIMEOUT } else { UNAUTHENTICATED_IDLE_TIMEOUT };
+    let limits = HeadLimits { max_len: MAX_HEAD, idle: if known { IDLE_TIMEOUT } else { UNAUTHENTICATED_IDLE_TIMEOUT }, whole: HEAD_TIMEOUT };
     loop {
-        let head = match input.read_head(http::parse_request, MAX_HEAD, idle, HEAD_TIMEOUT) {
+        let head = match input.next_request(&limits) {
             Ok(Some(h)) => h,
-            Ok(None) | Err(_) => return,
+            Ok(None) => return,
+            Err(bad) => {
+                let _ = reply(&mut out, bad.status(), &status::failure(bad.status(), &bad.to_string()));
+                return;
+            }
         };
         if http::request_body(&head) != Ok(http::BodyLength::Empty) {
             let _ = reply(&mut out, 400, &status::failure(400, "requests to the recorder carry no body"));
@@ -173,14 +178,14 @@ fn handle_connection(state: &Arc<State>, sock: TcpStream, id: u64, admission: &s
             ("GET", "/healthz" | "/readyz") => out.write_all(&http::response(200, "text/plain", b"ok")).map_err(|e| (500, e.to_string())),
             ("GET", p) if p == PATH => match role(Role::Writer) {
                 Ok(()) => {
-                    ingest(state, head, input, out, cn.unwrap_or_default(), &peer);
+                    ingest::session(state, &head, input, out, cn.unwrap_or_default(), &peer);
                     return;
                 }
                 Err(e) => Err(e),
             },
             ("GET", p) if p == EVENTS_PATH && head.upgrade().is_some() => match role(Role::Writer) {
                 Ok(()) => {
-                    ingest_events(state, head, input, out, &peer);
+                    ingest::events(state, &head, input, out, &peer);
                     return;
                 }
                 Err(e) => Err(e),
@@ -237,89 +242,6 @@ fn serve_api(state: &State, head: &RequestHead, out: &mut WriteHalf) -> Result<(
     out.write_all(&http::response(200, "application/x-asciicast", &data[..end])).map_err(io)
 }
 
-fn send_ack(out: &mut WriteHalf, acked: u64) -> std::io::Result<()> {
-    out.write_all(&ws::encode_frame(true, ws::OP_TEXT, None, serde_json::to_string(&Ack { acked }).unwrap_or_default().as_bytes()))
-}
-
-use crate::wire::time::now_rfc3339 as now;
-
-/// Answers a WebSocket upgrade for `subprotocol`; false (with a 400) otherwise.
-fn accept_ws(head: &RequestHead, out: &mut WriteHalf, subprotocol: &str) -> bool {
-    let offered: Vec<&str> = head.headers.tokens("sec-websocket-protocol").collect();
-    let Some(key) = head.headers.get("sec-websocket-key").filter(|_| offered.contains(&subprotocol)) else {
-        let _ = reply(out, 400, &status::failure(400, &format!("expected a WebSocket upgrade with subprotocol {subprotocol}")));
-        return false;
-    };
-    let mut resp = ResponseHead::new(101);
-    resp.headers.push("Connection", "Upgrade");
-    resp.headers.push("Upgrade", "websocket");
-    resp.headers.push("Sec-WebSocket-Accept", tungstenite::handshake::derive_accept_key(key));
-    resp.headers.push("Sec-WebSocket-Protocol", subprotocol);
-    out.write_all(&resp.encode()).is_ok()
-}
-
-/// Receives a proxy's API events: NDJSON lines in binary frames. Every frame read so
-/// far is appended to the event log, made durable (group commit across connections)
-/// and acknowledged by count; frames that arrive meanwhile share the next sync.
-fn ingest_events(state: &State, head: RequestHead, mut input: Input, mut out: WriteHalf, peer: &str) {
-    if !accept_ws(&head, &mut out, EVENTS_SUBPROTOCOL) {
-        return;
-    }
-    let mut acked = 0u64;
-    let result: std::result::Result<(), String> = (|| loop {
-        let mut written = None;
-        let mut count = 0u64;
-        while let Some((frame, n)) = ws::parse_frame(input.buffered()).map_err(|e| e.to_string())? {
-            input.consume(n);
-            match frame.opcode {
-                ws::OP_BINARY => {
-                    count += check_event_lines(&frame.payload)?;
-                    written = Some(state.events.write(&frame.payload).map_err(|e| storage_failed(&mut out, e))?);
-                }
-                ws::OP_CLOSE => return Ok(()),
-                _ => {}
-            }
-        }
-        if let Some(pos) = written {
-            if state.events.sync_to(pos).map_err(|e| storage_failed(&mut out, e))? {
-                state.metrics.event_log_synced();
-            }
-            state.metrics.events(count);
-            acked += count;
-            send_ack(&mut out, acked).map_err(|e| e.to_string())?;
-        }
-        input.half.set_timeout(None).map_err(|e| e.to_string())?;
-        if input.fill().map_err(|e| e.to_string())? == 0 {
-            return Ok(());
-        }
-    })();
-    if let Err(why) = result {
-        log::warn!("event stream failed peer={peer} error={why}");
-    }
-}
-
-/// A cheap shape check of a batch (writers are authenticated proxies, and the query
-/// side skips any line that does not parse); returns the number of events.
-fn check_event_lines(payload: &[u8]) -> std::result::Result<u64, String> {
-    if !payload.ends_with(b"\n") {
-        return Err("an event frame must hold whole lines".into());
-    }
-    let mut count = 0;
-    for line in payload.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-        if line.first() != Some(&b'{') || line.last() != Some(&b'}') || std::str::from_utf8(line).is_err() {
-            return Err("an event is not a JSON object on one line".into());
-        }
-        count += 1;
-    }
-    Ok(count)
-}
-
-/// Tells the proxy the events cannot be stored (it counts them as lost).
-fn storage_failed(out: &mut WriteHalf, e: std::io::Error) -> String {
-    let _ = out.write_all(&ws::encode_frame(true, ws::OP_CLOSE, None, &ws::close_payload(1011, "event storage failed")));
-    format!("event storage failed: {e}")
-}
-
 fn query_events(state: &State, head: &RequestHead, out: &mut WriteHalf) -> Result<(), (u16, String)> {
     let q = http::query_pairs(head.query());
     let param = |k: &str| q.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
@@ -337,114 +259,4 @@ fn query_events(state: &State, head: &RequestHead, out: &mut WriteHalf) -> Resul
         return out.write_all(&http::response(200, "application/x-ndjson", body.as_bytes())).map_err(io);
     }
     reply(out, 200, &json!({"items": events})).map_err(io)
-}
-
-/// Receives one session: upgrade, header, event lines; acknowledges durable bytes.
-fn ingest(state: &State, head: RequestHead, mut input: Input, mut out: WriteHalf, writer: String, peer: &str) {
-    if !accept_ws(&head, &mut out, SUBPROTOCOL) {
-        return;
-    }
-    let m = &state.metrics;
-    let mut file: Option<SessionFile> = None;
-    let mut last_ack = Instant::now();
-    let mut last_data = Instant::now();
-    let result: std::result::Result<(), String> = (|| loop {
-        let mut appended = false;
-        while let Some((frame, n)) = ws::parse_frame(input.buffered()).map_err(|e| e.to_string())? {
-            input.consume(n);
-            last_data = Instant::now();
-            match frame.opcode {
-                ws::OP_TEXT => match serde_json::from_slice::<ClientMessage>(&frame.payload).map_err(|e| format!("bad message: {e}"))? {
-                    ClientMessage::Start { id, header } if file.is_none() => {
-                        if !valid_id(&id) {
-                            return Err(format!("session id {id:?} is not valid"));
-                        }
-                        let meta = SessionMeta {
-                            id: id.clone(),
-                            status: Status::Recording,
-                            bytes: 0,
-                            exit_code: None,
-                            reason: None,
-                            started: now(),
-                            ended: None,
-                            writer: writer.clone(),
-                            session: header.get("kubetape").cloned().unwrap_or(Value::Null),
-                        };
-                        let line = format!("{header}\n");
-                        let started = Instant::now();
-                        let f = state.store.create(meta, line.as_bytes()).map_err(|e| {
-                            m.storage_error();
-                            format!("storage: {e}")
-                        })?;
-                        m.synced(line.len() as u64, started.elapsed());
-                        m.session_started();
-                        log::info!("recording started id={id} writer={writer} peer={peer}");
-                        send_ack(&mut out, line.len() as u64).map_err(|e| e.to_string())?;
-                        last_ack = Instant::now();
-                        file = Some(f);
-                    }
-                    ClientMessage::End { outcome, exit_code, reason } => {
-                        let f = file.as_mut().ok_or("end before start")?;
-                        let status = if outcome == Outcome::Complete { Status::Complete } else { Status::Truncated };
-                        f.finish(status, exit_code, reason.clone(), now()).map_err(|e| {
-                            m.storage_error();
-                            format!("storage: {e}")
-                        })?;
-                        m.session_ended(status);
-                        log::info!("recording ended id={} status={status:?} bytes={} exit_code={exit_code:?} reason={}", f.meta.id, f.meta.bytes, reason.as_deref().unwrap_or("-"));
-                        // The recording is complete on disk; a proxy that has already
-                        // hung up misses only the courtesy of the last ack.
-                        let _ = send_ack(&mut out, f.meta.bytes);
-                        let _ = out.write_all(&ws::encode_frame(true, ws::OP_CLOSE, None, &ws::close_payload(1000, "")));
-                        return Ok(());
-                    }
-                    ClientMessage::Start { .. } => return Err("a second start".into()),
-                },
-                ws::OP_BINARY | ws::OP_CONTINUATION => {
-                    let f = file.as_mut().ok_or("events before start")?;
-                    f.append(&frame.payload).map_err(|e| {
-                        m.storage_error();
-                        format!("storage: {e}")
-                    })?;
-                    appended = true;
-                }
-                ws::OP_PING => out.write_all(&ws::encode_frame(true, ws::OP_PONG, None, &frame.payload)).map_err(|e| e.to_string())?,
-                ws::OP_CLOSE => return Err("the proxy closed the session without an end".into()),
-                _ => {}
-            }
-        }
-        if let Some(f) = file.as_mut() {
-            // Group commit: one fsync for everything read so far, then one ack.
-            if appended || last_ack.elapsed() >= ACK_INTERVAL {
-                let before = f.meta.bytes;
-                let started = Instant::now();
-                let durable = f.sync().map_err(|e| {
-                    m.storage_error();
-                    format!("storage: {e}")
-                })?;
-                m.synced(durable - before, started.elapsed());
-                send_ack(&mut out, durable).map_err(|e| e.to_string())?;
-                last_ack = Instant::now();
-            }
-        }
-        if last_data.elapsed() > SESSION_IDLE_LIMIT {
-            return Err("the proxy sent nothing for an hour".into());
-        }
-        input.half.set_timeout(Some(ACK_INTERVAL)).map_err(|e| e.to_string())?;
-        match input.fill() {
-            Ok(0) => return Err("the proxy closed the connection without an end".into()),
-            Ok(_) => {}
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
-            Err(e) => return Err(format!("reading from the proxy: {e}")),
-        }
-    })();
-    if let Err(why) = result {
-        log::warn!("recording stream failed writer={writer} peer={peer} error={why}");
-        let _ = out.write_all(&ws::encode_frame(true, ws::OP_CLOSE, None, &ws::close_payload(1011, &why)));
-        if let Some(f) = file.as_mut() {
-            if f.finish(Status::Truncated, None, Some(why), now()).is_ok() {
-                m.session_ended(Status::Truncated);
-            }
-        }
-    }
 }

@@ -18,8 +18,8 @@ use serde_json::Value;
 use crate::error::{Context, Error, Result};
 use crate::net::conn::{Conn, Input, WriteHalf};
 use crate::net::sync::lock;
+use crate::net::websocket;
 use crate::record::protocol::{Ack, ClientMessage, Outcome, PATH, SUBPROTOCOL};
-use crate::wire::http::{self, RequestHead};
 use crate::wire::ws;
 
 /// Batches of event lines queued for the recorder before the queue counts as full.
@@ -140,29 +140,8 @@ pub fn dial(target: &RecorderTarget, path: &str, subprotocol: &str, timeout: Dur
     let socket = sock.try_clone()?;
     let left = deadline.saturating_duration_since(Instant::now());
     let conn = Conn::connect_tls(sock, &target.tls, target.server_name.clone(), left)?;
-    let mut key = [0u8; 16];
-    crate::net::random::fill(&mut key);
-    let key = crate::wire::base64::encode(&key);
-    let mut req = RequestHead::new("GET", path);
-    for (n, v) in [("Host", target.host.as_str()), ("Connection", "Upgrade"), ("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13"), ("Sec-WebSocket-Protocol", subprotocol)] {
-        req.headers.push(n, v);
-    }
-    req.headers.push("Sec-WebSocket-Key", key.as_bytes());
-    let mut out = conn.write;
-    out.write_all(&req.encode())?;
-    let mut input = Input::new(conn.read);
-    let left = deadline.saturating_duration_since(Instant::now());
-    let resp = input.read_head(http::parse_response, 16 * 1024, left, left)?.ok_or_else(|| Error::new("recorder closed the connection"))?;
-    if resp.status != 101 {
-        let body = String::from_utf8_lossy(input.buffered()).into_owned();
-        crate::bail!("recorder refused: {} {}", resp.status, body.chars().take(200).collect::<String>());
-    }
-    let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
-    if resp.headers.get_str("sec-websocket-accept") != Some(accept.as_str()) {
-        crate::bail!("recorder answered with a wrong Sec-WebSocket-Accept");
-    }
-    // The handshake's deadline must not outlive it: acks may be seconds apart.
-    input.half.set_timeout(None)?;
+    let (mut input, mut out) = (Input::new(conn.read), conn.write);
+    websocket::connect(&mut input, &mut out, &target.host, path, subprotocol, deadline).context("recorder")?;
     Ok((input, out, socket))
 }
 
@@ -177,23 +156,41 @@ fn open(target: &RecorderTarget, id: &str, header: &Value, timeout: Duration) ->
             crate::bail!("recorder did not acknowledge the header within {timeout:?}");
         }
         input.half.set_timeout(Some(left))?;
-        if let Some((frame, n)) = ws::parse_frame(input.buffered())? {
-            input.consume(n);
-            match frame.opcode {
-                ws::OP_TEXT => {
-                    let ack: Ack = serde_json::from_slice(&frame.payload).context("recorder acknowledgement")?;
-                    if ack.acked > 0 {
-                        input.half.set_timeout(None)?;
-                        return Ok((input, out, socket, ack.acked));
-                    }
+        let frame = match websocket::next_frame(&mut input) {
+            Ok(Some(frame)) => frame,
+            Ok(None) => crate::bail!("recorder closed the connection before acknowledging"),
+            Err(e) if websocket::is_timeout(&e) => continue,
+            Err(e) => return Err(e).context("reading the recorder's acknowledgement"),
+        };
+        match frame.opcode {
+            ws::OP_TEXT => {
+                let ack: Ack = serde_json::from_slice(&frame.payload).context("recorder acknowledgement")?;
+                if ack.acked > 0 {
+                    input.half.set_timeout(None)?;
+                    return Ok((input, out, socket, ack.acked));
                 }
-                ws::OP_CLOSE => crate::bail!("recorder closed the session: {}", String::from_utf8_lossy(frame.payload.get(2..).unwrap_or_default())),
-                _ => {}
             }
-            continue;
+            ws::OP_CLOSE => crate::bail!("recorder closed the session: {}", ws::close_reason(&frame.payload)),
+            _ => {}
         }
-        if input.fill()? == 0 {
-            crate::bail!("recorder closed the connection before acknowledging");
+    }
+}
+
+/// Tracks the recorder's acknowledgements until the stream ends; returns why it ended.
+fn read_acks(input: &mut Input, shared: &Shared) -> String {
+    loop {
+        let frame = match websocket::next_frame(input) {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return "recorder closed the connection".to_string(),
+            Err(e) => return format!("reading from recorder: {e}"),
+        };
+        match frame.opcode {
+            ws::OP_TEXT => match serde_json::from_slice::<Ack>(&frame.payload) {
+                Ok(ack) => shared.set_acked(ack.acked),
+                Err(e) => return format!("bad acknowledgement: {e}"),
+            },
+            ws::OP_CLOSE => return format!("recorder closed the session: {}", ws::close_reason(&frame.payload)),
+            _ => {}
         }
     }
 }
@@ -226,29 +223,7 @@ impl Recording {
         });
         let acks = shared.clone();
         let _ = thread::Builder::new().name("rec-ack".into()).spawn(move || {
-            let why = loop {
-                match ws::parse_frame(input.buffered()) {
-                    Ok(Some((frame, n))) => {
-                        input.consume(n);
-                        match frame.opcode {
-                            ws::OP_TEXT => match serde_json::from_slice::<Ack>(&frame.payload) {
-                                Ok(ack) => acks.set_acked(ack.acked),
-                                Err(e) => break format!("bad acknowledgement: {e}"),
-                            },
-                            ws::OP_CLOSE => break format!("recorder closed the session: {}", String::from_utf8_lossy(frame.payload.get(2..).unwrap_or_default())),
-                            _ => {}
-                        }
-                        continue;
-                    }
-                    Ok(None) => {}
-                    Err(e) => break format!("bad frame from recorder: {e}"),
-                }
-                match input.fill() {
-                    Ok(0) => break "recorder closed the connection".to_string(),
-                    Ok(_) => {}
-                    Err(e) => break format!("reading from recorder: {e}"),
-                }
-            };
+            let why = read_acks(&mut input, &acks);
             acks.set_lost(why);
         });
         let (tx, rx) = bounded::<Out>(EVENT_QUEUE);
@@ -275,7 +250,7 @@ impl Recording {
                 if let Out::Lines(bytes) = item {
                     w.sent.fetch_add(bytes.len() as u64, Ordering::SeqCst);
                 } else {
-                    let _ = out.write_all(&ws::encode_frame(true, ws::OP_CLOSE, mask(), &ws::close_payload(1000, "")));
+                    let _ = out.write_all(&ws::close_frame(1000, "", mask()));
                 }
             }
         });
@@ -338,6 +313,35 @@ impl Recording {
         }
         let _ = self.socket.shutdown(std::net::Shutdown::Both);
         self.progress()
+    }
+}
+
+/// What a session needs of its recording; [`Recording`] is the real one. The seam
+/// `proxy::session`'s failure table scripts a recorder through.
+pub trait RecorderLink: Send + Sync {
+    /// Queues whole event lines without waiting; the offset they end at.
+    fn send(&self, lines: Vec<u8>) -> Result<u64, SendError>;
+    /// Waits until everything up to `offset` is durable, or the recorder has been
+    /// silent for `silence`.
+    fn wait_acked(&self, offset: u64, silence: Duration) -> Result<(), String>;
+    /// Why the recording is lost, once it is.
+    fn lost(&self) -> Option<String>;
+    /// Ends the recording; bytes sent and acknowledged.
+    fn finish(self: Box<Self>, outcome: Outcome, exit_code: Option<i32>, reason: Option<String>) -> (u64, u64);
+}
+
+impl RecorderLink for Recording {
+    fn send(&self, lines: Vec<u8>) -> Result<u64, SendError> {
+        Recording::send(self, lines)
+    }
+    fn wait_acked(&self, offset: u64, silence: Duration) -> Result<(), String> {
+        Recording::wait_acked(self, offset, silence)
+    }
+    fn lost(&self) -> Option<String> {
+        Recording::lost(self)
+    }
+    fn finish(self: Box<Self>, outcome: Outcome, exit_code: Option<i32>, reason: Option<String>) -> (u64, u64) {
+        Recording::finish(*self, outcome, exit_code, reason)
     }
 }
 

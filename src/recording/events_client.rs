@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use crate::net::conn::Input;
 use crate::net::sync::{lock, Slot};
+use crate::net::websocket;
 use crate::record::protocol::{Ack, EVENTS_PATH, EVENTS_SUBPROTOCOL};
 use crate::recording::client::{dial, mask, RecorderTarget};
 use crate::wire::ws;
@@ -331,38 +332,27 @@ fn writer(targets: Vec<RecorderTarget>, sink: &Arc<EventSink>) {
 /// the recorder acknowledged on it.
 fn acks(mut input: Input, inflight: &Mutex<VecDeque<(u64, u64)>>, sink: &EventSink) -> u64 {
     let mut acked = 0;
-    loop {
-        match ws::parse_frame(input.buffered()) {
-            Ok(Some((frame, n))) => {
-                input.consume(n);
-                if frame.opcode == ws::OP_CLOSE {
-                    return acked;
-                }
-                if frame.opcode != ws::OP_TEXT {
-                    continue;
-                }
-                let Ok(ack) = serde_json::from_slice::<Ack>(&frame.payload) else { return acked };
-                acked = ack.acked;
-                let (mut through, mut frames) = (None, 0);
-                {
-                    let mut fl = lock(inflight);
-                    while fl.front().is_some_and(|(count, _)| *count <= ack.acked) {
-                        through = fl.pop_front().map(|(_, last)| last);
-                        frames += 1;
-                    }
-                }
-                if let Some(t) = through {
-                    sink.acknowledged(t, frames);
-                }
-                continue;
-            }
-            Ok(None) => {}
-            Err(_) => return acked,
+    while let Ok(Some(frame)) = websocket::next_frame(&mut input) {
+        match frame.opcode {
+            ws::OP_CLOSE => break,
+            ws::OP_TEXT => {}
+            _ => continue,
         }
-        if !matches!(input.fill(), Ok(1..)) {
-            return acked;
+        let Ok(ack) = serde_json::from_slice::<Ack>(&frame.payload) else { break };
+        acked = ack.acked;
+        let (mut through, mut frames) = (None, 0);
+        {
+            let mut fl = lock(inflight);
+            while fl.front().is_some_and(|(count, _)| *count <= ack.acked) {
+                through = fl.pop_front().map(|(_, last)| last);
+                frames += 1;
+            }
+        }
+        if let Some(t) = through {
+            sink.acknowledged(t, frames);
         }
     }
+    acked
 }
 
 #[cfg(test)]

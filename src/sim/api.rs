@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use super::{send_json, ApiError, Cluster, Outcome, Request};
 use crate::kube::status;
 use crate::net::conn::{Input, WriteHalf};
+use crate::net::websocket::{self, AcceptError};
 use crate::sim::discovery;
 use crate::sim::gourl;
 use crate::sim::pods::{container_env, pod_dir, start_container, start_pod, stop_pod};
@@ -574,22 +575,20 @@ enum Proto {
 fn upgrade(req: &Request, out: &mut WriteHalf, supported: &[&str]) -> Result<Proto, ApiError> {
     let h = &req.head.headers;
     let upgrade = req.head.upgrade().unwrap_or("");
-    let mut resp = ResponseHead::new(101);
-    resp.headers.push("Connection", "Upgrade");
-    let proto = if upgrade.eq_ignore_ascii_case("websocket") {
-        let offered: Vec<&str> = h.tokens("sec-websocket-protocol").collect();
-        let chosen = channel::negotiate(&offered, supported).ok_or_else(|| ApiError::new(400, format!("unable to upgrade: no supported subprotocol in {offered:?}")))?;
-        let key = h.get("sec-websocket-key").ok_or_else(|| ApiError::new(400, "missing Sec-WebSocket-Key"))?;
-        resp.headers.push("Upgrade", "websocket");
-        resp.headers.push("Sec-WebSocket-Accept", tungstenite::handshake::derive_accept_key(key));
-        resp.headers.push("Sec-WebSocket-Protocol", chosen);
-        Proto::WebSocket { v5: chosen == "v5.channel.k8s.io" }
+    let (resp, proto) = if upgrade.eq_ignore_ascii_case("websocket") {
+        let (resp, chosen) = websocket::accept(&req.head, supported).map_err(|e| match e {
+            AcceptError::NoSubprotocol(offered) => ApiError::new(400, format!("unable to upgrade: no supported subprotocol in {offered:?}")),
+            AcceptError::MissingKey => ApiError::new(400, "missing Sec-WebSocket-Key"),
+        })?;
+        (resp, Proto::WebSocket { v5: chosen == "v5.channel.k8s.io" })
     } else if upgrade == "SPDY/3.1" {
         let offered: Vec<&str> = h.get_all("x-stream-protocol-version").filter_map(|v| std::str::from_utf8(v).ok()).flat_map(|v| v.split(',')).map(str::trim).collect();
         let chosen = channel::negotiate(&offered, supported).ok_or_else(|| ApiError::new(403, format!("unable to upgrade: no common protocol in {offered:?}")))?;
+        let mut resp = ResponseHead::new(101);
+        resp.headers.push("Connection", "Upgrade");
         resp.headers.push("Upgrade", "SPDY/3.1");
         resp.headers.push("X-Stream-Protocol-Version", chosen);
-        Proto::Spdy
+        (resp, Proto::Spdy)
     } else {
         return Err(ApiError::new(400, "Upgrade request required"));
     };

@@ -32,6 +32,7 @@ use crate::kube::auth::{self, TokenFile, UserInfo};
 use crate::kube::status;
 use crate::net::body;
 use crate::net::conn::{Conn, Input, WriteHalf};
+use crate::net::head::HeadLimits;
 use crate::net::server::{self, Lifecycle};
 use crate::net::{signal, tls};
 use crate::wire::http::{self, RequestHead};
@@ -264,14 +265,13 @@ fn handle_connection(cluster: &Arc<Cluster>, sock: TcpStream, id: u64) {
     let cert_user = conn.peer_certs.first().and_then(|c| auth::user_from_cert(c));
     let mut input = Input::new(conn.read);
     let mut out = conn.write;
+    let limits = HeadLimits { max_len: MAX_HEAD, idle: IDLE_TIMEOUT, whole: HEAD_TIMEOUT };
     loop {
-        let head = match input.read_head(http::parse_request, MAX_HEAD, IDLE_TIMEOUT, HEAD_TIMEOUT) {
+        let head = match input.next_request(&limits) {
             Ok(Some(h)) => h,
             Ok(None) => return,
-            Err(e) => {
-                if !input.buffered().is_empty() {
-                    let _ = send_json(&mut out, 400, &status::failure(400, &e.to_string()));
-                }
+            Err(bad) => {
+                let _ = send_json(&mut out, bad.status(), &status::failure(bad.status(), &bad.to_string()));
                 return;
             }
         };

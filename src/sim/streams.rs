@@ -15,6 +15,7 @@ use serde_json::Value;
 
 use crate::net::conn::{Input, WriteHalf};
 use crate::net::sync::lock;
+use crate::net::websocket;
 use crate::wire::channel::{self, TerminalSize};
 use crate::wire::spdy::{self, Frame, HeaderDeflater, HeaderInflater, HeaderList};
 use crate::wire::ws;
@@ -361,9 +362,8 @@ pub fn ws_session(mut input: Input, output: WriteHalf, v5: bool) -> io::Result<(
     let reader_out = out.clone();
     thread::Builder::new().name("ws-read".into()).spawn(move || {
         let mut message: Vec<u8> = Vec::new();
-        let result: crate::error::Result<()> = (|| loop {
-            while let Some((frame, n)) = ws::parse_frame(input.buffered())? {
-                input.consume(n);
+        let result: crate::error::Result<()> = (|| {
+            while let Some(frame) = websocket::next_frame(&mut input)? {
                 match frame.opcode {
                     ws::OP_PING => reader_out.send(ws::OP_PONG, &frame.payload)?,
                     ws::OP_PONG => {}
@@ -395,9 +395,7 @@ pub fn ws_session(mut input: Input, output: WriteHalf, v5: bool) -> io::Result<(
                     }
                 }
             }
-            if input.fill()? == 0 {
-                return Ok(());
-            }
+            Ok(())
         })();
         if let Err(e) = result {
             log::debug!("websocket connection ended error={e}");

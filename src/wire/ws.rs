@@ -173,6 +173,16 @@ pub fn close_payload(code: u16, reason: &str) -> Vec<u8> {
     p
 }
 
+/// A whole close frame; `mask` as for [`encode_frame`].
+pub fn close_frame(code: u16, reason: &str, mask: Option<[u8; 4]>) -> Vec<u8> {
+    encode_frame(true, OP_CLOSE, mask, &close_payload(code, reason))
+}
+
+/// The reason a close frame's payload gives, after its status code.
+pub fn close_reason(payload: &[u8]) -> String {
+    String::from_utf8_lossy(payload.get(2..).unwrap_or_default()).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

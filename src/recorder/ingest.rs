@@ -1,0 +1,361 @@
+//! The recorder's two write streams, each a WebSocket of frames from a proxy: one
+//! session's recording, and a proxy's API events. What a session frame may be depends
+//! only on where the stream stands ([`Stage`], as rustls's `Expect*` states), so
+//! [`Stage::on_frame`] is pure and says what to do; the handlers here do it (store,
+//! sync, acknowledge, close). Both acknowledge only what is durable, once per batch of
+//! frames read together (group commit, see `websocket::FrameHandler::drained`).
+
+use std::io::{self, Write};
+use std::time::Instant;
+
+use serde_json::Value;
+
+use super::metrics::Metrics;
+use super::{reply, State, ACK_INTERVAL, SESSION_IDLE_LIMIT};
+use crate::kube::status;
+use crate::net::conn::{Input, WriteHalf};
+use crate::net::websocket::{self, Ended, Flow, FrameHandler};
+use crate::record::protocol::{valid_id, Ack, ClientMessage, Outcome, SessionMeta, Status, EVENTS_SUBPROTOCOL, SUBPROTOCOL};
+use crate::storage::fs::SessionFile;
+use crate::wire::http::RequestHead;
+use crate::wire::time::now_rfc3339 as now;
+use crate::wire::ws::{self, Frame};
+
+/// Why a stream ended before its end: logged, and sent to the proxy in the close frame.
+#[derive(Debug, PartialEq, Eq)]
+struct Failure(String);
+
+impl From<io::Error> for Failure {
+    fn from(e: io::Error) -> Self {
+        Failure(format!("connection to the proxy: {e}"))
+    }
+}
+
+impl From<String> for Failure {
+    fn from(why: String) -> Self {
+        Failure(why)
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(why: &str) -> Self {
+        Failure(why.to_string())
+    }
+}
+
+/// Answers a WebSocket upgrade for `subprotocol`; false (with a 400) otherwise.
+fn accept(head: &RequestHead, out: &mut WriteHalf, subprotocol: &str) -> bool {
+    match websocket::accept(head, &[subprotocol]) {
+        Ok((resp, _)) => out.write_all(&resp.encode()).is_ok(),
+        Err(_) => {
+            let _ = reply(out, 400, &status::failure(400, &format!("expected a WebSocket upgrade with subprotocol {subprotocol}")));
+            false
+        }
+    }
+}
+
+fn send_ack(out: &mut WriteHalf, acked: u64) -> io::Result<()> {
+    out.write_all(&ws::encode_frame(true, ws::OP_TEXT, None, serde_json::to_string(&Ack { acked }).unwrap_or_default().as_bytes()))
+}
+
+// ---- sessions ----
+
+/// Where a session's stream stands.
+#[derive(Debug, PartialEq, Eq)]
+enum Stage {
+    ExpectStart,
+    Recording,
+}
+
+/// What a session frame asks the recorder to do.
+#[derive(Debug, PartialEq)]
+enum Step {
+    Create { id: String, header: Value },
+    Append(Vec<u8>),
+    Pong(Vec<u8>),
+    Finish { status: Status, exit_code: Option<i32>, reason: Option<String> },
+    Ignore,
+}
+
+impl Stage {
+    fn on_frame(&mut self, frame: Frame) -> Result<Step, Failure> {
+        match frame.opcode {
+            ws::OP_TEXT => {
+                let msg = serde_json::from_slice::<ClientMessage>(&frame.payload).map_err(|e| format!("bad message: {e}"))?;
+                match (&*self, msg) {
+                    (Stage::ExpectStart, ClientMessage::Start { id, header }) => {
+                        if !valid_id(&id) {
+                            return Err(format!("session id {id:?} is not valid").into());
+                        }
+                        *self = Stage::Recording;
+                        Ok(Step::Create { id, header })
+                    }
+                    (Stage::ExpectStart, ClientMessage::End { .. }) => Err("end before start".into()),
+                    (Stage::Recording, ClientMessage::Start { .. }) => Err("a second start".into()),
+                    (Stage::Recording, ClientMessage::End { outcome, exit_code, reason }) => {
+                        let status = if outcome == Outcome::Complete { Status::Complete } else { Status::Truncated };
+                        Ok(Step::Finish { status, exit_code, reason })
+                    }
+                }
+            }
+            ws::OP_BINARY | ws::OP_CONTINUATION if *self == Stage::ExpectStart => Err("events before start".into()),
+            ws::OP_BINARY | ws::OP_CONTINUATION => Ok(Step::Append(frame.payload)),
+            ws::OP_PING => Ok(Step::Pong(frame.payload)),
+            ws::OP_CLOSE => Err("the proxy closed the session without an end".into()),
+            _ => Ok(Step::Ignore),
+        }
+    }
+}
+
+/// One session being received.
+struct SessionIngest<'a> {
+    state: &'a State,
+    out: WriteHalf,
+    writer: String,
+    peer: &'a str,
+    stage: Stage,
+    file: Option<SessionFile>,
+    /// Appended since the last sync.
+    unsynced: bool,
+    last_ack: Instant,
+    last_data: Instant,
+}
+
+/// A storage error, counted, as the stream's failure.
+fn stored<T, E: std::fmt::Display>(metrics: &Metrics, r: Result<T, E>) -> Result<T, Failure> {
+    r.map_err(|e| {
+        metrics.storage_error();
+        Failure(format!("storage: {e}"))
+    })
+}
+
+impl SessionIngest<'_> {
+    fn create(&mut self, id: String, header: Value) -> Result<(), Failure> {
+        let meta = SessionMeta {
+            id: id.clone(),
+            status: Status::Recording,
+            bytes: 0,
+            exit_code: None,
+            reason: None,
+            started: now(),
+            ended: None,
+            writer: self.writer.clone(),
+            session: header.get("kubetape").cloned().unwrap_or(Value::Null),
+        };
+        let line = format!("{header}\n");
+        let started = Instant::now();
+        let m = &self.state.metrics;
+        let file = stored(m, self.state.store.create(meta, line.as_bytes()))?;
+        m.synced(line.len() as u64, started.elapsed());
+        m.session_started();
+        log::info!("recording started id={id} writer={} peer={}", self.writer, self.peer);
+        send_ack(&mut self.out, line.len() as u64)?;
+        self.last_ack = Instant::now();
+        self.file = Some(file);
+        Ok(())
+    }
+
+    fn finish(&mut self, status: Status, exit_code: Option<i32>, reason: Option<String>) -> Result<(), Failure> {
+        let Some(f) = self.file.as_mut() else { return Err("end before start".into()) };
+        stored(&self.state.metrics, f.finish(status, exit_code, reason.clone(), now()))?;
+        self.state.metrics.session_ended(status);
+        log::info!("recording ended id={} status={status:?} bytes={} exit_code={exit_code:?} reason={}", f.meta.id, f.meta.bytes, reason.as_deref().unwrap_or("-"));
+        // The recording is complete on disk; a proxy that has already hung up misses
+        // only the courtesy of the last ack.
+        let _ = send_ack(&mut self.out, f.meta.bytes);
+        let _ = self.out.write_all(&ws::close_frame(1000, "", None));
+        Ok(())
+    }
+}
+
+impl FrameHandler for SessionIngest<'_> {
+    type Error = Failure;
+
+    fn on_frame(&mut self, frame: Frame) -> Result<Flow, Failure> {
+        self.last_data = Instant::now();
+        match self.stage.on_frame(frame)? {
+            Step::Create { id, header } => self.create(id, header)?,
+            Step::Append(data) => {
+                let Some(f) = self.file.as_mut() else { return Err("events before start".into()) };
+                stored(&self.state.metrics, f.append(&data))?;
+                self.unsynced = true;
+            }
+            Step::Pong(payload) => self.out.write_all(&ws::encode_frame(true, ws::OP_PONG, None, &payload))?,
+            Step::Finish { status, exit_code, reason } => {
+                self.finish(status, exit_code, reason)?;
+                return Ok(Flow::Stop);
+            }
+            Step::Ignore => {}
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// One fsync for everything read so far, then one ack; an idle session is still
+    /// acknowledged every [`ACK_INTERVAL`], which tells the proxy the recorder lives.
+    fn drained(&mut self) -> Result<(), Failure> {
+        if let Some(f) = self.file.as_mut() {
+            if self.unsynced || self.last_ack.elapsed() >= ACK_INTERVAL {
+                let before = f.meta.bytes;
+                let started = Instant::now();
+                let durable = stored(&self.state.metrics, f.sync())?;
+                self.state.metrics.synced(durable - before, started.elapsed());
+                send_ack(&mut self.out, durable)?;
+                self.unsynced = false;
+                self.last_ack = Instant::now();
+            }
+        }
+        if self.last_data.elapsed() > SESSION_IDLE_LIMIT {
+            return Err("the proxy sent nothing for an hour".into());
+        }
+        Ok(())
+    }
+}
+
+/// Receives one session: upgrade, header, event lines; acknowledges durable bytes. A
+/// stream that ends without its end message leaves the recording truncated.
+pub(super) fn session(state: &State, head: &RequestHead, mut input: Input, mut out: WriteHalf, writer: String, peer: &str) {
+    if !accept(head, &mut out, SUBPROTOCOL) {
+        return;
+    }
+    let opened = Instant::now();
+    let mut s = SessionIngest { state, out, writer, peer, stage: Stage::ExpectStart, file: None, unsynced: false, last_ack: opened, last_data: opened };
+    let failure = match websocket::read_frames(&mut input, Some(ACK_INTERVAL), &mut s) {
+        Ok(Ended::Stopped) => return,
+        Ok(Ended::Closed) => Failure("the proxy closed the connection without an end".into()),
+        Err(f) => f,
+    };
+    log::warn!("recording stream failed writer={} peer={peer} error={}", s.writer, failure.0);
+    let _ = s.out.write_all(&ws::close_frame(1011, &failure.0, None));
+    if let Some(f) = s.file.as_mut() {
+        if f.finish(Status::Truncated, None, Some(failure.0), now()).is_ok() {
+            state.metrics.session_ended(Status::Truncated);
+        }
+    }
+}
+
+// ---- API events ----
+
+/// A proxy's event stream: NDJSON lines in binary frames.
+struct EventsIngest<'a> {
+    state: &'a State,
+    out: WriteHalf,
+    /// Where the log ends after the frames not yet synced, and how many events they hold.
+    written: Option<u64>,
+    unsynced: u64,
+    acked: u64,
+}
+
+impl EventsIngest<'_> {
+    /// Tells the proxy the events cannot be stored (it counts them as lost).
+    fn storage<T>(&mut self, r: io::Result<T>) -> Result<T, Failure> {
+        r.map_err(|e| {
+            let _ = self.out.write_all(&ws::close_frame(1011, "event storage failed", None));
+            Failure(format!("event storage failed: {e}"))
+        })
+    }
+}
+
+impl FrameHandler for EventsIngest<'_> {
+    type Error = Failure;
+
+    fn on_frame(&mut self, frame: Frame) -> Result<Flow, Failure> {
+        match frame.opcode {
+            ws::OP_BINARY => {
+                self.unsynced += check_event_lines(&frame.payload)?;
+                let r = self.state.events.write(&frame.payload);
+                self.written = Some(self.storage(r)?);
+            }
+            ws::OP_CLOSE => return Ok(Flow::Stop),
+            _ => {}
+        }
+        Ok(Flow::Continue)
+    }
+
+    fn drained(&mut self) -> Result<(), Failure> {
+        let Some(pos) = self.written.take() else { return Ok(()) };
+        let r = self.state.events.sync_to(pos);
+        if self.storage(r)? {
+            self.state.metrics.event_log_synced();
+        }
+        self.state.metrics.events(self.unsynced);
+        self.acked += std::mem::take(&mut self.unsynced);
+        send_ack(&mut self.out, self.acked)?;
+        Ok(())
+    }
+}
+
+/// Receives a proxy's API events. Every frame read so far is appended to the event
+/// log, made durable (group commit across connections too) and acknowledged by count.
+pub(super) fn events(state: &State, head: &RequestHead, mut input: Input, mut out: WriteHalf, peer: &str) {
+    if !accept(head, &mut out, EVENTS_SUBPROTOCOL) {
+        return;
+    }
+    let mut e = EventsIngest { state, out, written: None, unsynced: 0, acked: 0 };
+    if let Err(failure) = websocket::read_frames(&mut input, None, &mut e) {
+        log::warn!("event stream failed peer={peer} error={}", failure.0);
+    }
+}
+
+/// A cheap shape check of a batch (writers are authenticated proxies, and the query
+/// side skips any line that does not parse); returns the number of events.
+fn check_event_lines(payload: &[u8]) -> Result<u64, Failure> {
+    if !payload.ends_with(b"\n") {
+        return Err("an event frame must hold whole lines".into());
+    }
+    let mut count = 0;
+    for line in payload.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        if line.first() != Some(&b'{') || line.last() != Some(&b'}') || std::str::from_utf8(line).is_err() {
+            return Err("an event is not a JSON object on one line".into());
+        }
+        count += 1;
+    }
+    Ok(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(msg: &str) -> Frame {
+        Frame { fin: true, opcode: ws::OP_TEXT, payload: msg.as_bytes().to_vec() }
+    }
+
+    fn binary(data: &[u8]) -> Frame {
+        Frame { fin: true, opcode: ws::OP_BINARY, payload: data.to_vec() }
+    }
+
+    const START: &str = r#"{"type":"start","id":"s1","header":{"version":2}}"#;
+    const END: &str = r#"{"type":"end","outcome":"truncated","exitCode":3,"reason":"lost"}"#;
+
+    #[test]
+    fn each_stage_allows_only_its_frames() {
+        let fail = |why: &str| Err(Failure(why.into()));
+        let cases: Vec<(Stage, Frame, Result<Step, Failure>, Stage)> = vec![
+            (Stage::ExpectStart, text(START), Ok(Step::Create { id: "s1".into(), header: serde_json::json!({"version": 2}) }), Stage::Recording),
+            (Stage::ExpectStart, binary(b"[0.1,\"o\",\"x\"]\n"), fail("events before start"), Stage::ExpectStart),
+            (Stage::ExpectStart, text(END), fail("end before start"), Stage::ExpectStart),
+            (Stage::ExpectStart, text(r#"{"type":"start","id":"../x","header":{}}"#), fail(r#"session id "../x" is not valid"#), Stage::ExpectStart),
+            (Stage::Recording, binary(b"line\n"), Ok(Step::Append(b"line\n".to_vec())), Stage::Recording),
+            (Stage::Recording, Frame { fin: true, opcode: ws::OP_CONTINUATION, payload: b"more".to_vec() }, Ok(Step::Append(b"more".to_vec())), Stage::Recording),
+            (Stage::Recording, text(START), fail("a second start"), Stage::Recording),
+            (Stage::Recording, text(END), Ok(Step::Finish { status: Status::Truncated, exit_code: Some(3), reason: Some("lost".into()) }), Stage::Recording),
+            (Stage::Recording, Frame { fin: true, opcode: ws::OP_PING, payload: b"p".to_vec() }, Ok(Step::Pong(b"p".to_vec())), Stage::Recording),
+            (Stage::Recording, Frame { fin: true, opcode: ws::OP_PONG, payload: vec![] }, Ok(Step::Ignore), Stage::Recording),
+            (Stage::Recording, Frame { fin: true, opcode: ws::OP_CLOSE, payload: vec![] }, fail("the proxy closed the session without an end"), Stage::Recording),
+        ];
+        for (mut stage, frame, want, after) in cases {
+            let what = format!("{stage:?} + {:?}", String::from_utf8_lossy(&frame.payload));
+            assert_eq!(stage.on_frame(frame), want, "{what}");
+            assert_eq!(stage, after, "{what}");
+        }
+        let mut stage = Stage::ExpectStart;
+        assert!(stage.on_frame(text("{not json")).is_err_and(|f| f.0.starts_with("bad message: ")));
+    }
+
+    #[test]
+    fn event_batches_must_be_whole_json_lines() {
+        assert_eq!(check_event_lines(b"{\"a\":1}\n{}\n"), Ok(2));
+        assert_eq!(check_event_lines(b"{}"), Err(Failure("an event frame must hold whole lines".into())));
+        assert_eq!(check_event_lines(b"[1]\n"), Err(Failure("an event is not a JSON object on one line".into())));
+    }
+}
