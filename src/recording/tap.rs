@@ -255,10 +255,9 @@ impl Tap for SpdyTap {
     }
 
     fn goodbye(&self, message: &str) -> Vec<u8> {
-        let status = crate::kube::status::failure(500, message).to_string();
         let mut out = Vec::new();
         if let Some(id) = self.streams.id_of(channel::ERROR) {
-            out.extend(spdy::encode_data(id, spdy::FLAG_FIN, status.as_bytes()));
+            out.extend(spdy::encode_data(id, spdy::FLAG_FIN, &channel::encode_status(&channel::failure_status(message))));
         }
         for ch in [channel::STDOUT, channel::STDERR] {
             if let Some(id) = self.streams.id_of(ch) {
@@ -398,8 +397,7 @@ impl Tap for WsTap {
     }
 
     fn goodbye(&self, message: &str) -> Vec<u8> {
-        let mut status = vec![channel::ERROR];
-        status.extend_from_slice(crate::kube::status::failure(500, message).to_string().as_bytes());
+        let status = channel::ws_message(channel::ERROR, &channel::encode_status(&channel::failure_status(message)));
         let mut out = ws::encode_frame(true, ws::OP_BINARY, None, &status);
         // A normal closure: client-go then reads the error channel to its end and prints
         // the Status; any other code makes it report the close code instead.
@@ -444,8 +442,7 @@ mod tests {
         down.extend(encode_data(5, 0, "héllo ".as_bytes()));
         down.extend(encode_data(7, 0, b"oops"));
         down.extend(encode_data(5, 0, b"world"));
-        let status = serde_json::to_vec(&channel::exit_status(3, &[])).unwrap();
-        down.extend(encode_data(1, 0, &status));
+        down.extend(encode_data(1, 0, &channel::encode_status(&channel::exit_status(3, &[]))));
         down.extend(encode_data(1, spdy::FLAG_FIN, &[]));
         (up, down)
     }
@@ -480,8 +477,7 @@ mod tests {
         down.extend(ws::encode_frame(true, ws::OP_PING, None, b"p"));
         down.extend(ws::encode_frame(true, ws::OP_CONTINUATION, None, &vec![b'x'; 70_000]));
         down.extend(ws::encode_frame(true, ws::OP_BINARY, None, b"\x02err"));
-        let mut status = vec![channel::ERROR];
-        status.extend(serde_json::to_vec(&channel::exit_status(0, &[])).unwrap());
+        let status = channel::ws_message(channel::ERROR, &channel::encode_status(&channel::exit_status(0, &[])));
         down.extend(ws::encode_frame(true, ws::OP_BINARY, None, &status));
         down.extend(ws::encode_frame(true, ws::OP_CLOSE, None, &ws::close_payload(1000, "")));
         (up, down)
