@@ -1,21 +1,28 @@
 //! The crate's error type above the `wire` layer: a message with a context chain,
 //! printed outermost first (`conn=17: reading upgrade response: expected ..., found ...`).
+//!
+//! The message already says everything, so context adds text, not links: `source()`
+//! is the error the chain started from (an `io::Error`, a `wire` error), for callers
+//! that ask what it was rather than read what it says.
 
 use std::fmt;
 use std::io;
+
+type Source = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug)]
 pub struct Error {
     message: String,
     /// Kept so callers can tell a timeout or a reset from other failures.
     io_kind: Option<io::ErrorKind>,
+    source: Option<Source>,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub fn new(message: impl Into<String>) -> Self {
-        Error { message: message.into(), io_kind: None }
+        Error { message: message.into(), io_kind: None, source: None }
     }
 
     pub fn io_kind(&self) -> Option<io::ErrorKind> {
@@ -27,7 +34,11 @@ impl Error {
     }
 
     fn wrap(self, context: impl fmt::Display) -> Self {
-        Error { message: format!("{context}: {}", self.message), io_kind: self.io_kind }
+        Error { message: format!("{context}: {}", self.message), ..self }
+    }
+
+    fn caused_by(message: String, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Error { message, io_kind: None, source: Some(Box::new(source)) }
     }
 }
 
@@ -37,23 +48,29 @@ impl fmt::Display for Error {
     }
 }
 
-impl std::error::Error for Error {}
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_deref().map(|s| s as &(dyn std::error::Error + 'static))
+    }
+}
 
 impl From<io::Error> for Error {
     fn from(e: io::Error) -> Self {
         let kind = e.kind();
+        // A read timeout prints as EAGAIN ("Resource temporarily unavailable"); the
+        // context says what was waited for.
         let message = match kind {
             io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => "timed out".to_string(),
             _ => e.to_string(),
         };
-        Error { message, io_kind: Some(kind) }
+        Error { io_kind: Some(kind), ..Error::caused_by(message, e) }
     }
 }
 
 macro_rules! from_display {
     ($($t:ty),*) => {$(
         impl From<$t> for Error {
-            fn from(e: $t) -> Self { Error::new(e.to_string()) }
+            fn from(e: $t) -> Self { Error::caused_by(e.to_string(), e) }
         }
     )*};
 }
@@ -87,4 +104,24 @@ impl<T, E: Into<Error>> Context<T> for std::result::Result<T, E> {
 #[macro_export]
 macro_rules! bail {
     ($($arg:tt)*) => { return Err($crate::error::Error::new(format!($($arg)*))) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    #[test]
+    fn context_adds_text_and_keeps_the_source() {
+        let timeout = io::Error::new(io::ErrorKind::TimedOut, "client did not open the expected streams");
+        let e = Err::<(), _>(timeout).context("opening streams").context("conn=1").unwrap_err();
+        assert_eq!(e.to_string(), "conn=1: opening streams: timed out", "the message is as it was");
+        assert!(e.is_timeout());
+        let source = e.source().and_then(|s| s.downcast_ref::<io::Error>()).unwrap();
+        assert_eq!(source.to_string(), "client did not open the expected streams");
+
+        let spdy = Err::<(), _>(crate::wire::spdy::SpdyError::HeaderBlockTooLarge).context("reading frames").unwrap_err();
+        assert!(spdy.source().unwrap().is::<crate::wire::spdy::SpdyError>());
+        assert!(Error::new("x").source().is_none());
+    }
 }

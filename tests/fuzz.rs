@@ -515,7 +515,7 @@ fn tap_run(tap: &mut dyn Tap, pieces: &[&[u8]]) -> TapRun {
     let mut outcome = Ok(());
     for p in pieces {
         if let Err(e) = tap.feed(p, &mut events) {
-            outcome = Err(e.0);
+            outcome = Err(e.to_string());
             break;
         }
     }

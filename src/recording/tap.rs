@@ -21,8 +21,8 @@ use std::sync::{Arc, Mutex};
 use crate::net::sync::lock;
 
 use crate::wire::channel::{self, TerminalSize};
-use crate::wire::spdy::{self, Frame, HeaderInflater};
-use crate::wire::ws;
+use crate::wire::spdy::{self, Frame, FrameHead, FrameKind, HeaderInflater, SpdyError};
+use crate::wire::ws::{self, WsError};
 
 /// Control frames (header blocks) larger than this are refused.
 const MAX_CONTROL_FRAME: usize = 1024 * 1024;
@@ -47,12 +47,51 @@ pub enum Direction {
     ServerToClient,
 }
 
-#[derive(Debug, PartialEq, Eq)]
-pub struct TapError(pub String);
+/// Why a tap stopped: a frame the wire layer cannot parse, a limit, or a rule of the
+/// remote-command protocol the client broke.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TapError {
+    Spdy(SpdyError),
+    Ws(WsError),
+    /// A SPDY control frame longer than [`MAX_CONTROL_FRAME`]; its length.
+    ControlFrameTooLarge(usize),
+    /// An error-channel message longer than [`MAX_SMALL_MESSAGE`].
+    MessageTooLarge,
+    /// What the client may not do (the rules in this module's comment).
+    Violation(String),
+}
 
 impl fmt::Display for TapError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        match self {
+            TapError::Spdy(e) => e.fmt(f),
+            TapError::Ws(e) => e.fmt(f),
+            TapError::ControlFrameTooLarge(len) => write!(f, "SPDY control frame of {len} bytes"),
+            TapError::MessageTooLarge => write!(f, "control message exceeds {MAX_SMALL_MESSAGE} bytes"),
+            TapError::Violation(why) => f.write_str(why),
+        }
+    }
+}
+
+impl std::error::Error for TapError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            TapError::Spdy(e) => Some(e),
+            TapError::Ws(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<SpdyError> for TapError {
+    fn from(e: SpdyError) -> Self {
+        TapError::Spdy(e)
+    }
+}
+
+impl From<WsError> for TapError {
+    fn from(e: WsError) -> Self {
+        TapError::Ws(e)
     }
 }
 
@@ -73,7 +112,7 @@ struct Small(Vec<u8>);
 impl Small {
     fn push(&mut self, data: &[u8]) -> Result<(), TapError> {
         if self.0.len() + data.len() > MAX_SMALL_MESSAGE {
-            return Err(TapError(format!("control message exceeds {MAX_SMALL_MESSAGE} bytes")));
+            return Err(TapError::MessageTooLarge);
         }
         self.0.extend_from_slice(data);
         Ok(())
@@ -116,16 +155,16 @@ impl SpdyStreams {
     fn open(&self, id: u32, stream_type: Option<&str>) -> Result<(), TapError> {
         let mut t = lock(&self.0);
         if id % 2 == 0 {
-            return Err(TapError(format!("client opened SPDY stream {id}, an even (server) id")));
+            return Err(TapError::Violation(format!("client opened SPDY stream {id}, an even (server) id")));
         }
         if id <= t.last_id {
-            return Err(TapError(format!("client opened SPDY stream {id} after {}: ids must rise and are never reused", t.last_id)));
+            return Err(TapError::Violation(format!("client opened SPDY stream {id} after {}: ids must rise and are never reused", t.last_id)));
         }
         let Some(ch) = stream_type.and_then(channel::channel_for_stream_type) else {
-            return Err(TapError(format!("client opened SPDY stream {id} with stream type {stream_type:?}, which the remote-command protocol does not define")));
+            return Err(TapError::Violation(format!("client opened SPDY stream {id} with stream type {stream_type:?}, which the remote-command protocol does not define")));
         };
         if t.channels.values().any(|c| *c == ch) {
-            return Err(TapError(format!("client opened a second {:?} stream ({id})", stream_type.unwrap_or_default())));
+            return Err(TapError::Violation(format!("client opened a second {:?} stream ({id})", stream_type.unwrap_or_default())));
         }
         t.last_id = id;
         t.channels.insert(id, ch);
@@ -141,19 +180,39 @@ pub struct SpdyTap {
     dir: Direction,
     streams: Arc<SpdyStreams>,
     inflater: HeaderInflater,
-    /// Bytes of an incomplete frame head or control frame.
+    at: SpdyAt,
+    /// Bytes of an incomplete frame head, or of a control frame's payload.
     pending: Vec<u8>,
-    /// Inside a data frame: (stream id, payload bytes still to come, FIN).
-    data: Option<(u32, usize, bool)>,
     error: Small,
     resize: Vec<u8>,
+}
+
+/// Where in the stream the next byte fed falls.
+#[derive(Clone, Copy)]
+enum SpdyAt {
+    Head,
+    /// A control frame's payload, collected whole.
+    Control(FrameHead),
+    /// A data frame's payload, passed on as it comes: bytes still to come, FIN.
+    Data {
+        stream_id: u32,
+        left: usize,
+        fin: bool,
+    },
 }
 
 impl SpdyTap {
     pub fn pair() -> (SpdyTap, SpdyTap) {
         let streams = Arc::new(SpdyStreams::default());
-        let tap =
-            |dir| SpdyTap { dir, streams: streams.clone(), inflater: HeaderInflater::default(), pending: Vec::new(), data: None, error: Small::default(), resize: Vec::new() };
+        let tap = |dir| SpdyTap {
+            dir,
+            streams: streams.clone(),
+            inflater: HeaderInflater::default(),
+            at: SpdyAt::Head,
+            pending: Vec::new(),
+            error: Small::default(),
+            resize: Vec::new(),
+        };
         (tap(Direction::ClientToServer), tap(Direction::ServerToClient))
     }
 
@@ -175,90 +234,88 @@ impl SpdyTap {
                 // stream was split.
                 take_resizes(&mut self.resize, events);
                 if self.resize.len() > MAX_SMALL_MESSAGE {
-                    return Err(TapError("resize stream carries no JSON".into()));
+                    return Err(TapError::Violation("resize stream carries no JSON".into()));
                 }
             }
             _ => {} // stdin is never recorded
         }
         Ok(())
     }
+
+    fn control(&mut self, head: FrameHead, payload: &[u8], events: &mut Vec<TapEvent>) -> Result<(), TapError> {
+        match spdy::parse_payload(head, payload)? {
+            Frame::SynStream { stream_id, header_block, flags, .. } => {
+                let headers = self.inflater.inflate(header_block)?;
+                if self.dir == Direction::ClientToServer {
+                    self.streams.open(stream_id, spdy::header(&headers, "streamtype"))?;
+                }
+                if flags & spdy::FLAG_FIN != 0 {
+                    self.data(stream_id, &[], true, events)?;
+                }
+            }
+            Frame::SynReply { header_block, .. } | Frame::Headers { header_block, .. } => {
+                // Every header block is inflated, in order, to keep zlib in step.
+                self.inflater.inflate(header_block)?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// Moves bytes from the front of `data` into `buf` until it holds `want`; whether it does.
+fn fill(buf: &mut Vec<u8>, want: usize, data: &mut &[u8]) -> bool {
+    let (take, rest) = data.split_at(want.saturating_sub(buf.len()).min(data.len()));
+    buf.extend_from_slice(take);
+    *data = rest;
+    buf.len() >= want
 }
 
 impl Tap for SpdyTap {
     fn feed(&mut self, mut data: &[u8], events: &mut Vec<TapEvent>) -> Result<(), TapError> {
         while !data.is_empty() {
-            if let Some((id, left, fin)) = self.data {
-                let n = left.min(data.len());
-                let last = n == left;
-                self.data = if last { None } else { Some((id, left - n, fin)) };
-                self.data(id, &data[..n], fin && last, events)?;
-                data = &data[n..];
-                continue;
-            }
-            // A frame head, or a whole control frame.
-            let want_head = spdy::FRAME_HEAD_LEN.saturating_sub(self.pending.len());
-            if want_head > 0 {
-                let n = want_head.min(data.len());
-                self.pending.extend_from_slice(&data[..n]);
-                data = &data[n..];
-                if self.pending.len() < spdy::FRAME_HEAD_LEN {
-                    continue;
+            match self.at {
+                SpdyAt::Data { stream_id, left, fin } => {
+                    let (chunk, rest) = data.split_at(left.min(data.len()));
+                    data = rest;
+                    let last = chunk.len() == left;
+                    self.at = if last { SpdyAt::Head } else { SpdyAt::Data { stream_id, left: left - chunk.len(), fin } };
+                    self.data(stream_id, chunk, fin && last, events)?;
                 }
-            }
-            let head = &self.pending;
-            let len = (u32::from_be_bytes([0, head[5], head[6], head[7]])) as usize;
-            if head[0] & 0x80 == 0 {
-                let id = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) & 0x7fff_ffff;
-                let fin = head[4] & spdy::FLAG_FIN != 0;
-                self.pending.clear();
-                if len == 0 {
-                    self.data(id, &[], fin, events)?;
-                } else {
-                    self.data = Some((id, len, fin));
-                }
-                continue;
-            }
-            if len > MAX_CONTROL_FRAME {
-                return Err(TapError(format!("SPDY control frame of {len} bytes")));
-            }
-            let need = spdy::FRAME_HEAD_LEN + len - self.pending.len();
-            let n = need.min(data.len());
-            self.pending.extend_from_slice(&data[..n]);
-            data = &data[n..];
-            if n < need {
-                continue;
-            }
-            let frame = std::mem::take(&mut self.pending);
-            match spdy::parse_frame(&frame).map_err(|e| TapError(e.to_string()))? {
-                Some((Frame::SynStream { stream_id, header_block, flags, .. }, _)) => {
-                    let headers = self.inflater.inflate(header_block).map_err(|e| TapError(e.to_string()))?;
-                    if self.dir == Direction::ClientToServer {
-                        self.streams.open(stream_id, spdy::header(&headers, "streamtype"))?;
+                SpdyAt::Head => {
+                    if !fill(&mut self.pending, spdy::FRAME_HEAD_LEN, &mut data) {
+                        continue;
                     }
-                    if flags & spdy::FLAG_FIN != 0 {
-                        self.data(stream_id, &[], true, events)?;
+                    let Some(head) = spdy::parse_head(&self.pending)? else { continue };
+                    self.pending.clear();
+                    match head.kind {
+                        FrameKind::Data { stream_id } if head.payload_len == 0 => self.data(stream_id, &[], head.fin(), events)?,
+                        FrameKind::Data { stream_id } => self.at = SpdyAt::Data { stream_id, left: head.payload_len, fin: head.fin() },
+                        FrameKind::Control(_) if head.payload_len > MAX_CONTROL_FRAME => return Err(TapError::ControlFrameTooLarge(head.payload_len)),
+                        FrameKind::Control(_) if head.payload_len == 0 => self.control(head, &[], events)?,
+                        FrameKind::Control(_) => self.at = SpdyAt::Control(head),
                     }
                 }
-                Some((Frame::SynReply { header_block, .. } | Frame::Headers { header_block, .. }, _)) => {
-                    // Every header block is inflated, in order, to keep zlib in step.
-                    self.inflater.inflate(header_block).map_err(|e| TapError(e.to_string()))?;
+                SpdyAt::Control(head) => {
+                    if fill(&mut self.pending, head.payload_len, &mut data) {
+                        self.at = SpdyAt::Head;
+                        let payload = std::mem::take(&mut self.pending);
+                        self.control(head, &payload, events)?;
+                    }
                 }
-                Some(_) => {}
-                None => return Err(TapError("SPDY frame incomplete after its length".into())),
             }
         }
         Ok(())
     }
 
     fn at_boundary(&self) -> bool {
-        self.pending.is_empty() && self.data.is_none()
+        self.pending.is_empty() && matches!(self.at, SpdyAt::Head)
     }
 
     fn goodbye(&self, message: &str) -> Vec<u8> {
-        let status = crate::kube::status::failure(500, message).to_string();
         let mut out = Vec::new();
         if let Some(id) = self.streams.id_of(channel::ERROR) {
-            out.extend(spdy::encode_data(id, spdy::FLAG_FIN, status.as_bytes()));
+            out.extend(spdy::encode_data(id, spdy::FLAG_FIN, &channel::encode_status(&channel::failure_status(message))));
         }
         for ch in [channel::STDOUT, channel::STDERR] {
             if let Some(id) = self.streams.id_of(ch) {
@@ -306,7 +363,7 @@ impl WsTap {
                 }
                 let ch = bytes.remove(0);
                 if self.dir == Direction::ClientToServer && !matches!(ch, channel::STDIN | channel::RESIZE | channel::CLOSE) {
-                    return Err(TapError(format!("client wrote to channel {ch}, which only the server writes or no protocol defines")));
+                    return Err(TapError::Violation(format!("client wrote to channel {ch}, which only the server writes or no protocol defines")));
                 }
                 self.message = Some(Some(ch));
                 ch
@@ -321,7 +378,7 @@ impl WsTap {
                 self.resize.extend_from_slice(&bytes);
                 take_resizes(&mut self.resize, events);
                 if self.resize.len() > MAX_SMALL_MESSAGE {
-                    return Err(TapError("resize channel carries no JSON".into()));
+                    return Err(TapError::Violation("resize channel carries no JSON".into()));
                 }
             }
             _ => {} // stdin and v5 close signals are never recorded
@@ -364,23 +421,23 @@ impl Tap for WsTap {
             // Grow the head one byte at a time until it parses: heads are 2 to 14 bytes.
             self.head.push(data[0]);
             data = &data[1..];
-            let Some(head) = ws::parse_head(&self.head).map_err(|e| TapError(e.to_string()))? else { continue };
+            let Some(head) = ws::parse_head(&self.head)? else { continue };
             self.head.clear();
             let is_data = head.opcode <= ws::OP_BINARY;
             if self.dir == Direction::ClientToServer && head.mask.is_none() {
-                return Err(TapError("client sent an unmasked WebSocket frame".into()));
+                return Err(TapError::Violation("client sent an unmasked WebSocket frame".into()));
             }
             if is_data && head.opcode != ws::OP_CONTINUATION {
                 if head.opcode == ws::OP_TEXT {
-                    return Err(TapError("text frames (base64 channel protocols) are not recorded".into()));
+                    return Err(TapError::Violation("text frames (base64 channel protocols) are not recorded".into()));
                 }
                 if self.message.is_some() {
-                    return Err(TapError("a new WebSocket message inside a fragmented one".into()));
+                    return Err(TapError::Violation("a new WebSocket message inside a fragmented one".into()));
                 }
                 self.message = Some(None);
             }
             if is_data && head.opcode == ws::OP_CONTINUATION && self.message.is_none() {
-                return Err(TapError("continuation frame outside a message".into()));
+                return Err(TapError::Violation("continuation frame outside a message".into()));
             }
             if head.payload_len == 0 {
                 if is_data && head.fin {
@@ -398,8 +455,7 @@ impl Tap for WsTap {
     }
 
     fn goodbye(&self, message: &str) -> Vec<u8> {
-        let mut status = vec![channel::ERROR];
-        status.extend_from_slice(crate::kube::status::failure(500, message).to_string().as_bytes());
+        let status = channel::ws_message(channel::ERROR, &channel::encode_status(&channel::failure_status(message)));
         let mut out = ws::encode_frame(true, ws::OP_BINARY, None, &status);
         // A normal closure: client-go then reads the error channel to its end and prints
         // the Status; any other code makes it report the close code instead.
@@ -444,8 +500,7 @@ mod tests {
         down.extend(encode_data(5, 0, "héllo ".as_bytes()));
         down.extend(encode_data(7, 0, b"oops"));
         down.extend(encode_data(5, 0, b"world"));
-        let status = serde_json::to_vec(&channel::exit_status(3, &[])).unwrap();
-        down.extend(encode_data(1, 0, &status));
+        down.extend(encode_data(1, 0, &channel::encode_status(&channel::exit_status(3, &[]))));
         down.extend(encode_data(1, spdy::FLAG_FIN, &[]));
         (up, down)
     }
@@ -480,8 +535,7 @@ mod tests {
         down.extend(ws::encode_frame(true, ws::OP_PING, None, b"p"));
         down.extend(ws::encode_frame(true, ws::OP_CONTINUATION, None, &vec![b'x'; 70_000]));
         down.extend(ws::encode_frame(true, ws::OP_BINARY, None, b"\x02err"));
-        let mut status = vec![channel::ERROR];
-        status.extend(serde_json::to_vec(&channel::exit_status(0, &[])).unwrap());
+        let status = channel::ws_message(channel::ERROR, &channel::encode_status(&channel::exit_status(0, &[])));
         down.extend(ws::encode_frame(true, ws::OP_BINARY, None, &status));
         down.extend(ws::encode_frame(true, ws::OP_CLOSE, None, &ws::close_payload(1000, "")));
         (up, down)
@@ -548,6 +602,38 @@ mod tests {
             let (mut c, _) = WsTap::pair();
             assert!(c.feed(bytes, &mut Vec::new()).is_err(), "{name}");
         }
+    }
+
+    #[test]
+    fn spdy_data_streams_and_control_frames_are_bounded() {
+        let (up, _) = spdy_session();
+        let (mut c, mut s) = SpdyTap::pair();
+        c.feed(&up, &mut Vec::new()).unwrap();
+        // A 2 MiB stdout frame: each piece is output as it comes, nothing waits for the rest.
+        let frame = encode_data(5, 0, &vec![b'x'; 2 << 20]);
+        let mut events = Vec::new();
+        s.feed(&frame[..spdy::FRAME_HEAD_LEN + 10], &mut events).unwrap();
+        assert_eq!(events, vec![TapEvent::Output { stream: 1, data: vec![b'x'; 10] }]);
+        assert!(!s.at_boundary());
+        // A control frame's head that announces more than the limit is refused at once.
+        let (_, mut s) = SpdyTap::pair();
+        let head = [0x80, 3, 0, spdy::TYPE_HEADERS as u8, 0, 0x20, 0, 0];
+        let e = s.feed(&head, &mut Vec::new()).unwrap_err();
+        assert_eq!(e, TapError::ControlFrameTooLarge(2 << 20));
+        assert_eq!(e.to_string(), "SPDY control frame of 2097152 bytes");
+    }
+
+    #[test]
+    fn wire_errors_are_the_source() {
+        use std::error::Error as _;
+        let (_, mut s) = WsTap::pair();
+        let e = s.feed(&[0x83, 0x00], &mut Vec::new()).unwrap_err();
+        assert_eq!(e, TapError::Ws(WsError::UnknownOpcode(3)));
+        assert_eq!(e.to_string(), WsError::UnknownOpcode(3).to_string(), "the message is the wire error's");
+        assert!(e.source().unwrap().is::<WsError>());
+        let (mut c, _) = SpdyTap::pair();
+        let e = c.feed(&encode_syn_stream(2, 0, &HeaderDeflater::default().deflate(&[("streamtype", "stdout")])), &mut Vec::new()).unwrap_err();
+        assert!(matches!(e, TapError::Violation(_)) && e.source().is_none(), "{e:?}");
     }
 
     #[test]

@@ -35,7 +35,8 @@ pub fn register_node(api: &ApiServer, node: &str, port: u16) -> Result<()> {
         crate::bail!("registering node {node}: status {code}: {body}");
     }
     // Status is a subresource: write it explicitly so a re-registration updates the port.
-    let (code, body) = api.json("PATCH", &format!("/api/v1/nodes/{node}/status"), MERGE_PATCH, Some(&json!({"status": status})))?;
+    let (code, body) =
+        api.json("PATCH", &format!("/api/v1/nodes/{node}/status"), MERGE_PATCH, Some(&json!({"status": status}))).with_context(|| format!("updating node {node} status"))?;
     if code != 200 {
         crate::bail!("updating node {node} status: status {code}: {body}");
     }
@@ -74,14 +75,15 @@ pub fn sync_forever(cluster: &Arc<Cluster>, node: &str) {
 
 /// Binds every pod that has no node yet to `node`, as a scheduler would.
 fn schedule(api: &ApiServer, node: &str) -> Result<()> {
-    let (code, list) = api.json("GET", "/api/v1/pods?fieldSelector=spec.nodeName%3D", "", None)?;
+    let (code, list) = api.json("GET", "/api/v1/pods?fieldSelector=spec.nodeName%3D", "", None).context("listing unscheduled pods")?;
     if code != 200 {
         crate::bail!("listing unscheduled pods: status {code}: {list}");
     }
     for pod in list["items"].as_array().into_iter().flatten() {
         let (Some(ns), Some(name)) = (pod["metadata"]["namespace"].as_str(), pod["metadata"]["name"].as_str()) else { continue };
         let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name}, "target": {"apiVersion": "v1", "kind": "Node", "name": node}});
-        let (code, body) = api.json("POST", &format!("/api/v1/namespaces/{ns}/pods/{name}/binding"), "application/json", Some(&binding))?;
+        let (code, body) =
+            api.json("POST", &format!("/api/v1/namespaces/{ns}/pods/{name}/binding"), "application/json", Some(&binding)).with_context(|| format!("binding {ns}/{name}"))?;
         if code != 201 {
             log::warn!("binding failed ns={ns} pod={name} status={code} body={body}");
         }
@@ -93,7 +95,7 @@ fn sync_once(cluster: &Arc<Cluster>, api: &ApiServer, node: &str, running: &mut 
     if cluster.config.schedule {
         schedule(api, node)?;
     }
-    let (code, list) = api.json("GET", &format!("/api/v1/pods?fieldSelector=spec.nodeName%3D{node}"), "", None)?;
+    let (code, list) = api.json("GET", &format!("/api/v1/pods?fieldSelector=spec.nodeName%3D{node}"), "", None).context("listing pods")?;
     if code != 200 {
         crate::bail!("listing pods: status {code}: {list}");
     }

@@ -161,7 +161,7 @@ impl Outbound for SpdyOutbound {
     fn finish(&self, status: Option<&Value>) {
         let mut o = lock(&self.out);
         if let (Some(&id), Some(status)) = (self.ids.get(&channel::ERROR), status) {
-            let _ = o.out.write_all(&spdy::encode_data(id, 0, status.to_string().as_bytes()));
+            let _ = o.out.write_all(&spdy::encode_data(id, 0, &channel::encode_status(status)));
         }
         for ch in [channel::ERROR, channel::STDOUT, channel::STDERR] {
             if let Some(&id) = self.ids.get(&ch) {
@@ -334,21 +334,16 @@ impl WsOutbound {
 }
 
 impl Outbound for WsOutbound {
-    fn output(&self, channel: u8, data: &[u8]) -> io::Result<()> {
+    fn output(&self, ch: u8, data: &[u8]) -> io::Result<()> {
         for piece in data.chunks(MAX_WRITE) {
-            let mut msg = Vec::with_capacity(piece.len() + 1);
-            msg.push(channel);
-            msg.extend_from_slice(piece);
-            self.send(ws::OP_BINARY, &msg)?;
+            self.send(ws::OP_BINARY, &channel::ws_message(ch, piece))?;
         }
         Ok(())
     }
 
     fn finish(&self, status: Option<&Value>) {
         if let Some(status) = status {
-            let mut msg = vec![channel::ERROR];
-            msg.extend_from_slice(status.to_string().as_bytes());
-            let _ = self.send(ws::OP_BINARY, &msg);
+            let _ = self.send(ws::OP_BINARY, &channel::ws_message(channel::ERROR, &channel::encode_status(status)));
         }
         let _ = self.send(ws::OP_CLOSE, &ws::close_payload(1000, ""));
         let _ = lock(&self.out).shutdown_write();

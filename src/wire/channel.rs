@@ -5,7 +5,11 @@
 //! SPDY:       one stream per channel, named by its `streamtype` header
 //! WebSocket:  one binary message per write: | channel (8) | payload ... |
 //!             v5 only: | 255 | channel to close |
+//! error channel: one JSON metav1.Status, then the stream or connection ends
 //! ```
+//!
+//! The Status values and the bytes they take live here, for the kubelet simulator and
+//! for kubetape's own goodbye alike; framing them is `spdy`'s and `ws`'s.
 
 use serde::Deserialize;
 
@@ -69,6 +73,25 @@ pub fn take_resizes(buf: &mut Vec<u8>) -> Vec<TerminalSize> {
     sizes
 }
 
+/// A WebSocket message's payload: the channel, then what is written on it.
+pub fn ws_message(channel: u8, data: &[u8]) -> Vec<u8> {
+    let mut msg = Vec::with_capacity(data.len() + 1);
+    msg.push(channel);
+    msg.extend_from_slice(data);
+    msg
+}
+
+/// What `status` takes on the error channel: its JSON, as kubelet's `writeStatus`.
+pub fn encode_status(status: &serde_json::Value) -> Vec<u8> {
+    status.to_string().into_bytes()
+}
+
+/// The Status for a session that ends other than by its command's exit, as when
+/// kubetape ends one: a Failure, code 500 (InternalError), saying why.
+pub fn failure_status(message: &str) -> serde_json::Value {
+    crate::kube::status::failure(500, message)
+}
+
 /// The Status a kubelet writes on the error channel when a command exits.
 pub fn exit_status(code: i32, argv: &[String]) -> serde_json::Value {
     if code == 0 {
@@ -113,6 +136,13 @@ mod tests {
             assert_eq!(exit_code(&s), Some(code));
         }
         assert_eq!(exit_code(br#"{"status":"Failure","message":"x"}"#), None);
+        assert_eq!(exit_code(&encode_status(&failure_status("recording failed"))), None, "a failure is no exit");
+    }
+
+    #[test]
+    fn websocket_messages_lead_with_their_channel() {
+        assert_eq!(ws_message(ERROR, b"{}"), b"\x03{}");
+        assert_eq!(ws_message(STDOUT, b""), [STDOUT]);
     }
 
     #[test]

@@ -112,41 +112,80 @@ fn be32(b: &[u8]) -> u32 {
     u32::from_be_bytes([b[0], b[1], b[2], b[3]])
 }
 
-/// Parses one frame from the front of `buf`.
-/// Returns `Ok(None)` when more bytes are needed; nothing is consumed then.
-pub fn parse_frame(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>, SpdyError> {
+/// What the first [`FRAME_HEAD_LEN`] bytes of a frame say: enough to stream a data
+/// frame's payload, or to know how much of a control frame to collect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameHead {
+    pub kind: FrameKind,
+    pub flags: u8,
+    /// Payload bytes after the head.
+    pub payload_len: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameKind {
+    Data {
+        stream_id: u32,
+    },
+    /// A control frame of this type; its stream id, if any, is in the payload.
+    Control(u16),
+}
+
+impl FrameHead {
+    pub fn fin(&self) -> bool {
+        self.flags & FLAG_FIN != 0
+    }
+}
+
+/// Parses the head of the frame at the front of `buf`.
+/// Returns `Ok(None)` when fewer than [`FRAME_HEAD_LEN`] bytes are there.
+pub fn parse_head(buf: &[u8]) -> Result<Option<FrameHead>, SpdyError> {
     if buf.len() < FRAME_HEAD_LEN {
         return Ok(None);
     }
     let word = be32(buf);
     let flags = buf[4];
-    let len = (be32(&buf[4..]) & 0x00ff_ffff) as usize;
-    if buf[0] & 0x80 != 0 {
-        let version = ((word >> 16) & 0x7fff) as u16;
-        if version != VERSION {
-            return Err(SpdyError::UnsupportedVersion(version));
-        }
+    let payload_len = (be32(&buf[4..]) & 0x00ff_ffff) as usize;
+    if buf[0] & 0x80 == 0 {
+        return Ok(Some(FrameHead { kind: FrameKind::Data { stream_id: word & 0x7fff_ffff }, flags, payload_len }));
     }
-    let total = FRAME_HEAD_LEN + len;
+    let version = ((word >> 16) & 0x7fff) as u16;
+    if version != VERSION {
+        return Err(SpdyError::UnsupportedVersion(version));
+    }
+    Ok(Some(FrameHead { kind: FrameKind::Control((word & 0xffff) as u16), flags, payload_len }))
+}
+
+/// Parses one frame from the front of `buf`.
+/// Returns `Ok(None)` when more bytes are needed; nothing is consumed then.
+pub fn parse_frame(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>, SpdyError> {
+    let Some(head) = parse_head(buf)? else { return Ok(None) };
+    let total = FRAME_HEAD_LEN + head.payload_len;
     if buf.len() < total {
         return Ok(None);
     }
-    let payload = &buf[FRAME_HEAD_LEN..total];
-    if buf[0] & 0x80 == 0 {
-        return Ok(Some((Frame::Data { stream_id: word & 0x7fff_ffff, flags, payload }, total)));
-    }
-    let kind = (word & 0xffff) as u16;
+    Ok(Some((parse_payload(head, &buf[FRAME_HEAD_LEN..total])?, total)))
+}
+
+/// The frame `head` announced, from its whole payload (for callers that collect
+/// payloads themselves).
+pub fn parse_payload(head: FrameHead, payload: &[u8]) -> Result<Frame<'_>, SpdyError> {
+    let flags = head.flags;
+    let kind = match head.kind {
+        FrameKind::Data { stream_id } => return Ok(Frame::Data { stream_id, flags, payload }),
+        FrameKind::Control(kind) => kind,
+    };
     let need = match kind {
         TYPE_SYN_STREAM => 10,
         TYPE_SYN_REPLY | TYPE_HEADERS | TYPE_PING => 4,
         TYPE_RST_STREAM | TYPE_GOAWAY | TYPE_WINDOW_UPDATE => 8,
         _ => 0,
     };
-    if len < need {
-        return Err(SpdyError::ShortControlFrame { kind, len });
+    if payload.len() < need {
+        return Err(SpdyError::ShortControlFrame { kind, len: payload.len() });
     }
     let id = || be32(payload) & 0x7fff_ffff;
-    let frame = match kind {
+    Ok(match kind {
         TYPE_SYN_STREAM => Frame::SynStream { stream_id: id(), associated_id: be32(&payload[4..]) & 0x7fff_ffff, flags, header_block: &payload[10..] },
         TYPE_SYN_REPLY => Frame::SynReply { stream_id: id(), flags, header_block: &payload[4..] },
         TYPE_HEADERS => Frame::Headers { stream_id: id(), flags, header_block: &payload[4..] },
@@ -155,8 +194,7 @@ pub fn parse_frame(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>, SpdyError> 
         TYPE_GOAWAY => Frame::GoAway { last_good_stream_id: id(), status: be32(&payload[4..]) },
         TYPE_WINDOW_UPDATE => Frame::WindowUpdate { stream_id: id(), delta: be32(&payload[4..]) & 0x7fff_ffff },
         _ => Frame::OtherControl { kind, flags, payload },
-    };
-    Ok(Some((frame, total)))
+    })
 }
 
 fn control_head(kind: u16, flags: u8, len: usize) -> Vec<u8> {
@@ -468,6 +506,20 @@ mod tests {
             }
             assert_eq!(got, want);
         });
+    }
+
+    #[test]
+    fn heads_say_enough_to_stream_a_payload() {
+        let data = encode_data(0x7fff_fff1, FLAG_FIN, b"hello");
+        let head = parse_head(&data[..FRAME_HEAD_LEN]).unwrap().unwrap();
+        assert_eq!(head, FrameHead { kind: FrameKind::Data { stream_id: 0x7fff_fff1 }, flags: FLAG_FIN, payload_len: 5 });
+        assert!(head.fin());
+        let ping = encode_ping(9);
+        assert_eq!(parse_head(&ping).unwrap(), Some(FrameHead { kind: FrameKind::Control(TYPE_PING), flags: 0, payload_len: 4 }));
+        assert_eq!(parse_head(&ping[..FRAME_HEAD_LEN - 1]).unwrap(), None);
+        assert_eq!(parse_payload(head, b"hel").unwrap(), Frame::Data { stream_id: 0x7fff_fff1, flags: FLAG_FIN, payload: b"hel" }, "data payloads may come in pieces");
+        let short = FrameHead { kind: FrameKind::Control(TYPE_GOAWAY), flags: 0, payload_len: 8 };
+        assert_eq!(parse_payload(short, &[0; 4]).unwrap_err(), SpdyError::ShortControlFrame { kind: TYPE_GOAWAY, len: 4 }, "what was given counts, not what the head said");
     }
 
     #[test]
