@@ -1,8 +1,7 @@
-//! Kubernetes client-side pieces: reaching an API server, identities, Status bodies,
-//! and the YAML subset kubeconfigs use.
+//! Kubernetes client-side pieces: reaching an API server, identities, request
+//! classification, and the YAML subset kubeconfigs use.
 
 pub mod auth;
 pub mod client;
 pub mod request_info;
-pub mod status;
 pub mod yaml;

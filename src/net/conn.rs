@@ -385,7 +385,7 @@ impl Input {
                 crate::bail!("head not complete within {whole:?}");
             }
             self.half.set_timeout(Some(timeout))?;
-            let n = self.fill()?;
+            let n = self.fill().context("waiting for a head")?;
             if n == 0 {
                 if self.buf.is_empty() {
                     return Ok(None);

@@ -3,9 +3,9 @@
 
 use std::io::{self, Write};
 
-use crate::kube::status;
 use crate::net::conn::WriteHalf;
 use crate::wire::http::ResponseHead;
+use crate::wire::status;
 
 #[derive(Debug)]
 pub enum Refusal {

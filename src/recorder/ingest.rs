@@ -12,12 +12,12 @@ use serde_json::Value;
 
 use super::metrics::Metrics;
 use super::{reply, State, ACK_INTERVAL, SESSION_IDLE_LIMIT};
-use crate::kube::status;
 use crate::net::conn::{Input, WriteHalf};
 use crate::net::websocket::{self, Ended, Flow, FrameHandler};
 use crate::record::protocol::{valid_id, Ack, ClientMessage, Outcome, SessionMeta, Status, EVENTS_SUBPROTOCOL, SUBPROTOCOL};
 use crate::storage::fs::SessionFile;
 use crate::wire::http::RequestHead;
+use crate::wire::status;
 use crate::wire::time::now_rfc3339 as now;
 use crate::wire::ws::{self, Frame};
 

@@ -18,7 +18,6 @@ use serde_json::{json, Value};
 
 use crate::args::{Args, Flag};
 use crate::error::{Context, Error, Result};
-use crate::kube::status;
 use crate::net::conn::{Conn, Input, WriteHalf};
 use crate::net::head::HeadLimits;
 use crate::net::server::{self, Lifecycle};
@@ -29,6 +28,7 @@ use crate::storage::events::EventLog;
 use crate::storage::fs::FsStore;
 use crate::wire::der;
 use crate::wire::http::{self, RequestHead};
+use crate::wire::status;
 use metrics::Metrics;
 
 const MAX_HEAD: usize = 64 * 1024;

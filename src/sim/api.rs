@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::{send_json, ApiError, Cluster, Outcome, Request};
-use crate::kube::status;
 use crate::net::conn::{Input, WriteHalf};
 use crate::net::websocket::{self, AcceptError};
 use crate::sim::discovery;
@@ -21,6 +20,7 @@ use crate::sim::store::{self, Key, StoreError};
 use crate::sim::streams::{self, Wanted};
 use crate::wire::channel;
 use crate::wire::http::{self, ResponseHead};
+use crate::wire::status;
 
 /// A watch without `timeoutSeconds` ends after this, as the API server's
 /// `--min-request-timeout` bounds it.

@@ -29,13 +29,13 @@ use std::time::Duration;
 use crate::args::{Args, Flag};
 use crate::error::{Context, Error, Result};
 use crate::kube::auth::{self, TokenFile, UserInfo};
-use crate::kube::status;
 use crate::net::body;
 use crate::net::conn::{Conn, Input, WriteHalf};
 use crate::net::head::HeadLimits;
 use crate::net::server::{self, Lifecycle};
 use crate::net::{signal, tls};
 use crate::wire::http::{self, RequestHead};
+use crate::wire::status;
 
 const MAX_HEAD: usize = 64 * 1024;
 /// Object bodies larger than this are refused, as kube-apiserver refuses >3 MiB.

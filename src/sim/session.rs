@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 
-use crate::kube::status;
 use crate::sim::process;
 use crate::sim::runtime::{Container, Output};
 use crate::sim::streams::{Inbound, Outbound, Wanted};
 use crate::wire::channel;
+use crate::wire::status;
 
 /// How long a terminal session waits for kubectl's first resize before starting at
 /// the default size (kubectl sends it right after the streams open).

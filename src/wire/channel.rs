@@ -89,7 +89,7 @@ pub fn encode_status(status: &serde_json::Value) -> Vec<u8> {
 /// The Status for a session that ends other than by its command's exit, as when
 /// kubetape ends one: a Failure, code 500 (InternalError), saying why.
 pub fn failure_status(message: &str) -> serde_json::Value {
-    crate::kube::status::failure(500, message)
+    crate::wire::status::failure(500, message)
 }
 
 /// The Status a kubelet writes on the error channel when a command exits.
