@@ -1,0 +1,202 @@
+//! What a request gives the recorders before it goes upstream: its API event (for
+//! callers whose grants enable events) and, for an exec or attach session, a
+//! recording whose header a recorder has acknowledged. Each phase applies the
+//! caller's fail mode: fail-closed callers are refused when recording is impossible,
+//! fail-open ones go on unrecorded.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::error::Result;
+use crate::kube::request_info::RequestInfo;
+use crate::net::tls;
+use crate::record::event::{ApiEvent, EventUser, Impersonated};
+use crate::recording::cast;
+use crate::recording::client::{RecorderTarget, Recording};
+use crate::recording::events_client::EventSink;
+use crate::recording::fail::{self, Decision, Situation};
+use crate::wire::http::{self, RequestHead};
+
+use super::admission::Caller;
+use super::policy::{self, FailMode};
+use super::respond::Refusal;
+use super::{metrics, session, Connection};
+
+/// A fail-closed request waits this long for its event to be acknowledged.
+const EVENT_ACK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Requests whose completion may be far off, as kube-apiserver's long-running check.
+fn long_running(head: &RequestHead, info: &RequestInfo) -> bool {
+    info.verb == "watch" || head.upgrade().is_some() || http::query_pairs(head.query()).iter().any(|(k, v)| k == "follow" && v == "true")
+}
+
+/// A request's API event, sent or queued, to be completed with the response.
+pub struct EventPlan {
+    sink: Arc<EventSink>,
+    /// Completed in place once the response is known (no copy per request).
+    event: std::cell::RefCell<ApiEvent>,
+    /// Keep up to this many bytes of the request body (level `Request`).
+    pub capture: Option<usize>,
+    /// When the request was received, for the event's latency.
+    received: Instant,
+}
+
+/// A session recording whose header a recorder acknowledged.
+pub struct SessionStart {
+    pub recording: Recording,
+    pub fail: FailMode,
+    /// The session's id, in its recording and in the request's API event.
+    pub id: String,
+}
+
+impl Connection<'_> {
+    /// For a caller whose grants enable events: the request's event, recorded before
+    /// the request goes upstream. Fail-closed callers wait for the recorder to make it
+    /// durable and are refused if it cannot; fail-open ones never wait.
+    pub(super) fn start_event(&self, head: &RequestHead, info: &RequestInfo, audit_id: &str, caller: &Caller<'_>) -> std::result::Result<Option<EventPlan>, Refusal> {
+        let received = Instant::now();
+        let Some(grants) = caller.grants.as_ref().filter(|g| g.events) else { return Ok(None) };
+        let policy = self.state.policy.get();
+        let capture = match policy.events.level(info) {
+            policy::Level::None => return Ok(None),
+            policy::Level::Metadata => None,
+            policy::Level::Request => Some(policy.events.max_body_bytes),
+        };
+        let mut ev = ApiEvent::received(audit_id.to_string(), info, &head.method, head.path(), head.query());
+        ev.user = caller.user.map(|u| EventUser { name: u.name.clone(), groups: u.groups.clone(), authenticated_by: u.method.to_string() });
+        ev.impersonated = caller.impersonation.as_ref().map(|i| Impersonated { user: i.user.name.clone(), groups: i.groups.clone() });
+        ev.user_agent = head.headers.get_str("user-agent").unwrap_or("").to_string();
+        ev.source_address = self.client_ip.to_string();
+        ev.proxy = self.state.config.proxy_id.clone();
+        let who = caller.who();
+        let unrecordable = |e: &dyn std::fmt::Display| match fail::decide(grants.fail_mode, Situation::EventUnrecordable) {
+            Decision::Refuse => {
+                metrics::inc(&self.state.metrics.events_refused);
+                log::warn!("request refused conn={} user={who} reason=events-unrecordable error={e}", self.id);
+                Err(Refusal::Unrecordable { why: format!("API requests must be recorded, and recording is not possible: {e}"), discovery: !info.is_resource_request })
+            }
+            _ => {
+                metrics::inc(&self.state.metrics.events_dropped);
+                log::debug!("api event not recorded conn={} error={e}", self.id);
+                Ok(None)
+            }
+        };
+        let sink = match self.event_sink(&grants.recorder_tags) {
+            Ok(s) => s,
+            Err(e) => return unrecordable(&e),
+        };
+        if grants.fail_mode == FailMode::Closed {
+            if let Err(e) = sink.send_and_wait(&ev, EVENT_ACK_TIMEOUT) {
+                return unrecordable(&e);
+            }
+        } else if long_running(head, info) {
+            // Fail-open: the completion event alone carries when the request was
+            // received, so only requests that may run for long (watches, follows,
+            // sessions) are announced now; nothing waits (the sink counts drops).
+            sink.send(&ev);
+        }
+        Ok(Some(EventPlan { sink, event: std::cell::RefCell::new(ev), capture, received }))
+    }
+
+    /// Completes the request's event and queues it without waiting.
+    pub(super) fn complete_event(&self, plan: &EventPlan, status: u16, bytes: u64, finish: impl FnOnce(&mut ApiEvent)) {
+        let mut ev = plan.event.borrow_mut();
+        ev.complete(status, bytes, plan.received.elapsed().as_secs_f64() * 1000.0);
+        finish(&mut ev);
+        plan.sink.send(&*ev);
+    }
+
+    /// The event stream to the recorders carrying `tags`, started on first use.
+    fn event_sink(&self, tags: &[String]) -> Result<Arc<EventSink>> {
+        let key = tags.join(",");
+        let mut sinks = self.state.event_sinks.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = sinks.get(&key) {
+            return Ok(s.clone());
+        }
+        let sink = EventSink::start(&key, self.recorder_targets(tags)?, self.state.metrics.events_dropped.clone());
+        sinks.insert(key, sink.clone());
+        Ok(sink)
+    }
+
+    /// For an exec or attach session whose grants name recorders: connects to one
+    /// and gets the header acknowledged, before anything goes upstream. Fail-closed
+    /// callers are refused when that is impossible; fail-open ones run unrecorded.
+    pub(super) fn start_recording(&self, head: &RequestHead, path: &str, info: &RequestInfo, caller: &Caller<'_>) -> std::result::Result<Option<SessionStart>, Refusal> {
+        let Some(grants) = &caller.grants else { return Ok(None) };
+        let who = caller.who();
+        let recorded = !grants.recorder_tags.is_empty() || grants.fail_mode == FailMode::Closed;
+        if recorded && session::reaches_kubelet_stream(path) {
+            metrics::inc(&self.state.metrics.sessions_refused_unrecordable);
+            log::warn!("request refused conn={} user={who} reason=kubelet-stream-via-node-proxy", self.id);
+            return Err(Refusal::Forbidden(
+                "the kubelet's exec, attach, run and port-forward endpoints cannot be recorded through nodes/proxy: use kubectl exec, attach or port-forward".into(),
+            ));
+        }
+        let request = match session::session_request(head, info) {
+            Ok(Some(r)) => r,
+            Ok(None) => return Ok(None),
+            Err(why) if recorded => {
+                metrics::inc(&self.state.metrics.sessions_refused_unrecordable);
+                log::warn!("session refused conn={} user={who} reason=unrecordable-request error={why}", self.id);
+                return Err(Refusal::BadRequest(format!("this session cannot be recorded: {why}")));
+            }
+            Err(_) => return Ok(None),
+        };
+        let refuse_or_skip = |why: String| {
+            if fail::decide(grants.fail_mode, Situation::NoRecorderAtStart) == Decision::Refuse {
+                metrics::inc(&self.state.metrics.sessions_refused_unrecordable);
+                log::warn!("session refused conn={} user={who} ns={} pod={} reason={why}", self.id, request.namespace, request.pod);
+                Err(Refusal::Forbidden(format!("'kubectl {}' sessions must be recorded, and recording is not possible: {why}", request.kind)))
+            } else {
+                metrics::inc(&self.state.metrics.sessions_unrecorded);
+                log::warn!("session not recorded conn={} user={who} ns={} pod={} fail_mode=open reason={why}", self.id, request.namespace, request.pod);
+                Ok(None)
+            }
+        };
+        if grants.recorder_tags.is_empty() {
+            return if grants.fail_mode == FailMode::Closed { refuse_or_skip("no recorder is configured for you".into()) } else { Ok(None) };
+        }
+        let targets = match self.recorder_targets(&grants.recorder_tags) {
+            Ok(t) => t,
+            Err(e) => return refuse_or_skip(e.to_string()),
+        };
+        let id = crate::record::protocol::new_id();
+        let ctx = cast::HeaderContext {
+            id: &id,
+            request: &request,
+            protocol: head.upgrade().unwrap_or(""),
+            offered: &session::offered_subprotocols(head),
+            user: caller.user,
+            impersonated: caller.impersonation.as_ref().map(|i| (i.user.name.as_str(), i.groups.as_slice())),
+            source: self.client_ip,
+            proxy_id: &self.state.config.proxy_id,
+            started: std::time::SystemTime::now(),
+        };
+        match Recording::start(&targets, &id, &cast::header(&ctx), self.state.config.recorder_timeout) {
+            Ok(r) => {
+                metrics::inc(&self.state.metrics.sessions_recorded);
+                log::info!("session recording conn={} session={id} user={who} ns={} pod={} type={} recorder={}", self.id, request.namespace, request.pod, request.kind, r.recorder);
+                Ok(Some(SessionStart { recording: r, fail: grants.fail_mode, id }))
+            }
+            Err(e) => refuse_or_skip(format!("recorders unreachable: {e}")),
+        }
+    }
+
+    /// The policy's recorders that carry one of `tags` (or are named by one), in order.
+    fn recorder_targets(&self, tags: &[String]) -> Result<Vec<RecorderTarget>> {
+        let policy = self.state.policy.get();
+        let base = self.state.config.policy.as_deref().and_then(|p| p.parent()).unwrap_or(std::path::Path::new("."));
+        let mut out = Vec::new();
+        for r in policy.recorders.iter().filter(|r| tags.iter().any(|t| r.tags.contains(t) || &r.name == t)) {
+            let roots = match &r.ca_file {
+                Some(f) => tls::roots_from_pem(&tls::read_file(&base.join(f))?, &format!("recorder {} caFile", r.name))?,
+                None => crate::bail!("recorder {}: caFile is required", r.name),
+            };
+            out.push(crate::recording::client::target(&r.name, &r.url, roots, self.state.config.recorder_identity.as_ref().map(|(c, k)| (c.clone(), k.clone_key())))?);
+        }
+        if out.is_empty() {
+            crate::bail!("no recorder in the policy carries tags {tags:?}");
+        }
+        Ok(out)
+    }
+}
