@@ -33,7 +33,8 @@ impl Error {
         matches!(self.io_kind, Some(io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut))
     }
 
-    fn wrap(self, context: impl fmt::Display) -> Self {
+    /// This error with `context` in front, as [`Context::context`] adds it.
+    pub fn wrap(self, context: impl fmt::Display) -> Self {
         Error { message: format!("{context}: {}", self.message), ..self }
     }
 

@@ -79,8 +79,8 @@ pub enum Side {
     Upstream,
 }
 
-/// A failed phase. `source` is the message the client or the log has always been
-/// given for it; the phase and side say where it happened.
+/// A failed phase: `source` is what the client is told of it; the phase and side say
+/// where it happened, and the log names the phase too (`From<ForwardError> for Error`).
 #[derive(Debug)]
 pub struct ForwardError {
     pub phase: Phase,
@@ -110,7 +110,7 @@ impl ForwardError {
             // A malformed chunked body is the client's fault and worth saying so; the
             // half-sent request died with its upstream connection.
             Side::Client if self.source.io_kind() == Some(std::io::ErrorKind::InvalidData) => Refusal::BadRequest(self.source.to_string()),
-            Side::Client => return Err(self.source),
+            Side::Client => return Err(self.into()),
             Side::Upstream if self.phase == Phase::ReceiveHead && self.source.is_timeout() => Refusal::UpstreamTimeout(self.source.to_string()),
             Side::Upstream => Refusal::UpstreamUnavailable(self.source.to_string()),
         })
@@ -131,7 +131,7 @@ impl std::error::Error for ForwardError {
 
 impl From<ForwardError> for Error {
     fn from(e: ForwardError) -> Self {
-        e.source
+        e.source.wrap(e.phase)
     }
 }
 
@@ -332,6 +332,8 @@ mod tests {
         let e = failed(Phase::ReceiveHead, Side::Upstream, ErrorKind::TimedOut);
         assert_eq!(e.to_string(), "receiving the response head: timed out");
         assert_eq!(std::error::Error::source(&e).map(|s| s.to_string()).as_deref(), Some("timed out"));
-        assert_eq!(Error::from(e).to_string(), "timed out");
+        let logged = Error::from(e);
+        assert_eq!(logged.to_string(), "receiving the response head: timed out");
+        assert!(logged.is_timeout(), "still a timeout");
     }
 }

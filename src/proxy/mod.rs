@@ -33,11 +33,11 @@ use crate::error::{Context, Error, Result};
 use crate::kube::auth::{self, TokenFile, UserInfo};
 use crate::kube::client::ApiServer;
 use crate::net::conn::{Conn, Input, WriteHalf};
+use crate::net::head::HeadLimits;
 use crate::net::server::{self, Admission, Lifecycle};
 use crate::net::{signal, tls, tunnel};
 use crate::record::protocol::Outcome;
 use crate::recording::events_client::EventSink;
-use crate::recording::tap::Tap;
 use crate::wire::http::{self, BodyLength, RequestHead};
 use admission::{Admitted, Caller, LocalReply, Route};
 use forward::{Capture, Exchange, Upstream};
@@ -266,7 +266,7 @@ enum Next {
 /// A session whose recorder acknowledged its header, waiting for the tunnel.
 struct RecordPlan {
     session: SessionStart,
-    taps: (Box<dyn Tap>, Box<dyn Tap>),
+    taps: session::Taps,
     subprotocol: String,
 }
 
@@ -299,22 +299,12 @@ impl<'a> Connection<'a> {
         let mut upstream: Option<Upstream> = None;
         loop {
             let idle = if admission.is_authenticated() { IDLE_TIMEOUT } else { UNAUTHENTICATED_IDLE_TIMEOUT };
-            let head = match client.input.read_head(http::parse_request, MAX_HEAD, idle, HEAD_TIMEOUT) {
+            let head = match client.input.next_request(&HeadLimits { max_len: MAX_HEAD, idle, whole: HEAD_TIMEOUT }) {
                 Ok(Some(h)) => h,
-                Ok(None) => break,
-                Err(e) => {
-                    if client.input.buffered().is_empty() && (e.is_timeout() || e.io_kind().is_some()) {
-                        break; // idle keep-alive connection closed or timed out
-                    }
-                    log::info!("bad request head conn={id} peer={peer} error={e}");
-                    let refusal = if client.input.buffered().len() > MAX_HEAD {
-                        Refusal::HeadTooLarge
-                    } else if e.is_timeout() {
-                        Refusal::Timeout("request head")
-                    } else {
-                        Refusal::BadRequest(e.to_string())
-                    };
-                    let _ = respond::refuse(&mut client.output, &refusal);
+                Ok(None) => break, // closed or timed out between requests
+                Err(bad) => {
+                    log::info!("bad request head conn={id} peer={peer} error={bad}");
+                    let _ = respond::refuse(&mut client.output, &Refusal::from(bad));
                     break;
                 }
             };

@@ -4,6 +4,7 @@
 use std::io::{self, Write};
 
 use crate::net::conn::WriteHalf;
+use crate::net::head::BadHead;
 use crate::wire::http::ResponseHead;
 use crate::wire::status;
 
@@ -28,6 +29,16 @@ pub enum Refusal {
         why: String,
         discovery: bool,
     },
+}
+
+impl From<BadHead> for Refusal {
+    fn from(bad: BadHead) -> Self {
+        match bad {
+            BadHead::TooLarge => Refusal::HeadTooLarge,
+            BadHead::Timeout => Refusal::Timeout("request head"),
+            BadHead::Malformed(why) => Refusal::BadRequest(why),
+        }
+    }
 }
 
 /// The status code and message for a refusal.

@@ -98,16 +98,22 @@ pub fn offered_subprotocols(head: &RequestHead) -> Vec<String> {
         .collect()
 }
 
+/// A session's two taps: on what the client sends, and on what the server sends.
+pub struct Taps {
+    pub client: Box<dyn Tap>,
+    pub server: Box<dyn Tap>,
+}
+
 /// The taps for the protocol the API server agreed to; `None` for one they do not
 /// parse (WebSocket subprotocols other than the binary channel protocols; none at all
 /// is the kubelet's binary default).
-pub fn taps(upgrade: &str, subprotocol: &str) -> Option<(Box<dyn Tap>, Box<dyn Tap>)> {
+pub fn taps(upgrade: &str, subprotocol: &str) -> Option<Taps> {
     if upgrade.eq_ignore_ascii_case("websocket") && (subprotocol.is_empty() || channel::EXEC_PROTOCOLS.contains(&subprotocol)) {
         let (c, s) = WsTap::pair();
-        Some((Box::new(c), Box::new(s)))
+        Some(Taps { client: Box::new(c), server: Box::new(s) })
     } else if upgrade.eq_ignore_ascii_case("SPDY/3.1") {
         let (c, s) = SpdyTap::pair();
-        Some((Box::new(c), Box::new(s)))
+        Some(Taps { client: Box::new(c), server: Box::new(s) })
     } else {
         None
     }
@@ -307,31 +313,22 @@ pub struct Summary {
 }
 
 /// Runs the tunnel with both directions tapped into `recording`.
-pub fn run(
-    name: &str,
-    client: (Input, WriteHalf),
-    server: (Input, WriteHalf),
-    taps: (Box<dyn Tap>, Box<dyn Tap>),
-    recording: impl RecorderLink + 'static,
-    fail: FailMode,
-    subprotocol: &str,
-) -> Summary {
+pub fn run(name: &str, client: (Input, WriteHalf), server: (Input, WriteHalf), taps: Taps, recording: impl RecorderLink + 'static, fail: FailMode, subprotocol: &str) -> Summary {
     let started = Instant::now();
-    let clock: Clock = Box::new(move || started.elapsed().as_secs_f64());
-    run_with(name, client, server, taps, Box::new(recording), clock, fail, subprotocol)
+    let link = Link { recording: Box::new(recording), fail, clock: Box::new(move || started.elapsed().as_secs_f64()) };
+    run_with(name, client, server, taps, link, subprotocol)
 }
 
-#[allow(clippy::too_many_arguments)] // run's, plus the two seams
-fn run_with(
-    name: &str,
-    client: (Input, WriteHalf),
-    server: (Input, WriteHalf),
-    taps: (Box<dyn Tap>, Box<dyn Tap>),
+/// The recording side of a session: where its lines go, the clock that stamps them,
+/// and the fail mode that settles a failure.
+struct Link {
     recording: Box<dyn RecorderLink>,
-    clock: Clock,
     fail: FailMode,
-    subprotocol: &str,
-) -> Summary {
+    clock: Clock,
+}
+
+fn run_with(name: &str, client: (Input, WriteHalf), server: (Input, WriteHalf), taps: Taps, link: Link, subprotocol: &str) -> Summary {
+    let Link { recording, fail, clock } = link;
     let (client_in, client_out) = client;
     let (server_in, server_out) = server;
     let sockets = match (client_in.half.shutdown_handle(), server_in.half.shutdown_handle()) {
@@ -347,7 +344,7 @@ fn run_with(
         clock,
         state: Mutex::new(RecState { active: true, truncated: None, cast: CastWriter::default() }),
         ended: AtomicBool::new(false),
-        down: Mutex::new(DownSide { out: client_out, tap: taps.1, client_at_boundary: true }),
+        down: Mutex::new(DownSide { out: client_out, tap: taps.server, client_at_boundary: true }),
         sockets,
     });
     if !subprotocol.is_empty() {
@@ -370,7 +367,7 @@ fn run_with(
             }
         })
     };
-    let up = UpSink { out: server_out, tap: taps.0, rec: rec.clone() };
+    let up = UpSink { out: server_out, tap: taps.client, rec: rec.clone() };
     let totals = tunnel::tunnel(name, (client_in, DownSink { rec: rec.clone() }), (server_in, up)).ok();
     drop(done);
     if let Ok(w) = watchdog {
@@ -570,7 +567,8 @@ mod tests {
                 let link = Box::new(Scripted(script.clone()));
                 let session = std::thread::spawn(move || {
                     let taps = taps("websocket", "v4.channel.k8s.io").unwrap();
-                    run_with("t", client, server, taps, link, Box::new(|| 1.5), mode, "v4.channel.k8s.io")
+                    let link = Link { recording: link, fail: mode, clock: Box::new(|| 1.5) };
+                    run_with("t", client, server, taps, link, "v4.channel.k8s.io")
                 });
                 apiserver.write_all(&stdout(b"one")).unwrap();
                 let mut first = vec![0u8; stdout(b"one").len()];
