@@ -42,6 +42,28 @@ pub fn next_frame(input: &mut Input) -> io::Result<Option<Frame>> {
     }
 }
 
+/// [`next_frame`] by `deadline`: every read waits only for what is left, so a peer
+/// that trickles a frame byte by byte cannot hold the caller past it (an error that
+/// [`is_timeout`]).
+pub fn next_frame_by(input: &mut Input, deadline: Instant) -> io::Result<Option<Frame>> {
+    loop {
+        if let Some(frame) = buffered_frame(input)? {
+            return Ok(Some(frame));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "no whole frame by the deadline"));
+        }
+        input.half.set_timeout(Some(left))?;
+        if input.fill()? == 0 {
+            return match input.buffered().is_empty() {
+                true => Ok(None),
+                false => Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed in the middle of a frame")),
+            };
+        }
+    }
+}
+
 /// True for the error a read timeout gives.
 pub fn is_timeout(e: &io::Error) -> bool {
     matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
@@ -52,7 +74,7 @@ pub fn is_timeout(e: &io::Error) -> bool {
 pub enum Ended {
     /// The handler asked to stop.
     Stopped,
-    /// The peer closed the connection between frames.
+    /// The peer closed the connection.
     Closed,
 }
 
@@ -74,25 +96,25 @@ pub trait FrameHandler {
     }
 }
 
-/// Hands frames to `handler` until it stops or the stream ends. With `tick`, a read
-/// waits at most that long, and `drained` runs again after a quiet tick.
+/// Hands frames to `handler` until it stops or the stream ends (a frame cut short
+/// by the close counts as never sent). `drained` runs after every read that left no
+/// whole frame unhandled, so a frame trickling in over many reads still lets the
+/// handler acknowledge and check its idle bounds. With `tick`, a read waits at most
+/// that long, and `drained` runs again after a quiet tick.
 pub fn read_frames<H: FrameHandler>(input: &mut Input, tick: Option<Duration>, handler: &mut H) -> std::result::Result<Ended, H::Error> {
     input.half.set_timeout(tick)?;
     loop {
-        let frame = match buffered_frame(input)? {
-            Some(frame) => frame,
-            None => {
-                handler.drained()?;
-                match next_frame(input) {
-                    Ok(Some(frame)) => frame,
-                    Ok(None) => return Ok(Ended::Closed),
-                    Err(e) if tick.is_some() && is_timeout(&e) => continue,
-                    Err(e) => return Err(e.into()),
-                }
+        while let Some(frame) = buffered_frame(input)? {
+            if let Flow::Stop = handler.on_frame(frame)? {
+                return Ok(Ended::Stopped);
             }
-        };
-        if let Flow::Stop = handler.on_frame(frame)? {
-            return Ok(Ended::Stopped);
+        }
+        handler.drained()?;
+        match input.fill() {
+            Ok(0) => return Ok(Ended::Closed),
+            Ok(_) => {}
+            Err(e) if tick.is_some() && is_timeout(&e) => {}
+            Err(e) => return Err(e.into()),
         }
     }
 }
@@ -215,6 +237,46 @@ mod tests {
         // Drained before the first read; again only when a read found no whole frame
         // (TCP decides how the three arrive), and once before the close was read.
         assert!(log.frames[0].0 == 1 && log.drains >= 2 && log.drains <= 4, "{:?} drains={}", log.frames, log.drains);
+    }
+
+    /// Counts drains and stops at the first frame.
+    #[derive(Default)]
+    struct FirstFrame {
+        drains: usize,
+        frame: Option<Frame>,
+    }
+
+    impl FrameHandler for FirstFrame {
+        type Error = io::Error;
+        fn on_frame(&mut self, f: Frame) -> io::Result<Flow> {
+            self.frame = Some(f);
+            Ok(Flow::Stop)
+        }
+        fn drained(&mut self) -> io::Result<()> {
+            self.drains += 1;
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_frame_trickled_byte_by_byte_still_lets_the_handler_run_between_reads() {
+        let frame = ws::encode_frame(true, ws::OP_BINARY, Some([9, 8, 7, 6]), b"slow");
+        let mut input = crate::net::testutil::input_fed(frame.iter().map(|b| vec![*b]).collect());
+        let mut h = FirstFrame::default();
+        assert_eq!(read_frames(&mut input, None, &mut h).unwrap(), Ended::Stopped);
+        assert_eq!(h.frame.map(|f| f.payload), Some(b"slow".to_vec()));
+        assert_eq!(h.drains, frame.len(), "once before the first byte, then after every read but the last");
+    }
+
+    #[test]
+    fn next_frame_by_gives_up_at_its_deadline_however_the_frame_trickles() {
+        let (mut client, mut input) = pair();
+        client.write_all(&ws::encode_frame(true, ws::OP_TEXT, None, b"{}")[..2]).unwrap();
+        let deadline = Instant::now() + Duration::from_millis(100);
+        assert!(next_frame_by(&mut input, deadline).is_err_and(|e| is_timeout(&e)));
+        client.write_all(b"{}").unwrap();
+        let later = Instant::now() + Duration::from_secs(5);
+        assert_eq!(next_frame_by(&mut input, later).unwrap().map(|f| f.payload), Some(b"{}".to_vec()), "nothing was lost");
     }
 
     #[test]

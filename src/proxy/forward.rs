@@ -1,7 +1,9 @@
 //! Forwarding: one request's exchange with the API server, in the phases ureq 3's
 //! `run.rs` names (connect, send head, send body, receive head, receive body). Each
-//! phase sets its own timeout and tags its errors with its [`Phase`], so the caller
-//! decides a refusal or a retry from what failed where, not from error text.
+//! phase tags its errors with its [`Phase`], so the caller decides a refusal or a
+//! retry from what failed where, not from error text. Each wait is bounded where it
+//! happens: the connect, the client's body (between reads), the response head; a
+//! sized response body keeps the head's bound, a stream has none.
 //!
 //! Bodies stream: chunked bodies are re-framed chunk by chunk (so no smuggled
 //! message reaches the next hop) and streams (watches, `logs -f`) reach the reader

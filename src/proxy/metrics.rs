@@ -66,11 +66,11 @@ pub fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
         let Ok(conn) = Conn::plain(sock) else { return };
         let mut input = Input::new(conn.read);
         let mut out = conn.write;
-        let Ok(Some(head)) = input.next_request(&HeadLimits { max_len: MAX_SCRAPE_HEAD, idle: SCRAPE_TIMEOUT, whole: SCRAPE_TIMEOUT }) else { return };
-        let resp = if head.method == "GET" && head.path() == "/metrics" {
-            http::response(200, "text/plain; version=0.0.4", metrics.render().as_bytes())
-        } else {
-            http::response(404, "text/plain", b"not found")
+        let resp = match input.next_request(&HeadLimits { max_len: MAX_SCRAPE_HEAD, idle: SCRAPE_TIMEOUT, whole: SCRAPE_TIMEOUT }) {
+            Ok(None) => return,
+            Err(bad) => http::response(bad.status(), "text/plain", bad.to_string().as_bytes()),
+            Ok(Some(head)) if head.method == "GET" && head.path() == "/metrics" => http::response(200, "text/plain; version=0.0.4", metrics.render().as_bytes()),
+            Ok(Some(_)) => http::response(404, "text/plain", b"not found"),
         };
         let _ = out.write_all(&resp);
     });

@@ -27,7 +27,11 @@ struct Failure(String);
 
 impl From<io::Error> for Failure {
     fn from(e: io::Error) -> Self {
-        Failure(format!("connection to the proxy: {e}"))
+        match e.kind() {
+            // A frame that breaks RFC 6455 (`wire::ws` says how).
+            io::ErrorKind::InvalidData => Failure(e.to_string()),
+            _ => Failure(format!("reading from the proxy: {e}")),
+        }
     }
 }
 

@@ -1,4 +1,4 @@
-//! The proxy's side of the recorder protocol (see `protocol`): connects to the first
+//! The proxy's side of the recorder protocol (see `record::protocol`): connects to the first
 //! recorder that answers, gets the session header acknowledged, then streams event
 //! lines from a bounded queue on a writer thread while an ack thread tracks what the
 //! recorder has durably written.
@@ -151,15 +151,10 @@ fn open(target: &RecorderTarget, id: &str, header: &Value, timeout: Duration) ->
     let (mut input, mut out, socket) = dial(target, PATH, SUBPROTOCOL, timeout)?;
     out.write_all(&text_frame(&ClientMessage::Start { id: id.to_string(), header: header.clone() }))?;
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            crate::bail!("recorder did not acknowledge the header within {timeout:?}");
-        }
-        input.half.set_timeout(Some(left))?;
-        let frame = match websocket::next_frame(&mut input) {
+        let frame = match websocket::next_frame_by(&mut input, deadline) {
             Ok(Some(frame)) => frame,
             Ok(None) => crate::bail!("recorder closed the connection before acknowledging"),
-            Err(e) if websocket::is_timeout(&e) => continue,
+            Err(e) if websocket::is_timeout(&e) => crate::bail!("recorder did not acknowledge the header within {timeout:?}"),
             Err(e) => return Err(e).context("reading the recorder's acknowledgement"),
         };
         match frame.opcode {

@@ -459,7 +459,7 @@ impl Tap for WsTap {
         let mut out = ws::encode_frame(true, ws::OP_BINARY, None, &status);
         // A normal closure: client-go then reads the error channel to its end and prints
         // the Status; any other code makes it report the close code instead.
-        out.extend(ws::encode_frame(true, ws::OP_CLOSE, None, &ws::close_payload(1000, "session ended by kubetape")));
+        out.extend(ws::close_frame(1000, "session ended by kubetape", None));
         out
     }
 }

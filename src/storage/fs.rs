@@ -7,7 +7,7 @@
 //! directory). After a crash, `open` finds sidecars still saying `recording`, cuts
 //! the cast file back to its last whole line (every acknowledged byte is a whole
 //! line, so none is lost) and marks them `interrupted`. File names come from session
-//! ids, which `protocol::valid_id` restricts to `[A-Za-z0-9-]`; namespace and pod
+//! ids, which `record::protocol::valid_id` restricts to `[A-Za-z0-9-]`; namespace and pod
 //! names never reach a path.
 
 use std::fs::{self, File, OpenOptions};
