@@ -65,16 +65,15 @@ fn kubectl_commands_yield_the_right_verbs_and_resources() {
             // kubectl 1.32 tries WebSocket first (GET, answered 400 by the sim), then SPDY (POST).
             ("create", "pods/portforward"),
         ];
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
+        support::eventually(Duration::from_secs(10), || {
             let got = verbs(&demo, &since);
             let missing: Vec<_> = want.iter().filter(|(v, r)| !got.iter().any(|(gv, gr)| gv == v && gr == r)).collect();
             if missing.is_empty() {
-                break;
+                Ok(())
+            } else {
+                Err(format!("{proto}: missing {missing:?} in {got:?}"))
             }
-            assert!(Instant::now() < deadline, "{proto}: missing {missing:?} in {got:?}");
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        });
     }
     // Every event carries who and how; the export is audit.k8s.io/v1.
     let all = events(&demo, "user=alice&verb=list&resource=pods");
@@ -93,6 +92,73 @@ fn kubectl_commands_yield_the_right_verbs_and_resources() {
     let value = |name: &str| metrics.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<u64>().ok());
     let (events, fsyncs) = (value("kubetape_recorder_events_total"), value("kubetape_recorder_event_fsyncs_total"));
     assert!(matches!((events, fsyncs), (Some(e), Some(f)) if f >= 1 && f <= e), "events {events:?}, fsyncs {fsyncs:?}");
+}
+
+/// Runs `args` until its stdout shows `seen`, then kills it as a user's Ctrl-C would
+/// not even get to: the proxy must notice the client gone on its own.
+fn kill_once_it_printed(k: &Kubectl, args: &[&str], seen: &str, then: impl FnOnce()) {
+    use std::io::Read;
+    let mut child = k.command(args).stdin(std::process::Stdio::null()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null()).spawn().expect("kubectl");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let (mut all, mut buf) = (String::new(), [0u8; 4096]);
+        while let Ok(n @ 1..) = stdout.read(&mut buf) {
+            all.push_str(&String::from_utf8_lossy(&buf[..n]));
+            let _ = tx.send(all.clone());
+        }
+    });
+    let mut printed = String::new();
+    while !printed.contains(seen) {
+        printed = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| panic!("{args:?} never printed {seen:?}: {printed:?}"));
+    }
+    then();
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn streamed_responses_count_their_bytes_and_complete_when_the_client_goes() {
+    let demo = Demo::start();
+    let k = Kubectl::new(&demo, "kubeconfig", "1.32", Proto::WebSocket);
+    let since = kubetape::wire::time::now_rfc3339_millis();
+    let marker = format!("w{}", kubetape::net::random::hex(4));
+    // A quiet watch (config maps change only when told to): its own response carries
+    // the one change, made once the watch was up, and nothing after it.
+    let configmap = |name: &str| {
+        let yaml = format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  k: v\n");
+        let out = k.run_timeout(&["apply", "-f", "-"], Some(yaml.as_bytes()), Duration::from_secs(30));
+        assert!(out.status.success(), "{}", out.describe());
+    };
+    let ready = format!("cm-{marker}-ready");
+    configmap(&ready);
+    let change = format!("cm-{marker}");
+    kill_once_it_printed(&k, &["get", "configmaps", "-w", "-o", "name"], &format!("configmap/{ready}"), || configmap(&change));
+    let pod = format!("logs-{}", kubetape::net::random::hex(4));
+    let out = k.run(&["run", &pod, "--image=busybox", "--restart=Never", "--", "sh", "-c", &format!("echo {marker}; sleep 60")]);
+    assert!(out.status.success(), "{}", out.describe());
+    support::eventually(Duration::from_secs(30), || {
+        let out = k.run(&["logs", &pod]);
+        if out.stdout_str().contains(&marker) {
+            Ok(())
+        } else {
+            Err(out.describe())
+        }
+    });
+    kill_once_it_printed(&k, &["logs", "-f", &pod], &marker, || {});
+    // Completed at once, not when the proxy next writes to the dead client (never, for a
+    // quiet stream), and with the bytes that reached kubectl.
+    for (verb, resource, stream, at_least) in [("watch", "configmaps", "watch=true", change.len()), ("get", "pods/log", "follow=true", marker.len() + 1)] {
+        let e = support::eventually(Duration::from_secs(5), || {
+            let found = events(&demo, &format!("user=alice&verb={verb}&resource={resource}&since={since}&limit=1000"));
+            let streams: Vec<&Value> = found.iter().filter(|e| e["query"].as_str().unwrap_or("").contains(stream)).collect();
+            let done = streams.iter().find(|e| e["stage"] == "ResponseComplete");
+            done.map(|e| (*e).clone()).ok_or_else(|| format!("no completed {verb} {resource}?{stream} in {streams:?}"))
+        });
+        assert_eq!(e["status"], 200, "{e}");
+        let bytes = e["responseBytes"].as_u64().unwrap_or(0);
+        assert!(bytes >= at_least as u64, "{verb} {resource}?{stream}: {bytes} bytes: {e}");
+    }
 }
 
 #[test]

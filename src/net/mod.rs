@@ -6,6 +6,7 @@
 pub mod body;
 pub mod conn;
 pub mod file;
+pub mod hangup;
 pub mod head;
 pub mod pki;
 pub mod random;

@@ -179,7 +179,7 @@ fn connect(api: &ApiServer) -> Result<Upstream, ForwardError> {
 /// The send phases: the head, then the body as it arrives from the client.
 fn send(up: &mut Upstream, head: &RequestHead, framing: BodyLength, client: &mut Input, capture: Option<&mut Capture>) -> Result<(), ForwardError> {
     client.half.set_timeout(Some(BODY_IDLE_TIMEOUT)).map_err(|e| ForwardError::new(Phase::SendBody, Side::Client, e))?;
-    copy_body(client, framing, head.encode(), &mut up.output, capture).map(drop).map_err(|e| match e {
+    copy_body(client, framing, head.encode(), &mut up.output, capture, &mut 0).map_err(|e| match e {
         CopyError::Read(e) => ForwardError::new(Phase::SendBody, Side::Client, e),
         CopyError::WriteHead(e) => ForwardError::new(Phase::SendHead, Side::Upstream, e),
         CopyError::WriteBody(e) => ForwardError::new(Phase::SendBody, Side::Upstream, e),
@@ -203,14 +203,14 @@ fn receive_head(up: &mut Upstream) -> Result<ResponseHead, ForwardError> {
 }
 
 /// Writes the client's response head `head`, then the body, re-framed as `framing`;
-/// returns the body's length.
-pub fn receive_body(up: &mut Upstream, framing: BodyLength, head: &ResponseHead, client: &mut WriteHalf) -> Result<u64, ForwardError> {
+/// `forwarded` counts the body bytes the client was sent, failure or not.
+pub fn receive_body(up: &mut Upstream, framing: BodyLength, head: &ResponseHead, client: &mut WriteHalf, forwarded: &mut u64) -> Result<(), ForwardError> {
     if matches!(framing, BodyLength::Chunked | BodyLength::UntilClose) {
         // Streams (watches, logs -f) may be silent for long; a sized body keeps the
         // response timeout (left in place: one setsockopt fewer per request).
         up.input.half.set_timeout(None).context("setting upstream timeout").map_err(|e| ForwardError::new(Phase::ReceiveBody, Side::Upstream, e))?;
     }
-    copy_body(&mut up.input, framing, head.encode(), client, None).or_else(|e| match e {
+    copy_body(&mut up.input, framing, head.encode(), client, None, forwarded).or_else(|e| match e {
         CopyError::Read(e) => Err(e).context("reading response body from API server").map_err(|e| ForwardError::new(Phase::ReceiveBody, Side::Upstream, e)),
         CopyError::WriteHead(e) | CopyError::WriteBody(e) => Err(e).context("writing response body to client").map_err(|e| ForwardError::new(Phase::ReceiveBody, Side::Client, e)),
     })
@@ -239,57 +239,71 @@ enum CopyError {
 /// Writes `head`, then copies one body, re-framing chunked bodies chunk by chunk so
 /// streams (watches, `logs -f`) reach the reader as soon as each piece arrives. The
 /// head goes out with the first piece of body (one TLS record for small messages).
-/// Keeps the body's first bytes in `capture` when given.
-fn copy_body(from: &mut Input, framing: BodyLength, head: Vec<u8>, to: &mut WriteHalf, capture: Option<&mut Capture>) -> Result<u64, CopyError> {
+/// Keeps the body's first bytes in `capture` when given. `forwarded` counts the body
+/// bytes written so far, so a copy that fails part way still says how much got through.
+fn copy_body(from: &mut Input, framing: BodyLength, head: Vec<u8>, to: &mut WriteHalf, capture: Option<&mut Capture>, forwarded: &mut u64) -> Result<(), CopyError> {
     thread_local! {
         // One copy buffer per connection thread, not one allocation per message.
         static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; COPY_CHUNK]);
     }
-    BUF.with(|b| copy_body_with(from, framing, head, to, capture, &mut b.borrow_mut()))
+    let mut out = Outgoing { to, pending: head, pending_body: 0, head_sent: false, forwarded };
+    BUF.with(|b| copy_body_with(from, framing, &mut out, capture, &mut b.borrow_mut()))
 }
 
-fn copy_body_with(from: &mut Input, framing: BodyLength, head: Vec<u8>, to: &mut WriteHalf, mut capture: Option<&mut Capture>, buf: &mut [u8]) -> Result<u64, CopyError> {
+/// What waits to be written, and what has been.
+struct Outgoing<'a> {
+    to: &'a mut WriteHalf,
+    pending: Vec<u8>,
+    /// Body bytes in `pending` (the rest is the head and chunk framing).
+    pending_body: u64,
+    head_sent: bool,
+    forwarded: &'a mut u64,
+}
+
+impl Outgoing<'_> {
+    fn flush(&mut self) -> Result<(), CopyError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        // The head is the start of the first write; a failure after it is the body's.
+        let written = self.to.write_all(&self.pending).map_err(|e| if self.head_sent { CopyError::WriteBody(e.into()) } else { CopyError::WriteHead(e.into()) });
+        self.head_sent = true;
+        written?;
+        *self.forwarded += self.pending_body;
+        self.pending.clear();
+        self.pending_body = 0;
+        Ok(())
+    }
+}
+
+fn copy_body_with(from: &mut Input, framing: BodyLength, out: &mut Outgoing<'_>, mut capture: Option<&mut Capture>, buf: &mut [u8]) -> Result<(), CopyError> {
     let chunked = framing == BodyLength::Chunked;
-    let mut pending = head;
-    // The head is the start of the first write; a failure after it is the body's.
-    let mut head_sent = false;
-    let mut write = |bytes: &[u8]| {
-        let written = to.write_all(bytes).map_err(|e| if head_sent { CopyError::WriteBody(e.into()) } else { CopyError::WriteHead(e.into()) });
-        head_sent = true;
-        written
-    };
     let mut body = BodyReader::new(from, framing);
-    let mut total = 0u64;
     loop {
         // Whatever waits to be written goes out before a read that may block.
-        if !pending.is_empty() && !body.is_done() && body.available() == 0 {
-            write(&pending)?;
-            pending.clear();
+        if !body.is_done() && body.available() == 0 {
+            out.flush()?;
         }
         let n = body.read(buf).map_err(|e| CopyError::Read(e.into()))?;
         if n == 0 {
             if chunked {
-                pending.extend_from_slice(http::LAST_CHUNK);
+                out.pending.extend_from_slice(http::LAST_CHUNK);
             }
-            if !pending.is_empty() {
-                write(&pending)?;
-            }
-            return Ok(total);
+            return out.flush();
         }
-        total += n as u64;
         if let Some(c) = capture.as_deref_mut() {
             let room = c.limit.saturating_sub(c.data.len());
             c.data.extend_from_slice(&buf[..n.min(room)]);
             c.truncated |= n > room;
         }
         if chunked {
-            pending.extend_from_slice(&http::encode_chunk(&buf[..n]));
+            out.pending.extend_from_slice(&http::encode_chunk(&buf[..n]));
         } else {
-            pending.extend_from_slice(&buf[..n]);
+            out.pending.extend_from_slice(&buf[..n]);
         }
+        out.pending_body += n as u64;
         if !body.is_done() {
-            write(&pending)?;
-            pending.clear();
+            out.flush()?;
         }
     }
 }

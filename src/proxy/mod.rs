@@ -33,6 +33,7 @@ use crate::error::{Context, Error, Result};
 use crate::kube::auth::{self, TokenFile, UserInfo};
 use crate::kube::client::ApiServer;
 use crate::net::conn::{Conn, Input, WriteHalf};
+use crate::net::hangup::HangupWatch;
 use crate::net::head::HeadLimits;
 use crate::net::server::{self, Admission, Lifecycle};
 use crate::net::{signal, tls, tunnel};
@@ -270,6 +271,15 @@ struct RecordPlan {
     subprotocol: String,
 }
 
+/// Shuts the upstream connection down when the client hangs up, which ends the copy
+/// of a streamed response at once.
+fn hangup_watch(client: &Input, upstream: &Upstream) -> Result<HangupWatch> {
+    let up = upstream.input.half.shutdown_handle()?;
+    Ok(HangupWatch::start(client.half.shutdown_handle()?, move || {
+        let _ = up.shutdown(std::net::Shutdown::Both);
+    })?)
+}
+
 /// What a request's phases know of the connection it came on.
 struct Connection<'a> {
     state: &'a State,
@@ -288,6 +298,8 @@ struct InFlight<'r> {
     event: Option<EventPlan>,
     capture: Option<Capture>,
     session: Option<SessionStart>,
+    /// A watch or a followed log: its response streams until one side ends it.
+    long_running: bool,
 }
 
 impl<'a> Connection<'a> {
@@ -355,7 +367,8 @@ impl<'a> Connection<'a> {
             log::info!("upgrade requested conn={} user={} peer={} path={} protocol={}", self.id, caller.who(), self.peer, head.path(), head.upgrade().unwrap_or(""));
         }
         let capture = event.as_ref().and_then(|e| e.capture).map(Capture::new);
-        let mut request = InFlight { head: &head, client_close, is_upgrade, event, capture, session };
+        let long_running = recorders::long_running(&head, &info);
+        let mut request = InFlight { head: &head, client_close, is_upgrade, event, capture, session, long_running };
         let exchange = forward::exchange(&self.state.config.upstream, upstream, &up_head, framing, &mut client.input, request.capture.as_mut())
             .map_err(|e| e.refusal().map_or_else(Stop::Failed, |r| self.stopped(request.event.as_ref(), r)))?;
         if exchange.response.status == 101 {
@@ -471,15 +484,22 @@ impl<'a> Connection<'a> {
         let upstream_close = response.headers.has_token("connection", "close") || framing == BodyLength::UntilClose || request.is_upgrade;
         let close = request.client_close || framing == BodyLength::UntilClose;
         let out = rewrite::client_response(&response, framing, close);
-        let copied = forward::receive_body(&mut upstream, framing, &out, &mut client.output);
+        // A stream ends when the client hangs up, noticed at once rather than at the
+        // next write, which may be hours away for a quiet watch.
+        let watch = match request.long_running && matches!(framing, BodyLength::Chunked | BodyLength::UntilClose) {
+            true => hangup_watch(&client.input, &upstream).map_err(|e| log::warn!("cannot watch for the client hanging up conn={} error={e}", self.id)).ok(),
+            false => None,
+        };
+        let mut forwarded = 0;
+        let copied = forward::receive_body(&mut upstream, framing, &out, &mut client.output, &mut forwarded);
+        drop(watch);
         if upstream_close || copied.is_err() {
             drop(upstream);
         } else {
             upstream.keep(kept);
         }
         if let Some(plan) = &request.event {
-            let bytes = *copied.as_ref().unwrap_or(&0);
-            self.complete_event(plan, response.status, bytes, |ev| {
+            self.complete_event(plan, response.status, forwarded, |ev| {
                 if let Some(c) = &request.capture {
                     ev.set_body(&c.data, c.truncated);
                 }

@@ -26,7 +26,7 @@ use super::{metrics, session, Connection};
 const EVENT_ACK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Requests whose completion may be far off, as kube-apiserver's long-running check.
-fn long_running(head: &RequestHead, info: &RequestInfo) -> bool {
+pub(super) fn long_running(head: &RequestHead, info: &RequestInfo) -> bool {
     info.verb == "watch" || head.upgrade().is_some() || http::query_pairs(head.query()).iter().any(|(k, v)| k == "follow" && v == "true")
 }
 
