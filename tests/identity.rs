@@ -32,6 +32,10 @@ fn kubectl_as_flags_do_not_change_the_caller() {
         assert_eq!(whoami_field(&text, "Username"), "alice", "{text}");
         let groups = whoami_field(&text, "Groups");
         assert!(!groups.contains("evil"), "{groups}");
+        // kubectl tells the user their --as was not honoured (a Warning header).
+        let get = k.run(&["--as=bob", "get", "pods"]);
+        let err = String::from_utf8_lossy(&get.stderr);
+        assert!(err.contains("Warning: kubetape: --as and --as-group are not honoured through this proxy"), "{}", get.describe());
         // An exec with --as still runs as alice; the sim would refuse bob's impersonation.
         let exec = k.run(&["--as=bob", "exec", "web-0", "--", "echo", "ran"]);
         assert_eq!(exec.stdout_str(), "ran", "{}", exec.describe());
@@ -61,6 +65,8 @@ fn bearer_tokens_authenticate_and_bad_ones_get_401() {
     let k = Kubectl::new(&demo, "carol.kubeconfig", "1.32", Proto::WebSocket);
     let out = k.run(&["auth", "whoami"]);
     assert_eq!(whoami_field(&out.stdout_str(), "Username"), "carol", "{}", out.describe());
+    // Her uid reaches the API server as Impersonate-Uid, so it judges the same identity.
+    assert_eq!(whoami_field(&out.stdout_str(), "UID"), "carol-uid", "{}", out.describe());
 
     let addr = demo.proxy_addr();
     for (name, auth) in [("no credentials", ""), ("unknown token", "Authorization: Bearer not-a-token\r\n"), ("basic auth", "Authorization: Basic YTpi\r\n")] {

@@ -146,7 +146,10 @@ impl Config {
             upstream,
             policy,
             recorder_identity,
-            recorder_timeout: Duration::from_secs(args.parsed("recorder-timeout")?),
+            recorder_timeout: match args.parsed("recorder-timeout")? {
+                0 => crate::bail!("--recorder-timeout: expected at least 1 second, found 0"),
+                secs => Duration::from_secs(secs),
+            },
             metrics_listen: args.opt("metrics-listen"),
             limits: server::Limits::from_args(args)?,
             shutdown_grace: Duration::from_secs(args.parsed("shutdown-grace")?),
@@ -483,7 +486,10 @@ impl<'a> Connection<'a> {
         };
         let upstream_close = response.headers.has_token("connection", "close") || framing == BodyLength::UntilClose || request.is_upgrade;
         let close = request.client_close || framing == BodyLength::UntilClose;
-        let out = rewrite::client_response(&response, framing, close);
+        let mut out = rewrite::client_response(&response, framing, close);
+        if self.state.config.mode == Mode::Auth && rewrite::asks_to_impersonate(request.head) {
+            out.headers.push("Warning", rewrite::IMPERSONATION_IGNORED);
+        }
         // A stream ends when the client hangs up, noticed at once rather than at the
         // next write, which may be hours away for a quiet watch.
         let watch = match request.long_running && matches!(framing, BodyLength::Chunked | BodyLength::UntilClose) {

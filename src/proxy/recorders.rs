@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crate::error::Result;
 use crate::kube::request_info::RequestInfo;
 use crate::net::tls;
-use crate::record::event::{ApiEvent, EventUser, Impersonated};
+use crate::record::event::{ApiEvent, EventUser};
 use crate::recording::cast;
 use crate::recording::client::{RecorderTarget, Recording};
 use crate::recording::events_client::EventSink;
@@ -64,7 +64,7 @@ impl Connection<'_> {
         };
         let mut ev = ApiEvent::received(audit_id.to_string(), info, &head.method, head.path(), head.query());
         ev.user = caller.user.map(|u| EventUser { name: u.name.clone(), groups: u.groups.clone(), authenticated_by: u.method.to_string() });
-        ev.impersonated = caller.impersonation.as_ref().map(|i| Impersonated { user: i.user.name.clone(), groups: i.groups.clone() });
+        ev.impersonated = caller.impersonation.as_ref().map(|i| i.record());
         ev.user_agent = head.headers.get_str("user-agent").unwrap_or("").to_string();
         ev.source_address = self.client_ip.to_string();
         ev.proxy = self.state.config.proxy_id.clone();
@@ -161,13 +161,14 @@ impl Connection<'_> {
             Err(e) => return refuse_or_skip(e.to_string()),
         };
         let id = crate::record::protocol::new_id();
+        let impersonated = caller.impersonation.as_ref().map(|i| i.record());
         let ctx = cast::HeaderContext {
             id: &id,
             request: &request,
             protocol: head.upgrade().unwrap_or(""),
             offered: &session::offered_subprotocols(head),
             user: caller.user,
-            impersonated: caller.impersonation.as_ref().map(|i| (i.user.name.as_str(), i.groups.as_slice())),
+            impersonated: impersonated.as_ref(),
             source: self.client_ip,
             proxy_id: &self.state.config.proxy_id,
             started: std::time::SystemTime::now(),

@@ -3,6 +3,7 @@
 //! in `auth` mode nothing the client sent can name a user, a group or a credential.
 
 use crate::kube::auth::UserInfo;
+use crate::record::event::Impersonated;
 use crate::wire::http::{BodyLength, Headers, RequestHead, ResponseHead};
 
 /// Hop-by-hop fields (RFC 9110 section 7.6.1) never forwarded as they are.
@@ -73,6 +74,22 @@ pub struct Impersonation<'a> {
     pub groups: Vec<String>,
 }
 
+impl Impersonation<'_> {
+    /// As the recording header and the API event state it.
+    pub fn record(&self) -> Impersonated {
+        Impersonated { user: self.user.name.clone(), uid: self.user.uid.clone(), groups: self.groups.clone() }
+    }
+}
+
+/// Whether the client asked to impersonate someone (`kubectl --as`): in `auth` mode
+/// the proxy decides the identity and drops the request, and tells the client so.
+pub fn asks_to_impersonate(head: &RequestHead) -> bool {
+    head.headers.0.iter().any(|h| h.name.get(..12).is_some_and(|p| p.eq_ignore_ascii_case("impersonate-")))
+}
+
+/// The `Warning` a client asking to impersonate gets (kubectl prints it on stderr).
+pub const IMPERSONATION_IGNORED: &str = "299 - \"kubetape: --as and --as-group are not honoured through this proxy; the request ran as you\"";
+
 /// How one request is forwarded.
 pub struct Forwarding<'a> {
     pub mode: Mode,
@@ -100,6 +117,9 @@ pub fn upstream_request(client: &RequestHead, framing: BodyLength, f: &Forwardin
         }
         if let Some(imp) = impersonate {
             head.headers.push("Impersonate-User", imp.user.name.as_bytes());
+            if !imp.user.uid.is_empty() {
+                head.headers.push("Impersonate-Uid", imp.user.uid.as_bytes());
+            }
             for g in &imp.groups {
                 head.headers.push("Impersonate-Group", g.as_bytes());
             }

@@ -49,6 +49,9 @@ pub struct EventUser {
 #[serde(rename_all = "camelCase")]
 pub struct Impersonated {
     pub user: String,
+    /// A token user's uid, impersonated too (`Impersonate-Uid`); empty for certificates.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub uid: String,
     pub groups: Vec<String>,
 }
 
@@ -114,7 +117,8 @@ impl ApiEvent {
     pub fn complete(&mut self, status: u16, bytes: u64, latency_ms: f64) {
         self.stage = COMPLETE.into();
         self.completed = Some(crate::wire::time::now_rfc3339_millis());
-        self.latency_ms = Some(latency_ms);
+        // To the microsecond: the clock says no more, and JSON shows no float noise.
+        self.latency_ms = Some((latency_ms * 1000.0).round() / 1000.0);
         self.status = Some(status);
         self.response_bytes = Some(bytes);
     }

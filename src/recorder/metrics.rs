@@ -62,13 +62,31 @@ impl Metrics {
             ("kubetape_recorder_storage_errors_total", "counter", "Failed storage writes and syncs.", g(&self.storage_errors).to_string()),
             ("kubetape_recorder_fsyncs_total", "counter", "Durable writes of recordings (one per acknowledged batch).", g(&self.fsyncs).to_string()),
             ("kubetape_recorder_event_fsyncs_total", "counter", "Durable writes of the event log (each serves every batch appended before it).", g(&self.event_fsyncs).to_string()),
-            (
-                "kubetape_recorder_ack_lag_seconds_sum",
-                "counter",
-                "Time spent making bytes durable before acknowledging them.",
-                format!("{:.6}", g(&self.ack_lag_micros) as f64 / 1e6),
-            ),
         ];
-        lines.iter().map(|(name, kind, help, value)| format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n")).collect()
+        let mut text: String = lines.iter().map(|(name, kind, help, value)| format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n")).collect();
+        // A summary without quantiles: its sum and count, one observation per fsync.
+        let lag = "kubetape_recorder_ack_lag_seconds";
+        text.push_str(&format!(
+            "# HELP {lag} Time spent making bytes durable before acknowledging them.\n# TYPE {lag} summary\n{lag}_sum {:.6}\n{lag}_count {}\n",
+            g(&self.ack_lag_micros) as f64 / 1e6,
+            g(&self.fsyncs)
+        ));
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ack_lag_is_a_summary_with_sum_and_count() {
+        let m = Metrics::default();
+        m.synced(10, Duration::from_millis(3));
+        m.synced(10, Duration::from_millis(1));
+        let text = m.render();
+        for line in ["# TYPE kubetape_recorder_ack_lag_seconds summary", "kubetape_recorder_ack_lag_seconds_sum 0.004000", "kubetape_recorder_ack_lag_seconds_count 2"] {
+            assert!(text.lines().any(|l| l == line), "{line:?} in\n{text}");
+        }
     }
 }

@@ -9,6 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::{json, Value};
 
 use crate::kube::auth::UserInfo;
+use crate::record::event::Impersonated;
 use crate::recording::tap::TapEvent;
 use crate::wire::asciicast::{self, Utf8Splitter};
 
@@ -35,7 +36,7 @@ pub struct HeaderContext<'a> {
     pub protocol: &'a str,
     pub offered: &'a [String],
     pub user: Option<&'a UserInfo>,
-    pub impersonated: Option<(&'a str, &'a [String])>,
+    pub impersonated: Option<&'a Impersonated>,
     pub source: &'a str,
     pub proxy_id: &'a str,
     pub started: SystemTime,
@@ -50,7 +51,8 @@ pub fn header(c: &HeaderContext<'_>) -> Value {
         "height": DEFAULT_SIZE.1,
         "timestamp": c.started.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs(),
         "title": format!("kubectl {} {}/{} {}", r.kind, r.namespace, r.pod, r.command.join(" ")),
-        "env": {"TERM": "xterm-256color"},
+        // A terminal type only where there is a terminal.
+        "env": if r.tty { json!({"TERM": "xterm-256color"}) } else { json!({}) },
         "kubetape": {
             "sessionId": c.id,
             "type": r.kind,
@@ -59,7 +61,7 @@ pub fn header(c: &HeaderContext<'_>) -> Value {
             "tty": r.tty,
             "user": c.user.map(|u| json!({"name": u.name, "uid": u.uid, "groups": u.groups, "authenticatedBy": u.method, "sourceAddress": c.source}))
                 .unwrap_or_else(|| json!({"name": "", "sourceAddress": c.source})),
-            "impersonated": c.impersonated.map(|(u, g)| json!({"user": u, "groups": g})),
+            "impersonated": c.impersonated,
             "namespace": r.namespace,
             "pod": r.pod,
             "container": r.container,
@@ -156,7 +158,7 @@ mod tests {
             protocol: "SPDY/3.1",
             offered: &["v5.channel.k8s.io".to_string()],
             user: None,
-            impersonated: Some(("alice", &groups)),
+            impersonated: Some(&Impersonated { user: "alice".into(), uid: "alice-uid".into(), groups: groups.clone() }),
             source: "192.0.2.1",
             proxy_id: "p1",
             started,
@@ -167,9 +169,14 @@ mod tests {
         assert_eq!(k["startTime"], "2026-11-30T00:53:20.123Z");
         assert_eq!(k["protocol"], "SPDY/3.1");
         assert_eq!(k["subprotocols"], json!(["v5.channel.k8s.io"]));
-        assert_eq!(k["impersonated"], json!({"user": "alice", "groups": groups}));
+        assert_eq!(k["impersonated"], json!({"user": "alice", "uid": "alice-uid", "groups": groups}));
         assert_eq!(k["command"], json!(["sh", "-c", "id"]));
         assert_eq!(k["user"], json!({"name": "", "sourceAddress": "192.0.2.1"}));
+        assert_eq!(h["env"], json!({"TERM": "xterm-256color"}), "a terminal session");
+        let plain = SessionRequest { tty: false, ..request.clone() };
+        let h =
+            header(&HeaderContext { request: &plain, impersonated: None, id: "s-2", protocol: "SPDY/3.1", offered: &[], user: None, source: "192.0.2.1", proxy_id: "p1", started });
+        assert_eq!((&h["env"], &h["kubetape"]["impersonated"]), (&json!({}), &Value::Null), "no terminal, no TERM");
     }
 
     #[test]

@@ -245,7 +245,9 @@ fn impersonate(cluster: &Cluster, mut user: UserInfo, head: &RequestHead) -> Res
                 let msg = format!("users \"{target}\" is forbidden: User \"{}\" cannot impersonate resource \"users\" in API group \"\" at the cluster scope", user.name);
                 return Err(ApiError::new(403, msg));
             }
-            user = UserInfo { name: target, uid: String::new(), groups, method: user.method };
+            // Impersonate-Uid (Kubernetes 1.22+) sets the uid; it needs a user too.
+            let uid = head.headers.get_str("impersonate-uid").unwrap_or("").to_string();
+            user = UserInfo { name: target, uid, groups, method: user.method };
         }
     }
     if !user.groups.iter().any(|g| g == "system:authenticated") {
