@@ -145,6 +145,12 @@ impl ApiServer {
         Ok(ApiServer { host, port, server_name, tls: tls::client_config(roots.clone(), identity)?, roots, token })
     }
 
+    /// A server (`https://host:port`) trusted by `ca`, to which we present `identity`
+    /// and no token: a recorder's API, say.
+    pub fn with_certificate(server: &str, ca: &[u8], identity: (Vec<rustls::pki_types::CertificateDer<'static>>, rustls::pki_types::PrivateKeyDer<'static>)) -> Result<ApiServer> {
+        Self::new(server, ca, Some(identity), Token::None)
+    }
+
     /// The same server, reached without any credentials of ours (no client
     /// certificate, no token): for a proxy that passes its callers' credentials on.
     pub fn anonymous(self) -> Result<ApiServer> {

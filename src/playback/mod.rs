@@ -1,6 +1,10 @@
 //! `kubetape play`: prints a recording's output, or recovers one stream's exact bytes
 //! (`--raw stdout` turns a recorded `kubectl cp` download back into its tar).
 //! `kubetape ls`: lists the recordings in a recorder's storage directory.
+//! `kubetape play --recorder URL --id ID [--follow]` fetches (follows) one from a
+//! recorder's API instead (`follow`).
+
+mod follow;
 
 use std::io::Write;
 
@@ -11,11 +15,20 @@ use crate::error::{Context, Result};
 use crate::wire::asciicast::{self, STDERR, STDOUT};
 
 pub const FLAGS: &[Flag] = &[
-    Flag { name: "file", default: None, help: "the .cast file, required" },
+    Flag { name: "file", default: None, help: "the .cast file, required unless --recorder is given" },
     Flag { name: "raw", default: None, help: "stdout or stderr: write that stream's exact bytes instead of the session's text" },
+    Flag { name: "recorder", default: None, help: "a recorder's URL (https://HOST:PORT): fetch the recording --id from its API instead of --file" },
+    Flag { name: "id", default: None, help: "with --recorder: the session id" },
+    Flag { name: "ca", default: None, help: "with --recorder: the CA that signed its serving certificate (PEM)" },
+    Flag { name: "cert", default: None, help: "with --recorder: a reader's client certificate (PEM)" },
+    Flag { name: "key", default: None, help: "with --recorder: that certificate's key (PEM)" },
+    Flag { name: "follow", default: None, help: "with --recorder: print a running session as it is recorded, until it ends" },
 ];
 
 pub fn run(args: &Args) -> Result<()> {
+    if args.opt("recorder").is_some() {
+        return follow::run(args, &mut std::io::stdout().lock());
+    }
     let path = args.required_path("file")?;
     let cast = std::fs::read_to_string(&path).with_context(|| format!("--file {}", path.display()))?;
     let mut out = std::io::stdout().lock();
@@ -30,12 +43,18 @@ pub fn run(args: &Args) -> Result<()> {
         return Ok(());
     }
     for (i, line) in cast.lines().enumerate().skip(1) {
-        let ev: Value = serde_json::from_str(line).with_context(|| format!("--file {}: line {}", path.display(), i + 1))?;
-        match (ev[1].as_str(), ev[2].as_str()) {
-            (Some("o" | "e"), Some(text)) => out.write_all(text.as_bytes())?,
-            (Some("m"), Some(mark)) if mark.starts_with("exit:") => writeln!(out, "\r\n[kubetape: {mark}]")?,
-            _ => {}
-        }
+        render_line(&mut out, line).with_context(|| format!("--file {}: line {}", path.display(), i + 1))?;
+    }
+    Ok(())
+}
+
+/// Prints one event line of a cast (any line but the header) as `play` shows it.
+fn render_line(out: &mut impl Write, line: &str) -> Result<()> {
+    let ev: Value = serde_json::from_str(line)?;
+    match (ev[1].as_str(), ev[2].as_str()) {
+        (Some("o" | "e"), Some(text)) => out.write_all(text.as_bytes())?,
+        (Some("m"), Some(mark)) if mark.starts_with("exit:") => writeln!(out, "\r\n[kubetape: {mark}]")?,
+        _ => {}
     }
     Ok(())
 }

@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use serde_json::Value;
 
+use super::live::Publisher;
 use super::metrics::Metrics;
 use super::{reply, State, ACK_INTERVAL, SESSION_IDLE_LIMIT};
 use crate::net::conn::{Input, WriteHalf};
@@ -119,6 +120,8 @@ struct SessionIngest<'a> {
     peer: &'a str,
     stage: Stage,
     file: Option<SessionFile>,
+    /// Tells followers what has become durable; set with `file`.
+    live: Option<Publisher<'a>>,
     /// Appended since the last sync.
     unsynced: bool,
     last_ack: Instant,
@@ -153,6 +156,7 @@ impl SessionIngest<'_> {
         m.synced(line.len() as u64, started.elapsed());
         m.session_started();
         log::info!("recording started id={id} writer={} peer={}", self.writer, self.peer);
+        self.live = Some(self.state.live.start(&id, file.durable_lines()));
         send_ack(&mut self.out, line.len() as u64)?;
         self.last_ack = Instant::now();
         self.file = Some(file);
@@ -163,6 +167,9 @@ impl SessionIngest<'_> {
         let Some(f) = self.file.as_mut() else { return Err("end before start".into()) };
         stored(&self.state.metrics, f.finish(status, exit_code, reason.clone(), now()))?;
         self.state.metrics.session_ended(status);
+        if let Some(live) = &self.live {
+            live.end(f.meta.bytes);
+        }
         log::info!("recording ended id={} status={status:?} bytes={} exit_code={exit_code:?} reason={}", f.meta.id, f.meta.bytes, reason.as_deref().unwrap_or("-"));
         // The recording is complete on disk; a proxy that has already hung up misses
         // only the courtesy of the last ack.
@@ -203,6 +210,9 @@ impl FrameHandler for SessionIngest<'_> {
                 let started = Instant::now();
                 let durable = stored(&self.state.metrics, f.sync())?;
                 self.state.metrics.synced(durable - before, started.elapsed());
+                if let Some(live) = &self.live {
+                    live.publish(f.durable_lines());
+                }
                 send_ack(&mut self.out, durable)?;
                 self.unsynced = false;
                 self.last_ack = Instant::now();
@@ -222,7 +232,7 @@ pub(super) fn session(state: &State, head: &RequestHead, mut input: Input, mut o
         return;
     }
     let opened = Instant::now();
-    let mut s = SessionIngest { state, out, writer, peer, stage: Stage::ExpectStart, file: None, unsynced: false, last_ack: opened, last_data: opened };
+    let mut s = SessionIngest { state, out, writer, peer, stage: Stage::ExpectStart, file: None, live: None, unsynced: false, last_ack: opened, last_data: opened };
     let failure = match websocket::read_frames(&mut input, Some(ACK_INTERVAL), &mut s) {
         Ok(Ended::Stopped) => return,
         Ok(Ended::Closed) => Failure("the proxy closed the connection without an end".into()),
@@ -233,6 +243,9 @@ pub(super) fn session(state: &State, head: &RequestHead, mut input: Input, mut o
     if let Some(f) = s.file.as_mut() {
         if f.finish(Status::Truncated, None, Some(failure.0), now()).is_ok() {
             state.metrics.session_ended(Status::Truncated);
+            if let Some(live) = &s.live {
+                live.end(f.meta.bytes);
+            }
         }
     }
 }

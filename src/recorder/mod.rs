@@ -6,7 +6,9 @@
 //! sessions, `--readers` may use the API and metrics. Health checks are open.
 
 mod ingest;
+mod live;
 mod metrics;
+mod reads;
 
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
@@ -18,18 +20,23 @@ use serde_json::{json, Value};
 
 use crate::args::{Args, Flag};
 use crate::error::{Context, Error, Result};
-use crate::net::conn::{Conn, Input, WriteHalf};
+use crate::net::conn::{Conn, Input, ReadHalf, WriteHalf};
 use crate::net::head::HeadLimits;
 use crate::net::server::{self, Lifecycle};
 use crate::net::{signal, tls};
 use crate::record::event::ApiEvent;
-use crate::record::protocol::{SessionMeta, Status, EVENTS_PATH, PATH};
+use crate::record::protocol::{SessionMeta, EVENTS_PATH, PATH};
 use crate::storage::events::EventLog;
 use crate::storage::fs::FsStore;
 use crate::wire::der;
 use crate::wire::http::{self, RequestHead};
 use crate::wire::status;
+use live::Live;
 use metrics::Metrics;
+use reads::Sent;
+
+/// Readers following running recordings at once; one more is answered 503.
+pub use live::MAX_FOLLOWERS;
 
 const MAX_HEAD: usize = 64 * 1024;
 /// Proxies and readers need milliseconds; the slot is in the bounded unauthenticated
@@ -94,6 +101,8 @@ struct State {
     store: FsStore,
     events: EventLog,
     metrics: Metrics,
+    /// The sessions being recorded now: how far readers may see them.
+    live: Live,
 }
 
 pub fn run(config: Config) -> Result<()> {
@@ -101,7 +110,7 @@ pub fn run(config: Config) -> Result<()> {
     let events = EventLog::open(&config.storage_dir).context("--storage-dir")?;
     let listener = TcpListener::bind(&config.listen).with_context(|| format!("--listen {}", config.listen))?;
     log::info!("recorder listening addr={} storage={}", listener.local_addr()?, config.storage_dir.display());
-    let state = Arc::new(State { config, store, events, metrics: Metrics::default() });
+    let state = Arc::new(State { config, store, events, metrics: Metrics::default(), live: Live::default() });
     let life = Arc::new(Lifecycle::default());
     let accept = {
         let (state, life) = (state.clone(), life.clone());
@@ -195,7 +204,11 @@ fn handle_connection(state: &Arc<State>, sock: TcpStream, id: u64, admission: &s
                 let text = state.metrics.render();
                 out.write_all(&http::response(200, "text/plain; version=0.0.4", text.as_bytes())).map_err(|e| (500, e.to_string()))
             }),
-            ("GET", p) if p == "/v1/recordings" || p.starts_with("/v1/recordings/") => role(Role::Reader).and_then(|()| serve_api(state, &head, &mut out)),
+            ("GET", p) if p == "/v1/recordings" || p.starts_with("/v1/recordings/") => match role(Role::Reader).and_then(|()| serve_api(state, &head, &input.half, &mut out)) {
+                // Part of a body went out: nothing more can be said on this connection.
+                Ok(Sent::Broken) => return,
+                other => other.map(|_| ()),
+            },
             _ => Err((404, "not found".into())),
         };
         if let Err((code, msg)) = result {
@@ -206,40 +219,43 @@ fn handle_connection(state: &Arc<State>, sock: TcpStream, id: u64, admission: &s
     }
 }
 
-fn serve_api(state: &State, head: &RequestHead, out: &mut WriteHalf) -> Result<(), (u16, String)> {
+fn serve_api(state: &State, head: &RequestHead, peer: &ReadHalf, out: &mut WriteHalf) -> Result<Sent, (u16, String)> {
     let internal = |e: Error| (500, e.to_string());
     let io = |e: std::io::Error| (500, e.to_string());
     let rest = head.path().trim_start_matches("/v1/recordings").trim_start_matches('/');
+    let q = http::query_pairs(head.query());
+    let param = |k: &str| q.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     if rest.is_empty() {
-        let q = http::query_pairs(head.query());
-        let param = |k: &str| q.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
         let list: Vec<SessionMeta> = state
             .store
             .list()
             .map_err(internal)?
             .into_iter()
+            .map(|m| state.live.current(m))
             .filter(|m| param("user").is_none_or(|u| m.user() == u))
             .filter(|m| param("namespace").is_none_or(|n| m.namespace() == n))
             .filter(|m| param("pod").is_none_or(|p| m.pod() == p))
             .filter(|m| param("since").is_none_or(|s| m.started.as_str() >= s))
             .filter(|m| param("until").is_none_or(|u| m.started.as_str() <= u))
             .collect();
-        return reply(out, 200, &json!({"items": list})).map_err(io);
+        return reply(out, 200, &json!({"items": list})).map(|()| Sent::Whole).map_err(io);
     }
     let (id, cast) = match rest.split_once('/') {
         Some((id, "cast")) => (id, true),
         Some(_) => return Err((404, "not found".into())),
         None => (rest, false),
     };
-    let (meta, path) = state.store.get(id).map_err(internal)?.ok_or((404, format!("recording {id:?} not found")))?;
-    if !cast {
-        return reply(out, 200, &serde_json::to_value(&meta).unwrap_or(Value::Null)).map_err(io);
+    if cast {
+        // Only durable whole lines are served, of a running session too.
+        return match param("follow") {
+            None | Some("false") => reads::snapshot(state, id, out),
+            Some("true") => reads::follow(state, id, peer, out),
+            Some(other) => Err((400, format!("follow: expected true or false, found {other:?}"))),
+        };
     }
-    // Only the durably written bytes are served, never a half-written line.
-    let data = std::fs::read(&path).map_err(io)?;
-    let end = (meta.bytes as usize).min(data.len());
-    let end = if meta.status == Status::Recording { data[..end].iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1) } else { end };
-    out.write_all(&http::response(200, "application/x-asciicast", &data[..end])).map_err(io)
+    let (meta, _) = state.store.get(id).map_err(internal)?.ok_or((404, format!("recording {id:?} not found")))?;
+    let meta = state.live.current(meta);
+    reply(out, 200, &serde_json::to_value(&meta).unwrap_or(Value::Null)).map(|()| Sent::Whole).map_err(io)
 }
 
 fn query_events(state: &State, head: &RequestHead, out: &mut WriteHalf) -> Result<(), (u16, String)> {

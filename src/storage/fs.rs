@@ -27,6 +27,10 @@ pub struct SessionFile {
     file: File,
     dir: PathBuf,
     written: u64,
+    /// Where the last whole line appended ends, and where it ended at the last sync:
+    /// what readers may see of a session still being written.
+    line_end: u64,
+    synced_lines: u64,
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -131,7 +135,7 @@ impl FsStore {
         let cast = dir.join(format!("{}.cast", meta.id));
         let file = OpenOptions::new().write(true).create_new(true).open(&cast).with_context(|| format!("creating {}", cast.display()))?;
         write_meta(&dir, &meta)?;
-        let mut s = SessionFile { meta, file, dir, written: 0 };
+        let mut s = SessionFile { meta, file, dir, written: 0, line_end: 0, synced_lines: 0 };
         s.append(header_line)?;
         s.sync()?;
         Ok(s)
@@ -141,6 +145,9 @@ impl FsStore {
 impl SessionFile {
     pub fn append(&mut self, data: &[u8]) -> io::Result<()> {
         self.file.write_all(data)?;
+        if let Some(i) = data.iter().rposition(|b| *b == b'\n') {
+            self.line_end = self.written + i as u64 + 1;
+        }
         self.written += data.len() as u64;
         Ok(())
     }
@@ -149,7 +156,14 @@ impl SessionFile {
     pub fn sync(&mut self) -> io::Result<u64> {
         self.file.sync_data()?;
         self.meta.bytes = self.written;
+        self.synced_lines = self.line_end;
         Ok(self.written)
+    }
+
+    /// The durable bytes up to the end of the last whole line (a frame may end
+    /// mid-line; a reader is never shown half a line).
+    pub fn durable_lines(&self) -> u64 {
+        self.synced_lines
     }
 
     /// Records how the session ended.
@@ -190,7 +204,12 @@ mod tests {
         done.append(b"[0.1, \"o\", \"hi\"]\n").unwrap();
         done.finish(Status::Complete, Some(0), None, "2026-11-25T22:00:01Z".into()).unwrap();
         let mut crashed = store.create(meta("b2"), b"{\"version\":2}\n").unwrap();
-        crashed.append(b"[0.1, \"o\", \"acked\"]\n").unwrap();
+        assert_eq!(crashed.durable_lines(), 14);
+        crashed.append(b"[0.1, \"o\", \"acked\"]\n[0.15, \"o\"").unwrap();
+        assert_eq!(crashed.durable_lines(), 14, "nothing new is durable before the sync");
+        crashed.sync().unwrap();
+        assert_eq!(crashed.durable_lines(), 34, "only whole lines");
+        crashed.append(b", \"x\"]\n").unwrap();
         crashed.sync().unwrap();
         crashed.append(b"[0.2, \"o\", \"half").unwrap(); // a crash mid-write
         drop(crashed);
@@ -200,7 +219,7 @@ mod tests {
         let list = reopened.list().unwrap();
         assert_eq!(list.iter().map(|m| (m.id.as_str(), m.status)).collect::<Vec<_>>(), vec![("b2", Status::Interrupted), ("a1", Status::Complete)]);
         let (m, cast) = reopened.get("b2").unwrap().unwrap();
-        assert_eq!(fs::read_to_string(&cast).unwrap(), "{\"version\":2}\n[0.1, \"o\", \"acked\"]\n");
+        assert_eq!(fs::read_to_string(&cast).unwrap(), "{\"version\":2}\n[0.1, \"o\", \"acked\"]\n[0.15, \"o\", \"x\"]\n");
         assert_eq!(m.bytes, fs::metadata(&cast).unwrap().len());
         // Hostile names in the header never shape a path.
         assert!(cast.starts_with(&dir));

@@ -222,8 +222,14 @@ impl Demo {
 
     /// GET on the recorder's API presenting `pki/<who>.pem` (`None`: no certificate).
     pub fn recorder_get(&self, who: Option<&str>, path: &str) -> (u16, String) {
-        let cmdline = std::fs::read_to_string(self.path("recorder.cmdline")).expect("recorder.cmdline");
-        let addr = cmdline.split_whitespace().skip_while(|a| *a != "--listen").nth(1).expect("--listen").to_string();
+        let mut c = self.recorder_client(who);
+        c.send(format!("GET {path} HTTP/1.1\r\nHost: r\r\n\r\n").as_bytes()).expect("request");
+        c.response().expect("response")
+    }
+
+    /// A connection to the recorder's API presenting `pki/<who>.pem` (`None`: no certificate).
+    pub fn recorder_client(&self, who: Option<&str>) -> RawClient {
+        let addr = format!("127.0.0.1:{}", self.listen_port("recorder"));
         let pki = self.path("pki");
         let b64 = |f: &str| kubetape::wire::base64::encode(&std::fs::read(pki.join(f)).expect("pki file"));
         let cert = who.unwrap_or("recorder-reader");
@@ -239,9 +245,7 @@ impl Demo {
             ),
         )
         .expect("writing kubeconfig");
-        let mut c = RawClient::connect(&addr, &kc, who.is_some());
-        c.send(format!("GET {path} HTTP/1.1\r\nHost: r\r\n\r\n").as_bytes()).expect("request");
-        c.response().expect("response")
+        RawClient::connect(&addr, &kc, who.is_some())
     }
 
     /// Turns API events off in the demo's policy (for tests about sessions alone: with
@@ -557,49 +561,69 @@ impl RawClient {
         self.stream.flush()
     }
 
-    /// Reads one response (head and a Content-Length or chunked body).
-    pub fn response(&mut self) -> Option<(u16, String)> {
+    /// Reads a response head; returns it with the bytes read after it.
+    pub fn head(&mut self) -> Option<(kubetape::wire::http::ResponseHead, Vec<u8>)> {
         let mut buf = Vec::new();
         let mut chunk = [0u8; 4096];
         loop {
             if let Ok(Some((head, n))) = kubetape::wire::http::parse_response(&buf) {
-                let framing = kubetape::wire::http::response_body("GET", &head).ok()?;
-                let mut rest = buf[n..].to_vec();
-                let body = match framing {
-                    kubetape::wire::http::BodyLength::Length(len) => {
-                        while (rest.len() as u64) < len {
-                            let k = self.stream.read(&mut chunk).ok()?;
-                            if k == 0 {
-                                break;
-                            }
-                            rest.extend_from_slice(&chunk[..k]);
-                        }
-                        rest
-                    }
-                    kubetape::wire::http::BodyLength::Chunked => {
-                        let mut dec = kubetape::wire::http::ChunkedDecoder::default();
-                        let mut out = Vec::new();
-                        loop {
-                            let used = dec.decode(&rest, &mut out).ok()?;
-                            rest.drain(..used);
-                            if dec.is_done() {
-                                break out;
-                            }
-                            let k = self.stream.read(&mut chunk).ok()?;
-                            if k == 0 {
-                                break out;
-                            }
-                            rest.extend_from_slice(&chunk[..k]);
-                        }
-                    }
-                    _ => rest,
-                };
-                return Some((head.status, String::from_utf8_lossy(&body).into_owned()));
+                return Some((head, buf[n..].to_vec()));
             }
             match self.stream.read(&mut chunk) {
                 Ok(0) | Err(_) => return None,
                 Ok(k) => buf.extend_from_slice(&chunk[..k]),
             }
+        }
+    }
+
+    /// Reads one response (head and a Content-Length or chunked body).
+    pub fn response(&mut self) -> Option<(u16, String)> {
+        let (head, rest) = self.head()?;
+        let mut body = Vec::new();
+        self.body(&head, rest, |piece| body.extend_from_slice(piece))?;
+        Some((head.status, String::from_utf8_lossy(&body).into_owned()))
+    }
+
+    /// Reads the body after `head` (`rest`: what was read after the head), handing
+    /// `sink` each piece as it arrives. Whether the body was whole, or `None` on a
+    /// read error or a malformed chunk; a body cut short by the server closing the
+    /// connection comes as far as it got. A body framed by the connection's end is
+    /// taken as far as it was read with the head.
+    pub fn body(&mut self, head: &kubetape::wire::http::ResponseHead, mut rest: Vec<u8>, mut sink: impl FnMut(&[u8])) -> Option<bool> {
+        use kubetape::wire::http::BodyLength;
+        let mut left = match kubetape::wire::http::response_body("GET", head).ok()? {
+            BodyLength::Length(len) => Some(len),
+            BodyLength::Chunked => None,
+            BodyLength::Empty | BodyLength::UntilClose => {
+                sink(&rest);
+                return Some(true);
+            }
+        };
+        let mut chunk = [0u8; 4096];
+        let mut dec = kubetape::wire::http::ChunkedDecoder::default();
+        loop {
+            match &mut left {
+                Some(left) => {
+                    let take = rest.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+                    sink(&rest[..take]);
+                    *left -= take as u64;
+                    rest.clear();
+                }
+                None => {
+                    let mut out = Vec::new();
+                    let used = dec.decode(&rest, &mut out).ok()?;
+                    rest.drain(..used);
+                    sink(&out);
+                }
+            }
+            if left == Some(0) || dec.is_done() {
+                return Some(true);
+            }
+            let k = self.stream.read(&mut chunk).ok()?;
+            if k == 0 {
+                return Some(false);
+            }
+            rest.extend_from_slice(&chunk[..k]);
         }
     }
 

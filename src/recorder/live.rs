@@ -1,0 +1,189 @@
+//! What readers may see of the sessions being recorded now: per active session, how far
+//! its cast file is durable in whole lines and whether it has ended, with a condition
+//! variable that wakes its followers (`GET /v1/recordings/{id}/cast?follow=true`) after
+//! every sync that made more of it durable.
+//!
+//! The offset is kept here, in memory, and not in the sidecar: rewriting the sidecar
+//! after every sync would put a temporary file, two more fsyncs, a rename and a
+//! directory fsync on the path every acknowledgement waits for, to publish a number
+//! only this process can use. After a crash, recovery recomputes it from the cast file
+//! (cut back to its last whole line); the sidecar is written at the start and the end,
+//! as before. The ingest only takes a mutex to store a number and notify; followers
+//! read the cast file themselves, so one that is slow, stalled or gone can never hold
+//! up the session's writer.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use crate::net::sync::lock;
+use crate::record::protocol::{SessionMeta, Status};
+
+/// Followers at once, across all sessions. Each holds a connection thread and an open
+/// file for as long as its session lasts; an audit room watching live sessions needs a
+/// handful, and this keeps followers to a small share of `--max-connections`, which the
+/// proxies writing sessions need.
+pub const MAX_FOLLOWERS: usize = 16;
+
+/// How far a recording can be read now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Seen {
+    /// Bytes from the start of the cast file that are durable and end on a whole line
+    /// (at the end: every byte the sidecar counts).
+    pub durable: u64,
+    /// The session's status has left `recording`; `durable` is final.
+    pub ended: bool,
+}
+
+/// One active session's [`Seen`], shared by its ingest and its followers.
+pub struct Progress {
+    seen: Mutex<Seen>,
+    changed: Condvar,
+}
+
+impl Progress {
+    fn set(&self, update: impl FnOnce(&mut Seen)) {
+        let mut seen = lock(&self.seen);
+        let before = *seen;
+        update(&mut seen);
+        if *seen != before {
+            self.changed.notify_all();
+        }
+    }
+
+    pub fn seen(&self) -> Seen {
+        *lock(&self.seen)
+    }
+
+    /// Waits until more than `past` bytes are durable or the session ended, at most
+    /// `timeout`; returns what is known then.
+    pub fn wait_past(&self, past: u64, timeout: Duration) -> Seen {
+        let seen = lock(&self.seen);
+        let seen = self.changed.wait_timeout_while(seen, timeout, |s| s.durable <= past && !s.ended).map(|(s, _)| s).unwrap_or_else(|e| e.into_inner().0);
+        *seen
+    }
+}
+
+/// The active sessions by id, and the followers' count.
+#[derive(Default)]
+pub struct Live {
+    sessions: Mutex<HashMap<String, Arc<Progress>>>,
+    followers: AtomicUsize,
+}
+
+impl Live {
+    /// Registers a session whose first `durable` bytes are durable (its header).
+    pub fn start(&self, id: &str, durable: u64) -> Publisher<'_> {
+        let progress = Arc::new(Progress { seen: Mutex::new(Seen { durable, ended: false }), changed: Condvar::new() });
+        lock(&self.sessions).insert(id.to_string(), progress.clone());
+        Publisher { live: self, id: id.to_string(), progress }
+    }
+
+    /// An active session's progress; it stays readable after the session ends.
+    pub fn get(&self, id: &str) -> Option<Arc<Progress>> {
+        lock(&self.sessions).get(id).cloned()
+    }
+
+    /// `meta` as the API shows it: a running session's `bytes` are those durable now,
+    /// where its sidecar still counts those of its start.
+    pub fn current(&self, mut meta: SessionMeta) -> SessionMeta {
+        if meta.status == Status::Recording {
+            if let Some(p) = self.get(&meta.id) {
+                meta.bytes = meta.bytes.max(p.seen().durable);
+            }
+        }
+        meta
+    }
+
+    /// A follower's place, or `None` when [`MAX_FOLLOWERS`] are following already.
+    pub fn follower(&self) -> Option<Follower<'_>> {
+        self.followers.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < MAX_FOLLOWERS).then_some(n + 1)).ok().map(|_| Follower(self))
+    }
+}
+
+/// Held while a follow response is open.
+pub struct Follower<'a>(&'a Live);
+
+impl Drop for Follower<'_> {
+    fn drop(&mut self) {
+        self.0.followers.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The ingest's handle on its session's progress. Dropping it ends the session for
+/// its followers (with the last offset published), however the ingest stopped, so
+/// none waits on a session nobody writes.
+pub struct Publisher<'a> {
+    live: &'a Live,
+    id: String,
+    progress: Arc<Progress>,
+}
+
+impl Publisher<'_> {
+    /// After a sync: the first `durable` bytes are durable whole lines.
+    pub fn publish(&self, durable: u64) {
+        self.progress.set(|s| s.durable = s.durable.max(durable));
+    }
+
+    /// The sidecar has been written with its final status and `bytes`.
+    pub fn end(&self, bytes: u64) {
+        self.progress.set(|s| *s = Seen { durable: bytes, ended: true });
+    }
+}
+
+impl Drop for Publisher<'_> {
+    fn drop(&mut self) {
+        self.progress.set(|s| s.ended = true);
+        let mut sessions = lock(&self.live.sessions);
+        // Only our own entry: a later session under the same id is not ours to remove.
+        if sessions.get(&self.id).is_some_and(|p| Arc::ptr_eq(p, &self.progress)) {
+            sessions.remove(&self.id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn followers_wake_on_progress_and_on_the_end() {
+        let live = Live::default();
+        let publisher = live.start("s1", 10);
+        let progress = live.get("s1").unwrap();
+        assert_eq!(progress.wait_past(0, Duration::ZERO), Seen { durable: 10, ended: false });
+        let waiter = {
+            let progress = progress.clone();
+            std::thread::spawn(move || progress.wait_past(10, Duration::from_secs(30)))
+        };
+        publisher.publish(25);
+        assert_eq!(waiter.join().unwrap(), Seen { durable: 25, ended: false });
+        publisher.publish(20);
+        assert_eq!(progress.wait_past(0, Duration::ZERO).durable, 25, "never goes back");
+        publisher.end(27);
+        drop(publisher);
+        assert_eq!(progress.wait_past(27, Duration::from_secs(30)), Seen { durable: 27, ended: true });
+        assert!(live.get("s1").is_none(), "an ended session leaves the map");
+    }
+
+    #[test]
+    fn a_dropped_publisher_ends_the_session() {
+        let live = Live::default();
+        let progress = {
+            let p = live.start("s2", 5);
+            p.publish(9);
+            live.get("s2").unwrap()
+        };
+        assert_eq!(progress.wait_past(9, Duration::from_secs(30)), Seen { durable: 9, ended: true });
+    }
+
+    #[test]
+    fn followers_are_bounded() {
+        let live = Live::default();
+        let held: Vec<_> = (0..MAX_FOLLOWERS).map(|_| live.follower().unwrap()).collect();
+        assert!(live.follower().is_none());
+        drop(held);
+        assert!(live.follower().is_some());
+    }
+}

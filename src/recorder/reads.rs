@@ -1,0 +1,149 @@
+//! Serving a recording's cast to readers: `GET /v1/recordings/{id}/cast` answers with
+//! what is durable now (a running session: up to its last durable whole line), and
+//! `?follow=true` streams it from the start (chunked) and then each new line as it
+//! becomes durable, until the session ends.
+//!
+//! Both read the cast file, never the ingest: a follower waits on its session's
+//! [`Progress`] (woken after every sync) and copies from its own file handle, so a
+//! reader that stops reading blocks only its own thread, for at most
+//! [`FOLLOW_WRITE_TIMEOUT`].
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::live::{Progress, Seen, MAX_FOLLOWERS};
+use super::State;
+use crate::net::conn::{ReadHalf, WriteHalf};
+use crate::record::protocol::Status;
+use crate::wire::http::{self, ResponseHead};
+
+const CONTENT_TYPE: &str = "application/x-asciicast";
+/// Bytes read from the cast file and sent per write.
+const COPY_CHUNK: usize = 64 * 1024;
+/// A follower whose client takes longer than this to accept a write is dropped, so a
+/// reader that stopped reading cannot keep a follower's place.
+const FOLLOW_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often a follower of an idle session looks whether its client is still there
+/// (it has nothing to write that would tell).
+const FOLLOW_PEER_CHECK: Duration = Duration::from_secs(5);
+
+type Refusal = (u16, String);
+
+/// How far a recording can be read, and whether that can still grow.
+enum Extent {
+    Live(Arc<Progress>),
+    Done(u64),
+}
+
+/// The cast file and its readable extent. The live map is asked first: a session
+/// removed from it has already written its final sidecar, so the sidecar read after
+/// is never an earlier one.
+fn open(state: &State, id: &str) -> Result<(File, Extent), Refusal> {
+    let live = state.live.get(id);
+    let (meta, path) = state.store.get(id).map_err(|e| (500, e.to_string()))?.ok_or((404, format!("recording {id:?} not found")))?;
+    // Registered just after we looked (the sidecar is written first).
+    let live = live.or_else(|| if meta.status == Status::Recording { state.live.get(id) } else { None });
+    let file = File::open(&path).map_err(|e| (500, format!("opening {id:?}: {e}")))?;
+    let extent = match live {
+        Some(p) => Extent::Live(p),
+        // Still `recording` but written by nobody (its ending could not be stored):
+        // the sidecar counts no byte as durable.
+        None if meta.status == Status::Recording => Extent::Done(0),
+        None => Extent::Done(meta.bytes),
+    };
+    Ok((file, extent))
+}
+
+/// Sends bytes `from..to` of `file` through `send`, a piece at a time.
+fn copy(file: &File, from: u64, to: u64, send: &mut impl FnMut(&[u8]) -> io::Result<()>) -> io::Result<()> {
+    let mut buf = vec![0u8; COPY_CHUNK];
+    let mut at = from;
+    while at < to {
+        let want = usize::try_from(to - at).unwrap_or(COPY_CHUNK).min(COPY_CHUNK);
+        let n = file.read_at(&mut buf[..want], at)?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the cast file is shorter than its durable count"));
+        }
+        send(&buf[..n])?;
+        at += n as u64;
+    }
+    Ok(())
+}
+
+fn head(content_length: Option<u64>) -> Vec<u8> {
+    let mut head = ResponseHead::new(200);
+    head.headers.push("Content-Type", CONTENT_TYPE);
+    match content_length {
+        Some(n) => head.headers.push("Content-Length", n.to_string()),
+        None => head.headers.push("Transfer-Encoding", "chunked"),
+    }
+    head.encode()
+}
+
+/// What the connection's handler does after a response that failed part-way.
+pub(super) enum Sent {
+    /// The response is complete; the connection may serve another request.
+    Whole,
+    /// The head went out but not the whole body: the connection must close.
+    Broken,
+}
+
+/// `GET .../cast`: the durable bytes now, as one response.
+pub(super) fn snapshot(state: &State, id: &str, out: &mut WriteHalf) -> Result<Sent, Refusal> {
+    let (file, extent) = open(state, id)?;
+    let end = match extent {
+        Extent::Live(p) => p.seen().durable,
+        Extent::Done(n) => n,
+    };
+    // A file cut short behind our back is served as it is, never with a false length.
+    let end = end.min(file.metadata().map_err(|e| (500, e.to_string()))?.len());
+    out.write_all(&head(Some(end))).map_err(|e| (500, e.to_string()))?;
+    Ok(match copy(&file, 0, end, &mut |piece| out.write_all(piece)) {
+        Ok(()) => Sent::Whole,
+        Err(e) => {
+            log::debug!("cast response broken off id={id} error={e}");
+            Sent::Broken
+        }
+    })
+}
+
+/// `GET .../cast?follow=true`: everything durable, then each sync's new lines, until
+/// the session ends; then the last chunk.
+pub(super) fn follow(state: &State, id: &str, peer: &ReadHalf, out: &mut WriteHalf) -> Result<Sent, Refusal> {
+    let Some(_place) = state.live.follower() else {
+        return Err((503, format!("{MAX_FOLLOWERS} readers are following recordings already, try again later")));
+    };
+    let (file, extent) = open(state, id)?;
+    // The write half's socket is this one: the timeout bounds a client that stopped reading.
+    peer.shutdown_handle().and_then(|s| s.set_write_timeout(Some(FOLLOW_WRITE_TIMEOUT))).map_err(|e| (500, e.to_string()))?;
+    out.write_all(&head(None)).map_err(|e| (500, e.to_string()))?;
+    let mut sent = 0;
+    let result = loop {
+        let seen = match &extent {
+            Extent::Live(p) => p.wait_past(sent, FOLLOW_PEER_CHECK),
+            Extent::Done(n) => Seen { durable: *n, ended: true },
+        };
+        if seen.durable > sent {
+            if let Err(e) = copy(&file, sent, seen.durable, &mut |piece| out.write_all(&http::encode_chunk(piece))) {
+                break Err(e);
+            }
+            sent = seen.durable;
+        } else if !seen.ended && !peer.is_reusable() {
+            break Err(io::Error::new(io::ErrorKind::ConnectionAborted, "the reader went away"));
+        }
+        if seen.ended {
+            break out.write_all(http::LAST_CHUNK);
+        }
+    };
+    let _ = peer.shutdown_handle().and_then(|s| s.set_write_timeout(None));
+    Ok(match result {
+        Ok(()) => Sent::Whole,
+        Err(e) => {
+            log::debug!("follower stopped id={id} bytes={sent} error={e}");
+            Sent::Broken
+        }
+    })
+}
