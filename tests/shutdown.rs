@@ -33,3 +33,16 @@ fn sigterm_lets_open_sessions_finish() {
     let out = session.join().expect("session thread");
     assert!(out.status.success() && out.stdout_str() == "finished", "open session cut short: {}\n{}", out.describe(), demo.logs());
 }
+
+#[test]
+fn stopping_the_demo_stops_a_component_restarted_by_hand() {
+    let demo = Demo::start();
+    demo.kill("recorder");
+    // As the README says: the command in recorder.cmdline, run from another shell.
+    let mut restarted = demo.restart("recorder");
+    drop(demo); // SIGTERM to the demo, as Ctrl-C
+    eventually(Duration::from_secs(10), || match restarted.0.try_wait() {
+        Ok(Some(_)) => Ok(()),
+        other => Err(format!("the restarted recorder still runs: {other:?}")),
+    });
+}

@@ -98,6 +98,25 @@ fn stop(components: &mut [Component]) {
     }
 }
 
+/// Stops components restarted by hand from their `.cmdline` (as the README says to):
+/// a process whose command line is exactly one the demo recorded. The demo's
+/// directory is in every such line, so no other process can match.
+fn stop_restarted(dir: &Path) {
+    let recorded: Vec<String> =
+        ["sim", "recorder", "proxy"].iter().filter_map(|n| std::fs::read_to_string(dir.join(format!("{n}.cmdline"))).ok()).map(|l| l.trim().to_string()).collect();
+    let Ok(procs) = std::fs::read_dir("/proc") else { return };
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        let Ok(raw) = std::fs::read(p.path().join("cmdline")) else { continue };
+        let line = raw.split(|b| *b == 0).filter(|a| !a.is_empty()).map(String::from_utf8_lossy).collect::<Vec<_>>().join(" ");
+        if recorded.contains(&line) {
+            log::info!("stopping a component restarted by hand pid={pid}");
+            // SAFETY: kill(2) with a pid read from /proc; at worst the process is gone.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+    }
+}
+
 fn fresh_dir() -> PathBuf {
     std::env::temp_dir().join(format!("kubetape-demo-{}", crate::net::random::hex(8)))
 }
@@ -258,6 +277,9 @@ pub fn run(args: &Args) -> Result<()> {
     println!("\n  {d}/bob.kubeconfig is bob (group dev), {d}/carol.kubeconfig is carol (group sre, bearer token);");
     println!("  {d}/admin.kubeconfig goes straight to the simulated cluster, bypassing the proxy.");
     println!("  Sessions are recorded in {d}/recordings (asciicast v2: asciinema play FILE.cast).");
+    println!("  The recorder's API is https://127.0.0.1:{recorder_port}, for the reader certificate:");
+    println!("    curl --cacert {d}/pki/recorder-ca.pem --cert {d}/pki/recorder-reader.pem --key {d}/pki/recorder-reader-key.pem \\");
+    println!("      https://127.0.0.1:{recorder_port}/v1/recordings");
     println!("  Proxy metrics: http://127.0.0.1:{metrics_port}/metrics");
     println!("  Edit {d}/policy.json to change grants; logs are in {d}/*.log.\n\nCtrl-C stops everything.");
     let _ = std::io::stdout().flush();
@@ -278,6 +300,7 @@ pub fn run(args: &Args) -> Result<()> {
     let _ = signal::wait_for_termination();
     println!("stopping");
     stop(&mut components.lock().unwrap_or_else(|e| e.into_inner()));
+    stop_restarted(&dir);
     let _ = std::fs::remove_file(dir.join("ready"));
     Ok(())
 }
