@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use support::{Demo, Kubectl, OutputExt, Proto};
 
 /// Event codes and data of a cast, without the header and timestamps.
@@ -76,15 +76,18 @@ fn terminal_attach_debug_and_run_sessions_are_recorded() {
 
         let out = k.run_tty(&["debug", "-it", "web-0", "--image=busybox", "--target=main", "--", "sh"], "echo dbg-$((6*7)); exit\n", Duration::from_secs(30));
         assert!(out.status.success(), "{}", out.describe());
-        let (meta, cast) = demo.wait_recording(|m, c| m["session"]["type"] == "attach" && c.contains("dbg-42"));
-        assert!(meta["session"]["container"].as_str().unwrap_or("").starts_with("debugger-"), "{meta}");
+        let (meta, cast) = demo.wait_recording(|m, c| m["status"] != "recording" && c.contains("dbg-42"));
+        let s = &meta["session"];
+        assert_eq!((&s["type"], &s["image"], &s["targetContainer"], &s["command"]), (&json!("debug"), &json!("busybox"), &json!("main"), &json!(["sh"])), "{meta}");
+        assert!(s["container"].as_str().unwrap_or("").starts_with("debugger-"), "{meta}");
+        assert_eq!(meta["exitCode"], 0, "the debugger's exit status, from the pod: {meta}");
         assert!(text(&cast, "o").contains("dbg-42"));
 
         let name = format!("runner-{}", kubetape::net::random::hex(4));
         let out = k.run_tty(&["run", "-it", "--rm", "--restart=Never", "--image=busybox", &name, "--", "sh"], "echo run-$((6*7)); exit\n", Duration::from_secs(40));
         assert!(String::from_utf8_lossy(&out.stdout).contains("run-42"), "{}", out.describe());
-        let (meta, _) = demo.wait_recording(|m, c| m["session"]["pod"] == name.as_str() && c.contains("run-42"));
-        assert_eq!(meta["session"]["type"], "attach");
+        let (meta, _) = demo.wait_recording(|m, c| m["session"]["pod"] == name.as_str() && m["status"] != "recording" && c.contains("run-42"));
+        assert_eq!((&meta["session"]["type"], &meta["session"]["image"], &meta["session"]["command"]), (&json!("run"), &json!("busybox"), &json!(["sh"])), "{meta}");
     }
 }
 
@@ -282,4 +285,14 @@ fn the_recorder_api_serves_readers_only() {
     let ls = std::process::Command::new(support::BIN).args(["ls", "--user", "alice", "--storage-dir"]).arg(demo.path("recordings")).output().unwrap();
     let text = String::from_utf8_lossy(&ls.stdout);
     assert!(ls.status.success() && text.contains(&id) && text.contains("default/web-0") && text.contains("echo api-check"), "{text}");
+}
+
+#[test]
+fn a_command_that_cannot_start_says_why_in_its_recording() {
+    let demo = Demo::start();
+    let k = Kubectl::new(&demo, "kubeconfig", "1.32", Proto::WebSocket);
+    let out = k.run(&["exec", "web-0", "--", "no-such-command-42"]);
+    assert!(!out.status.success(), "{}", out.describe());
+    let (meta, _) = demo.wait_recording(|m, _| m["session"]["command"][0] == "no-such-command-42" && m["status"] != "recording");
+    assert!(meta["reason"].as_str().is_some_and(|r| r.contains("no-such-command-42")), "the sidecar says why: {meta}");
 }

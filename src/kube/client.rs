@@ -187,8 +187,16 @@ impl ApiServer {
     /// One request on a fresh connection; returns the status and the whole body.
     /// For control loops (a few requests a second), not for the proxy's data path.
     pub fn request(&self, method: &str, path: &str, content_type: Option<&str>, body: &[u8]) -> Result<(u16, Vec<u8>)> {
+        self.request_as(method, path, content_type, body, &[])
+    }
+
+    /// [`Self::request`] with more header fields (`Impersonate-*`, to ask as someone).
+    pub fn request_as(&self, method: &str, path: &str, content_type: Option<&str>, body: &[u8], extra: &[(&str, String)]) -> Result<(u16, Vec<u8>)> {
         let conn = self.connect(REQUEST_TIMEOUT)?;
         let mut head = RequestHead::new(method, path);
+        for (name, value) in extra {
+            head.headers.push(name, value.as_bytes());
+        }
         head.headers.push("Host", self.host_header());
         head.headers.push("Accept", "application/json");
         head.headers.push("User-Agent", concat!("kubetape/", env!("CARGO_PKG_VERSION")));

@@ -87,7 +87,8 @@ pub struct Config {
     pub mode: Mode,
     server_tls: Arc<rustls::ServerConfig>,
     tokens: Option<TokenFile>,
-    upstream: ApiServer,
+    /// Shared with the lookups a session makes after its connection's thread moved on.
+    upstream: Arc<ApiServer>,
     /// `upstream.host_header()`, computed once rather than per request.
     upstream_host: String,
     policy: Option<PathBuf>,
@@ -143,7 +144,7 @@ impl Config {
             mode,
             server_tls: tls::server_config(chain, key, client_roots)?,
             tokens,
-            upstream,
+            upstream: Arc::new(upstream),
             policy,
             recorder_identity,
             recorder_timeout: match args.parsed("recorder-timeout")? {
@@ -533,8 +534,8 @@ impl<'a> Connection<'a> {
             }
             return;
         };
-        let SessionStart { recording, fail, id: session_id } = plan.session;
-        let s = session::run(&format!("conn-{id}"), client, upstream, plan.taps, recording, fail, &plan.subprotocol);
+        let SessionStart { recording, fail, id: session_id, exit_probe } = plan.session;
+        let s = session::run(&format!("conn-{id}"), client, upstream, plan.taps, session::Link::new(recording, fail, exit_probe), &plan.subprotocol);
         if s.outcome == Outcome::Truncated {
             metrics::inc(&self.state.metrics.recordings_truncated);
             if fail == FailMode::Closed {

@@ -20,6 +20,7 @@ use crate::wire::http::{self, RequestHead};
 use super::admission::Caller;
 use super::policy::{self, FailMode};
 use super::respond::Refusal;
+use super::rewrite::Mode;
 use super::{metrics, session, Connection};
 
 /// A fail-closed request waits this long for its event to be acknowledged.
@@ -47,7 +48,14 @@ pub struct SessionStart {
     pub fail: FailMode,
     /// The session's id, in its recording and in the request's API event.
     pub id: String,
+    /// For an attach: where its exit status is found once it ends.
+    pub exit_probe: Option<session::ExitProbe>,
 }
+
+/// After an attach, the pod is asked this often for its container's exit status
+/// (the kubelet reports a container's end on its next status sync, about a second).
+const EXIT_PROBE_ATTEMPTS: u32 = 5;
+const EXIT_PROBE_INTERVAL: Duration = Duration::from_millis(250);
 
 impl Connection<'_> {
     /// For a caller whose grants enable events: the request's event, recorded before
@@ -132,7 +140,7 @@ impl Connection<'_> {
                 "the kubelet's exec, attach, run and port-forward endpoints cannot be recorded through nodes/proxy: use kubectl exec, attach or port-forward".into(),
             ));
         }
-        let request = match session::session_request(head, info) {
+        let mut request = match session::session_request(head, info) {
             Ok(Some(r)) => r,
             Ok(None) => return Ok(None),
             Err(why) if recorded => {
@@ -142,6 +150,7 @@ impl Connection<'_> {
             }
             Err(_) => return Ok(None),
         };
+        let exit_probe = self.describe_attach(&mut request, caller);
         let refuse_or_skip = |why: String| {
             if fail::decide(grants.fail_mode, Situation::NoRecorderAtStart) == Decision::Refuse {
                 metrics::inc(&self.state.metrics.sessions_refused_unrecordable);
@@ -177,13 +186,49 @@ impl Connection<'_> {
             Ok(r) => {
                 metrics::inc(&self.state.metrics.sessions_recorded);
                 log::info!("session recording conn={} session={id} user={who} ns={} pod={} type={} recorder={}", self.id, request.namespace, request.pod, request.kind, r.recorder);
-                Ok(Some(SessionStart { recording: r, fail: grants.fail_mode, id }))
+                Ok(Some(SessionStart { recording: r, fail: grants.fail_mode, id, exit_probe }))
             }
             Err(e) => refuse_or_skip(format!("recorders unreachable: {e}")),
         }
     }
 
     /// The policy's recorders that carry one of `tags` (or are named by one), in order.
+    /// An attach is looked up in its pod, as the caller (impersonated, so the API
+    /// server applies the caller's own rights): what it really is (`session::
+    /// describe_attach`), and a probe for the exit status its stream will not carry.
+    /// In `noauth` mode the proxy has no identity of its own to ask with.
+    fn describe_attach(&self, request: &mut cast::SessionRequest, caller: &Caller<'_>) -> Option<session::ExitProbe> {
+        let config = &self.state.config;
+        if request.kind != "attach" || config.mode != Mode::Auth {
+            return None;
+        }
+        let path = http::encode_path(&format!("/api/v1/namespaces/{}/pods/{}", request.namespace, request.pod));
+        let identity = caller.impersonation.as_ref().map(|i| i.headers()).unwrap_or_default();
+        let get_pod = {
+            let api = config.upstream.clone();
+            move || match api.request_as("GET", &path, None, &[], &identity) {
+                Ok((200, body)) => serde_json::from_slice::<serde_json::Value>(&body).ok(),
+                _ => None,
+            }
+        };
+        match get_pod() {
+            Some(pod) => session::describe_attach(request, &pod),
+            None => log::debug!("attach not described conn={} ns={} pod={}", self.id, request.namespace, request.pod),
+        }
+        let container = request.container.clone();
+        Some(Box::new(move || {
+            for attempt in 0..EXIT_PROBE_ATTEMPTS {
+                if attempt > 0 {
+                    std::thread::sleep(EXIT_PROBE_INTERVAL);
+                }
+                if let Some(code) = get_pod().and_then(|pod| session::terminated_exit_code(&pod, &container)) {
+                    return Some(code);
+                }
+            }
+            None
+        }))
+    }
+
     fn recorder_targets(&self, tags: &[String]) -> Result<Vec<RecorderTarget>> {
         let policy = self.state.policy.get();
         let base = self.state.config.policy.as_deref().and_then(|p| p.parent()).unwrap_or(std::path::Path::new("."));

@@ -75,6 +75,16 @@ pub struct Impersonation<'a> {
 }
 
 impl Impersonation<'_> {
+    /// The fields that ask the API server to act as this identity.
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        let mut h = vec![("Impersonate-User", self.user.name.clone())];
+        if !self.user.uid.is_empty() {
+            h.push(("Impersonate-Uid", self.user.uid.clone()));
+        }
+        h.extend(self.groups.iter().map(|g| ("Impersonate-Group", g.clone())));
+        h
+    }
+
     /// As the recording header and the API event state it.
     pub fn record(&self) -> Impersonated {
         Impersonated { user: self.user.name.clone(), uid: self.user.uid.clone(), groups: self.groups.clone() }
@@ -115,14 +125,8 @@ pub fn upstream_request(client: &RequestHead, framing: BodyLength, f: &Forwardin
         if let Some(auth) = upstream_auth {
             head.headers.push("Authorization", auth);
         }
-        if let Some(imp) = impersonate {
-            head.headers.push("Impersonate-User", imp.user.name.as_bytes());
-            if !imp.user.uid.is_empty() {
-                head.headers.push("Impersonate-Uid", imp.user.uid.as_bytes());
-            }
-            for g in &imp.groups {
-                head.headers.push("Impersonate-Group", g.as_bytes());
-            }
+        for (name, value) in impersonate.map(Impersonation::headers).unwrap_or_default() {
+            head.headers.push(name, value);
         }
     }
     head.headers.0.insert(0, crate::wire::http::Header { name: "Host".into(), value: upstream_host.as_bytes().to_vec() });

@@ -66,7 +66,39 @@ pub fn session_request(head: &RequestHead, info: &RequestInfo) -> Result<Option<
         // As kube-apiserver converts it (`Convert_Slice_string_To_bool`): the first
         // value counts, and anything but "0" or "false" is true, even an empty one.
         tty: get("tty").next().is_some_and(|v| v != "0" && !v.eq_ignore_ascii_case("false")),
+        ..SessionRequest::default()
     }))
+}
+
+/// What an attach really is, from the pod it attaches to: a `kubectl debug`
+/// session (the container is ephemeral), a `kubectl run -it` one (the pod carries
+/// kubectl run's `run=NAME` label), or a plain attach; with the container's image
+/// and command (an attach's request names none).
+pub fn describe_attach(request: &mut SessionRequest, pod: &serde_json::Value) {
+    let spec = &pod["spec"];
+    let named = |list: &str| spec[list].as_array().and_then(|cs| cs.iter().find(|c| c["name"] == request.container.as_str()).cloned());
+    let (kind, container) = match (named("ephemeralContainers"), named("containers")) {
+        (Some(c), _) => ("debug", c),
+        (None, Some(c)) if pod["metadata"]["labels"]["run"] == request.pod.as_str() => ("run", c),
+        (None, Some(c)) => ("attach", c),
+        (None, None) => return,
+    };
+    let strings = |v: &serde_json::Value| v.as_array().map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect::<Vec<_>>()).unwrap_or_default();
+    request.kind = kind;
+    request.command = [strings(&container["command"]), strings(&container["args"])].concat();
+    request.image = container["image"].as_str().unwrap_or("").to_string();
+    request.target = container["targetContainerName"].as_str().unwrap_or("").to_string();
+}
+
+/// The exit code the pod reports for `container` once it has terminated.
+pub fn terminated_exit_code(pod: &serde_json::Value, container: &str) -> Option<i32> {
+    ["containerStatuses", "ephemeralContainerStatuses"]
+        .iter()
+        .filter_map(|f| pod["status"][f].as_array())
+        .flatten()
+        .find(|s| s["name"] == container)
+        .and_then(|s| s["state"]["terminated"]["exitCode"].as_i64())
+        .and_then(|c| i32::try_from(c).ok())
 }
 
 /// Whether a decoded path reaches the kubelet's streaming endpoints through the node
@@ -121,6 +153,9 @@ pub fn taps(upgrade: &str, subprotocol: &str) -> Option<Taps> {
 
 /// Seconds since the session started, for the recording's timestamps.
 type Clock = Box<dyn Fn() -> f64 + Send + Sync>;
+
+/// Asks, once the stream has ended, for an exit status the stream did not carry.
+pub type ExitProbe = Box<dyn FnOnce() -> Option<i32> + Send>;
 
 /// What the tunnel's two directions share about the recording.
 struct Recorder {
@@ -312,23 +347,26 @@ pub struct Summary {
     pub acked: u64,
 }
 
-/// Runs the tunnel with both directions tapped into `recording`.
-pub fn run(name: &str, client: (Input, WriteHalf), server: (Input, WriteHalf), taps: Taps, recording: impl RecorderLink + 'static, fail: FailMode, subprotocol: &str) -> Summary {
-    let started = Instant::now();
-    let link = Link { recording: Box::new(recording), fail, clock: Box::new(move || started.elapsed().as_secs_f64()) };
-    run_with(name, client, server, taps, link, subprotocol)
-}
-
-/// The recording side of a session: where its lines go, the clock that stamps them,
-/// and the fail mode that settles a failure.
-struct Link {
+/// The recording side of a session: where its lines go, the fail mode that settles a
+/// failure, the clock that stamps the lines, and where a missing exit status is found.
+pub struct Link {
     recording: Box<dyn RecorderLink>,
     fail: FailMode,
     clock: Clock,
+    exit_probe: Option<ExitProbe>,
 }
 
-fn run_with(name: &str, client: (Input, WriteHalf), server: (Input, WriteHalf), taps: Taps, link: Link, subprotocol: &str) -> Summary {
-    let Link { recording, fail, clock } = link;
+impl Link {
+    /// A link on the wall clock, from the session's start.
+    pub fn new(recording: impl RecorderLink + 'static, fail: FailMode, exit_probe: Option<ExitProbe>) -> Link {
+        let started = Instant::now();
+        Link { recording: Box::new(recording), fail, clock: Box::new(move || started.elapsed().as_secs_f64()), exit_probe }
+    }
+}
+
+/// Runs the tunnel with both directions tapped into the link's recording.
+pub fn run(name: &str, client: (Input, WriteHalf), server: (Input, WriteHalf), taps: Taps, link: Link, subprotocol: &str) -> Summary {
+    let Link { recording, fail, clock, exit_probe } = link;
     let (client_in, client_out) = client;
     let (server_in, server_out) = server;
     let sockets = match (client_in.half.shutdown_handle(), server_in.half.shutdown_handle()) {
@@ -376,16 +414,21 @@ fn run_with(name: &str, client: (Input, WriteHalf), server: (Input, WriteHalf), 
     let Ok(rec) = Arc::try_unwrap(rec) else {
         return Summary { totals, outcome: Outcome::Truncated, reason: Some("session state still shared".into()), exit_code: None, sent: 0, acked: 0 };
     };
-    let t = rec.seconds();
+    let ended = rec.seconds();
     let mut st = rec.state.into_inner().unwrap_or_else(|e| e.into_inner());
-    let tail = st.cast.finish(t);
+    if st.cast.exit_code().is_none() {
+        st.cast.learn_exit_code(exit_probe.and_then(|probe| probe()));
+    }
+    let tail = st.cast.finish(ended);
     let exit_code = st.cast.exit_code();
     if st.active && !tail.is_empty() {
         let _ = rec.recording.send(tail.into_bytes());
     }
     let outcome = if st.truncated.is_some() { Outcome::Truncated } else { Outcome::Complete };
-    let (sent, acked) = rec.recording.finish(outcome, exit_code, st.truncated.clone());
-    Summary { totals, outcome, reason: st.truncated, exit_code, sent, acked }
+    // A command that failed (to start, say) says why even when the recording is whole.
+    let reason = st.truncated.or_else(|| st.cast.failure().map(String::from));
+    let (sent, acked) = rec.recording.finish(outcome, exit_code, reason.clone());
+    Summary { totals, outcome, reason, exit_code, sent, acked }
 }
 
 #[cfg(test)]
@@ -419,7 +462,8 @@ mod tests {
                 pod: "web-0".into(),
                 container: "main".into(),
                 command: vec!["sh".into(), "-c".into(), "echo hi".into()],
-                tty: true
+                tty: true,
+                ..SessionRequest::default()
             }
         );
         let a = RequestHead::new("GET", "/api/v1/namespaces/ns/pods/p/attach?container=c");
@@ -441,6 +485,34 @@ mod tests {
             let h = upgrade(RequestHead::new("POST", &format!("/api/v1/namespaces/d/pods/p/exec?command=sh&{q}")), "SPDY/3.1");
             assert_eq!(classify(&h).unwrap().unwrap().tty, tty, "{q}");
         }
+    }
+
+    #[test]
+    fn an_attach_says_whether_it_is_a_debug_or_a_run_session() {
+        let pod = serde_json::json!({
+            "metadata": {"name": "web-0", "labels": {"app": "web"}},
+            "spec": {
+                "containers": [{"name": "main", "image": "nginx", "command": ["nginx"], "args": ["-g", "daemon off;"]}],
+                "ephemeralContainers": [{"name": "debugger-x", "image": "busybox", "command": ["sh"], "targetContainerName": "main"}]
+            },
+            "status": {"ephemeralContainerStatuses": [{"name": "debugger-x", "state": {"terminated": {"exitCode": 3}}}], "containerStatuses": [{"name": "main", "state": {"running": {}}}]}
+        });
+        let attach = |container: &str, pod_name: &str| SessionRequest { kind: "attach", pod: pod_name.into(), container: container.into(), ..SessionRequest::default() };
+        let mut debug = attach("debugger-x", "web-0");
+        describe_attach(&mut debug, &pod);
+        assert_eq!((debug.kind, debug.image.as_str(), debug.target.as_str(), debug.command.clone()), ("debug", "busybox", "main", vec!["sh".to_string()]));
+        let mut plain = attach("main", "web-0");
+        describe_attach(&mut plain, &pod);
+        assert_eq!((plain.kind, plain.command.join(" ")), ("attach", "nginx -g daemon off;".to_string()));
+        let mut run_pod = pod.clone();
+        run_pod["metadata"]["labels"] = serde_json::json!({"run": "web-0"});
+        let mut run = attach("main", "web-0");
+        describe_attach(&mut run, &run_pod);
+        assert_eq!(run.kind, "run");
+        let mut unknown = attach("nope", "web-0");
+        describe_attach(&mut unknown, &pod);
+        assert_eq!(unknown, attach("nope", "web-0"), "a container the pod does not have changes nothing");
+        assert_eq!((terminated_exit_code(&pod, "debugger-x"), terminated_exit_code(&pod, "main")), (Some(3), None));
     }
 
     #[test]
@@ -567,8 +639,8 @@ mod tests {
                 let link = Box::new(Scripted(script.clone()));
                 let session = std::thread::spawn(move || {
                     let taps = taps("websocket", "v4.channel.k8s.io").unwrap();
-                    let link = Link { recording: link, fail: mode, clock: Box::new(|| 1.5) };
-                    run_with("t", client, server, taps, link, "v4.channel.k8s.io")
+                    let link = Link { recording: link, fail: mode, clock: Box::new(|| 1.5), exit_probe: None };
+                    run("t", client, server, taps, link, "v4.channel.k8s.io")
                 });
                 apiserver.write_all(&stdout(b"one")).unwrap();
                 let mut first = vec![0u8; stdout(b"one").len()];

@@ -17,15 +17,22 @@ use crate::wire::asciicast::{self, Utf8Splitter};
 /// an `r` event (the header is written before the upgrade, when no size is known).
 const DEFAULT_SIZE: (u16, u16) = (80, 24);
 
-/// An exec or attach session, as its request asked for it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// An exec or attach session, as its request asked for it (and, for an attach, as
+/// the pod it attaches to says: `kubectl debug` and `kubectl run -it` attach too).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SessionRequest {
+    /// `exec`, `attach`, `debug` (an ephemeral container) or `run` (a pod `kubectl
+    /// run` made).
     pub kind: &'static str,
     pub namespace: String,
     pub pod: String,
     pub container: String,
     pub command: Vec<String>,
     pub tty: bool,
+    /// The attached container's image, where the pod shows it.
+    pub image: String,
+    /// For `debug`: the container whose processes the debugger shares.
+    pub target: String,
 }
 
 /// Everything the recording header says about a session.
@@ -66,6 +73,8 @@ pub fn header(c: &HeaderContext<'_>) -> Value {
             "pod": r.pod,
             "container": r.container,
             "command": r.command,
+            "image": r.image,
+            "targetContainer": r.target,
             "proxy": {"id": c.proxy_id, "version": env!("CARGO_PKG_VERSION")},
             "startTime": crate::wire::time::rfc3339_millis(c.started),
         }
@@ -78,6 +87,8 @@ pub struct CastWriter {
     /// stdout, stderr.
     splitters: [Utf8Splitter; 2],
     exit_code: Option<i32>,
+    /// What the error channel said when the command failed (to start, say).
+    failure: Option<String>,
 }
 
 impl CastWriter {
@@ -95,7 +106,10 @@ impl CastWriter {
                 }
                 TapEvent::Resize(s) => push_line(&mut out, asciicast::event_line(seconds, "r", &format!("{}x{}", s.width, s.height))),
                 TapEvent::Exit(code) => self.exit_code = Some(code),
-                TapEvent::Failure(msg) => push_line(&mut out, marker(seconds, &format!("error:{msg}"))),
+                TapEvent::Failure(msg) => {
+                    push_line(&mut out, marker(seconds, &format!("error:{msg}")));
+                    self.failure = Some(msg);
+                }
             }
         }
         out
@@ -118,6 +132,17 @@ impl CastWriter {
     /// The exit status the error channel reported, if it did.
     pub fn exit_code(&self) -> Option<i32> {
         self.exit_code
+    }
+
+    /// An exit status learnt elsewhere (an attach's error channel carries none: the
+    /// pod's status does), when the stream gave none; `finish` then records it.
+    pub fn learn_exit_code(&mut self, code: Option<i32>) {
+        self.exit_code = self.exit_code.or(code);
+    }
+
+    /// Why the command failed, as the error channel said.
+    pub fn failure(&self) -> Option<&str> {
+        self.failure.as_deref()
     }
 }
 
@@ -149,6 +174,7 @@ mod tests {
             container: "main".into(),
             command: vec!["sh".into(), "-c".into(), "id".into()],
             tty: true,
+            ..SessionRequest::default()
         };
         let groups = vec!["sre".to_string(), "system:masters".to_string()];
         let started = UNIX_EPOCH + std::time::Duration::from_millis(1_796_000_000_123);
