@@ -1,6 +1,8 @@
 //! Command-line flags with defaults, help text and an optional JSON config file
 //! (`--config FILE`, keys named like the flags); flags given on the command line win.
-//! Every problem is an error that names the flag or file.
+//! A flag whose default is `false` is a switch: given alone (`--seed`) it means
+//! `true`. Every other flag needs a value, so `--file` alone is an error, never the
+//! value `"true"`. Every problem is an error that names the flag or file.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -8,10 +10,14 @@ use std::str::FromStr;
 
 use crate::error::{Context, Error, Result};
 
+/// The default that makes a flag a switch.
+const SWITCH_OFF: &str = "false";
+
 #[derive(Clone, Copy)]
 pub struct Flag {
     pub name: &'static str,
     /// `None`: no default (optional or required, as the subcommand decides).
+    /// `Some("false")`: a switch, `true` when given without a value.
     pub default: Option<&'static str>,
     pub help: &'static str,
 }
@@ -32,10 +38,11 @@ pub fn usage(command: &str, about: &str, flags: &[Flag]) -> String {
 }
 
 impl Args {
-    /// Parses `--name value` and `--name=value` pairs; a flag with no value (`--x`
+    /// Parses `--name value` and `--name=value` pairs; a switch with no value (`--x`
     /// followed by another flag or nothing) means `true`.
     pub fn parse(argv: &[String], flags: &[Flag]) -> Result<Args> {
         let known = |n: &str| flags.iter().any(|f| f.name == n);
+        let switch = |n: &str| flags.iter().any(|f| f.name == n && f.default == Some(SWITCH_OFF));
         let mut cli = BTreeMap::new();
         let mut it = argv.iter().peekable();
         while let Some(arg) = it.next() {
@@ -47,7 +54,10 @@ impl Args {
                 None => {
                     let value = match it.peek() {
                         Some(next) if !next.starts_with("--") => it.next().cloned().unwrap_or_default(),
-                        _ => "true".to_string(),
+                        _ if switch(name) => "true".to_string(),
+                        // An unknown flag is reported as unknown, below.
+                        _ if known(name) || name == "config" => crate::bail!("--{name}: needs a value (--{name} VALUE or --{name}=VALUE)"),
+                        _ => String::new(),
                     };
                     (name.to_string(), value)
                 }
@@ -118,8 +128,11 @@ impl Args {
 mod tests {
     use super::*;
 
-    const FLAGS: &[Flag] =
-        &[Flag { name: "listen", default: Some("127.0.0.1:1"), help: "" }, Flag { name: "mode", default: None, help: "" }, Flag { name: "verbose", default: None, help: "" }];
+    const FLAGS: &[Flag] = &[
+        Flag { name: "listen", default: Some("127.0.0.1:1"), help: "" },
+        Flag { name: "mode", default: None, help: "" },
+        Flag { name: "verbose", default: Some("false"), help: "" },
+    ];
 
     fn argv(a: &[&str]) -> Vec<String> {
         a.iter().map(|s| s.to_string()).collect()
@@ -145,5 +158,16 @@ mod tests {
         let a = Args::parse(&argv(&[]), FLAGS).unwrap();
         assert_eq!(a.required("mode").unwrap_err().to_string(), "--mode: required");
         assert!(a.parsed::<u16>("listen").unwrap_err().to_string().starts_with("--listen:"));
+    }
+
+    #[test]
+    fn only_switches_go_without_a_value() {
+        assert!(!Args::parse(&argv(&[]), FLAGS).unwrap().bool("verbose").unwrap());
+        assert!(Args::parse(&argv(&["--verbose", "--mode", "x"]), FLAGS).unwrap().bool("verbose").unwrap());
+        for (bare, flag) in [(&["--mode"][..], "mode"), (&["--mode", "--verbose"], "mode"), (&["--listen", "--mode=x"], "listen"), (&["--config"], "config")] {
+            let e = Args::parse(&argv(bare), FLAGS).err().unwrap().to_string();
+            assert_eq!(e, format!("--{flag}: needs a value (--{flag} VALUE or --{flag}=VALUE)"), "{bare:?}");
+        }
+        assert_eq!(Args::parse(&argv(&["--lisen"]), FLAGS).err().unwrap().to_string(), "--lisen: unknown flag (see --help)");
     }
 }

@@ -9,7 +9,7 @@ use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::{Demo, Kubectl, OutputExt, Proto};
+use support::{asciinema_cat, Demo, Kubectl, OutputExt, Proto};
 
 /// Event codes and data of a cast, without the header and timestamps.
 fn events(cast: &str) -> Vec<(String, String)> {
@@ -22,15 +22,6 @@ fn text(cast: &str, code: &str) -> String {
 
 fn header(cast: &str) -> Value {
     serde_json::from_str(cast.lines().next().unwrap_or("{}")).unwrap_or_default()
-}
-
-fn asciinema_cat(cast: &str) -> String {
-    let dir = support::TempDir::new("cast");
-    let path = dir.0.join("s.cast");
-    std::fs::write(&path, cast).unwrap();
-    let out = std::process::Command::new("python3").args(["-m", "asciinema", "cat"]).arg(&path).output().expect("python3");
-    assert!(out.status.success(), "asciinema cat failed (install it: pip install asciinema==2.4.0): {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]
@@ -252,7 +243,7 @@ fn a_relay_writing_one_byte_at_a_time_yields_the_same_recording() {
     }
     // stdout and stderr come from two pipes, so only the order within each is fixed.
     let by_code = |evs: &Vec<(String, String)>, code: &str| -> String { evs.iter().filter(|(c, _)| c == code).map(|(_, d)| d.as_str()).collect() };
-    for code in ["o", "e", "m", "b"] {
+    for code in ["o", "e", "m", "v", "b"] {
         assert_eq!(by_code(&casts[0], code), by_code(&casts[1], code), "events {code}");
     }
     assert!(by_code(&casts[0], "o").starts_with("héllo wörld ✓\n1\n2\n"));

@@ -1,28 +1,34 @@
 //! `kubetape play`: prints a recording's output, or recovers one stream's exact bytes
-//! (`--raw stdout` turns a recorded `kubectl cp` download back into its tar).
+//! (`--raw stdout` turns a recorded `kubectl cp` download back into its tar), and says
+//! on stderr when the recording is not whole: still being recorded, truncated,
+//! interrupted, or ending in a torn line. `--raw` then exits non-zero after writing
+//! what there is, since those are not all of the stream's bytes.
 //! `kubetape ls`: lists the recordings in a recorder's storage directory.
 //! `kubetape play --recorder URL --id ID [--follow]` fetches (follows) one from a
-//! recorder's API instead (`follow`).
+//! recorder's API instead (`follow`). Both stop quietly when their reader goes away
+//! (`| head`).
 
 mod follow;
 
-use std::io::Write;
+use std::io::{self, Write};
+use std::path::Path;
 
 use serde_json::Value;
 
 use crate::args::{Args, Flag};
-use crate::error::{Context, Result};
-use crate::wire::asciicast::{self, STDERR, STDOUT};
+use crate::error::{Context, Error, Result};
+use crate::record::protocol::{SessionMeta, Status};
+use crate::wire::asciicast::{self, Item, STDERR, STDOUT};
 
 pub const FLAGS: &[Flag] = &[
-    Flag { name: "file", default: None, help: "the .cast file, required unless --recorder is given" },
-    Flag { name: "raw", default: None, help: "stdout or stderr: write that stream's exact bytes instead of the session's text" },
+    Flag { name: "file", default: None, help: "the .cast file, required unless --recorder is given; its <id>.json sidecar beside it says whether the recording is complete" },
+    Flag { name: "raw", default: None, help: "stdout or stderr: write that stream's exact bytes instead of the session's text; fails unless the recording is whole" },
     Flag { name: "recorder", default: None, help: "a recorder's URL (https://HOST:PORT): fetch the recording --id from its API instead of --file" },
     Flag { name: "id", default: None, help: "with --recorder: the session id" },
     Flag { name: "ca", default: None, help: "with --recorder: the CA that signed its serving certificate (PEM)" },
     Flag { name: "cert", default: None, help: "with --recorder: a reader's client certificate (PEM)" },
     Flag { name: "key", default: None, help: "with --recorder: that certificate's key (PEM)" },
-    Flag { name: "follow", default: None, help: "with --recorder: print a running session as it is recorded, until it ends" },
+    Flag { name: "follow", default: Some("false"), help: "with --recorder: print a running session as it is recorded, until it ends" },
 ];
 
 pub fn run(args: &Args) -> Result<()> {
@@ -30,33 +36,107 @@ pub fn run(args: &Args) -> Result<()> {
         return follow::run(args, &mut std::io::stdout().lock());
     }
     let path = args.required_path("file")?;
-    let cast = std::fs::read_to_string(&path).with_context(|| format!("--file {}", path.display()))?;
-    let mut out = std::io::stdout().lock();
-    if let Some(stream) = args.opt("raw") {
-        let stream = match stream.as_str() {
-            "stdout" => STDOUT,
-            "stderr" => STDERR,
-            other => crate::bail!("--raw: expected stdout or stderr, found {other:?}"),
-        };
-        let bytes = asciicast::recover_stream(&cast, stream).map_err(|e| crate::error::Error::new(format!("--file {}: {e}", path.display())))?;
-        out.write_all(&bytes)?;
-        return Ok(());
+    let raw = match args.opt("raw").as_deref() {
+        None => None,
+        Some("stdout") => Some(("stdout", STDOUT)),
+        Some("stderr") => Some(("stderr", STDERR)),
+        Some(other) => crate::bail!("--raw: expected stdout or stderr, found {other:?}"),
+    };
+    let at = || format!("--file {}", path.display());
+    // The sidecar before the cast: one that says `complete` was written after the last line.
+    let meta = sidecar(&path)?;
+    let data = std::fs::read(&path).with_context(at)?;
+    let recording = asciicast::parse(&data).map_err(Error::new).with_context(at)?;
+    let items = asciicast::items(&recording.events).map_err(Error::new).with_context(at)?;
+    let gaps = gaps(meta.as_ref(), &recording, data.len());
+    if meta.is_none() {
+        eprintln!("kubetape play: {}: no sidecar beside it, so whether the recording is complete is not known", path.display());
     }
-    for (i, line) in cast.lines().enumerate().skip(1) {
-        render_line(&mut out, line).with_context(|| format!("--file {}: line {}", path.display(), i + 1))?;
+    for gap in &gaps {
+        eprintln!("kubetape play: {}: {gap}", path.display());
     }
-    Ok(())
+    let mut out = io::stdout().lock();
+    until_the_reader_leaves(match raw {
+        Some((_, stream)) => out.write_all(&asciicast::stream_bytes(&items, stream)).map_err(Error::from),
+        None => write_text(&mut out, &items),
+    })?;
+    match raw {
+        Some((name, _)) if !gaps.is_empty() => crate::bail!("--raw {name}: not all of the stream's bytes: {}", gaps.join("; ")),
+        _ => Ok(()),
+    }
 }
 
-/// Prints one event line of a cast (any line but the header) as `play` shows it.
+/// What the session showed: both streams' text in order, and its exit status.
+fn write_text(out: &mut impl Write, items: &[Item<'_>]) -> Result<()> {
+    for item in items {
+        match item {
+            Item::Output(o) => out.write_all(o.text.as_bytes())?,
+            Item::Other(ev) if ev.code == "m" => exit_marker(out, &ev.data)?,
+            Item::Other(_) => {}
+        }
+    }
+    Ok(out.flush()?)
+}
+
+/// Prints one event line of a cast (any line but the header) as it arrives, for
+/// `follow`: the text of `o` and `e` events (a `v` event's exact bytes are for
+/// `--raw`), and the exit status.
 fn render_line(out: &mut impl Write, line: &str) -> Result<()> {
     let ev: Value = serde_json::from_str(line)?;
     match (ev[1].as_str(), ev[2].as_str()) {
         (Some("o" | "e"), Some(text)) => out.write_all(text.as_bytes())?,
-        (Some("m"), Some(mark)) if mark.starts_with("exit:") => writeln!(out, "\r\n[kubetape: {mark}]")?,
+        (Some("m"), Some(mark)) => exit_marker(out, mark)?,
         _ => {}
     }
     Ok(())
+}
+
+/// A marker as `play` shows it: only the exit status.
+fn exit_marker(out: &mut impl Write, mark: &str) -> io::Result<()> {
+    match mark.starts_with("exit:") {
+        true => writeln!(out, "\r\n[kubetape: {mark}]"),
+        false => Ok(()),
+    }
+}
+
+/// The recording's sidecar (`<id>.json` beside `<id>.cast`), if there is one.
+fn sidecar(cast: &Path) -> Result<Option<SessionMeta>> {
+    let path = cast.with_extension("json");
+    match std::fs::read(&path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        read => Ok(Some(serde_json::from_slice(&read?).with_context(|| format!("{}: not a recording's sidecar", path.display()))?)),
+    }
+}
+
+/// Why the recording does not hold the whole session, each as a sentence; none when
+/// it does (as far as its sidecar knows).
+fn gaps(meta: Option<&SessionMeta>, recording: &asciicast::Recording, cast_len: usize) -> Vec<String> {
+    let mut gaps = Vec::new();
+    if let Some(m) = meta {
+        let reason = m.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default();
+        match m.status {
+            Status::Complete => {}
+            Status::Recording => gaps.push(format!("recording {} is still being recorded (status recording): this is what was written so far", m.id)),
+            Status::Truncated => gaps.push(format!("recording {} is truncated{reason}", m.id)),
+            Status::Interrupted => gaps.push(format!("recording {} was interrupted{reason}", m.id)),
+        }
+        if m.status != Status::Recording && (cast_len as u64) < m.bytes {
+            gaps.push(format!("the file holds {cast_len} of the {} bytes its sidecar says were recorded", m.bytes));
+        }
+    }
+    if recording.torn > 0 {
+        gaps.push(format!("its last line is torn ({} bytes without a newline), left out", recording.torn));
+    }
+    gaps
+}
+
+/// Output cut short because its reader went away (`| head`) is not a failure: the
+/// command stops quietly, as ls does.
+fn until_the_reader_leaves(written: Result<()>) -> Result<()> {
+    match written {
+        Err(e) if e.io_kind() == Some(io::ErrorKind::BrokenPipe) => Ok(()),
+        other => other,
+    }
 }
 
 pub const LS_FLAGS: &[Flag] = &[
@@ -74,15 +154,69 @@ pub fn ls(args: &Args) -> Result<()> {
     }
     let store = crate::storage::fs::FsStore::open_read_only(&dir);
     let (user, ns, pod) = (args.opt("user"), args.opt("namespace"), args.opt("pod"));
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{:<30} {:<20} {:<11} {:<10} {:<28} COMMAND", "ID", "STARTED", "STATUS", "USER", "NAMESPACE/POD")?;
-    for m in store.list().context("--storage-dir")? {
-        if user.as_deref().is_some_and(|u| m.user() != u) || ns.as_deref().is_some_and(|n| m.namespace() != n) || pod.as_deref().is_some_and(|p| m.pod() != p) {
-            continue;
+    let recordings = store.list().context("--storage-dir")?;
+    let mut out = io::stdout().lock();
+    until_the_reader_leaves((|| {
+        writeln!(out, "{:<30} {:<20} {:<11} {:<10} {:<28} COMMAND", "ID", "STARTED", "STATUS", "USER", "NAMESPACE/POD")?;
+        for m in recordings {
+            if user.as_deref().is_some_and(|u| m.user() != u) || ns.as_deref().is_some_and(|n| m.namespace() != n) || pod.as_deref().is_some_and(|p| m.pod() != p) {
+                continue;
+            }
+            let command: Vec<&str> = m.session["command"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+            let status = format!("{:?}", m.status).to_lowercase();
+            writeln!(out, "{:<30} {:<20} {:<11} {:<10} {:<28} {}", m.id, m.started, status, m.user(), format!("{}/{}", m.namespace(), m.pod()), command.join(" "))?;
         }
-        let command: Vec<&str> = m.session["command"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
-        let status = format!("{:?}", m.status).to_lowercase();
-        writeln!(out, "{:<30} {:<20} {:<11} {:<10} {:<28} {}", m.id, m.started, status, m.user(), format!("{}/{}", m.namespace(), m.pod()), command.join(" "))?;
+        Ok(out.flush()?)
+    })())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn meta(status: Status, bytes: u64, reason: Option<&str>) -> SessionMeta {
+        SessionMeta {
+            id: "s-1".into(),
+            status,
+            bytes,
+            exit_code: None,
+            reason: reason.map(String::from),
+            started: "2026-11-25T22:00:00Z".into(),
+            ended: None,
+            writer: "proxy".into(),
+            session: json!({}),
+        }
     }
-    Ok(())
+
+    #[test]
+    fn gaps_name_the_status_a_short_file_and_a_torn_line() {
+        let cast = b"{\"version\": 2}\n[0.1, \"o\", \"a\"]\n[0.2, \"o\", \"b";
+        let whole = asciicast::parse(&cast[..31]).unwrap();
+        let torn = asciicast::parse(cast).unwrap();
+        assert_eq!(gaps(Some(&meta(Status::Complete, 31, None)), &whole, 31), Vec::<String>::new());
+        assert_eq!(gaps(None, &whole, 31), Vec::<String>::new());
+        assert_eq!(gaps(Some(&meta(Status::Truncated, 31, Some("recorder lost"))), &whole, 31), ["recording s-1 is truncated (recorder lost)"]);
+        assert_eq!(gaps(Some(&meta(Status::Interrupted, 31, None)), &whole, 31), ["recording s-1 was interrupted"]);
+        assert_eq!(gaps(Some(&meta(Status::Complete, 40, None)), &whole, 31), ["the file holds 31 of the 40 bytes its sidecar says were recorded"]);
+        assert_eq!(
+            gaps(Some(&meta(Status::Recording, 0, None)), &torn, cast.len()),
+            ["recording s-1 is still being recorded (status recording): this is what was written so far", "its last line is torn (13 bytes without a newline), left out"]
+        );
+    }
+
+    #[test]
+    fn text_shows_both_streams_and_the_exit_status() {
+        let cast = b"{\"version\": 2}\n[0.1, \"o\", \"out \"]\n[0.2, \"e\", \"err\"]\n[0.3, \"r\", \"80x24\"]\n[0.4, \"m\", \"exit:3\"]\n";
+        let rec = asciicast::parse(cast).unwrap();
+        let mut out = Vec::new();
+        write_text(&mut out, &asciicast::items(&rec.events).unwrap()).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "out err\r\n[kubetape: exit:3]\n");
+    }
+
+    #[test]
+    fn a_reader_going_away_is_not_a_failure() {
+        assert!(until_the_reader_leaves(Err(io::Error::from(io::ErrorKind::BrokenPipe).into())).is_ok());
+        assert!(until_the_reader_leaves(Err(io::Error::from(io::ErrorKind::PermissionDenied).into())).is_err());
+    }
 }

@@ -100,8 +100,8 @@ impl CastWriter {
             match e {
                 TapEvent::Output { stream, data } => {
                     let i = usize::from(stream == asciicast::STDERR);
-                    for piece in self.splitters[i].push(&data) {
-                        push_line(&mut out, asciicast::output_line(seconds, stream, &piece));
+                    if let Some(piece) = self.splitters[i].push(&data) {
+                        out.push_str(&asciicast::output_lines(seconds, stream, &piece));
                     }
                 }
                 TapEvent::Resize(s) => push_line(&mut out, asciicast::event_line(seconds, "r", &format!("{}x{}", s.width, s.height))),
@@ -120,7 +120,7 @@ impl CastWriter {
         let mut out = String::new();
         for (i, stream) in [asciicast::STDOUT, asciicast::STDERR].into_iter().enumerate() {
             if let Some(piece) = self.splitters[i].finish() {
-                push_line(&mut out, asciicast::output_line(seconds, stream, &piece));
+                out.push_str(&asciicast::output_lines(seconds, stream, &piece));
             }
         }
         if let Some(code) = self.exit_code {
@@ -223,8 +223,8 @@ mod tests {
         let tail = w.lines(2.5, vec![TapEvent::Output { stream: asciicast::STDERR, data: euro[..2].to_vec() }]);
         assert_eq!(tail, "");
         let end = w.finish(3.0);
-        assert!(end.ends_with("[3.000000, \"m\", \"exit:3\"]\n"), "{end}");
-        assert!(end.lines().next().unwrap().contains("stderr:"), "an unfinished sequence is kept as binary: {end}");
+        // An unfinished sequence is shown as U+FFFD, its bytes kept in a `v` event.
+        assert_eq!(end, "[3.000000, \"v\", \"stderr:4oI=\"]\n[3.000000, \"e\", \"\u{fffd}\"]\n[3.000000, \"m\", \"exit:3\"]\n");
         assert_eq!(w.exit_code(), Some(3));
     }
 }

@@ -53,11 +53,11 @@ pub const FLAGS: &[Flag] = &[
     Flag { name: "token-file", default: None, help: "static tokens: token,user,uid,\"group1,group2\"" },
     Flag { name: "data-dir", default: None, help: "scratch directory for pod files, required" },
     Flag { name: "impersonators", default: Some("system:masters"), help: "comma-separated groups allowed to impersonate" },
-    Flag { name: "kubelet", default: None, help: "act as a kubelet for a real kube-apiserver: serve /exec, /attach, /portForward, /containerLogs" },
+    Flag { name: "kubelet", default: Some("false"), help: "act as a kubelet for a real kube-apiserver: serve /exec, /attach, /portForward, /containerLogs" },
     Flag { name: "kubeconfig", default: None, help: "kubelet mode: the API server to register a Node with and run its pods for" },
     Flag { name: "node-name", default: Some("kubetape-sim"), help: "kubelet mode: the Node's name" },
-    Flag { name: "schedule", default: None, help: "kubelet mode: also bind unscheduled pods to this node (a one-node scheduler)" },
-    Flag { name: "seed", default: None, help: "create namespace default with running pod web-0 (container main)" },
+    Flag { name: "schedule", default: Some("false"), help: "kubelet mode: also bind unscheduled pods to this node (a one-node scheduler)" },
+    Flag { name: "seed", default: Some("false"), help: "create namespace default with running pod web-0 (container main)" },
 ];
 
 pub struct Config {

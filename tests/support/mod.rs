@@ -125,6 +125,12 @@ impl Demo {
         out
     }
 
+    /// The `.cast` file of recording `id` (its sidecar `<id>.json` beside it).
+    pub fn cast_path(&self, id: &str) -> PathBuf {
+        let days = std::fs::read_dir(self.path("recordings")).map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>()).unwrap_or_default();
+        days.into_iter().map(|d| d.join(format!("{id}.cast"))).find(|p| p.exists()).unwrap_or_else(|| panic!("no {id}.cast under {}", self.path("recordings").display()))
+    }
+
     /// Waits for a recording whose sidecar satisfies `pred` and is no longer `recording`.
     pub fn wait_recording(&self, pred: impl Fn(&serde_json::Value, &str) -> bool) -> (serde_json::Value, String) {
         eventually(Duration::from_secs(20), || {
@@ -373,6 +379,16 @@ pub fn port_alive(port: u16) -> bool {
 /// Waits until `host:port` accepts TCP connections.
 pub fn wait_for_port(port: u16) {
     eventually(Duration::from_secs(20), || if port_alive(port) { Ok(()) } else { Err(format!("nothing listening on {port}")) });
+}
+
+/// What `asciinema cat`, the independent player, prints for a cast.
+pub fn asciinema_cat(cast: &str) -> String {
+    let dir = TempDir::new("cast");
+    let path = dir.0.join("s.cast");
+    std::fs::write(&path, cast).expect("writing the cast");
+    let out = Command::new("python3").args(["-m", "asciinema", "cat"]).arg(&path).output().expect("python3");
+    assert!(out.status.success(), "asciinema cat failed (install it: pip install asciinema==2.4.0): {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// How often [`eventually`] looks again.
