@@ -505,6 +505,37 @@ mod tests {
         assert!(m.report().reason.unwrap_or_default().contains("channel 6 names no port"));
     }
 
+    /// Through the tunnel itself: the API server sends garbage mid-forward.
+    #[test]
+    fn the_forward_runs_on_past_garbage_in_fail_open_and_ends_in_fail_closed() {
+        use crate::net::testutil::conn_pair;
+        use std::io::{Read, Write};
+        let (up, _) = spdy_forward();
+        let garbage = [0x80, 0x09, 0, 1, 0, 0, 0, 0];
+        for mode in [FailMode::Open, FailMode::Closed] {
+            let ((mut kubectl, client), (mut apiserver, server)) = (conn_pair(), conn_pair());
+            let meter = Arc::new(Meter::new("SPDY/3.1", "portforward.k8s.io", "", mode));
+            let m = meter.clone();
+            let forward = std::thread::spawn(move || run("t", (Input::new(client.read), client.write), (Input::new(server.read), server.write), &m));
+            kubectl.write_all(&up).unwrap();
+            let mut passed = vec![0u8; up.len()];
+            apiserver.read_exact(&mut passed).unwrap();
+            assert_eq!(passed, up, "{mode:?}: bytes pass unchanged");
+            apiserver.write_all(&[&garbage[..], b"after"].concat()).unwrap();
+            apiserver.shutdown(std::net::Shutdown::Write).unwrap();
+            kubectl.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+            let mut got = Vec::new();
+            let _ = kubectl.read_to_end(&mut got);
+            drop(kubectl);
+            let _ = forward.join().unwrap();
+            match mode {
+                FailMode::Open => assert_eq!(got, [&garbage[..], b"after"].concat(), "fail-open: the forward runs on"),
+                FailMode::Closed => assert!(got.is_empty(), "fail-closed: nothing uncounted passes: {got:?}"),
+            }
+            assert!(meter.report().truncated, "{mode:?}");
+        }
+    }
+
     #[test]
     fn garbage_stops_the_counts_and_the_fail_mode_decides() {
         let (up, _) = spdy_forward();

@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use super::{send_json, ApiError, Cluster, Outcome, Request};
 use crate::net::conn::{Input, WriteHalf};
 use crate::net::websocket::{self, AcceptError};
+use crate::recording::portforward::SPDY_OVER_WEBSOCKET;
 use crate::sim::discovery;
 use crate::sim::gourl;
 use crate::sim::pods::{container_env, pod_dir, start_container, start_pod, stop_pod};
@@ -641,15 +642,21 @@ fn port_forward(req: &Request, out: &mut WriteHalf, pod: &Value) -> Reply {
         .flat_map(|c| c["ports"].as_array().cloned().unwrap_or_default())
         .filter_map(|p| p["containerPort"].as_u64().and_then(|p| u16::try_from(p).ok()))
         .collect();
-    match upgrade(req, out, &[channel::PORT_FORWARD_PROTOCOL])? {
-        Proto::WebSocket { .. } => Err(ApiError::new(400, "port-forward over WebSocket is not supported by kubetape sim")),
-        Proto::Spdy => Ok(Outcome::Upgrade(Box::new(move |input, output| {
-            let allowed = move |p: u16| declared.is_empty() || declared.contains(&p);
-            if let Err(e) = streams::spdy_port_forward(input, output, allowed) {
-                log::info!("port-forward ended error={e}");
-            }
-        }))),
-    }
+    // WebSocket carries SPDY tunnelled (kube-apiserver's tunneling handler); the
+    // kubelet's own channel protocol for port-forward is not served.
+    let websocket = req.head.upgrade().is_some_and(|u| u.eq_ignore_ascii_case("websocket"));
+    let supported = if websocket { SPDY_OVER_WEBSOCKET } else { channel::PORT_FORWARD_PROTOCOL };
+    let proto = upgrade(req, out, &[supported])?;
+    Ok(Outcome::Upgrade(Box::new(move |input, output| {
+        let allowed = move |p: u16| declared.is_empty() || declared.contains(&p);
+        let served = match proto {
+            Proto::Spdy => streams::spdy_port_forward(input, output, allowed),
+            Proto::WebSocket { .. } => streams::ws_tunnelled_port_forward(input, output, allowed),
+        };
+        if let Err(e) = served {
+            log::info!("port-forward ended error={e}");
+        }
+    })))
 }
 
 /// `nodes/NODE/proxy/PATH`: kube-apiserver's node proxy passes any request, upgrades

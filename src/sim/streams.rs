@@ -1,11 +1,12 @@
 //! The kubelet's side of remote-command streams, over SPDY/3.1 and WebSocket, turned
 //! into one shape the exec and attach sessions use: [`Inbound`] events from the client
 //! and an [`Outbound`] to write channels and the final status. Port-forward over
-//! SPDY lives here too.
+//! SPDY lives here too, and SPDY tunnelled in WebSocket for it, as kube-apiserver 1.30+
+//! bridges it to a kubelet's SPDY (`PortForwardWebsockets`).
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::net::TcpStream;
+use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
@@ -13,7 +14,7 @@ use std::time::Duration;
 use crossbeam_channel::{bounded, Receiver, Sender};
 use serde_json::Value;
 
-use crate::net::conn::{Input, WriteHalf};
+use crate::net::conn::{Conn, Input, WriteHalf};
 use crate::net::sync::lock;
 use crate::net::websocket;
 use crate::wire::channel::{self, TerminalSize};
@@ -319,6 +320,55 @@ fn forward_socket(mut sock: TcpStream, id: u32, error_id: Option<u32>, out: &Sha
     if let Some(eid) = error_id {
         let _ = o.out.write_all(&spdy::encode_data(eid, spdy::FLAG_FIN, &[]));
     }
+}
+
+/// Serves `kubectl port-forward` over SPDY tunnelled in WebSocket binary messages
+/// (subprotocol `SPDY/3.1+portforward.k8s.io`, kubectl 1.30+): as kube-apiserver's
+/// tunneling handler does, the messages' bytes are bridged to a SPDY port-forward,
+/// here [`spdy_port_forward`] on the far end of a loopback connection. Pings are
+/// answered; a close ends the bridge.
+pub fn ws_tunnelled_port_forward(mut input: Input, output: WriteHalf, allowed: impl Fn(u16) -> bool + Send + 'static) -> io::Result<()> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let mut near = TcpStream::connect(listener.local_addr()?)?;
+    let far = loop {
+        let (sock, from) = listener.accept()?;
+        // Only our own end may become the SPDY side.
+        if from == near.local_addr()? {
+            break Conn::plain(sock).map_err(io::Error::other)?;
+        }
+    };
+    thread::Builder::new().name("pf-spdy".into()).spawn(move || {
+        if let Err(e) = spdy_port_forward(Input::new(far.read), far.write, allowed) {
+            log::debug!("tunnelled port-forward ended error={e}");
+        }
+    })?;
+    let out = Arc::new(WsOutbound { out: Mutex::new(output) });
+    let mut from_spdy = near.try_clone()?;
+    let to_client = out.clone();
+    thread::Builder::new().name("pf-ws-down".into()).spawn(move || {
+        let mut buf = vec![0u8; MAX_WRITE];
+        while let Ok(n @ 1..) = from_spdy.read(&mut buf) {
+            if to_client.send(ws::OP_BINARY, &buf[..n]).is_err() {
+                break;
+            }
+        }
+        to_client.finish(None);
+    })?;
+    let bridged = (|| {
+        while let Some(frame) = websocket::next_frame(&mut input)? {
+            match frame.opcode {
+                ws::OP_PING => out.send(ws::OP_PONG, &frame.payload)?,
+                ws::OP_CLOSE => break,
+                ws::OP_PONG => {}
+                _ => near.write_all(&frame.payload)?,
+            }
+        }
+        Ok(())
+    })();
+    // However the client left, the SPDY side sees the end (the down thread holds a
+    // clone of the socket, so dropping ours would not).
+    let _ = near.shutdown(std::net::Shutdown::Write);
+    bridged
 }
 
 // ---- WebSocket ----
