@@ -185,27 +185,26 @@ impl State {
         }
     }
 
+    /// What was parsed before an error still counts, so the counts do not depend on
+    /// where the stream was split.
     fn feed(&mut self, side: Side, data: &[u8]) -> Result<(), String> {
-        let i = side as usize;
-        let spdy_bytes = match &self.framing {
-            Framing::Spdy => return self.spdy_feed(side, data),
-            Framing::SpdyOverWs => self.ws[i].feed(data, side == Side::ToPod)?,
-            Framing::Channels(_) => {
-                for p in self.ws[i].feed(data, side == Side::ToPod)? {
-                    self.channel_payload(side, p)?;
-                }
-                return Ok(());
-            }
-        };
-        for p in spdy_bytes {
-            self.spdy_feed(side, &p.bytes)?;
+        if self.framing == Framing::Spdy {
+            return self.spdy_feed(side, data);
         }
-        Ok(())
+        let mut payloads = Vec::new();
+        let unwrapped = self.ws[side as usize].feed(data, side == Side::ToPod, &mut payloads);
+        for p in payloads {
+            match self.framing {
+                Framing::Channels(_) => self.channel_payload(side, p)?,
+                _ => self.spdy_feed(side, &p.bytes)?,
+            }
+        }
+        unwrapped
     }
 
     fn spdy_feed(&mut self, side: Side, data: &[u8]) -> Result<(), String> {
         let mut seen = Vec::new();
-        self.spdy[side as usize].feed(data, side == Side::ToPod, &mut seen)?;
+        let walked = self.spdy[side as usize].feed(data, side == Side::ToPod, &mut seen);
         for s in seen {
             match s {
                 Seen::Open { id, port: Some(port), data } => self.open(id, port, data),
@@ -213,7 +212,7 @@ impl State {
                 Seen::Data { id, len } => self.count(side, id, len),
             }
         }
-        Ok(())
+        walked
     }
 
     /// A channel-protocol message piece: its first byte names the channel; the
@@ -347,8 +346,7 @@ struct WsUnwrap {
 }
 
 impl WsUnwrap {
-    fn feed(&mut self, mut data: &[u8], from_client: bool) -> Result<Vec<Payload>, String> {
-        let mut out = Vec::new();
+    fn feed(&mut self, mut data: &[u8], from_client: bool, out: &mut Vec<Payload>) -> Result<(), String> {
         while !data.is_empty() {
             if let Some((left, mask, offset, is_data)) = self.frame {
                 let n = left.min(data.len() as u64) as usize;
@@ -381,7 +379,7 @@ impl WsUnwrap {
                 self.frame = Some((head.payload_len, head.mask, 0, is_data));
             }
         }
-        Ok(out)
+        Ok(())
     }
 }
 

@@ -251,36 +251,49 @@ fn pax_records(mut data: &[u8]) -> Vec<(&[u8], &[u8])> {
     out
 }
 
+/// A header block with a valid checksum, for tests and fuzz seeds: GNU magic, or
+/// POSIX ustar with `prefix`.
+pub fn encode_header(name: &str, size: u64, kind: u8, prefix: Option<&str>) -> Vec<u8> {
+    let mut h = vec![0u8; BLOCK];
+    let n = name.len().min(100);
+    h[..n].copy_from_slice(&name.as_bytes()[..n]);
+    h[100..108].copy_from_slice(b"0000644\0");
+    h[124..136].copy_from_slice(format!("{:011o}\0", size.min(0o777_7777_7777)).as_bytes());
+    h[156] = kind;
+    match prefix {
+        Some(p) => {
+            let p = &p.as_bytes()[..p.len().min(155)];
+            h[257..265].copy_from_slice(b"ustar\000");
+            h[345..345 + p.len()].copy_from_slice(p);
+        }
+        None => h[257..265].copy_from_slice(b"ustar  \0"),
+    }
+    seal(&mut h);
+    h
+}
+
+/// Sets a header's checksum.
+fn seal(h: &mut [u8]) {
+    h[148..156].copy_from_slice(b"        ");
+    let sum: u32 = h.iter().map(|b| u32::from(*b)).sum();
+    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+}
+
+/// An entry: its header, then `data` padded to whole blocks.
+pub fn encode_entry(name: &str, data: &[u8], kind: u8) -> Vec<u8> {
+    let mut out = encode_header(name, data.len() as u64, kind, None);
+    out.extend_from_slice(data);
+    out.resize(out.len() + (BLOCK - data.len() % BLOCK) % BLOCK, 0);
+    out
+}
+
+/// The end of an archive: two zero blocks.
+pub const END: [u8; 2 * BLOCK] = [0; 2 * BLOCK];
+
 #[cfg(test)]
-pub mod tests {
+mod tests {
     use super::*;
     use crate::wire::testutil::for_each_split;
-
-    /// A header block with a valid checksum.
-    pub fn header(name: &str, size: u64, kind: u8, ustar_prefix: Option<&str>) -> Vec<u8> {
-        let mut h = vec![0u8; BLOCK];
-        h[..name.len().min(100)].copy_from_slice(&name.as_bytes()[..name.len().min(100)]);
-        h[100..108].copy_from_slice(b"0000644\0");
-        h[124..136].copy_from_slice(format!("{size:011o}\0").as_bytes());
-        h[156] = kind;
-        match ustar_prefix {
-            Some(p) => {
-                h[257..263].copy_from_slice(b"ustar\0");
-                h[263..265].copy_from_slice(b"00");
-                h[345..345 + p.len()].copy_from_slice(p.as_bytes());
-            }
-            None => h[257..265].copy_from_slice(b"ustar  \0"),
-        }
-        seal(&mut h);
-        h
-    }
-
-    /// Sets a header's checksum.
-    fn seal(h: &mut [u8]) {
-        h[148..156].copy_from_slice(b"        ");
-        let sum: u32 = h.iter().map(|b| u32::from(*b)).sum();
-        h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
-    }
 
     /// A pax record, its length counting itself.
     fn pax(key: &str, value: &str) -> String {
@@ -296,15 +309,6 @@ pub mod tests {
         let mut d = data.to_vec();
         d.resize(data.len().div_ceil(BLOCK) * BLOCK, 0);
         d
-    }
-
-    /// An entry: header, then its data padded.
-    pub fn entry(name: &str, data: &[u8], kind: u8) -> Vec<u8> {
-        [header(name, data.len() as u64, kind, None), padded(data)].concat()
-    }
-
-    pub fn end() -> Vec<u8> {
-        vec![0u8; 2 * BLOCK]
     }
 
     fn scan(pieces: &[&[u8]]) -> Listing {
@@ -324,15 +328,15 @@ pub mod tests {
         let long = format!("deep/{}/file.txt", "d".repeat(150));
         let pax = [pax("path", "pax/named/file.bin"), pax("size", "700"), pax("mtime", "1.5")].concat();
         let archive = [
-            entry("dir/", b"", b'5'),
-            entry("dir/a.txt", b"hello", b'0'),
-            entry("././@LongLink", format!("{long}\0").as_bytes(), b'L'),
-            entry(&long[..100], &[7u8; 1000], b'0'),
-            entry("PaxHeaders/x", pax.as_bytes(), b'x'),
-            [header("short", 99, b'0', None), padded(&[1u8; 700])].concat(),
-            [header("b.bin", 600, b'0', Some("pre/fix")), padded(&[2u8; 600])].concat(),
-            entry("link", b"", b'2'),
-            end(),
+            encode_entry("dir/", b"", b'5'),
+            encode_entry("dir/a.txt", b"hello", b'0'),
+            encode_entry("././@LongLink", format!("{long}\0").as_bytes(), b'L'),
+            encode_entry(&long[..100], &[7u8; 1000], b'0'),
+            encode_entry("PaxHeaders/x", pax.as_bytes(), b'x'),
+            [encode_header("short", 99, b'0', None), padded(&[1u8; 700])].concat(),
+            [encode_header("b.bin", 600, b'0', Some("pre/fix")), padded(&[2u8; 600])].concat(),
+            encode_entry("link", b"", b'2'),
+            END.to_vec(),
         ]
         .concat();
         let want = vec![file("dir/a.txt", 5), file(&long, 1000), file("pax/named/file.bin", 700), file("pre/fix/b.bin", 600)];
@@ -347,28 +351,28 @@ pub mod tests {
     fn what_is_kept_is_bounded() {
         let mut archive = Vec::new();
         for i in 0..MAX_ENTRIES + 5 {
-            archive.extend(entry(&format!("f{i}"), b"x", b'0'));
+            archive.extend(encode_entry(&format!("f{i}"), b"x", b'0'));
         }
-        let l = scan(&[&archive, &end()]);
+        let l = scan(&[&archive, &END.to_vec()]);
         assert_eq!((l.files.len(), l.count, l.truncated, l.ended), (MAX_ENTRIES, MAX_ENTRIES as u64 + 5, true, true));
         let huge = "é".repeat(MAX_NAME);
-        let l = scan(&[&entry("././@LongLink", huge.as_bytes(), b'L'), &entry("x", b"", b'0'), &end()]);
+        let l = scan(&[&encode_entry("././@LongLink", huge.as_bytes(), b'L'), &encode_entry("x", b"", b'0'), &END.to_vec()]);
         assert!(l.truncated && l.files[0].name.len() <= MAX_NAME && l.files[0].name.starts_with('é'), "{:?}", l.files[0].name.len());
         let meta = vec![b'a'; MAX_META + 10];
-        let l = scan(&[&entry("././@LongLink", &meta, b'L'), &entry("y", b"", b'0'), &end()]);
+        let l = scan(&[&encode_entry("././@LongLink", &meta, b'L'), &encode_entry("y", b"", b'0'), &END.to_vec()]);
         assert!(l.truncated && l.files.len() == 1 && l.ended);
     }
 
     #[test]
     fn garbage_ends_the_scan_without_panicking() {
-        let l = scan(&[&entry("a", b"1", b'0'), &[0xffu8; 3000]]);
+        let l = scan(&[&encode_entry("a", b"1", b'0'), &[0xffu8; 3000]]);
         assert!(!checksum_holds(&[0xffu8; BLOCK]));
         assert_eq!((l.files, l.truncated, l.ended), (vec![file("a", 1)], true, false));
-        let mut bad = header("b", 1, b'0', None);
+        let mut bad = encode_header("b", 1, b'0', None);
         bad[124] = b'9';
         seal(&mut bad);
         assert!(scan(&[&bad]).truncated);
-        let mut neg = header("c", 0, b'0', None);
+        let mut neg = encode_header("c", 0, b'0', None);
         neg[124..136].copy_from_slice(&[0xff; 12]);
         seal(&mut neg);
         assert!(scan(&[&neg]).truncated, "a base-256 size past u64");

@@ -176,7 +176,7 @@ impl Watch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::recording::tar::tests::{end, entry};
+    use crate::recording::tar::{encode_entry, END};
 
     fn argv(s: &str) -> Vec<String> {
         s.split(' ').map(String::from).collect()
@@ -215,7 +215,7 @@ mod tests {
     fn the_observer_lists_only_its_channel() {
         let w = Watch::new(Transfer { direction: Direction::Upload, paths: vec!["/d".into()] });
         let mut o = w.observer();
-        let tar = [entry("a", b"12345", b'0'), entry("b", &[0; 700], b'0'), end()].concat();
+        let tar = [encode_entry("a", b"12345", b'0'), encode_entry("b", &[0; 700], b'0'), END.to_vec()].concat();
         o.observe(channel::STDOUT, b"not the archive");
         for piece in tar.chunks(100) {
             o.observe(channel::STDIN, piece);
@@ -224,7 +224,7 @@ mod tests {
         assert_eq!(r.files.iter().map(|f| (f.name.as_str(), f.size)).collect::<Vec<_>>(), vec![("a", 5), ("b", 700)]);
         assert_eq!((r.direction.as_str(), r.file_count, r.total_bytes, r.truncated, r.exit_code), ("upload", 2, 705, false, Some(0)));
         let cut = Watch::new(Transfer { direction: Direction::Download, paths: vec![] });
-        cut.observer().observe(channel::STDOUT, &entry("c", b"x", b'0'));
+        cut.observer().observe(channel::STDOUT, &encode_entry("c", b"x", b'0'));
         assert!(cut.report(None).truncated, "the archive's end was not seen");
     }
 }
