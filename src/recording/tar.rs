@@ -263,7 +263,7 @@ pub fn encode_header(name: &str, size: u64, kind: u8, prefix: Option<&str>) -> V
     match prefix {
         Some(p) => {
             let p = &p.as_bytes()[..p.len().min(155)];
-            h[257..265].copy_from_slice(b"ustar\000");
+            h[257..265].copy_from_slice(b"ustar\x0000");
             h[345..345 + p.len()].copy_from_slice(p);
         }
         None => h[257..265].copy_from_slice(b"ustar  \0"),
@@ -353,13 +353,13 @@ mod tests {
         for i in 0..MAX_ENTRIES + 5 {
             archive.extend(encode_entry(&format!("f{i}"), b"x", b'0'));
         }
-        let l = scan(&[&archive, &END.to_vec()]);
+        let l = scan(&[&archive, &END]);
         assert_eq!((l.files.len(), l.count, l.truncated, l.ended), (MAX_ENTRIES, MAX_ENTRIES as u64 + 5, true, true));
         let huge = "é".repeat(MAX_NAME);
-        let l = scan(&[&encode_entry("././@LongLink", huge.as_bytes(), b'L'), &encode_entry("x", b"", b'0'), &END.to_vec()]);
+        let l = scan(&[&encode_entry("././@LongLink", huge.as_bytes(), b'L'), &encode_entry("x", b"", b'0'), &END]);
         assert!(l.truncated && l.files[0].name.len() <= MAX_NAME && l.files[0].name.starts_with('é'), "{:?}", l.files[0].name.len());
         let meta = vec![b'a'; MAX_META + 10];
-        let l = scan(&[&encode_entry("././@LongLink", &meta, b'L'), &encode_entry("y", b"", b'0'), &END.to_vec()]);
+        let l = scan(&[&encode_entry("././@LongLink", &meta, b'L'), &encode_entry("y", b"", b'0'), &END]);
         assert!(l.truncated && l.files.len() == 1 && l.ended);
     }
 
