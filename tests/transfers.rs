@@ -2,7 +2,8 @@
 //! (1.27 over SPDY, 1.32 over SPDY and WebSocket) through the proxy to the simulated
 //! cluster, `kubectl cp` both ways and `kubectl port-forward` with bytes each way,
 //! judged on the events the recorder stored (its events API) and, for uploads, on the
-//! recording holding none of what went in on stdin.
+//! recording holding none of what went in on stdin. The kubelet's own WebSocket
+//! port-forward protocol, which no kubectl sends, is driven by a raw client.
 
 mod support;
 
@@ -11,7 +12,9 @@ use std::net::{TcpListener, TcpStream};
 use std::process::Stdio;
 use std::time::Duration;
 
+use kubetape::wire::ws;
 use serde_json::Value;
+use support::streams::{self, Answer, Upgrade};
 use support::{eventually, Demo, Kubectl, OutputExt, Proto};
 
 /// What every pass runs: the versions and protocols the brief names.
@@ -137,10 +140,7 @@ fn kubectl_port_forward_counts_ports_bytes_and_time() {
         let _ = child.kill();
         let _ = child.wait();
 
-        let ev = eventually(EVENT_WAIT, || {
-            let evs = stream_events(&demo, "pods/portforward", "PortForward");
-            evs.into_iter().find(|e| e["portForward"]["ports"][0]["port"] == port).ok_or_else(|| format!("{label}: no PortForward event for port {port}"))
-        });
+        let ev = port_forward_event(&demo, port, &label);
         println!("{label}: {ev}");
         let pf = &ev["portForward"];
         let p = &pf["ports"][0];
@@ -155,4 +155,37 @@ fn kubectl_port_forward_counts_ports_bytes_and_time() {
         let verb = if *proto == Proto::WebSocket { "get" } else { "create" };
         assert_eq!(ev["verb"], verb, "{label}: {ev}");
     }
+}
+
+/// The PortForward event for `port`, once the recorder has it.
+fn port_forward_event(demo: &Demo, port: u16, label: &str) -> Value {
+    eventually(EVENT_WAIT, || {
+        let evs = stream_events(demo, "pods/portforward", "PortForward");
+        evs.into_iter().find(|e| e["portForward"]["ports"][0]["port"] == port).ok_or_else(|| format!("{label}: no PortForward event for port {port}"))
+    })
+}
+
+#[test]
+fn port_forward_over_the_kubelet_channel_protocol_is_counted() {
+    let demo = Demo::start();
+    let (to_pod, from_pod) = (1500usize, 2500usize);
+    let port = one_shot_server(to_pod, from_pod);
+    let target = format!("/api/v1/namespaces/default/pods/web-0/portforward?ports={port}");
+    let answer = streams::send(&demo.proxy_addr(), &demo.path("kubeconfig"), "GET", &target, Upgrade::WebSocket("v4.channel.k8s.io")).expect("the upgrade");
+    let Answer::Switched(mut s) = answer else { panic!("not switched: {}", demo.logs()) };
+    assert_eq!(s.subprotocol, "v4.channel.k8s.io");
+    // One message on the data channel, in two frames.
+    let data = vec![b's'; to_pod];
+    s.send(&[streams::ws_frame(false, ws::OP_BINARY, &[&[0u8][..], &data[..700]].concat()), streams::ws_frame(true, ws::OP_CONTINUATION, &data[700..])].concat()).unwrap();
+    let got = s.wait(Duration::from_secs(20), |r| r.bytes(0).len() >= 2 + from_pod);
+    assert_eq!((&got.bytes(0)[..2], got.bytes(0).len()), (&port.to_le_bytes()[..], 2 + from_pod), "the port, then the pod's answer");
+    s.hang_up();
+    let ev = port_forward_event(&demo, port, "channel protocol");
+    println!("channel protocol: {ev}");
+    let p = &ev["portForward"]["ports"][0];
+    assert_eq!(
+        (p["connections"].as_u64(), p["bytesToPod"].as_u64(), p["bytesFromPod"].as_u64(), ev["portForward"]["truncated"].as_bool()),
+        (Some(1), Some(to_pod as u64), Some(from_pod as u64), Some(false)),
+        "{ev}"
+    );
 }

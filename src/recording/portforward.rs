@@ -7,7 +7,7 @@
 //!   opens, `error` and `data`, with the pod's port in a `port` header;
 //! - SPDY/3.1 inside WebSocket binary messages (`SPDY/3.1+portforward.k8s.io`, what
 //!   kubectl 1.30+ sends with `KUBECTL_PORT_FORWARD_WEBSOCKETS`);
-//! - the kubelet's channel protocol (`v4.channel.k8s.io`, `channel.k8s.io`), ports in
+//! - the kubelet's channel protocol (`v4.channel.k8s.io`, or none offered), ports in
 //!   the `ports` query: channels `2i` (data) and `2i+1` (error) for the i-th port,
 //!   the server's first message on each led by the port in 2 bytes, little-endian.
 //!
@@ -36,8 +36,11 @@ pub const MAX_PORTS: usize = 64;
 /// The WebSocket subprotocol of SPDY tunnelled in WebSocket (client-go's
 /// `WebsocketsSPDYTunnelingPortForwardV1`).
 pub const SPDY_OVER_WEBSOCKET: &str = "SPDY/3.1+portforward.k8s.io";
-/// The kubelet's channel subprotocols for port-forward over WebSocket.
-const CHANNEL_PROTOCOLS: &[&str] = &["v4.channel.k8s.io", "channel.k8s.io", ""];
+/// The kubelet's binary channel subprotocol for port-forward over WebSocket.
+pub const CHANNEL_PORT_FORWARD: &str = "v4.channel.k8s.io";
+/// The kubelet's channel protocol, agreed by name or with none offered
+/// (`handleWebSocketStreams`; the base64 form, in text frames, is not counted).
+const CHANNEL_PROTOCOLS: &[&str] = &[CHANNEL_PORT_FORWARD, ""];
 
 /// Which way bytes flow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

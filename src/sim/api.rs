@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use super::{send_json, ApiError, Cluster, Outcome, Request};
 use crate::net::conn::{Input, WriteHalf};
 use crate::net::websocket::{self, AcceptError};
-use crate::recording::portforward::SPDY_OVER_WEBSOCKET;
+use crate::recording::portforward::{CHANNEL_PORT_FORWARD, SPDY_OVER_WEBSOCKET};
 use crate::sim::discovery;
 use crate::sim::gourl;
 use crate::sim::pods::{container_env, pod_dir, start_container, start_pod, stop_pod};
@@ -642,15 +642,28 @@ fn port_forward(req: &Request, out: &mut WriteHalf, pod: &Value) -> Reply {
         .flat_map(|c| c["ports"].as_array().cloned().unwrap_or_default())
         .filter_map(|p| p["containerPort"].as_u64().and_then(|p| u16::try_from(p).ok()))
         .collect();
-    // WebSocket carries SPDY tunnelled (kube-apiserver's tunneling handler); the
-    // kubelet's own channel protocol for port-forward is not served.
+    // Over WebSocket, SPDY tunnelled (kube-apiserver's tunneling handler, what kubectl
+    // sends), or the kubelet's channel protocol with the ports in the query (what
+    // kube-apiserver passes through to the kubelet).
     let websocket = req.head.upgrade().is_some_and(|u| u.eq_ignore_ascii_case("websocket"));
-    let supported = if websocket { SPDY_OVER_WEBSOCKET } else { channel::PORT_FORWARD_PROTOCOL };
-    let proto = upgrade(req, out, &[supported])?;
+    let ports: Vec<u16> = req.params("ports").iter().flat_map(|v| v.split(',').filter_map(|p| p.trim().parse().ok()).collect::<Vec<u16>>()).collect();
+    let channels = websocket && !req.head.headers.tokens("sec-websocket-protocol").any(|p| p == SPDY_OVER_WEBSOCKET);
+    if channels && ports.is_empty() {
+        return Err(ApiError::new(400, "query parameter \"ports\" is required"));
+    }
+    let supported: &[&str] = if !websocket {
+        &[channel::PORT_FORWARD_PROTOCOL]
+    } else if channels {
+        &[CHANNEL_PORT_FORWARD]
+    } else {
+        &[SPDY_OVER_WEBSOCKET]
+    };
+    let proto = upgrade(req, out, supported)?;
     Ok(Outcome::Upgrade(Box::new(move |input, output| {
         let allowed = move |p: u16| declared.is_empty() || declared.contains(&p);
         let served = match proto {
             Proto::Spdy => streams::spdy_port_forward(input, output, allowed),
+            Proto::WebSocket { .. } if channels => streams::ws_channel_port_forward(input, output, ports, allowed),
             Proto::WebSocket { .. } => streams::ws_tunnelled_port_forward(input, output, allowed),
         };
         if let Err(e) = served {

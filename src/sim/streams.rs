@@ -371,6 +371,74 @@ pub fn ws_tunnelled_port_forward(mut input: Input, output: WriteHalf, allowed: i
     bridged
 }
 
+/// Serves port-forward over the kubelet's WebSocket channel protocol
+/// (`v4.channel.k8s.io`, or none offered), as its `handleWebSocketStreams`: the i-th
+/// of `ports` has channels `2i` (data) and `2i+1` (error), each opened by a message
+/// carrying the port in 2 bytes, little-endian; what arrives on a data channel goes
+/// to the port, what the port answers comes back on it. Ends when the client closes
+/// or every port's connection has ended.
+pub fn ws_channel_port_forward(mut input: Input, output: WriteHalf, ports: Vec<u16>, allowed: impl Fn(u16) -> bool) -> io::Result<()> {
+    let out = Arc::new(WsOutbound { out: Mutex::new(output) });
+    let mut sockets: Vec<Option<TcpStream>> = Vec::new();
+    let mut readers = Vec::new();
+    for (i, &port) in ports.iter().enumerate() {
+        let (data, error) = (2 * i as u8, 2 * i as u8 + 1);
+        for ch in [data, error] {
+            out.send(ws::OP_BINARY, &channel::ws_message(ch, &port.to_le_bytes()))?;
+        }
+        let sock = if allowed(port) { TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string()) } else { Err(format!("port {port} is not declared by the pod")) };
+        match sock {
+            Ok(sock) => {
+                let (mut from_pod, to_client) = (sock.try_clone()?, out.clone());
+                readers.push(thread::Builder::new().name(format!("pf-ws-{port}")).spawn(move || {
+                    let mut buf = vec![0u8; MAX_WRITE];
+                    while let Ok(n @ 1..) = from_pod.read(&mut buf) {
+                        if to_client.send(ws::OP_BINARY, &channel::ws_message(data, &buf[..n])).is_err() {
+                            break;
+                        }
+                    }
+                })?);
+                sockets.push(Some(sock));
+            }
+            Err(e) => {
+                out.send(ws::OP_BINARY, &channel::ws_message(error, format!("error forwarding port {port} to pod: {e}").as_bytes()))?;
+                sockets.push(None);
+            }
+        }
+    }
+    // The client's frames, on a thread of its own, so that the ports' end can end
+    // the connection too.
+    let client_socks: Vec<Option<TcpStream>> = sockets.iter().map(|s| s.as_ref().and_then(|s| s.try_clone().ok())).collect();
+    thread::Builder::new().name("pf-ws-read".into()).spawn(move || {
+        let mut message: Vec<u8> = Vec::new();
+        while let Ok(Some(frame)) = websocket::next_frame(&mut input) {
+            match frame.opcode {
+                ws::OP_CLOSE => break,
+                ws::OP_PING | ws::OP_PONG => {}
+                _ => {
+                    message.extend_from_slice(&frame.payload);
+                    if !frame.fin {
+                        continue;
+                    }
+                    let msg = std::mem::take(&mut message);
+                    let Some((&ch, data)) = msg.split_first() else { continue };
+                    if let Some(Some(mut sock)) = (ch % 2 == 0).then(|| client_socks.get(usize::from(ch / 2))).flatten().map(Option::as_ref) {
+                        let _ = sock.write_all(data);
+                    }
+                }
+            }
+        }
+        for sock in client_socks.iter().flatten() {
+            let _ = sock.shutdown(std::net::Shutdown::Write);
+        }
+    })?;
+    for r in readers {
+        let _ = r.join();
+    }
+    out.finish(None);
+    Ok(())
+}
+
 // ---- WebSocket ----
 
 struct WsOutbound {
