@@ -632,6 +632,9 @@ fn remote_command(req: &Request, out: &mut WriteHalf, target: Target) -> Reply {
     })))
 }
 
+/// Two channels a port, each named by one byte.
+const MAX_CHANNEL_PORTS: usize = 128;
+
 fn port_forward(req: &Request, out: &mut WriteHalf, pod: &Value) -> Reply {
     // Declared container ports, or any port when the pod declares none (as kubelet
     // forwards to any port in the pod's network namespace).
@@ -650,6 +653,9 @@ fn port_forward(req: &Request, out: &mut WriteHalf, pod: &Value) -> Reply {
     let channels = websocket && !req.head.headers.tokens("sec-websocket-protocol").any(|p| p == SPDY_OVER_WEBSOCKET);
     if channels && ports.is_empty() {
         return Err(ApiError::new(400, "query parameter \"ports\" is required"));
+    }
+    if channels && ports.len() > MAX_CHANNEL_PORTS {
+        return Err(ApiError::new(400, format!("at most {MAX_CHANNEL_PORTS} ports over the channel protocol")));
     }
     let supported: &[&str] = if !websocket {
         &[channel::PORT_FORWARD_PROTOCOL]

@@ -382,7 +382,9 @@ pub fn ws_channel_port_forward(mut input: Input, output: WriteHalf, ports: Vec<u
     let mut sockets: Vec<Option<TcpStream>> = Vec::new();
     let mut readers = Vec::new();
     for (i, &port) in ports.iter().enumerate() {
-        let (data, error) = (2 * i as u8, 2 * i as u8 + 1);
+        // The caller allows at most 128 ports; past that no channel byte would name them.
+        let Ok(data) = u8::try_from(2 * i) else { break };
+        let error = data | 1;
         for ch in [data, error] {
             out.send(ws::OP_BINARY, &channel::ws_message(ch, &port.to_le_bytes()))?;
         }
