@@ -520,7 +520,7 @@ fn pod_subresource(cluster: &Arc<Cluster>, req: &Request, out: &mut WriteHalf, n
             };
             remote_command(req, out, target)
         }
-        ("GET" | "POST", "portforward") => port_forward(req, out, &pod),
+        ("GET" | "POST", "portforward") => port_forward(req, out, &pod, false),
         _ => Err(ApiError::new(404, "the server could not find the requested resource")),
     }
 }
@@ -635,7 +635,10 @@ fn remote_command(req: &Request, out: &mut WriteHalf, target: Target) -> Reply {
 /// Two channels a port, each named by one byte.
 const MAX_CHANNEL_PORTS: usize = 128;
 
-fn port_forward(req: &Request, out: &mut WriteHalf, pod: &Value) -> Reply {
+/// `pods/NAME/portforward`, or the kubelet's `/portForward/...` when `kubelet` (which
+/// knows no tunnelled SPDY, and reads the ports as `port`, as kube-apiserver passes
+/// them on).
+fn port_forward(req: &Request, out: &mut WriteHalf, pod: &Value, kubelet: bool) -> Reply {
     // Declared container ports, or any port when the pod declares none (as kubelet
     // forwards to any port in the pod's network namespace).
     let declared: Vec<u16> = pod["spec"]["containers"]
@@ -649,10 +652,11 @@ fn port_forward(req: &Request, out: &mut WriteHalf, pod: &Value) -> Reply {
     // sends), or the kubelet's channel protocol with the ports in the query (what
     // kube-apiserver passes through to the kubelet).
     let websocket = req.head.upgrade().is_some_and(|u| u.eq_ignore_ascii_case("websocket"));
-    let ports: Vec<u16> = req.params("ports").iter().flat_map(|v| v.split(',').filter_map(|p| p.trim().parse().ok()).collect::<Vec<u16>>()).collect();
-    let channels = websocket && !req.head.headers.tokens("sec-websocket-protocol").any(|p| p == SPDY_OVER_WEBSOCKET);
+    let param = if kubelet { "port" } else { "ports" };
+    let ports: Vec<u16> = req.params(param).iter().flat_map(|v| v.split(',').filter_map(|p| p.trim().parse().ok()).collect::<Vec<u16>>()).collect();
+    let channels = websocket && (kubelet || !req.head.headers.tokens("sec-websocket-protocol").any(|p| p == SPDY_OVER_WEBSOCKET));
     if channels && ports.is_empty() {
-        return Err(ApiError::new(400, "query parameter \"ports\" is required"));
+        return Err(ApiError::new(400, format!("query parameter {param:?} is required")));
     }
     if channels && ports.len() > MAX_CHANNEL_PORTS {
         return Err(ApiError::new(400, format!("at most {MAX_CHANNEL_PORTS} ports over the channel protocol")));
@@ -734,7 +738,7 @@ fn kubelet_route(cluster: &Arc<Cluster>, req: &Request, out: &mut WriteHalf, seg
         }
         ["portForward", ns, pod] | ["portForward", ns, pod, _] if valid(&[ns, pod]) => {
             known(ns, pod)?;
-            port_forward(req, out, &Value::Null)
+            port_forward(req, out, &Value::Null, true)
         }
         ["containerLogs", ns, pod, container] if valid(&[ns, pod, container]) => logs(cluster, req, out, ns, pod, container.to_string()),
         _ => Err(ApiError::new(404, "the server could not find the requested resource")),
