@@ -1,5 +1,5 @@
-//! Seeded mutation fuzzing, on stable Rust, of every `wire` parser and both recording
-//! taps. Each target takes raw bytes and checks more than "no panic": an incremental
+//! Seeded mutation fuzzing, on stable Rust, of every `wire` parser, both recording
+//! taps, the tar scanner and the port-forward counter. Each target takes raw bytes and checks more than "no panic": an incremental
 //! parser fed the same bytes in random pieces says what it says when fed them whole
 //! (frames, body bytes, tap events with adjacent output of one stream merged, the same
 //! error); the chunked decoder never claims more bytes than it was given; and what an
@@ -27,7 +27,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use kubetape::kube::request_info::request_info;
+use kubetape::recording::fail::FailMode;
+use kubetape::recording::portforward::{self, Meter, Side};
 use kubetape::recording::tap::{SpdyTap, Tap, TapEvent, WsTap};
+use kubetape::recording::tar::{self, TarScan};
 use kubetape::wire::asciicast::{self, Piece, Utf8Splitter};
 use kubetape::wire::channel::{self, TerminalSize};
 use kubetape::wire::http::{self, BodyLength, ChunkedDecoder};
@@ -139,6 +142,8 @@ const TARGETS: &[Target] = &[
     Target { name: "spdy_tap_down", check: spdy_tap_down, seeds: spdy_down_seeds },
     Target { name: "ws_tap_up", check: ws_tap_up, seeds: ws_up_seeds },
     Target { name: "ws_tap_down", check: ws_tap_down, seeds: ws_down_seeds },
+    Target { name: "tar", check: tar_listing, seeds: tar_seeds },
+    Target { name: "port_forward", check: port_forward_counts, seeds: port_forward_seeds },
 ];
 
 fn http_request(data: &[u8]) {
@@ -572,6 +577,36 @@ fn ws_tap_down(data: &[u8]) {
     tap_split(data, 8, || WsTap::pair().1, ws_left);
 }
 
+/// The tar scanner lists the same files however the stream is split.
+fn tar_listing(data: &[u8]) {
+    let scan = |pieces: &[&[u8]]| {
+        let mut s = TarScan::default();
+        pieces.iter().for_each(|p| s.feed(p));
+        s.listing().clone()
+    };
+    same(&scan(&pieces(data, 9)), &scan(&[data]), "tar scan in pieces");
+}
+
+/// The port-forward counter counts the same however the stream is split. The first
+/// byte picks the framing; the rest is the client's stream, then (after the first
+/// `0xff 0xfe` pair, if any) the server's.
+fn port_forward_counts(data: &[u8]) {
+    let Some((&framing, rest)) = data.split_first() else { return };
+    let (upgrade, subprotocol) = [("SPDY/3.1", "portforward.k8s.io"), ("websocket", portforward::SPDY_OVER_WEBSOCKET), ("websocket", "v4.channel.k8s.io")][framing as usize % 3];
+    let cut = rest.windows(2).position(|w| w == [0xff, 0xfe]).unwrap_or(rest.len());
+    let (up, down) = (&rest[..cut], rest.get(cut + 2..).unwrap_or_default());
+    let count = |split: bool| {
+        let m = Meter::new(upgrade, subprotocol, "ports=8080,9090", FailMode::Open);
+        for (side, bytes, salt) in [(Side::ToPod, up, 10), (Side::FromPod, down, 11)] {
+            let parts = if split { pieces(bytes, salt) } else { vec![bytes] };
+            parts.iter().for_each(|p| same(&m.feed(side, p), &Ok(()), "fail-open counting never ends the forward"));
+        }
+        let r = m.report();
+        (r.ports, r.truncated, r.reason)
+    };
+    same(&count(true), &count(false), "port-forward counts in pieces");
+}
+
 // ---- seeds: real-looking kubectl traffic ----
 
 const EXEC_QUERY: &str = "command=sh&command=-c&command=echo%20hi%3B%20ls%20-l&container=web&stdin=true&stdout=true&stderr=true&tty=false";
@@ -757,6 +792,34 @@ fn ws_down_seeds() -> Vec<Vec<u8>> {
     let mut failure = ws::encode_frame(true, ws::OP_BINARY, None, b"\x03");
     failure.extend(ws::encode_frame(true, ws::OP_BINARY, None, br#"{"status":"Failure","message":"x"}"#));
     vec![ws_session(false).1, ws_session(true).1, failure]
+}
+
+fn tar_seeds() -> Vec<Vec<u8>> {
+    let pax = "27 path=pax/named/file.bin\n12 size=700\n";
+    vec![
+        [tar::encode_entry("dir/", b"", b'5'), tar::encode_entry("dir/a.txt", b"hello", b'0'), tar::END.to_vec()].concat(),
+        [tar::encode_entry("././@LongLink", "long/".repeat(40).as_bytes(), b'L'), tar::encode_entry("long", &[1; 600], b'0'), tar::END.to_vec()].concat(),
+        [tar::encode_entry("PaxHeaders/x", pax.as_bytes(), b'x'), tar::encode_header("p", 99, b'0', Some("pre")), vec![2; 1024], tar::END.to_vec()].concat(),
+    ]
+}
+
+fn port_forward_seeds() -> Vec<Vec<u8>> {
+    let (mut cz, mut sz) = (HeaderDeflater::default(), HeaderDeflater::default());
+    let (mut up, mut down) = (Vec::new(), Vec::new());
+    for (id, t) in [(1, "error"), (3, "data")] {
+        up.extend(spdy::encode_syn_stream(id, 0, &cz.deflate(&[("streamtype", t), ("port", "8080"), ("requestid", "0")])));
+        down.extend(spdy::encode_syn_reply(id, 0, &sz.deflate(&[])));
+    }
+    up.extend(spdy::encode_data(3, 0, b"GET / HTTP/1.1\r\n\r\n"));
+    down.extend(spdy::encode_data(3, spdy::FLAG_FIN, b"HTTP/1.1 200 OK\r\n\r\n"));
+    let ws = |bytes: &[u8], mask| ws::encode_frame(true, ws::OP_BINARY, mask, bytes);
+    let joined = |framing: u8, up: &[u8], down: &[u8]| [&[framing][..], up, &[0xff, 0xfe], down].concat();
+    let mask = Some([3, 1, 4, 1]);
+    vec![
+        joined(0, &up, &down),
+        joined(1, &ws(&up, mask), &ws(&down, None)),
+        joined(2, &[ws(b"\x00hello", mask), ws(b"\x02x", mask)].concat(), &[ws(b"\x00\x90\x1f", None), ws(b"\x00data", None)].concat()),
+    ]
 }
 
 fn channel_seeds() -> Vec<Vec<u8>> {

@@ -37,13 +37,15 @@ use crate::net::hangup::HangupWatch;
 use crate::net::head::HeadLimits;
 use crate::net::server::{self, Admission, Lifecycle};
 use crate::net::{signal, tls, tunnel};
+use crate::record::event::{FILE_TRANSFER, PORT_FORWARD};
 use crate::record::protocol::Outcome;
 use crate::recording::events_client::EventSink;
+use crate::recording::{portforward, transfer};
 use crate::wire::http::{self, BodyLength, RequestHead};
 use admission::{Admitted, Caller, LocalReply, Route};
 use forward::{Capture, Exchange, Upstream};
 use policy::{FailMode, Policy, PolicyHandle};
-use recorders::{EventPlan, SessionStart};
+use recorders::{EventPlan, FollowUp, SessionStart};
 use respond::Refusal;
 use rewrite::Mode;
 
@@ -261,10 +263,11 @@ enum Next {
     KeepAlive,
     Close,
     /// The API server switched protocols: the connection becomes a tunnel, recorded
-    /// when `record` is given.
+    /// when `record` is given, its port-forward counted when `forward` is.
     Tunnel {
         upstream: Upstream,
         record: Option<Box<RecordPlan>>,
+        forward: Option<Box<ForwardPlan>>,
     },
 }
 
@@ -273,6 +276,14 @@ struct RecordPlan {
     session: SessionStart,
     taps: session::Taps,
     subprotocol: String,
+    /// A `kubectl cp` whose files the taps list, for its event.
+    transfer: Option<(transfer::Watch, FollowUp)>,
+}
+
+/// A port-forward whose bytes are counted, for its event.
+struct ForwardPlan {
+    meter: Arc<portforward::Meter>,
+    follow: FollowUp,
 }
 
 /// Shuts the upstream connection down when the client hangs up, which ends the copy
@@ -327,7 +338,7 @@ impl<'a> Connection<'a> {
             match self.serve(head, &mut client, &mut upstream) {
                 Ok(Next::KeepAlive) => {}
                 Ok(Next::Close) => break,
-                Ok(Next::Tunnel { upstream, record }) => return self.tunnel(client, upstream, record),
+                Ok(Next::Tunnel { upstream, record, forward }) => return self.tunnel(client, upstream, record, forward),
                 Err(e) => {
                     log::info!("request failed conn={id} peer={peer} error={e}");
                     break;
@@ -455,11 +466,24 @@ impl<'a> Connection<'a> {
         if let Some(plan) = &request.event {
             self.complete_event(plan, 101, 0, |ev| ev.session_id = request.session.as_ref().map(|s| s.id.clone()));
         }
-        let Some(session) = request.session else { return Ok(Next::Tunnel { upstream, record: None }) };
+        let follow = request.event.as_ref().map(EventPlan::follow_up);
         let proto = response.headers.get_str("upgrade").unwrap_or("");
         let subprotocol = response.headers.get_str("x-stream-protocol-version").or(response.headers.get_str("sec-websocket-protocol")).unwrap_or("").to_string();
+        let Some(session) = request.session else {
+            let forward = follow
+                .filter(|f| f.event.request.subresource == "portforward")
+                .map(|follow| Box::new(ForwardPlan { meter: Arc::new(portforward::Meter::new(proto, &subprotocol, request.head.query(), follow.fail)), follow }));
+            return Ok(Next::Tunnel { upstream, record: None, forward });
+        };
         match session::taps(proto, &subprotocol) {
-            Some(taps) => Ok(Next::Tunnel { upstream, record: Some(Box::new(RecordPlan { session, taps, subprotocol })) }),
+            Some(mut taps) => {
+                let transfer = follow.and_then(|f| Some((transfer::Watch::new(transfer::recognise(&session.command)?), f)));
+                if let Some((watch, _)) = &transfer {
+                    let tap = if watch.from_client() { &mut taps.client } else { &mut taps.server };
+                    tap.observe(watch.observer());
+                }
+                Ok(Next::Tunnel { upstream, forward: None, record: Some(Box::new(RecordPlan { session, taps, subprotocol, transfer })) })
+            }
             // The request offered only what the taps parse; a server that chose
             // otherwise gets no session, in either fail mode.
             None => {
@@ -522,11 +546,18 @@ impl<'a> Connection<'a> {
 
     /// Runs the upgraded stream to its end, tapped into its recording when it has one,
     /// and logs how it ended.
-    fn tunnel(&self, client: Client, upstream: Upstream, record: Option<Box<RecordPlan>>) {
+    fn tunnel(&self, client: Client, upstream: Upstream, record: Option<Box<RecordPlan>>, forward: Option<Box<ForwardPlan>>) {
         let (id, started) = (self.id, Instant::now());
         let (client, upstream) = ((client.input, client.output), (upstream.input, upstream.output));
         let Some(plan) = record else {
-            match tunnel::tunnel(&format!("conn-{id}"), client, upstream) {
+            let ran = match &forward {
+                Some(f) => portforward::run(&format!("conn-{id}"), client, upstream, &f.meter),
+                None => tunnel::tunnel(&format!("conn-{id}"), client, upstream),
+            };
+            if let Some(ForwardPlan { meter, follow }) = forward.map(|f| *f) {
+                follow.send(PORT_FORWARD, |ev| ev.port_forward = Some(meter.report()));
+            }
+            match ran {
                 Ok(t) => {
                     log::info!("upgraded stream ended conn={id} up_bytes={} down_bytes={} secs={:.1}", t.client_to_server, t.server_to_client, started.elapsed().as_secs_f64())
                 }
@@ -534,8 +565,11 @@ impl<'a> Connection<'a> {
             }
             return;
         };
-        let SessionStart { recording, fail, id: session_id, exit_probe } = plan.session;
+        let SessionStart { recording, fail, id: session_id, exit_probe, .. } = plan.session;
         let s = session::run(&format!("conn-{id}"), client, upstream, plan.taps, session::Link::new(recording, fail, exit_probe), &plan.subprotocol);
+        if let Some((watch, follow)) = plan.transfer {
+            follow.send(FILE_TRANSFER, |ev| ev.file_transfer = Some(watch.report(s.exit_code)));
+        }
         if s.outcome == Outcome::Truncated {
             metrics::inc(&self.state.metrics.recordings_truncated);
             if fail == FailMode::Closed {

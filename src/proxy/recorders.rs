@@ -40,6 +40,8 @@ pub struct EventPlan {
     pub capture: Option<usize>,
     /// When the request was received, for the event's latency.
     received: Instant,
+    /// The caller's, for what its stream's follow-up needs.
+    fail: FailMode,
 }
 
 /// A session recording whose header a recorder acknowledged.
@@ -50,6 +52,35 @@ pub struct SessionStart {
     pub id: String,
     /// For an attach: where its exit status is found once it ends.
     pub exit_probe: Option<session::ExitProbe>,
+    /// The command an exec runs (empty otherwise): a `kubectl cp` is known by it.
+    pub command: Vec<String>,
+}
+
+/// What an upgraded stream carried (a file transfer, a port-forward), sent as an event
+/// of its own once the stream ends: the request's event as completed, and its sink.
+pub struct FollowUp {
+    sink: Arc<EventSink>,
+    pub event: ApiEvent,
+    /// The caller's fail mode.
+    pub fail: FailMode,
+}
+
+impl EventPlan {
+    /// Taken once the request's event is complete, so the follow-up repeats its id,
+    /// status and session id.
+    pub fn follow_up(&self) -> FollowUp {
+        FollowUp { sink: self.sink.clone(), event: self.event.borrow().clone(), fail: self.fail }
+    }
+}
+
+impl FollowUp {
+    /// Queues the `kind` event, filled in by `fill`, without waiting: the stream has
+    /// ended and nothing is left to hold back.
+    pub fn send(self, kind: &str, fill: impl FnOnce(&mut ApiEvent)) {
+        let mut ev = self.event.stream_event(kind);
+        fill(&mut ev);
+        self.sink.send(&ev);
+    }
 }
 
 /// After an attach, the pod is asked this often for its container's exit status
@@ -103,7 +134,7 @@ impl Connection<'_> {
             // sessions) are announced now; nothing waits (the sink counts drops).
             sink.send(&ev);
         }
-        Ok(Some(EventPlan { sink, event: std::cell::RefCell::new(ev), capture, received }))
+        Ok(Some(EventPlan { sink, event: std::cell::RefCell::new(ev), capture, received, fail: grants.fail_mode }))
     }
 
     /// Completes the request's event and queues it without waiting.
@@ -186,7 +217,9 @@ impl Connection<'_> {
             Ok(r) => {
                 metrics::inc(&self.state.metrics.sessions_recorded);
                 log::info!("session recording conn={} session={id} user={who} ns={} pod={} type={} recorder={}", self.id, request.namespace, request.pod, request.kind, r.recorder);
-                Ok(Some(SessionStart { recording: r, fail: grants.fail_mode, id, exit_probe }))
+                // Only an exec's command is what the client asked to run (a cp's tar).
+                let command = if request.kind == "exec" { request.command } else { Vec::new() };
+                Ok(Some(SessionStart { recording: r, fail: grants.fail_mode, id, exit_probe, command }))
             }
             Err(e) => refuse_or_skip(format!("recorders unreachable: {e}")),
         }

@@ -94,10 +94,73 @@ pub struct ApiEvent {
     pub request_body_base64: bool,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub request_body_truncated: bool,
+    /// Empty for a request's own events; [`FILE_TRANSFER`] or [`PORT_FORWARD`] for
+    /// what an upgraded stream carried, sent once it ends (stage [`STREAM_COMPLETE`]).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_transfer: Option<FileTransfer>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_forward: Option<PortForward>,
+}
+
+/// A `kubectl cp`: its direction, the paths in the pod, and the regular files its tar
+/// carried (names and sizes only; the contents of an upload are never kept).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default, rename_all = "camelCase")]
+pub struct FileTransfer {
+    /// `download` (the pod's tar on stdout) or `upload` (the client's on stdin).
+    pub direction: String,
+    /// Download: what tar archives; upload: the directory it extracts into.
+    pub paths: Vec<String>,
+    /// The first files, in archive order, up to `recording::tar::MAX_ENTRIES`.
+    pub files: Vec<FileEntry>,
+    /// Regular files seen, listed or not, and their total size.
+    pub file_count: u64,
+    pub total_bytes: u64,
+    /// Entries or names were cut, the archive could not be read to its end, or the
+    /// stream stopped being read before it.
+    pub truncated: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct FileEntry {
+    pub name: String,
+    pub size: u64,
+}
+
+/// A port-forward: the ports asked for and the bytes each way, counted as the stream
+/// passed (payloads are never kept), and how long it lasted.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default, rename_all = "camelCase")]
+pub struct PortForward {
+    pub ports: Vec<PortBytes>,
+    pub duration_ms: u64,
+    /// The stream could not be parsed to its end: counts stop there (`reason` says why).
+    pub truncated: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default, rename_all = "camelCase")]
+pub struct PortBytes {
+    pub port: u16,
+    /// Connections opened to the port (one stream pair each).
+    pub connections: u64,
+    pub bytes_to_pod: u64,
+    pub bytes_from_pod: u64,
 }
 
 pub const RECEIVED: &str = "RequestReceived";
 pub const COMPLETE: &str = "ResponseComplete";
+/// The stage of what an upgraded stream carried, sent when the stream ends.
+pub const STREAM_COMPLETE: &str = "StreamComplete";
+pub const FILE_TRANSFER: &str = "FileTransfer";
+pub const PORT_FORWARD: &str = "PortForward";
 
 impl ApiEvent {
     pub fn received(id: String, info: &RequestInfo, method: &str, path: &str, query: &str) -> ApiEvent {
@@ -121,6 +184,21 @@ impl ApiEvent {
         self.latency_ms = Some((latency_ms * 1000.0).round() / 1000.0);
         self.status = Some(status);
         self.response_bytes = Some(bytes);
+    }
+
+    /// The event for what this request's upgraded stream carried (`kind`), sent when
+    /// it ends: the request's own fields, completed now, without its body.
+    pub fn stream_event(&self, kind: &str) -> ApiEvent {
+        ApiEvent {
+            stage: STREAM_COMPLETE.into(),
+            kind: kind.into(),
+            completed: Some(crate::wire::time::now_rfc3339_millis()),
+            latency_ms: None,
+            request_body: None,
+            request_body_base64: false,
+            request_body_truncated: false,
+            ..self.clone()
+        }
     }
 
     /// Keeps a captured request body.
@@ -181,6 +259,19 @@ impl ApiEvent {
         if let Some(s) = &self.session_id {
             ev["annotations"]["kubetape.dev/session-id"] = json!(s);
         }
+        // Audit annotations are strings: what a stream carried goes as its JSON.
+        let carried = [
+            ("kubetape.dev/file-transfer", self.file_transfer.as_ref().map(serde_json::to_string)),
+            ("kubetape.dev/port-forward", self.port_forward.as_ref().map(serde_json::to_string)),
+        ];
+        for (key, value) in carried {
+            if let Some(Ok(v)) = value {
+                ev["annotations"][key] = json!(v);
+            }
+        }
+        if !self.kind.is_empty() {
+            ev["annotations"]["kubetape.dev/kind"] = json!(self.kind);
+        }
         ev
     }
 }
@@ -206,5 +297,15 @@ mod tests {
         assert_eq!(a["user"]["username"], "alice");
         assert!(done.matches(Some("alice"), Some("get"), Some("pods/log"), Some("default"), None, None));
         assert!(!done.matches(Some("bob"), None, None, None, None, None));
+        let mut pf = done.stream_event(PORT_FORWARD);
+        pf.port_forward = Some(PortForward { ports: vec![PortBytes { port: 80, connections: 1, bytes_to_pod: 3, bytes_from_pod: 4 }], duration_ms: 5, ..Default::default() });
+        let a = pf.to_audit();
+        assert_eq!((a["stage"].as_str(), a["annotations"]["kubetape.dev/kind"].as_str()), (Some(STREAM_COMPLETE), Some(PORT_FORWARD)));
+        let carried: PortForward = serde_json::from_str(a["annotations"]["kubetape.dev/port-forward"].as_str().unwrap()).unwrap();
+        assert_eq!(Some(carried), pf.port_forward);
+        let line = serde_json::to_string(&pf).unwrap();
+        assert!(line.contains(r#""kind":"PortForward""#) && line.contains(r#""bytesToPod":3"#), "{line}");
+        assert_eq!(serde_json::from_str::<ApiEvent>(&line).unwrap(), pf, "stored and read back whole");
+        assert!(!serde_json::to_string(&done).unwrap().contains("kind"), "a request's own events have no kind");
     }
 }

@@ -103,6 +103,15 @@ pub trait Tap: Send {
     fn at_boundary(&self) -> bool;
     /// Frames that tell the client the session ends and why (server-to-client taps).
     fn goodbye(&self, message: &str) -> Vec<u8>;
+    /// Shows every channel's payload, as it is parsed, to `observer` too.
+    fn observe(&mut self, observer: Box<dyn Observer>);
+}
+
+/// Sees each channel's payload as a tap parses it, stdin included, without it becoming
+/// a [`TapEvent`]: what a `kubectl cp`'s tar names (`recording::transfer`). It cannot
+/// fail, so whatever it does, the session and its recording go on unchanged.
+pub trait Observer: Send {
+    fn observe(&mut self, channel: u8, data: &[u8]);
 }
 
 /// Collects a small message (resize, error Status) split over frames.
@@ -185,6 +194,7 @@ pub struct SpdyTap {
     pending: Vec<u8>,
     error: Small,
     resize: Vec<u8>,
+    observer: Option<Box<dyn Observer>>,
 }
 
 /// Where in the stream the next byte fed falls.
@@ -212,12 +222,16 @@ impl SpdyTap {
             pending: Vec::new(),
             error: Small::default(),
             resize: Vec::new(),
+            observer: None,
         };
         (tap(Direction::ClientToServer), tap(Direction::ServerToClient))
     }
 
     fn data(&mut self, id: u32, payload: &[u8], fin: bool, events: &mut Vec<TapEvent>) -> Result<(), TapError> {
         let ch = self.streams.get(id);
+        if let (Some(o), Some(ch)) = (&mut self.observer, ch) {
+            o.observe(ch, payload);
+        }
         match (self.dir, ch) {
             (Direction::ServerToClient, Some(ch @ (channel::STDOUT | channel::STDERR))) if !payload.is_empty() => {
                 events.push(TapEvent::Output { stream: ch, data: payload.to_vec() });
@@ -325,6 +339,10 @@ impl Tap for SpdyTap {
         out.extend(spdy::encode_goaway(0, 0));
         out
     }
+
+    fn observe(&mut self, observer: Box<dyn Observer>) {
+        self.observer = Some(observer);
+    }
 }
 
 // ---- WebSocket ----
@@ -338,6 +356,7 @@ pub struct WsTap {
     message: Option<Option<u8>>,
     error: Small,
     resize: Vec<u8>,
+    observer: Option<Box<dyn Observer>>,
 }
 
 struct WsFrame {
@@ -350,7 +369,7 @@ struct WsFrame {
 
 impl WsTap {
     pub fn pair() -> (WsTap, WsTap) {
-        let tap = |dir| WsTap { dir, head: Vec::new(), frame: None, message: None, error: Small::default(), resize: Vec::new() };
+        let tap = |dir| WsTap { dir, head: Vec::new(), frame: None, message: None, error: Small::default(), resize: Vec::new(), observer: None };
         (tap(Direction::ClientToServer), tap(Direction::ServerToClient))
     }
 
@@ -369,6 +388,9 @@ impl WsTap {
                 ch
             }
         };
+        if let Some(o) = &mut self.observer {
+            o.observe(ch, &bytes);
+        }
         match (self.dir, ch) {
             (Direction::ServerToClient, channel::STDOUT | channel::STDERR) if !bytes.is_empty() => {
                 events.push(TapEvent::Output { stream: ch, data: bytes });
@@ -461,6 +483,10 @@ impl Tap for WsTap {
         // the Status; any other code makes it report the close code instead.
         out.extend(ws::close_frame(1000, "session ended by kubetape", None));
         out
+    }
+
+    fn observe(&mut self, observer: Box<dyn Observer>) {
+        self.observer = Some(observer);
     }
 }
 

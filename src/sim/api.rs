@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use super::{send_json, ApiError, Cluster, Outcome, Request};
 use crate::net::conn::{Input, WriteHalf};
 use crate::net::websocket::{self, AcceptError};
+use crate::recording::portforward::{CHANNEL_PORT_FORWARD, SPDY_OVER_WEBSOCKET};
 use crate::sim::discovery;
 use crate::sim::gourl;
 use crate::sim::pods::{container_env, pod_dir, start_container, start_pod, stop_pod};
@@ -519,7 +520,7 @@ fn pod_subresource(cluster: &Arc<Cluster>, req: &Request, out: &mut WriteHalf, n
             };
             remote_command(req, out, target)
         }
-        ("GET" | "POST", "portforward") => port_forward(req, out, &pod),
+        ("GET" | "POST", "portforward") => port_forward(req, out, &pod, false),
         _ => Err(ApiError::new(404, "the server could not find the requested resource")),
     }
 }
@@ -631,7 +632,13 @@ fn remote_command(req: &Request, out: &mut WriteHalf, target: Target) -> Reply {
     })))
 }
 
-fn port_forward(req: &Request, out: &mut WriteHalf, pod: &Value) -> Reply {
+/// Two channels a port, each named by one byte.
+const MAX_CHANNEL_PORTS: usize = 128;
+
+/// `pods/NAME/portforward`, or the kubelet's `/portForward/...` when `kubelet` (which
+/// knows no tunnelled SPDY, and reads the ports as `port`, as kube-apiserver passes
+/// them on).
+fn port_forward(req: &Request, out: &mut WriteHalf, pod: &Value, kubelet: bool) -> Reply {
     // Declared container ports, or any port when the pod declares none (as kubelet
     // forwards to any port in the pod's network namespace).
     let declared: Vec<u16> = pod["spec"]["containers"]
@@ -641,15 +648,38 @@ fn port_forward(req: &Request, out: &mut WriteHalf, pod: &Value) -> Reply {
         .flat_map(|c| c["ports"].as_array().cloned().unwrap_or_default())
         .filter_map(|p| p["containerPort"].as_u64().and_then(|p| u16::try_from(p).ok()))
         .collect();
-    match upgrade(req, out, &[channel::PORT_FORWARD_PROTOCOL])? {
-        Proto::WebSocket { .. } => Err(ApiError::new(400, "port-forward over WebSocket is not supported by kubetape sim")),
-        Proto::Spdy => Ok(Outcome::Upgrade(Box::new(move |input, output| {
-            let allowed = move |p: u16| declared.is_empty() || declared.contains(&p);
-            if let Err(e) = streams::spdy_port_forward(input, output, allowed) {
-                log::info!("port-forward ended error={e}");
-            }
-        }))),
+    // Over WebSocket, SPDY tunnelled (kube-apiserver's tunneling handler, what kubectl
+    // sends), or the kubelet's channel protocol with the ports in the query (what
+    // kube-apiserver passes through to the kubelet).
+    let websocket = req.head.upgrade().is_some_and(|u| u.eq_ignore_ascii_case("websocket"));
+    let param = if kubelet { "port" } else { "ports" };
+    let ports: Vec<u16> = req.params(param).iter().flat_map(|v| v.split(',').filter_map(|p| p.trim().parse().ok()).collect::<Vec<u16>>()).collect();
+    let channels = websocket && (kubelet || !req.head.headers.tokens("sec-websocket-protocol").any(|p| p == SPDY_OVER_WEBSOCKET));
+    if channels && ports.is_empty() {
+        return Err(ApiError::new(400, format!("query parameter {param:?} is required")));
     }
+    if channels && ports.len() > MAX_CHANNEL_PORTS {
+        return Err(ApiError::new(400, format!("at most {MAX_CHANNEL_PORTS} ports over the channel protocol")));
+    }
+    let supported: &[&str] = if !websocket {
+        &[channel::PORT_FORWARD_PROTOCOL]
+    } else if channels {
+        &[CHANNEL_PORT_FORWARD]
+    } else {
+        &[SPDY_OVER_WEBSOCKET]
+    };
+    let proto = upgrade(req, out, supported)?;
+    Ok(Outcome::Upgrade(Box::new(move |input, output| {
+        let allowed = move |p: u16| declared.is_empty() || declared.contains(&p);
+        let served = match proto {
+            Proto::Spdy => streams::spdy_port_forward(input, output, allowed),
+            Proto::WebSocket { .. } if channels => streams::ws_channel_port_forward(input, output, ports, allowed),
+            Proto::WebSocket { .. } => streams::ws_tunnelled_port_forward(input, output, allowed),
+        };
+        if let Err(e) = served {
+            log::info!("port-forward ended error={e}");
+        }
+    })))
 }
 
 /// `nodes/NODE/proxy/PATH`: kube-apiserver's node proxy passes any request, upgrades
@@ -708,7 +738,7 @@ fn kubelet_route(cluster: &Arc<Cluster>, req: &Request, out: &mut WriteHalf, seg
         }
         ["portForward", ns, pod] | ["portForward", ns, pod, _] if valid(&[ns, pod]) => {
             known(ns, pod)?;
-            port_forward(req, out, &Value::Null)
+            port_forward(req, out, &Value::Null, true)
         }
         ["containerLogs", ns, pod, container] if valid(&[ns, pod, container]) => logs(cluster, req, out, ns, pod, container.to_string()),
         _ => Err(ApiError::new(404, "the server could not find the requested resource")),

@@ -1,11 +1,12 @@
 //! The kubelet's side of remote-command streams, over SPDY/3.1 and WebSocket, turned
 //! into one shape the exec and attach sessions use: [`Inbound`] events from the client
 //! and an [`Outbound`] to write channels and the final status. Port-forward over
-//! SPDY lives here too.
+//! SPDY lives here too, and SPDY tunnelled in WebSocket for it, as kube-apiserver 1.30+
+//! bridges it to a kubelet's SPDY (`PortForwardWebsockets`).
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::net::TcpStream;
+use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
@@ -13,7 +14,7 @@ use std::time::Duration;
 use crossbeam_channel::{bounded, Receiver, Sender};
 use serde_json::Value;
 
-use crate::net::conn::{Input, WriteHalf};
+use crate::net::conn::{Conn, Input, WriteHalf};
 use crate::net::sync::lock;
 use crate::net::websocket;
 use crate::wire::channel::{self, TerminalSize};
@@ -319,6 +320,125 @@ fn forward_socket(mut sock: TcpStream, id: u32, error_id: Option<u32>, out: &Sha
     if let Some(eid) = error_id {
         let _ = o.out.write_all(&spdy::encode_data(eid, spdy::FLAG_FIN, &[]));
     }
+}
+
+/// Serves `kubectl port-forward` over SPDY tunnelled in WebSocket binary messages
+/// (subprotocol `SPDY/3.1+portforward.k8s.io`, kubectl 1.30+): as kube-apiserver's
+/// tunneling handler does, the messages' bytes are bridged to a SPDY port-forward,
+/// here [`spdy_port_forward`] on the far end of a loopback connection. Pings are
+/// answered; a close ends the bridge.
+pub fn ws_tunnelled_port_forward(mut input: Input, output: WriteHalf, allowed: impl Fn(u16) -> bool + Send + 'static) -> io::Result<()> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let mut near = TcpStream::connect(listener.local_addr()?)?;
+    let far = loop {
+        let (sock, from) = listener.accept()?;
+        // Only our own end may become the SPDY side.
+        if from == near.local_addr()? {
+            break Conn::plain(sock).map_err(io::Error::other)?;
+        }
+    };
+    thread::Builder::new().name("pf-spdy".into()).spawn(move || {
+        if let Err(e) = spdy_port_forward(Input::new(far.read), far.write, allowed) {
+            log::debug!("tunnelled port-forward ended error={e}");
+        }
+    })?;
+    let out = Arc::new(WsOutbound { out: Mutex::new(output) });
+    let mut from_spdy = near.try_clone()?;
+    let to_client = out.clone();
+    thread::Builder::new().name("pf-ws-down".into()).spawn(move || {
+        let mut buf = vec![0u8; MAX_WRITE];
+        while let Ok(n @ 1..) = from_spdy.read(&mut buf) {
+            if to_client.send(ws::OP_BINARY, &buf[..n]).is_err() {
+                break;
+            }
+        }
+        to_client.finish(None);
+    })?;
+    let bridged = (|| {
+        while let Some(frame) = websocket::next_frame(&mut input)? {
+            match frame.opcode {
+                ws::OP_PING => out.send(ws::OP_PONG, &frame.payload)?,
+                ws::OP_CLOSE => break,
+                ws::OP_PONG => {}
+                _ => near.write_all(&frame.payload)?,
+            }
+        }
+        Ok(())
+    })();
+    // However the client left, the SPDY side sees the end (the down thread holds a
+    // clone of the socket, so dropping ours would not).
+    let _ = near.shutdown(std::net::Shutdown::Write);
+    bridged
+}
+
+/// Serves port-forward over the kubelet's WebSocket channel protocol
+/// (`v4.channel.k8s.io`, or none offered), as its `handleWebSocketStreams`: the i-th
+/// of `ports` has channels `2i` (data) and `2i+1` (error), each opened by a message
+/// carrying the port in 2 bytes, little-endian; what arrives on a data channel goes
+/// to the port, what the port answers comes back on it. Ends when the client closes
+/// or every port's connection has ended.
+pub fn ws_channel_port_forward(mut input: Input, output: WriteHalf, ports: Vec<u16>, allowed: impl Fn(u16) -> bool) -> io::Result<()> {
+    let out = Arc::new(WsOutbound { out: Mutex::new(output) });
+    let mut sockets: Vec<Option<TcpStream>> = Vec::new();
+    let mut readers = Vec::new();
+    for (i, &port) in ports.iter().enumerate() {
+        // The caller allows at most 128 ports; past that no channel byte would name them.
+        let Ok(data) = u8::try_from(2 * i) else { break };
+        let error = data | 1;
+        for ch in [data, error] {
+            out.send(ws::OP_BINARY, &channel::ws_message(ch, &port.to_le_bytes()))?;
+        }
+        let sock = if allowed(port) { TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string()) } else { Err(format!("port {port} is not declared by the pod")) };
+        match sock {
+            Ok(sock) => {
+                let (mut from_pod, to_client) = (sock.try_clone()?, out.clone());
+                readers.push(thread::Builder::new().name(format!("pf-ws-{port}")).spawn(move || {
+                    let mut buf = vec![0u8; MAX_WRITE];
+                    while let Ok(n @ 1..) = from_pod.read(&mut buf) {
+                        if to_client.send(ws::OP_BINARY, &channel::ws_message(data, &buf[..n])).is_err() {
+                            break;
+                        }
+                    }
+                })?);
+                sockets.push(Some(sock));
+            }
+            Err(e) => {
+                out.send(ws::OP_BINARY, &channel::ws_message(error, format!("error forwarding port {port} to pod: {e}").as_bytes()))?;
+                sockets.push(None);
+            }
+        }
+    }
+    // The client's frames, on a thread of its own, so that the ports' end can end
+    // the connection too.
+    let client_socks: Vec<Option<TcpStream>> = sockets.iter().map(|s| s.as_ref().and_then(|s| s.try_clone().ok())).collect();
+    thread::Builder::new().name("pf-ws-read".into()).spawn(move || {
+        let mut message: Vec<u8> = Vec::new();
+        while let Ok(Some(frame)) = websocket::next_frame(&mut input) {
+            match frame.opcode {
+                ws::OP_CLOSE => break,
+                ws::OP_PING | ws::OP_PONG => {}
+                _ => {
+                    message.extend_from_slice(&frame.payload);
+                    if !frame.fin {
+                        continue;
+                    }
+                    let msg = std::mem::take(&mut message);
+                    let Some((&ch, data)) = msg.split_first() else { continue };
+                    if let Some(Some(mut sock)) = (ch % 2 == 0).then(|| client_socks.get(usize::from(ch / 2))).flatten().map(Option::as_ref) {
+                        let _ = sock.write_all(data);
+                    }
+                }
+            }
+        }
+        for sock in client_socks.iter().flatten() {
+            let _ = sock.shutdown(std::net::Shutdown::Write);
+        }
+    })?;
+    for r in readers {
+        let _ = r.join();
+    }
+    out.finish(None);
+    Ok(())
 }
 
 // ---- WebSocket ----
