@@ -108,7 +108,9 @@ impl CastWriter {
                 TapEvent::Exit(code) => self.exit_code = Some(code),
                 TapEvent::Failure(msg) => {
                     push_line(&mut out, marker(seconds, &format!("error:{msg}")));
-                    self.failure = Some(msg);
+                    // The Status's message, as kubectl prints it; the marker keeps it whole.
+                    let message = serde_json::from_str::<Value>(&msg).ok().and_then(|s| s["message"].as_str().map(String::from));
+                    self.failure = Some(message.unwrap_or(msg));
                 }
             }
         }
@@ -226,5 +228,8 @@ mod tests {
         // An unfinished sequence is shown as U+FFFD, its bytes kept in a `v` event.
         assert_eq!(end, "[3.000000, \"v\", \"stderr:4oI=\"]\n[3.000000, \"e\", \"\u{fffd}\"]\n[3.000000, \"m\", \"exit:3\"]\n");
         assert_eq!(w.exit_code(), Some(3));
+        assert_eq!(w.failure(), Some("x"), "not a Status: kept as it came");
+        w.lines(4.0, vec![TapEvent::Failure(r#"{"status":"Failure","message":"exec: \"nope\": not found"}"#.into())]);
+        assert_eq!(w.failure(), Some("exec: \"nope\": not found"), "a Status: its message");
     }
 }
