@@ -40,6 +40,7 @@ use crate::net::{signal, tls, tunnel};
 use crate::record::event::{FILE_TRANSFER, PORT_FORWARD};
 use crate::record::protocol::Outcome;
 use crate::recording::events_client::EventSink;
+use crate::recording::health::RecorderHealth;
 use crate::recording::{portforward, transfer};
 use crate::wire::http::{self, BodyLength, RequestHead};
 use admission::{Admitted, Caller, LocalReply, Route};
@@ -165,13 +166,18 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "kubetape-proxy".into())
 }
 
+/// An API event stream for one set of recorder tags, with the policy it was last
+/// routed by.
+type RoutedSink = (Arc<Policy>, Arc<EventSink>);
+
 struct State {
     config: Config,
     policy: Arc<PolicyHandle>,
     life: Arc<Lifecycle>,
     metrics: Arc<metrics::Metrics>,
-    /// API event streams, one per set of recorder tags.
-    event_sinks: std::sync::Mutex<std::collections::HashMap<String, Arc<EventSink>>>,
+    event_sinks: std::sync::Mutex<std::collections::HashMap<String, RoutedSink>>,
+    /// Recorders that failed lately, skipped by session starts for a while.
+    recorder_health: RecorderHealth,
 }
 
 /// Serves until SIGTERM or SIGINT, then lets open connections finish for the grace period.
@@ -189,7 +195,7 @@ pub fn run(config: Config) -> Result<()> {
         let m = metrics.clone();
         std::thread::Builder::new().name("metrics".into()).spawn(move || metrics::serve(l, m))?;
     }
-    let state = Arc::new(State { config, policy, life: life.clone(), metrics, event_sinks: Default::default() });
+    let state = Arc::new(State { config, policy, life: life.clone(), metrics, event_sinks: Default::default(), recorder_health: RecorderHealth::default() });
     let accept = {
         let state = state.clone();
         std::thread::Builder::new().name("accept".into()).spawn(move || {

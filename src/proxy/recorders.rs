@@ -146,14 +146,24 @@ impl Connection<'_> {
     }
 
     /// The event stream to the recorders carrying `tags`, started on first use.
+    /// The event stream for a set of recorder tags, sent where the policy says now:
+    /// after a reload its recorders are looked up again, and the stream follows.
     fn event_sink(&self, tags: &[String]) -> Result<Arc<EventSink>> {
         let key = tags.join(",");
+        let policy = self.state.policy.get();
         let mut sinks = self.state.event_sinks.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(s) = sinks.get(&key) {
-            return Ok(s.clone());
+        if let Some((seen, sink)) = sinks.get_mut(&key) {
+            if !Arc::ptr_eq(seen, &policy) {
+                *seen = policy;
+                // Tags that no longer name a recorder leave nowhere to send (dropped, or
+                // refused in fail-closed, as with a recorder down).
+                sink.reroute(self.recorder_targets(tags).unwrap_or_default());
+                log::info!("api event stream follows the policy tags={key}");
+            }
+            return Ok(sink.clone());
         }
         let sink = EventSink::start(&key, self.recorder_targets(tags)?, self.state.metrics.events_dropped.clone());
-        sinks.insert(key, sink.clone());
+        sinks.insert(key, (policy, sink.clone()));
         Ok(sink)
     }
 
@@ -213,7 +223,7 @@ impl Connection<'_> {
             proxy_id: &self.state.config.proxy_id,
             started: std::time::SystemTime::now(),
         };
-        match Recording::start(&targets, &id, &cast::header(&ctx), self.state.config.recorder_timeout) {
+        match Recording::start(&targets, &id, &cast::header(&ctx), self.state.config.recorder_timeout, &self.state.recorder_health) {
             Ok(r) => {
                 metrics::inc(&self.state.metrics.sessions_recorded);
                 log::info!("session recording conn={} session={id} user={who} ns={} pod={} type={} recorder={}", self.id, request.namespace, request.pod, request.kind, r.recorder);

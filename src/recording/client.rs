@@ -20,6 +20,7 @@ use crate::net::conn::{Conn, Input, WriteHalf};
 use crate::net::sync::lock;
 use crate::net::websocket;
 use crate::record::protocol::{Ack, ClientMessage, Outcome, PATH, SUBPROTOCOL};
+use crate::recording::health::RecorderHealth;
 use crate::wire::ws;
 
 /// Batches of event lines queued for the recorder before the queue counts as full.
@@ -192,12 +193,25 @@ fn read_acks(input: &mut Input, shared: &Shared) -> String {
 
 impl Recording {
     /// Tries each target in order, each within `attempt_timeout`.
-    pub fn start(targets: &[RecorderTarget], id: &str, header: &Value, attempt_timeout: Duration) -> Result<Recording> {
+    /// Recorders `health` knows failed lately are skipped (and said to be), and every
+    /// attempt's outcome is told to it.
+    pub fn start(targets: &[RecorderTarget], id: &str, header: &Value, attempt_timeout: Duration, health: &RecorderHealth) -> Result<Recording> {
         let mut errors = Vec::new();
         for t in targets {
+            if let Some(why) = health.skipped(&t.name, Instant::now()) {
+                log::info!("recorder skipped recorder={} reason={why}", t.name);
+                errors.push(format!("{}: {why}", t.name));
+                continue;
+            }
             match open(t, id, header, attempt_timeout) {
-                Ok((input, out, socket, header_bytes)) => return Ok(Recording::run(t.name.clone(), input, out, socket, header_bytes)),
-                Err(e) => errors.push(format!("{}: {e}", t.name)),
+                Ok((input, out, socket, header_bytes)) => {
+                    health.succeeded(&t.name);
+                    return Ok(Recording::run(t.name.clone(), input, out, socket, header_bytes));
+                }
+                Err(e) => {
+                    health.failed(&t.name, &e.to_string(), Instant::now());
+                    errors.push(format!("{}: {e}", t.name));
+                }
             }
         }
         if errors.is_empty() {

@@ -39,6 +39,8 @@ const FLUSH_BYTES: usize = 256 * 1024;
 /// How long to wait between attempts to reach a recorder.
 const RECONNECT_BACKOFF: Duration = Duration::from_millis(500);
 const DIAL_TIMEOUT: Duration = Duration::from_secs(2);
+/// After a reroute, how long the old recorder may take to acknowledge what it was sent.
+const REROUTE_DRAIN: Duration = Duration::from_secs(5);
 /// A recorder that takes no bytes for this long is given up on (and redialled), so a
 /// hung recorder cannot hold the stream forever.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -102,6 +104,10 @@ impl Pending {
 
 pub struct EventSink {
     pending: Mutex<Pending>,
+    /// Where the writer sends, as the policy says now ([`EventSink::reroute`]).
+    targets: Mutex<Arc<Vec<RecorderTarget>>>,
+    /// Bumped on each reroute: the writer moves once what it sent is acknowledged.
+    routing: AtomicU64,
     wake: Condvar,
     /// Events nobody waited for that were not recorded: not queued (too much was
     /// waiting) or lost with a connection before they were acknowledged.
@@ -119,12 +125,21 @@ impl EventSink {
     pub fn start(name: &str, targets: Vec<RecorderTarget>, dropped: Arc<AtomicU64>) -> Arc<EventSink> {
         let sink = Arc::new(EventSink {
             pending: Mutex::new(Pending { lines: Vec::new(), count: 0, next_seq: 1, waiters: VecDeque::new(), writer: Writer::Busy, unacked_frames: 0 }),
+            targets: Mutex::new(Arc::new(targets)),
+            routing: AtomicU64::new(0),
             wake: Condvar::new(),
             dropped,
         });
         let s = sink.clone();
-        let _ = thread::Builder::new().name(format!("events-{name}")).spawn(move || writer(targets, &s));
+        let _ = thread::Builder::new().name(format!("events-{name}")).spawn(move || writer(&s));
         sink
+    }
+
+    /// Sends to `targets` from now on (a policy reload changed them): the writer lets
+    /// what it sent be acknowledged, then connects anew.
+    pub fn reroute(&self, targets: Vec<RecorderTarget>) {
+        *lock(&self.targets) = Arc::new(targets);
+        self.routing.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Queues an event without waiting; when too much is waiting already the event is
@@ -203,7 +218,9 @@ impl EventSink {
     /// Waits until there is something to send: at once for a waited-for event (within
     /// [`HOLD`] behind an unacknowledged frame), after [`LINGER`] for others. `None`
     /// if nothing came within `idle`.
-    fn next_batch(&self, spare: &mut Vec<u8>, idle: Duration) -> Option<Batch> {
+    /// The next batch to send on a connection made for `route` (`None`: unconnected),
+    /// or `None` after `idle` with nothing to send, or once the route has changed.
+    fn next_batch(&self, spare: &mut Vec<u8>, idle: Duration, route: Option<u64>) -> Option<Batch> {
         let mut p = lock(&self.pending);
         let mut lingering_since: Option<Instant> = None;
         loop {
@@ -211,6 +228,11 @@ impl EventSink {
                 let since = *lingering_since.get_or_insert_with(Instant::now);
                 let limit = if p.urgent() { HOLD } else { LINGER };
                 let left = limit.saturating_sub(since.elapsed());
+                if route.is_some_and(|r| r != self.routing.load(Ordering::SeqCst)) {
+                    // Rerouted: these events go to the recorders the policy names now.
+                    p.writer = Writer::Busy;
+                    return None;
+                }
                 if p.send_now() || p.lines.len() >= FLUSH_BYTES || left.is_zero() {
                     p.writer = Writer::Busy;
                     p.unacked_frames += 1;
@@ -270,9 +292,11 @@ impl EventSink {
 
 /// Owns the connection: sends batches, reconnects, and marks what a dead connection
 /// took with it as lost.
-fn writer(targets: Vec<RecorderTarget>, sink: &Arc<EventSink>) {
+fn writer(sink: &Arc<EventSink>) {
     let mut frame = Vec::new();
     loop {
+        let route = sink.routing.load(Ordering::SeqCst);
+        let targets = lock(&sink.targets).clone();
         let Some((input, mut out, socket)) = targets.iter().find_map(|t| match dial(t, EVENTS_PATH, EVENTS_SUBPROTOCOL, DIAL_TIMEOUT) {
             Ok(c) => Some(c),
             Err(e) => {
@@ -281,7 +305,7 @@ fn writer(targets: Vec<RecorderTarget>, sink: &Arc<EventSink>) {
             }
         }) else {
             // Nobody to write to: what is gathered now cannot be acknowledged.
-            if let Some(lost) = sink.next_batch(&mut frame, RECONNECT_BACKOFF) {
+            if let Some(lost) = sink.next_batch(&mut frame, RECONNECT_BACKOFF, None) {
                 sink.lost(lost.last_seq, lost.count);
             }
             continue;
@@ -290,7 +314,7 @@ fn writer(targets: Vec<RecorderTarget>, sink: &Arc<EventSink>) {
         lock(&sink.pending).unacked_frames = 0; // frames taken while unconnected were lost
         let _ = socket.set_write_timeout(Some(WRITE_TIMEOUT));
         // (events sent on this connection once the batch is in, its last sequence number)
-        let inflight: Arc<Mutex<VecDeque<(u64, u64)>>> = Arc::default();
+        let inflight: Arc<Inflight> = Arc::default();
         let acker = {
             let (inflight, socket, sink) = (inflight.clone(), socket.try_clone(), sink.clone());
             thread::Builder::new().name("events-ack".into()).spawn(move || {
@@ -303,26 +327,38 @@ fn writer(targets: Vec<RecorderTarget>, sink: &Arc<EventSink>) {
         };
         let mut sent = 0u64;
         let mut last_sent = 0u64;
-        loop {
-            let Some(batch) = sink.next_batch(&mut frame, Duration::from_millis(200)) else {
+        let rerouted = loop {
+            if sink.routing.load(Ordering::SeqCst) != route {
+                break true;
+            }
+            let Some(batch) = sink.next_batch(&mut frame, Duration::from_millis(200), Some(route)) else {
                 if acker.as_ref().map_or(true, |a| a.is_finished()) {
-                    break;
+                    break false;
                 }
                 continue;
             };
             sent += batch.count;
             last_sent = batch.last_seq;
             // Recorded before the write, so an ack can never outrun its entry.
-            lock(&inflight).push_back((sent, batch.last_seq));
+            lock(&inflight.sent).push_back((sent, batch.last_seq));
             if out.write_all(&ws::encode_frame(true, ws::OP_BINARY, mask(), &frame)).is_err() {
-                break;
+                break false;
             }
+        };
+        if rerouted {
+            // Moving loses nothing the old recorder is about to acknowledge.
+            let sent = lock(&inflight.sent);
+            let _ = inflight.drained.wait_timeout_while(sent, REROUTE_DRAIN, |s| !s.is_empty());
         }
         let _ = socket.shutdown(std::net::Shutdown::Both);
         let acked = acker.ok().and_then(|a| a.join().ok()).unwrap_or(0);
         // Whatever this connection took unacknowledged is lost.
         lock(&sink.pending).unacked_frames = 0;
         sink.lost(last_sent, sent.saturating_sub(acked));
+        if rerouted {
+            log::info!("api event stream rerouted by the policy; reconnecting");
+            continue;
+        }
         log::warn!("api event stream lost; reconnecting");
         thread::sleep(RECONNECT_BACKOFF);
     }
@@ -330,7 +366,16 @@ fn writer(targets: Vec<RecorderTarget>, sink: &Arc<EventSink>) {
 
 /// Settles acknowledged events until the connection ends; returns how many events
 /// the recorder acknowledged on it.
-fn acks(mut input: Input, inflight: &Mutex<VecDeque<(u64, u64)>>, sink: &EventSink) -> u64 {
+/// What a connection sent and the recorder has not acknowledged yet.
+#[derive(Default)]
+struct Inflight {
+    /// (events sent on this connection once the batch is in, its last sequence number)
+    sent: Mutex<VecDeque<(u64, u64)>>,
+    /// Woken as acknowledgements empty `sent`.
+    drained: Condvar,
+}
+
+fn acks(mut input: Input, inflight: &Inflight, sink: &EventSink) -> u64 {
     let mut acked = 0;
     while let Ok(Some(frame)) = websocket::next_frame(&mut input) {
         match frame.opcode {
@@ -342,10 +387,13 @@ fn acks(mut input: Input, inflight: &Mutex<VecDeque<(u64, u64)>>, sink: &EventSi
         acked = ack.acked;
         let (mut through, mut frames) = (None, 0);
         {
-            let mut fl = lock(inflight);
+            let mut fl = lock(&inflight.sent);
             while fl.front().is_some_and(|(count, _)| *count <= ack.acked) {
                 through = fl.pop_front().map(|(_, last)| last);
                 frames += 1;
+            }
+            if fl.is_empty() {
+                inflight.drained.notify_all();
             }
         }
         if let Some(t) = through {

@@ -228,14 +228,23 @@ impl Demo {
 
     /// GET on the recorder's API presenting `pki/<who>.pem` (`None`: no certificate).
     pub fn recorder_get(&self, who: Option<&str>, path: &str) -> (u16, String) {
-        let mut c = self.recorder_client(who);
+        self.recorder_get_at(self.listen_port("recorder"), who, path)
+    }
+
+    /// [`Self::recorder_get`] on a recorder of the demo's PKI listening on `port`.
+    pub fn recorder_get_at(&self, port: u16, who: Option<&str>, path: &str) -> (u16, String) {
+        let mut c = self.recorder_client_at(port, who);
         c.send(format!("GET {path} HTTP/1.1\r\nHost: r\r\n\r\n").as_bytes()).expect("request");
         c.response().expect("response")
     }
 
     /// A connection to the recorder's API presenting `pki/<who>.pem` (`None`: no certificate).
     pub fn recorder_client(&self, who: Option<&str>) -> RawClient {
-        let addr = format!("127.0.0.1:{}", self.listen_port("recorder"));
+        self.recorder_client_at(self.listen_port("recorder"), who)
+    }
+
+    fn recorder_client_at(&self, port: u16, who: Option<&str>) -> RawClient {
+        let addr = format!("127.0.0.1:{port}");
         let pki = self.path("pki");
         let b64 = |f: &str| kubetape::wire::base64::encode(&std::fs::read(pki.join(f)).expect("pki file"));
         let cert = who.unwrap_or("recorder-reader");
@@ -258,13 +267,20 @@ impl Demo {
     /// fail-closed events, bob's discovery would be refused before any exec), and
     /// waits until the proxy has reloaded it.
     pub fn disable_events(&self) {
+        self.edit_policy(|v| {
+            for g in v["grants"].as_array_mut().expect("grants") {
+                g["enableEvents"] = serde_json::Value::Bool(false);
+            }
+        });
+    }
+
+    /// Changes the demo's policy with `edit` and waits until the proxy has reloaded it.
+    pub fn edit_policy(&self, edit: impl FnOnce(&mut serde_json::Value)) {
         let reloads = || std::fs::read_to_string(self.path("proxy.log")).unwrap_or_default().matches("policy reloaded").count();
         let before = reloads();
         let policy = std::fs::read_to_string(self.path("policy.json")).expect("policy.json");
         let mut v: serde_json::Value = serde_json::from_str(&policy).expect("policy JSON");
-        for g in v["grants"].as_array_mut().expect("grants") {
-            g["enableEvents"] = serde_json::Value::Bool(false);
-        }
+        edit(&mut v);
         std::fs::write(self.path("policy.json"), v.to_string()).expect("writing policy.json");
         eventually(Duration::from_secs(10), || if reloads() > before { Ok(()) } else { Err(format!("the proxy did not reload the policy: {}", self.logs())) });
     }

@@ -1,0 +1,94 @@
+//! Recorders that come and go, as the proxy sees them: one that hangs is skipped by
+//! the sessions that follow its failure instead of costing each its connect timeout,
+//! and the API event stream follows a policy reload to the recorders it names now.
+
+mod support;
+
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::{eventually, Demo, Kubectl, OutputExt, Proto, Spawned};
+
+/// A listener that accepts and then says nothing: a recorder that hangs. Counts the
+/// connections it was offered.
+fn hung_recorder() -> (u16, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in l.incoming().flatten() {
+            count.fetch_add(1, Ordering::SeqCst);
+            held.push(s);
+        }
+    });
+    (port, accepted)
+}
+
+#[test]
+fn a_hung_recorder_is_skipped_by_the_sessions_after_its_failure() {
+    let demo = Demo::start();
+    demo.disable_events();
+    let (port, accepted) = hung_recorder();
+    demo.edit_policy(|v| {
+        let first = json!({"name": "hung", "url": format!("https://127.0.0.1:{port}"), "tags": ["tag:recorder"], "caFile": "pki/recorder-ca.pem"});
+        v["recorders"].as_array_mut().unwrap().insert(0, first);
+    });
+    let k = Kubectl::new(&demo, "kubeconfig", "1.32", Proto::WebSocket);
+    let exec = |marker: String| {
+        let k = k.clone();
+        std::thread::spawn(move || {
+            let out = k.run(&["exec", "web-0", "--", "echo", &marker]);
+            assert!(out.status.success(), "{}", out.describe());
+        })
+    };
+    // The first session pays the hung recorder's timeout, then goes to the next one.
+    exec("after-hung-0".into()).join().unwrap();
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    // Sessions started right after are not held up by it: none even connects.
+    let sessions: Vec<_> = (1..=4).map(|i| exec(format!("after-hung-{i}"))).collect();
+    for s in sessions {
+        s.join().unwrap();
+    }
+    for i in 0..=4 {
+        let marker = format!("after-hung-{i}");
+        demo.wait_recording(|m, c| m["status"] == "complete" && c.contains(&marker));
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "the sessions after the failure skipped the hung recorder");
+}
+
+#[test]
+fn api_events_follow_a_policy_reload_to_another_recorder() {
+    let demo = Demo::start();
+    let k = Kubectl::new(&demo, "kubeconfig", "1.32", Proto::WebSocket);
+    let has_event = |port: u16, marker: &str| {
+        let (code, body) = demo.recorder_get_at(port, Some("recorder-reader"), "/v1/events?user=alice&limit=10000");
+        assert_eq!(code, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        v["items"].as_array().unwrap().iter().any(|e| e["query"].as_str().unwrap_or("").contains(marker))
+    };
+    let first = demo.listen_port("recorder");
+    assert!(k.run(&["get", "pods", "-l", "before=reload"]).status.success());
+    eventually(Duration::from_secs(10), || if has_event(first, "before") { Ok(()) } else { Err("no event before the reload".into()) });
+
+    // A second recorder on the demo's PKI, with storage of its own.
+    let cmdline = std::fs::read_to_string(demo.path("recorder.cmdline")).unwrap();
+    let port = support::free_port();
+    let dir = support::TempDir::new("second-recorder");
+    let mut args: Vec<String> = cmdline.split_whitespace().skip(1).map(String::from).collect();
+    args.extend(["--listen".into(), format!("127.0.0.1:{port}"), "--storage-dir".into(), dir.0.display().to_string()]);
+    let _second = Spawned::start(&args, &dir.0.join("recorder.log"));
+    support::wait_for_port(port);
+    demo.edit_policy(|v| v["recorders"][0]["url"] = json!(format!("https://127.0.0.1:{port}")));
+
+    assert!(k.run(&["get", "pods", "-l", "after=reload"]).status.success());
+    eventually(
+        Duration::from_secs(10),
+        || if has_event(port, "after") { Ok(()) } else { Err(format!("the event did not reach the recorder the policy names now: {}", demo.logs())) },
+    );
+    assert!(!has_event(first, "after"), "the recorder the policy no longer names got it");
+}
