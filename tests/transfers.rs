@@ -174,9 +174,12 @@ fn port_forward_over_the_kubelet_channel_protocol_is_counted() {
     let answer = streams::send(&demo.proxy_addr(), &demo.path("kubeconfig"), "GET", &target, Upgrade::WebSocket("v4.channel.k8s.io")).expect("the upgrade");
     let Answer::Switched(mut s) = answer else { panic!("not switched: {}", demo.logs()) };
     assert_eq!(s.subprotocol, "v4.channel.k8s.io");
-    // One message on the data channel, in two frames.
+    // Two frames on the data channel, the second a continuation: to the kubelet's
+    // x/net/websocket each is a message starting with its channel byte.
     let data = vec![b's'; to_pod];
-    s.send(&[streams::ws_frame(false, ws::OP_BINARY, &[&[0u8][..], &data[..700]].concat()), streams::ws_frame(true, ws::OP_CONTINUATION, &data[700..])].concat()).unwrap();
+    let first = streams::ws_frame(false, ws::OP_BINARY, &[&[0u8][..], &data[..700]].concat());
+    let second = streams::ws_frame(true, ws::OP_CONTINUATION, &[&[0u8][..], &data[700..]].concat());
+    s.send(&[first, second].concat()).unwrap();
     let got = s.wait(Duration::from_secs(20), |r| r.bytes(0).len() >= 2 + from_pod);
     assert_eq!((&got.bytes(0)[..2], got.bytes(0).len()), (&port.to_le_bytes()[..], 2 + from_pod), "the port, then the pod's answer");
     s.hang_up();

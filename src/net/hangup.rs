@@ -13,7 +13,8 @@ use std::thread::{self, JoinHandle};
 pub struct HangupWatch {
     /// Closing it (on drop) wakes the watcher so it ends.
     stop: Option<OwnedFd>,
-    thread: Option<JoinHandle<()>>,
+    /// Whether the action ran.
+    thread: Option<JoinHandle<bool>>,
 }
 
 impl HangupWatch {
@@ -27,20 +28,29 @@ impl HangupWatch {
         // SAFETY: both descriptors were just created and are owned by nobody else.
         let (wake, stop) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
         let thread = thread::Builder::new().name("hangup-watch".into()).spawn(move || {
-            if wait_for_hangup(&client, &wake) {
+            let hung_up = wait_for_hangup(&client, &wake);
+            if hung_up {
                 on_hangup();
             }
+            hung_up
         })?;
         Ok(HangupWatch { stop: Some(stop), thread: Some(thread) })
+    }
+
+    /// Stops watching; whether the peer had hung up (and the action ran) by then.
+    pub fn stop(mut self) -> bool {
+        self.finish()
+    }
+
+    fn finish(&mut self) -> bool {
+        drop(self.stop.take()); // the pipe's read end sees end of file
+        self.thread.take().is_some_and(|t| t.join().unwrap_or(false))
     }
 }
 
 impl Drop for HangupWatch {
     fn drop(&mut self) {
-        drop(self.stop.take()); // the pipe's read end sees end of file
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.finish();
     }
 }
 
@@ -81,12 +91,12 @@ mod tests {
         client.write_all(b"a pipelined request is not a hangup").unwrap();
         drop(client);
         rx.recv_timeout(Duration::from_secs(5)).expect("the hangup is noticed");
-        drop(watch);
+        assert!(watch.stop(), "it says the peer hung up");
 
         let (_client, conn) = conn_pair();
         let (tx, rx) = mpsc::channel::<()>();
         let watch = HangupWatch::start(conn.read.shutdown_handle().unwrap(), move || tx.send(()).unwrap()).unwrap();
-        drop(watch); // returns: the watcher stopped without the action
+        assert!(!watch.stop(), "stopped without the action");
         assert_eq!(rx.try_recv(), Err(mpsc::TryRecvError::Disconnected), "the action was dropped unrun");
     }
 }

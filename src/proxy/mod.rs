@@ -523,14 +523,15 @@ impl<'a> Connection<'a> {
         }
         // A stream ends when the client hangs up, noticed at once rather than at the
         // next write, which may be hours away for a quiet watch.
-        let watch = match request.long_running && matches!(framing, BodyLength::Chunked | BodyLength::UntilClose) {
+        let mut watch = match request.long_running && matches!(framing, BodyLength::Chunked | BodyLength::UntilClose) {
             true => hangup_watch(&client.input, &upstream).map_err(|e| log::warn!("cannot watch for the client hanging up conn={} error={e}", self.id)).ok(),
             false => None,
         };
         let mut forwarded = 0;
         let copied = forward::receive_body(&mut upstream, framing, &out, &mut client.output, &mut forwarded);
-        drop(watch);
-        if upstream_close || copied.is_err() {
+        // A hangup noticed as the copy ended has shut the upstream connection down.
+        let hung_up = watch.take().is_some_and(|w| w.stop());
+        if upstream_close || copied.is_err() || hung_up {
             drop(upstream);
         } else {
             upstream.keep(kept);

@@ -28,7 +28,9 @@ const EVENT_ACK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Requests whose completion may be far off, as kube-apiserver's long-running check.
 pub(super) fn long_running(head: &RequestHead, info: &RequestInfo) -> bool {
-    info.verb == "watch" || head.upgrade().is_some() || http::query_pairs(head.query()).iter().any(|(k, v)| k == "follow" && v == "true")
+    // `follow` as the API server parses a bool (Go's strconv.ParseBool).
+    let follow = |v: &str| matches!(v, "1" | "t" | "T" | "true" | "TRUE" | "True");
+    info.verb == "watch" || head.upgrade().is_some() || http::query_pairs(head.query()).iter().any(|(k, v)| k == "follow" && follow(v))
 }
 
 /// A request's API event, sent or queued, to be completed with the response.

@@ -72,8 +72,8 @@ pub fn session_request(head: &RequestHead, info: &RequestInfo) -> Result<Option<
 
 /// What an attach really is, from the pod it attaches to: a `kubectl debug`
 /// session (the container is ephemeral), a `kubectl run -it` one (the pod carries
-/// kubectl run's `run=NAME` label), or a plain attach; with the container's image
-/// and command (an attach's request names none).
+/// kubectl run's `run=NAME` label), or a plain attach; with the container's image,
+/// and for debug and run its command (an attach's request names none).
 pub fn describe_attach(request: &mut SessionRequest, pod: &serde_json::Value) {
     let spec = &pod["spec"];
     let named = |list: &str| spec[list].as_array().and_then(|cs| cs.iter().find(|c| c["name"] == request.container.as_str()).cloned());
@@ -85,7 +85,11 @@ pub fn describe_attach(request: &mut SessionRequest, pod: &serde_json::Value) {
     };
     let strings = |v: &serde_json::Value| v.as_array().map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect::<Vec<_>>()).unwrap_or_default();
     request.kind = kind;
-    request.command = [strings(&container["command"]), strings(&container["args"])].concat();
+    // A debug or run session's command is what its user typed; a plain attach's is
+    // the pod author's, which may hold secrets readers of recordings should not see.
+    if kind != "attach" {
+        request.command = [strings(&container["command"]), strings(&container["args"])].concat();
+    }
     request.image = container["image"].as_str().unwrap_or("").to_string();
     request.target = container["targetContainerName"].as_str().unwrap_or("").to_string();
 }
@@ -503,7 +507,7 @@ mod tests {
         assert_eq!((debug.kind, debug.image.as_str(), debug.target.as_str(), debug.command.clone()), ("debug", "busybox", "main", vec!["sh".to_string()]));
         let mut plain = attach("main", "web-0");
         describe_attach(&mut plain, &pod);
-        assert_eq!((plain.kind, plain.command.join(" ")), ("attach", "nginx -g daemon off;".to_string()));
+        assert_eq!((plain.kind, plain.command.len(), plain.image.as_str()), ("attach", 0, "nginx"), "a plain attach shows no pod command");
         let mut run_pod = pod.clone();
         run_pod["metadata"]["labels"] = serde_json::json!({"run": "web-0"});
         let mut run = attach("main", "web-0");

@@ -73,10 +73,9 @@ struct State {
     /// SPDY data streams (or channels) and their port.
     streams: HashMap<u32, u16>,
     ports: Vec<PortBytes>,
-    /// Why counting stopped.
+    /// Why counting stopped (a port past [`MAX_PORTS`] too: its bytes would pass
+    /// uncounted, so in fail-closed the forward ends).
     stopped: Option<String>,
-    /// Ports past [`MAX_PORTS`] were seen.
-    ports_cut: bool,
 }
 
 impl Meter {
@@ -98,11 +97,12 @@ impl Meter {
             streams: HashMap::new(),
             ports: Vec::new(),
             stopped: framing.err(),
-            ports_cut: false,
         };
         if let Framing::Channels(ports) = state.framing.clone() {
             for (i, port) in ports.into_iter().enumerate() {
-                state.open(2 * i as u32, port, true);
+                if let Err(why) = state.open(2 * i as u32, port, true) {
+                    state.stopped.get_or_insert(why);
+                }
             }
         }
         Meter { started: Instant::now(), fail, state: Mutex::new(state) }
@@ -129,7 +129,7 @@ impl Meter {
     /// The event's record, as it stands.
     pub fn report(&self) -> PortForward {
         let st = lock(&self.state);
-        let reason = st.stopped.clone().or_else(|| st.ports_cut.then(|| format!("more than {MAX_PORTS} ports")));
+        let reason = st.stopped.clone();
         PortForward { ports: st.ports.clone(), duration_ms: self.started.elapsed().as_millis() as u64, truncated: reason.is_some(), reason }
     }
 }
@@ -161,13 +161,10 @@ struct Payload {
 }
 
 impl State {
-    fn open(&mut self, id: u32, port: u16, data: bool) {
+    fn open(&mut self, id: u32, port: u16, data: bool) -> Result<(), String> {
         let entry = match self.ports.iter().position(|p| p.port == port) {
             Some(i) => &mut self.ports[i],
-            None if self.ports.len() >= MAX_PORTS => {
-                self.ports_cut = true;
-                return;
-            }
+            None if self.ports.len() >= MAX_PORTS => return Err(format!("more than {MAX_PORTS} ports")),
             None => {
                 self.ports.push(PortBytes { port, ..PortBytes::default() });
                 let last = self.ports.len() - 1;
@@ -178,6 +175,7 @@ impl State {
             entry.connections += 1;
             self.streams.insert(id, port);
         }
+        Ok(())
     }
 
     fn count(&mut self, side: Side, id: u32, len: usize) {
@@ -210,7 +208,7 @@ impl State {
         let walked = self.spdy[side as usize].feed(data, side == Side::ToPod, &mut seen);
         for s in seen {
             match s {
-                Seen::Open { id, port: Some(port), data } => self.open(id, port, data),
+                Seen::Open { id, port: Some(port), data } => self.open(id, port, data)?,
                 Seen::Open { .. } => {}
                 Seen::Data { id, len } => self.count(side, id, len),
             }
@@ -375,7 +373,10 @@ impl WsUnwrap {
             if head.opcode == ws::OP_TEXT {
                 return Err("a text frame".into());
             }
-            if is_data && head.opcode != ws::OP_CONTINUATION {
+            // The kubelet's x/net/websocket reads every frame, a continuation too, as a
+            // message of its own whose first byte names the channel: so does the
+            // channel count. (SPDY inside WebSocket is one byte stream either way.)
+            if is_data {
                 self.between_messages = true;
             }
             if head.payload_len > 0 {
@@ -504,6 +505,24 @@ mod tests {
         let m = Meter::new("websocket", "v4.channel.k8s.io", "ports=8080", FailMode::Open);
         m.feed(Side::ToPod, &msg(6, b"x", mask)).unwrap();
         assert!(m.report().reason.unwrap_or_default().contains("channel 6 names no port"));
+        // A continuation frame is a message of its own to the kubelet: its first byte
+        // is a channel, so bytes hidden behind "channel 1" are counted for channel 0.
+        let m = Meter::new("websocket", "v4.channel.k8s.io", "ports=8080", FailMode::Closed);
+        let first = ws::encode_frame(false, ws::OP_BINARY, mask, &[1, 9, 9]);
+        let cont = ws::encode_frame(true, ws::OP_CONTINUATION, mask, &[&[0u8][..], &[5; 10]].concat());
+        m.feed(Side::ToPod, &[first, cont].concat()).unwrap();
+        assert_eq!(counts(&m), [(8080, 1, 10, 0)]);
+    }
+
+    #[test]
+    fn ports_past_the_cap_end_a_fail_closed_forward() {
+        let many: Vec<String> = (1..=MAX_PORTS as u16 + 1).map(|p| p.to_string()).collect();
+        let query = format!("ports={}", many.join(","));
+        for (mode, ends) in [(FailMode::Open, false), (FailMode::Closed, true)] {
+            let m = Meter::new("websocket", "v4.channel.k8s.io", &query, mode);
+            assert_eq!(m.feed(Side::ToPod, &[]).is_err(), ends, "{mode:?}");
+            assert!(m.report().truncated, "{mode:?}");
+        }
     }
 
     /// Through the tunnel itself: the API server sends garbage mid-forward.

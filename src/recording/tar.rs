@@ -1,11 +1,16 @@
 //! The names and sizes in a tar stream, read incrementally as it passes (a `kubectl
 //! cp`'s archive on stdout or stdin), keeping nothing of the files' contents. No I/O.
 //!
-//! ustar and old-style headers, the POSIX `prefix` field, GNU long names
-//! (`././@LongLink`, type `L`) and pax extended headers (`x`: `path`, `size`) are
-//! understood; any other entry type is skipped by its size. What is kept is bounded
-//! ([`MAX_ENTRIES`], [`MAX_NAME`], [`MAX_META`]); a header whose checksum does not
-//! hold ends the scan, marked truncated, and nothing a peer sends can make it panic.
+//! Entries are read as GNU tar and Go's `archive/tar` (kubectl's) read them: ustar
+//! and old-style headers, the POSIX `prefix` field, GNU long names and link names
+//! (`L`, `K`), pax extended headers (`x`: `path`, `size`; `g` skipped). Links,
+//! devices, directories and FIFOs (`1`–`6`) carry no data whatever their size field
+//! says; every other type is extracted as a file, so it is listed as one. Where the
+//! two readers differ (a long name and a pax path that disagree, bytes after the
+//! archive's end that `tar -i` would extract) the listing is marked truncated rather
+//! than trusted. What is kept is bounded ([`MAX_ENTRIES`], [`MAX_NAME`],
+//! [`MAX_META`], [`MAX_NAMES_BYTES`]); a header whose checksum does not hold ends the
+//! scan, marked truncated, and nothing a peer sends can make it panic.
 
 pub use crate::record::event::FileEntry;
 
@@ -15,9 +20,12 @@ pub const MAX_ENTRIES: usize = 1000;
 /// Bytes kept of one name (Linux's `PATH_MAX`); longer names are cut on a character
 /// boundary.
 pub const MAX_NAME: usize = 4096;
-/// A GNU long name or pax header larger than this is skipped, not read: its name is
-/// cut and the next entry keeps its own header fields.
+/// Of a GNU long name or pax header, only this much is read (the rest is skipped,
+/// and the listing marked truncated).
 pub const MAX_META: usize = 64 * 1024;
+/// All listed names together, so an event stays far below the event stream's buffer
+/// (names of control bytes grow sixfold as JSON).
+pub const MAX_NAMES_BYTES: usize = 256 * 1024;
 
 const BLOCK: usize = 512;
 
@@ -55,7 +63,11 @@ enum At {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Meta {
     LongName,
+    /// A long link name: read past, nothing of it is kept.
+    LongLink,
     Pax,
+    /// A global pax header: read past.
+    Global,
 }
 
 #[derive(Default)]
@@ -63,9 +75,12 @@ pub struct TarScan {
     at: Option<At>,
     block: Vec<u8>,
     meta: Vec<u8>,
-    /// From a long name or pax header, for the next entry.
-    next_name: Option<String>,
+    /// From a long name and a pax header, for the next entry.
+    next_long_name: Option<String>,
+    next_pax_path: Option<String>,
     next_size: Option<u64>,
+    /// Bytes of the names listed so far.
+    names_bytes: usize,
     listing: Listing,
 }
 
@@ -75,6 +90,11 @@ impl TarScan {
         while !data.is_empty() {
             match self.at.take().unwrap_or(At::Header) {
                 At::Done => {
+                    // Zeros pad an archive to its record size; anything else after its
+                    // end is what `tar -i` would go on to extract.
+                    if self.listing.ended && data.iter().any(|b| *b != 0) {
+                        self.listing.truncated = true;
+                    }
                     self.at = Some(At::Done);
                     return;
                 }
@@ -125,30 +145,44 @@ impl TarScan {
             self.listing.truncated = true;
             return At::Done;
         }
-        let Some(size) = self.next_size.take().or_else(|| number(&h[124..136])) else {
+        let Some(own_size) = number(&h[124..136]) else {
             self.listing.truncated = true;
             return At::Done;
         };
-        let padded = size.div_ceil(BLOCK as u64).saturating_mul(BLOCK as u64);
+        let meta = match h[156] {
+            b'L' => Some(Meta::LongName),
+            b'K' => Some(Meta::LongLink),
+            b'x' => Some(Meta::Pax),
+            b'g' => Some(Meta::Global),
+            _ => None,
+        };
+        if let Some(kind) = meta {
+            // Metadata headers have their own size; a pending pax size is the file's.
+            self.meta.clear();
+            if own_size > MAX_META as u64 && kind != Meta::Global {
+                self.listing.truncated = true;
+            }
+            return At::Meta { kind, left: own_size, pad: padded(own_size) - own_size };
+        }
+        let size = self.next_size.take().unwrap_or(own_size);
+        let name = match (self.next_long_name.take(), self.next_pax_path.take()) {
+            (Some(long), Some(pax)) if long != pax => {
+                // GNU tar takes the pax path, Go the long name: neither can be trusted.
+                self.listing.truncated = true;
+                pax
+            }
+            (_, Some(pax)) => pax,
+            (Some(long), None) => long,
+            (None, None) => header_name(h),
+        };
         match h[156] {
-            b'L' | b'x' => {
-                let kind = if h[156] == b'L' { Meta::LongName } else { Meta::Pax };
-                self.meta.clear();
-                if size > MAX_META as u64 {
-                    self.listing.truncated = true;
-                }
-                At::Meta { kind, left: size, pad: padded - size }
-            }
-            b'0' | 0 | b'7' => {
-                let name = self.next_name.take().unwrap_or_else(|| header_name(h));
-                self.add(name, size);
-                At::Skip(padded)
-            }
+            // Links, devices, directories, FIFOs: no data follows, whatever the size
+            // field says, and no file is written.
+            b'1'..=b'6' => At::Header,
+            // Regular files, and every type a reader does not know: extracted as files.
             _ => {
-                // Directories, links, devices, global pax headers: their own fields
-                // are no file, and a pending long name belonged to them.
-                self.next_name = None;
-                At::Skip(padded)
+                self.add(name, size);
+                At::Skip(padded(size))
             }
         }
     }
@@ -158,17 +192,20 @@ impl TarScan {
         match kind {
             Meta::LongName => {
                 let end = data.iter().position(|b| *b == 0).unwrap_or(data.len());
-                self.next_name = Some(String::from_utf8_lossy(&data[..end]).into_owned());
+                self.next_long_name = Some(String::from_utf8_lossy(&data[..end]).into_owned());
             }
             Meta::Pax => {
                 for (key, value) in pax_records(&data) {
                     match key {
-                        b"path" => self.next_name = Some(String::from_utf8_lossy(value).into_owned()),
+                        b"path" => self.next_pax_path = Some(String::from_utf8_lossy(value).into_owned()),
                         b"size" => self.next_size = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok()),
+                        // Sparse files name and size themselves elsewhere: not followed.
+                        k if k.starts_with(b"GNU.sparse.") => self.listing.truncated = true,
                         _ => {}
                     }
                 }
             }
+            Meta::LongLink | Meta::Global => {}
         }
     }
 
@@ -176,7 +213,7 @@ impl TarScan {
         let l = &mut self.listing;
         l.count += 1;
         l.bytes = l.bytes.saturating_add(size);
-        if l.files.len() >= MAX_ENTRIES {
+        if l.files.len() >= MAX_ENTRIES || self.names_bytes >= MAX_NAMES_BYTES {
             l.truncated = true;
             return;
         }
@@ -188,8 +225,14 @@ impl TarScan {
             name.truncate(cut);
             l.truncated = true;
         }
+        self.names_bytes += name.len();
         l.files.push(FileEntry { name, size });
     }
+}
+
+/// `size` rounded up to whole blocks.
+fn padded(size: u64) -> u64 {
+    size.div_ceil(BLOCK as u64).saturating_mul(BLOCK as u64)
 }
 
 /// A header's own name: `prefix/name` in POSIX ustar, `name` otherwise (GNU tar uses
@@ -381,5 +424,30 @@ mod tests {
         assert_eq!(pax_records(b"9 a=b\n"), vec![], "a length past the data");
         let l = scan(&[b"short"]);
         assert_eq!(l, Listing::default(), "an incomplete header is not yet anything");
+    }
+
+    #[test]
+    fn entries_are_read_as_real_tars_read_them() {
+        // A directory's size field hides nothing: a file placed "inside" it is listed.
+        let hidden = [encode_header("dir/", 512, b'5', None), encode_entry("hidden.txt", b"secret", b'0'), END.to_vec()].concat();
+        assert_eq!(scan(&[&hidden]).files, vec![file("hidden.txt", 6)]);
+        // An unknown type is extracted as a file, so it is listed as one.
+        assert_eq!(scan(&[&encode_entry("odd", b"abc", b'A'), &END]).files, vec![file("odd", 3)]);
+        // A long link name does not drop the pending long name.
+        let ln =
+            [encode_entry("././@LongLink", b"real_long_name.txt\0", b'L'), encode_entry("././@LongLink", b"target\0", b'K'), encode_entry("innocent.txt", b"x", b'0')].concat();
+        assert_eq!(scan(&[&ln, &END]).files, vec![file("real_long_name.txt", 1)]);
+        // A pax size is the file's, not the next metadata header's.
+        let sized = [encode_entry("PaxHeaders/x", pax("size", "3").as_bytes(), b'x'), encode_entry("././@LongLink", b"named\0", b'L'), encode_entry("n", b"abc", b'0')].concat();
+        let l = scan(&[&sized, &END]);
+        assert_eq!((l.files, l.truncated), (vec![file("named", 3)], false));
+        // Readers that disagree on a name: not trusted.
+        let both =
+            [encode_entry("PaxHeaders/x", pax("path", "one.txt").as_bytes(), b'x'), encode_entry("././@LongLink", b"two.txt\0", b'L'), encode_entry("f", b"", b'0')].concat();
+        assert!(scan(&[&both, &END]).truncated);
+        // Bytes after the end, which `tar -i` extracts, and zero padding, which nothing does.
+        let tail = [encode_entry("a", b"1", b'0'), END.to_vec(), vec![0; 4096]].concat();
+        assert!(!scan(&[&tail]).truncated, "zero padding to the record size");
+        assert!(scan(&[&tail, &encode_entry("after-end", b"2", b'0')]).truncated);
     }
 }

@@ -1,6 +1,6 @@
 //! File transfers in exec sessions: which commands are a `kubectl cp` (kubectl 1.27
-//! to 1.33 run `tar cf - PATH` to download, `tar -xmf - -C DIR` to upload, and
-//! `sh -c "tar cf - PATH | tail -c+N"` when a download is retried), and the observer
+//! to 1.33 run `tar cf - PATH` to download, `tar -xmf - [-C DIR]` to upload, and
+//! `sh -c "tar cf - PATH | tail -c+N"` when a download is retried: those exactly), and the observer
 //! that lists the archive's files as the session's tap parses the stream: stdout for
 //! a download, stdin for an upload. Of stdin only names and sizes are kept; it never
 //! reaches the recording. No I/O.
@@ -29,89 +29,23 @@ pub struct Transfer {
     pub paths: Vec<String>,
 }
 
-/// The transfer `argv` makes, if it is a tar writing to or reading from the stream.
+/// The transfer `argv` makes, if it is exactly what kubectl cp runs. Any other tar
+/// (options that change what is extracted, `-i`, scripts that do more) is no
+/// recognised transfer: a listing of it could say what the pod did not get. The
+/// session is recorded all the same; only the FileTransfer event is not made.
 pub fn recognise(argv: &[String]) -> Option<Transfer> {
-    match argv {
-        [sh, c, script] if is_program(sh, "sh") && c == "-c" => {
-            // kubectl formats the retry's pipeline with a plain %s, unquoted.
-            let first = script.split('|').next().unwrap_or("");
-            recognise(&first.split_whitespace().map(String::from).collect::<Vec<_>>())
-        }
-        [tar, args @ ..] if is_program(tar, "tar") => tar_transfer(args),
-        _ => None,
-    }
-}
-
-fn is_program(arg: &str, name: &str) -> bool {
-    arg == name || arg.ends_with(&format!("/{name}"))
-}
-
-/// Reads tar's options as GNU tar does for the forms kubectl sends: bundled letters
-/// with or without a dash (`cf`, `-xmf`), whose `f` and `C` take the next arguments
-/// in order; `-C DIR`; long options, of which `--file` and `--directory` take a value.
-fn tar_transfer(args: &[String]) -> Option<Transfer> {
-    let (mut mode, mut archive, mut dir, mut operands) = (None, None, None, Vec::new());
-    let mut wanted: Vec<char> = Vec::new(); // options whose values come next
-    for (i, arg) in args.iter().enumerate() {
-        if let Some(opt) = wanted.first().copied() {
-            wanted.remove(0);
-            match opt {
-                'f' => archive = Some(arg.clone()),
-                _ => dir = Some(arg.clone()),
-            }
-            continue;
-        }
-        if let Some(long) = arg.strip_prefix("--") {
-            match long.split_once('=') {
-                Some(("file", v)) => archive = Some(v.into()),
-                Some(("directory", v)) => dir = Some(v.into()),
-                None if long == "file" => wanted.push('f'),
-                None if long == "directory" => wanted.push('C'),
-                _ => {}
-            }
-            continue;
-        }
-        let letters = match arg.strip_prefix('-') {
-            Some(l) if !l.is_empty() => l,
-            // Old-style letters come first and have no dash.
-            None if i == 0 => arg.as_str(),
-            _ => {
-                operands.push(arg.clone());
-                continue;
-            }
-        };
-        for (at, c) in letters.char_indices() {
-            match c {
-                'c' | 'x' | 't' => mode = Some(c),
-                'f' | 'C' => {
-                    let rest = &letters[at + 1..];
-                    // `-fFILE` in a dashed cluster: the rest is the value.
-                    if arg.starts_with('-') && !rest.is_empty() {
-                        if c == 'f' {
-                            archive = Some(rest.into())
-                        } else {
-                            dir = Some(rest.into())
-                        }
-                        break;
-                    }
-                    wanted.push(c);
-                }
-                _ => {}
-            }
-        }
-    }
-    if archive.as_deref() != Some("-") {
-        return None;
-    }
-    match mode? {
-        'c' => {
-            let joined = operands.into_iter().map(|p| match &dir {
-                Some(d) if !p.starts_with('/') => format!("{}/{p}", d.trim_end_matches('/')),
-                _ => p,
-            });
-            Some(Transfer { direction: Direction::Download, paths: joined.collect() })
-        }
-        'x' => Some(Transfer { direction: Direction::Upload, paths: vec![dir.unwrap_or_else(|| ".".into())] }),
+    let args: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let download = |path: &str| Some(Transfer { direction: Direction::Download, paths: vec![path.to_string()] });
+    let upload = |dir: &str| Some(Transfer { direction: Direction::Upload, paths: vec![dir.to_string()] });
+    match args.as_slice() {
+        ["tar", "cf", "-", path] => download(path),
+        ["tar", "-xmf", "-"] => upload("."),
+        ["tar", "-xmf", "-", "-C", dir] => upload(dir),
+        // A retried download; kubectl formats the pipeline with a plain %s, unquoted.
+        ["sh", "-c", script] => match script.split(' ').collect::<Vec<_>>().as_slice() {
+            ["tar", "cf", "-", path, "|", "tail", offset] if offset.strip_prefix("-c+").is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())) => download(path),
+            _ => None,
+        },
         _ => None,
     }
 }
@@ -191,16 +125,16 @@ mod tests {
             ("tar cf - data", down(&["data"])),
             ("tar -xmf - -C /tmp/dest", up("/tmp/dest")),
             ("tar -xmf -", up(".")),
-            ("tar --no-same-permissions --no-same-owner -xmf - -C /tmp", up("/tmp")),
-            ("tar xf -", up(".")),
-            ("/bin/tar -C /srv -cf - logs /etc/hosts", down(&["/srv/logs", "/etc/hosts"])),
-            ("tar --file=- --directory /x -c y", down(&["/x/y"])),
-            ("tar -f- -x", up(".")),
+            // Forms kubectl does not send, some of which extract what a listing would
+            // not show (-i reads past the end; --transform renames): not transfers.
+            ("tar -xmf - -i -C /tmp", None),
+            ("tar --transform s/a/b/ -xmf - -C /tmp", None),
+            ("tar xf -", None),
+            ("/bin/tar cf - data", None),
             ("tar cf /tmp/out.tar data", None),
+            ("tar cf - a b", None),
             ("tar tf -", None),
             ("tar", None),
-            ("tar -", None),
-            ("tarx cf - a", None),
             ("ls -la", None),
         ];
         for (cmd, want) in cases {
@@ -208,7 +142,9 @@ mod tests {
         }
         let retry = vec!["sh".to_string(), "-c".into(), "tar cf - /tmp/data | tail -c+1025".into()];
         assert_eq!(recognise(&retry), down(&["/tmp/data"]));
-        assert_eq!(recognise(&["sh".to_string(), "-c".into(), "echo hi".into()]), None);
+        for script in ["echo hi", "tar -xmf - -C /tmp; cat >/root/.ssh/authorized_keys", "tar cf - a | tail -c+1 ; rm -rf /", "tar cf - a | tail -c+"] {
+            assert_eq!(recognise(&["sh".to_string(), "-c".into(), script.into()]), None, "{script}");
+        }
     }
 
     #[test]

@@ -412,18 +412,14 @@ pub fn ws_channel_port_forward(mut input: Input, output: WriteHalf, ports: Vec<u
     // the connection too.
     let client_socks: Vec<Option<TcpStream>> = sockets.iter().map(|s| s.as_ref().and_then(|s| s.try_clone().ok())).collect();
     thread::Builder::new().name("pf-ws-read".into()).spawn(move || {
-        let mut message: Vec<u8> = Vec::new();
         while let Ok(Some(frame)) = websocket::next_frame(&mut input) {
             match frame.opcode {
                 ws::OP_CLOSE => break,
                 ws::OP_PING | ws::OP_PONG => {}
+                // The kubelet's x/net/websocket reads each frame, a continuation too,
+                // as a message of its own, its first byte the channel.
                 _ => {
-                    message.extend_from_slice(&frame.payload);
-                    if !frame.fin {
-                        continue;
-                    }
-                    let msg = std::mem::take(&mut message);
-                    let Some((&ch, data)) = msg.split_first() else { continue };
+                    let Some((&ch, data)) = frame.payload.split_first() else { continue };
                     if let Some(Some(mut sock)) = (ch % 2 == 0).then(|| client_socks.get(usize::from(ch / 2))).flatten().map(Option::as_ref) {
                         let _ = sock.write_all(data);
                     }
