@@ -20,7 +20,10 @@ const PREFIX: &str = "cluster-a";
 /// Small, so a test waits a second or two for an upload; the default is 10 s.
 const FLUSH: &str = "1s";
 /// moto accepts any credentials; these only have to be present.
-const CREDS: &[(&str, &str)] = &[("AWS_ACCESS_KEY_ID", "test-key"), ("AWS_SECRET_ACCESS_KEY", "test-secret")];
+const CREDS: Env = &[("AWS_ACCESS_KEY_ID", "test-key"), ("AWS_SECRET_ACCESS_KEY", "test-secret")];
+
+/// Environment variables for a child.
+type Env<'a> = &'a [(&'a str, &'a str)];
 
 /// `moto_server` on a loopback port, killed on drop.
 struct Moto {
@@ -120,6 +123,19 @@ fn demo_with_bucket(moto: &Moto) -> (Demo, Spawned) {
     (demo, recorder)
 }
 
+/// A recorder with the demo's PKI on `port`, spooling to `storage`, with `s3` flags
+/// and only the AWS credentials in `creds` (none from the test's environment).
+fn recorder(demo: &Demo, port: u16, storage: &std::path::Path, s3: &[&str], creds: Env) -> Command {
+    let mut c = Command::new(support::BIN);
+    c.args(recorder_args(demo, port, storage)).args(s3).stdin(Stdio::null());
+    for v in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SHARED_CREDENTIALS_FILE"] {
+        c.env_remove(v);
+    }
+    // No ~/.aws/credentials of the machine's either.
+    c.env("HOME", storage).envs(creds.iter().copied());
+    c
+}
+
 /// The demo recorder's command line with `--listen` and `--storage-dir` replaced.
 fn recorder_args(demo: &Demo, port: u16, storage: &std::path::Path) -> Vec<String> {
     let cmdline = std::fs::read_to_string(demo.path("recorder.cmdline")).expect("recorder.cmdline");
@@ -172,13 +188,9 @@ fn a_session_lands_in_the_bucket_whole_and_a_recorder_with_an_empty_spool_serves
     drop(first);
     let spool = TempDir::new("empty-spool");
     let port = free_port();
-    let mut c = Command::new(support::BIN);
-    c.args(recorder_args(&demo, port, &spool.0))
-        .args(["--s3-bucket", BUCKET, "--s3-endpoint", &moto.url(), "--s3-path-style", "--s3-prefix", PREFIX])
-        .envs(CREDS.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(demo.path("recorder-second.log")).expect("log"));
+    let url = moto.url();
+    let mut c = recorder(&demo, port, &spool.0, &["--s3-bucket", BUCKET, "--s3-endpoint", &url, "--s3-path-style", "--s3-prefix", PREFIX], CREDS);
+    c.stdout(Stdio::null()).stderr(std::fs::File::create(demo.path("recorder-second.log")).expect("log"));
     let _second = Spawned(c.spawn().expect("second recorder"));
     support::wait_for_port(port);
     let (status, body) = demo.recorder_get_at(port, Some("recorder-reader"), "/v1/recordings");
@@ -240,25 +252,22 @@ fn a_quiet_sessions_bytes_are_in_the_bucket_within_the_flush_interval() {
 }
 
 #[test]
-fn a_missing_bucket_or_endpoint_stops_the_recorder_at_start_with_one_line() {
+fn bad_s3_settings_stop_the_recorder_at_start_with_one_line_and_a_credentials_file_works() {
     let moto = Moto::start();
+    moto.create_bucket(BUCKET);
     let demo = Demo::start();
     let storage = TempDir::new("spool");
+    let url = moto.url();
     let dead = format!("http://127.0.0.1:{}", free_port());
-    let cases: [(&str, String, &str); 2] =
-        [("no-such-bucket", moto.url(), "--s3-bucket \"no-such-bucket\": the bucket cannot be listed"), (BUCKET, dead.clone(), "--s3-endpoint http://127.0.0.1:")];
-    for (bucket, endpoint, want) in cases {
+    let cases: [(&str, &str, Env, &str); 3] = [
+        ("no-such-bucket", &url, CREDS, "--s3-bucket \"no-such-bucket\": the bucket cannot be listed at http://127.0.0.1:"),
+        (BUCKET, &dead, CREDS, &format!("--s3-endpoint {dead}: not reachable")),
+        (BUCKET, &url, &[], "S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"),
+    ];
+    for (bucket, endpoint, creds, want) in cases {
         let port = free_port();
-        let child = Command::new(support::BIN)
-            .args(recorder_args(&demo, port, &storage.0))
-            .args(["--s3-bucket", bucket, "--s3-endpoint", &endpoint, "--s3-path-style"])
-            .envs(CREDS.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("recorder");
-        let out = wait_with_timeout(child, Duration::from_secs(90));
+        let mut c = recorder(&demo, port, &storage.0, &["--s3-bucket", bucket, "--s3-endpoint", endpoint, "--s3-path-style"], creds);
+        let out = wait_with_timeout(c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("recorder"), Duration::from_secs(90));
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "exits, does not serve: {err}");
         let last = err.lines().last().unwrap_or("");
@@ -266,4 +275,15 @@ fn a_missing_bucket_or_endpoint_stops_the_recorder_at_start_with_one_line() {
         assert!(!err.contains("test-secret"), "credentials never printed: {err}");
         assert!(!port_alive(port), "never listened");
     }
+
+    // Credentials from a file, as a mounted Secret provides them.
+    let file = storage.0.join("aws-credentials");
+    std::fs::write(&file, "[default]\naws_access_key_id = file-key\naws_secret_access_key = test-secret\n").expect("credentials file");
+    let port = free_port();
+    let file = file.display().to_string();
+    let mut c = recorder(&demo, port, &storage.0, &["--s3-bucket", BUCKET, "--s3-endpoint", &url, "--s3-path-style"], &[("AWS_SHARED_CREDENTIALS_FILE", &file)]);
+    let log = storage.0.join("recorder.log");
+    let _r = Spawned(c.stdout(Stdio::null()).stderr(std::fs::File::create(&log).expect("log")).spawn().expect("recorder"));
+    eventually(Duration::from_secs(20), || if port_alive(port) { Ok(()) } else { Err(format!("not listening: {}", std::fs::read_to_string(&log).unwrap_or_default())) });
+    assert!(!std::fs::read_to_string(&log).unwrap_or_default().contains("test-secret"), "credentials never logged");
 }

@@ -1,6 +1,8 @@
 //! `kubetape recorder`: receives session recordings from proxies over mutual TLS and
-//! keeps them (filesystem storage), acknowledging only what is durably written; serves
-//! a JSON API to list and fetch recordings, health checks and Prometheus metrics.
+//! keeps them (filesystem storage; with `--s3-bucket` that is the spool an uploader
+//! copies to the bucket), acknowledging only what is durably written; serves a JSON
+//! API to list and fetch recordings (from the spool, then the bucket), health checks
+//! and Prometheus metrics.
 //!
 //! Who may do what is decided by the client certificate's CN: `--writers` may stream
 //! sessions, `--readers` may use the API and metrics. Health checks are open.
