@@ -34,8 +34,12 @@ struct Moto {
 
 impl Moto {
     fn start() -> Moto {
+        Moto::start_on(free_port())
+    }
+
+    /// A fresh moto (its state is in memory: no bucket) on `port`.
+    fn start_on(port: u16) -> Moto {
         let dir = TempDir::new("moto");
-        let port = free_port();
         let on_path = Command::new("sh").args(["-c", "command -v moto_server"]).output().is_ok_and(|o| o.status.success());
         let mut c = if on_path {
             Command::new("moto_server")
@@ -102,6 +106,13 @@ impl Moto {
         let (status, body) = self.request("GET", &format!("/{BUCKET}/{key}"));
         (status == 200).then_some(body)
     }
+}
+
+/// The value of one sample on the recorder's `/metrics`.
+fn recorder_metric(demo: &Demo, name: &str) -> u64 {
+    let (status, text) = demo.recorder_get(Some("recorder-reader"), "/metrics");
+    assert_eq!(status, 200, "{text}");
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok()).unwrap_or_else(|| panic!("no metric {name}:\n{text}"))
 }
 
 impl Drop for Moto {
@@ -248,6 +259,40 @@ fn a_quiet_sessions_bytes_are_in_the_bucket_within_the_flush_interval() {
     eventually(Duration::from_secs(10), || match (moto.object(&format!("{base}.cast")), moto.keys(&format!("{base}/")).is_empty()) {
         (Some(cast), true) if cast == spool => Ok(()),
         (cast, empty) => Err(format!("cast {:?} bytes of {}, segments gone: {empty}; {meta}", cast.map(|c| c.len()), spool.len())),
+    });
+}
+
+#[test]
+fn an_s3_outage_does_not_hold_sessions_up_and_uploads_catch_up_after_it() {
+    let moto = Moto::start();
+    let (demo, _recorder) = demo_with_bucket(&moto);
+    let port = moto.port;
+    drop(moto);
+    eventually(Duration::from_secs(10), || if port_alive(port) { Err("moto still listening".to_string()) } else { Ok(()) });
+
+    // The session is acknowledged from the spool while the bucket is away.
+    let k = Kubectl::new(&demo, "kubeconfig", "1.32", Proto::WebSocket);
+    let out = k.run_timeout(&["exec", "web-0", "--", "sh", "-c", "echo outage-$((6*7))"], None, Duration::from_secs(30));
+    assert!(out.status.success() && out.stdout_str() == "outage-42", "{}", out.describe());
+    let (meta, _) = demo.wait_recording(|_, c| c.contains("outage-42"));
+    let id = meta["id"].as_str().expect("an id").to_string();
+    eventually(Duration::from_secs(10), || match recorder_metric(&demo, "kubetape_recorder_s3_upload_errors_total") {
+        0 => Err(format!("no failed pass counted: {}", recorder_log(&demo))),
+        _ => Ok(()),
+    });
+    assert!(recorder_metric(&demo, "kubetape_recorder_s3_pending_bytes") > 0, "the lag is shown");
+    assert!(recorder_log(&demo).contains("s3 upload pass failed, retrying in"), "{}", recorder_log(&demo));
+
+    // S3 is back (moto keeps nothing: the bucket is made again): the retries upload it.
+    let moto = Moto::start_on(port);
+    moto.create_bucket(BUCKET);
+    let spool = std::fs::read(demo.cast_path(&id)).expect("spool cast");
+    let key = format!("{PREFIX}/sessions/{}/{id}.cast", day(&demo, &id));
+    // The retry delay doubles up to 30 s.
+    eventually(Duration::from_secs(45), || if moto.object(&key).as_ref() == Some(&spool) { Ok(()) } else { Err(format!("not uploaded: {}", recorder_log(&demo))) });
+    eventually(Duration::from_secs(10), || match recorder_metric(&demo, "kubetape_recorder_s3_pending_bytes") {
+        0 => Ok(()),
+        n => Err(format!("{n} bytes still pending")),
     });
 }
 
