@@ -1,12 +1,16 @@
 //! The recorder's Prometheus metrics (text exposition format 0.0.4).
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::record::protocol::Status;
+use crate::storage::s3::UploadStats;
 
 #[derive(Default)]
 pub struct Metrics {
+    /// The S3 uploader's (zero without `--s3-bucket`).
+    s3: Arc<UploadStats>,
     started: AtomicU64,
     active: AtomicU64,
     complete: AtomicU64,
@@ -21,6 +25,10 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    pub fn new(s3: Arc<UploadStats>) -> Metrics {
+        Metrics { s3, ..Metrics::default() }
+    }
+
     pub fn session_started(&self) {
         self.started.fetch_add(1, Ordering::Relaxed);
         self.active.fetch_add(1, Ordering::Relaxed);
@@ -62,6 +70,9 @@ impl Metrics {
             ("kubetape_recorder_storage_errors_total", "counter", "Failed storage writes and syncs.", g(&self.storage_errors).to_string()),
             ("kubetape_recorder_fsyncs_total", "counter", "Durable writes of recordings (one per acknowledged batch).", g(&self.fsyncs).to_string()),
             ("kubetape_recorder_event_fsyncs_total", "counter", "Durable writes of the event log (each serves every batch appended before it).", g(&self.event_fsyncs).to_string()),
+            ("kubetape_recorder_s3_uploaded_bytes_total", "counter", "Recording bytes copied from the spool to the S3 bucket.", g(&self.s3.bytes).to_string()),
+            ("kubetape_recorder_s3_upload_errors_total", "counter", "Upload passes that failed (each is retried).", g(&self.s3.errors).to_string()),
+            ("kubetape_recorder_s3_pending_bytes", "gauge", "Durable recording bytes not yet in the S3 bucket (the upload lag).", g(&self.s3.pending).to_string()),
         ];
         let mut text: String = lines.iter().map(|(name, kind, help, value)| format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n")).collect();
         // A summary without quantiles: its sum and count, one observation per fsync.

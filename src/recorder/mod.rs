@@ -1,6 +1,8 @@
 //! `kubetape recorder`: receives session recordings from proxies over mutual TLS and
-//! keeps them (filesystem storage), acknowledging only what is durably written; serves
-//! a JSON API to list and fetch recordings, health checks and Prometheus metrics.
+//! keeps them (filesystem storage; with `--s3-bucket` that is the spool an uploader
+//! copies to the bucket), acknowledging only what is durably written; serves a JSON
+//! API to list and fetch recordings (from the spool, then the bucket), health checks
+//! and Prometheus metrics.
 //!
 //! Who may do what is decided by the client certificate's CN: `--writers` may stream
 //! sessions, `--readers` may use the API and metrics. Health checks are open.
@@ -13,7 +15,7 @@ mod reads;
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -23,11 +25,14 @@ use crate::error::{Context, Error, Result};
 use crate::net::conn::{Conn, Input, ReadHalf, WriteHalf};
 use crate::net::head::HeadLimits;
 use crate::net::server::{self, Lifecycle};
+use crate::net::sync::lock;
 use crate::net::{signal, tls};
 use crate::record::event::ApiEvent;
 use crate::record::protocol::{SessionMeta, EVENTS_PATH, PATH};
 use crate::storage::events::EventLog;
 use crate::storage::fs::FsStore;
+use crate::storage::s3::{self, S3Config, S3Store, UploadStats, Uploader};
+use crate::storage::{Layered, Recordings};
 use crate::wire::der;
 use crate::wire::http::{self, RequestHead};
 use crate::wire::status;
@@ -63,6 +68,12 @@ pub const FLAGS: &[Flag] = &[
     server::LIMIT_FLAGS[0],
     server::LIMIT_FLAGS[1],
     server::LIMIT_FLAGS[2],
+    s3::FLAGS[0],
+    s3::FLAGS[1],
+    s3::FLAGS[2],
+    s3::FLAGS[3],
+    s3::FLAGS[4],
+    s3::FLAGS[5],
 ];
 
 pub struct Config {
@@ -72,6 +83,7 @@ pub struct Config {
     readers: Vec<String>,
     storage_dir: PathBuf,
     limits: server::Limits,
+    s3: Option<S3Config>,
 }
 
 fn names(v: Option<String>) -> Vec<String> {
@@ -92,6 +104,7 @@ impl Config {
             readers: names(args.opt("readers")),
             storage_dir: args.required_path("storage-dir")?,
             limits: server::Limits::from_args(args)?,
+            s3: S3Config::from_args(args)?,
         })
     }
 }
@@ -103,14 +116,42 @@ struct State {
     metrics: Metrics,
     /// The sessions being recorded now: how far readers may see them.
     live: Live,
+    /// With `--s3-bucket`: where the uploader copies the spool (`store`) to.
+    bucket: Option<Arc<S3Store>>,
+}
+
+impl State {
+    /// What the API reads: the spool, then the bucket.
+    fn recordings(&self) -> Layered<'_> {
+        let mut stores: Vec<&dyn Recordings> = vec![&self.store];
+        if let Some(b) = &self.bucket {
+            stores.push(b.as_ref());
+        }
+        Layered(stores)
+    }
 }
 
 pub fn run(config: Config) -> Result<()> {
     let store = FsStore::open(&config.storage_dir).context("--storage-dir")?;
     let events = EventLog::open(&config.storage_dir).context("--storage-dir")?;
+    // Checked before listening: a recorder that cannot reach its bucket says so and
+    // exits, instead of acknowledging sessions it will never upload.
+    let bucket = config.s3.as_ref().map(S3Store::connect).transpose()?.map(Arc::new);
     let listener = TcpListener::bind(&config.listen).with_context(|| format!("--listen {}", config.listen))?;
     log::info!("recorder listening addr={} storage={}", listener.local_addr()?, config.storage_dir.display());
-    let state = Arc::new(State { config, store, events, metrics: Metrics::default(), live: Live::default() });
+    let stats = Arc::new(UploadStats::default());
+    let uploader = match (&bucket, &config.s3) {
+        (Some(b), Some(s3)) => {
+            log::info!("uploading recordings to S3 bucket={} prefix={:?} flush_interval={:?}", s3.bucket, s3.prefix, s3.flush);
+            Some((Arc::new(Mutex::new(Uploader::new(b.clone(), &config.storage_dir, stats.clone())?)), s3.flush))
+        }
+        _ => None,
+    };
+    let state = Arc::new(State { config, store, events, metrics: Metrics::new(stats), live: Live::default(), bucket });
+    if let Some((up, flush)) = &uploader {
+        let state = state.clone();
+        s3::spawn(up.clone(), *flush, move |id| durable(&state, id))?;
+    }
     let life = Arc::new(Lifecycle::default());
     let accept = {
         let (state, life) = (state.clone(), life.clone());
@@ -126,7 +167,18 @@ pub fn run(config: Config) -> Result<()> {
     // Sessions being written get a few seconds to finish; whatever is left is
     // recovered as interrupted on the next start, with every acknowledged byte.
     life.drain(Duration::from_secs(5));
+    // What ended during the drain goes up now; the rest on the next start.
+    if let Some((up, _)) = &uploader {
+        if let Err(e) = lock(up).pass(&|id| durable(&state, id)) {
+            log::warn!("s3 upload at shutdown failed; the spool keeps it for the next start error={e}");
+        }
+    }
     Ok(())
+}
+
+/// How far a session running here is durable in whole lines.
+fn durable(state: &State, id: &str) -> Option<u64> {
+    state.live.get(id).map(|p| p.seen().durable)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -227,7 +279,7 @@ fn serve_api(state: &State, head: &RequestHead, peer: &ReadHalf, out: &mut Write
     let param = |k: &str| q.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     if rest.is_empty() {
         let list: Vec<SessionMeta> = state
-            .store
+            .recordings()
             .list()
             .map_err(internal)?
             .into_iter()
@@ -253,7 +305,7 @@ fn serve_api(state: &State, head: &RequestHead, peer: &ReadHalf, out: &mut Write
             Some(other) => Err((400, format!("follow: expected true or false, found {other:?}"))),
         };
     }
-    let (meta, _) = state.store.get(id).map_err(internal)?.ok_or((404, format!("recording {id:?} not found")))?;
+    let meta = state.recordings().meta(id).map_err(internal)?.ok_or((404, format!("recording {id:?} not found")))?;
     let meta = state.live.current(meta);
     reply(out, 200, &serde_json::to_value(&meta).unwrap_or(Value::Null)).map(|()| Sent::Whole).map_err(io)
 }

@@ -8,9 +8,7 @@
 //! reader that stops reading blocks only its own thread, for at most
 //! [`FOLLOW_WRITE_TIMEOUT`].
 
-use std::fs::File;
 use std::io::{self, Write};
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +16,7 @@ use super::live::{Progress, Seen, MAX_FOLLOWERS};
 use super::State;
 use crate::net::conn::{ReadHalf, WriteHalf};
 use crate::record::protocol::Status;
+use crate::storage::{Cast, Recordings};
 use crate::wire::http::{self, ResponseHead};
 
 const CONTENT_TYPE: &str = "application/x-asciicast";
@@ -41,12 +40,11 @@ enum Extent {
 /// The cast file and its readable extent. The live map is asked first: a session
 /// removed from it has already written its final sidecar, so the sidecar read after
 /// is never an earlier one.
-fn open(state: &State, id: &str) -> Result<(File, Extent), Refusal> {
+fn open(state: &State, id: &str) -> Result<(Cast, Extent), Refusal> {
     let live = state.live.get(id);
-    let (meta, path) = state.store.get(id).map_err(|e| (500, e.to_string()))?.ok_or((404, format!("recording {id:?} not found")))?;
+    let (meta, file) = state.recordings().open(id).map_err(|e| (500, e.to_string()))?.ok_or((404, format!("recording {id:?} not found")))?;
     // Registered just after we looked (the sidecar is written first).
     let live = live.or_else(|| if meta.status == Status::Recording { state.live.get(id) } else { None });
-    let file = File::open(&path).map_err(|e| (500, format!("opening {id:?}: {e}")))?;
     let extent = match live {
         Some(p) => Extent::Live(p),
         // Still `recording` but written by nobody (its ending could not be stored):
@@ -58,7 +56,7 @@ fn open(state: &State, id: &str) -> Result<(File, Extent), Refusal> {
 }
 
 /// Sends bytes `from..to` of `file` through `send`, a piece at a time.
-fn copy(file: &File, from: u64, to: u64, send: &mut impl FnMut(&[u8]) -> io::Result<()>) -> io::Result<()> {
+fn copy(file: &Cast, from: u64, to: u64, send: &mut impl FnMut(&[u8]) -> io::Result<()>) -> io::Result<()> {
     let mut buf = vec![0u8; COPY_CHUNK];
     let mut at = from;
     while at < to {
@@ -99,7 +97,7 @@ pub(super) fn snapshot(state: &State, id: &str, out: &mut WriteHalf) -> Result<S
         Extent::Done(n) => n,
     };
     // A file cut short behind our back is served as it is, never with a false length.
-    let end = end.min(file.metadata().map_err(|e| (500, e.to_string()))?.len());
+    let end = end.min(file.size().map_err(|e| (500, e.to_string()))?);
     out.write_all(&head(Some(end))).map_err(|e| (500, e.to_string()))?;
     Ok(match copy(&file, 0, end, &mut |piece| out.write_all(piece)) {
         Ok(()) => Sent::Whole,

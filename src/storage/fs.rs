@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Context, Result};
 use crate::record::protocol::{valid_id, SessionMeta, Status};
+use crate::storage::{Cast, Recordings};
 
 pub struct FsStore {
     root: PathBuf,
@@ -113,6 +114,18 @@ impl FsStore {
         Ok(all)
     }
 
+    /// Every recording's metadata and cast file path (the uploader's view).
+    pub fn sessions(&self) -> Result<Vec<(SessionMeta, PathBuf)>> {
+        Ok(self
+            .scan()?
+            .into_iter()
+            .map(|(m, d)| {
+                let cast = d.join(format!("{}.cast", m.id));
+                (m, cast)
+            })
+            .collect())
+    }
+
     /// A recording's metadata and cast file path.
     pub fn get(&self, id: &str) -> Result<Option<(SessionMeta, PathBuf)>> {
         if !valid_id(id) {
@@ -139,6 +152,22 @@ impl FsStore {
         s.append(header_line)?;
         s.sync()?;
         Ok(s)
+    }
+}
+
+impl Recordings for FsStore {
+    fn list(&self) -> Result<Vec<SessionMeta>> {
+        FsStore::list(self)
+    }
+
+    fn meta(&self, id: &str) -> Result<Option<SessionMeta>> {
+        Ok(self.get(id)?.map(|(m, _)| m))
+    }
+
+    fn open(&self, id: &str) -> Result<Option<(SessionMeta, Cast)>> {
+        let Some((meta, path)) = self.get(id)? else { return Ok(None) };
+        let file = File::open(&path).with_context(|| format!("opening {id:?}"))?;
+        Ok(Some((meta, Cast::File(file))))
     }
 }
 

@@ -182,6 +182,11 @@ impl Demo {
     /// (soft and hard). Panics with the component's log if it exits before its port
     /// accepts connections, as it does when it does not know a flag.
     pub fn restart_with(&self, component: &str, extra: &[&str], nofile: Option<u64>) -> Spawned {
+        self.restart_with_env(component, extra, nofile, &[])
+    }
+
+    /// [`Self::restart_with`] with `env` added to the component's environment.
+    pub fn restart_with_env(&self, component: &str, extra: &[&str], nofile: Option<u64>, env: &[(&str, &str)]) -> Spawned {
         use std::os::unix::process::CommandExt;
         let cmdline = std::fs::read_to_string(self.path(&format!("{component}.cmdline"))).expect("cmdline");
         let mut args: Vec<String> = cmdline.split_whitespace().skip(1).map(String::from).collect();
@@ -189,7 +194,7 @@ impl Demo {
         let port = self.listen_port(component);
         let log = self.path(&format!("{component}-restarted.log"));
         let mut c = Command::new(BIN);
-        c.args(&args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(std::fs::File::create(&log).expect("log file"));
+        c.args(&args).envs(env.iter().copied()).stdin(Stdio::null()).stdout(Stdio::null()).stderr(std::fs::File::create(&log).expect("log file"));
         if let Some(n) = nofile {
             // SAFETY: only setrlimit(2), async-signal-safe, between fork and exec.
             unsafe {
