@@ -193,15 +193,15 @@ impl Connection<'_> {
             }
             Err(_) => return Ok(None),
         };
-        let exit_probe = self.describe_attach(&mut request, caller);
+        let (ns, pod, kind) = (request.namespace.clone(), request.pod.clone(), request.kind);
         let refuse_or_skip = |why: String| {
             if fail::decide(grants.fail_mode, Situation::NoRecorderAtStart) == Decision::Refuse {
                 metrics::inc(&self.state.metrics.sessions_refused_unrecordable);
-                log::warn!("session refused conn={} user={who} ns={} pod={} reason={why}", self.id, request.namespace, request.pod);
-                Err(Refusal::Forbidden(format!("'kubectl {}' sessions must be recorded, and recording is not possible: {why}", request.kind)))
+                log::warn!("session refused conn={} user={who} ns={ns} pod={pod} reason={why}", self.id);
+                Err(Refusal::Forbidden(format!("'kubectl {kind}' sessions must be recorded, and recording is not possible: {why}")))
             } else {
                 metrics::inc(&self.state.metrics.sessions_unrecorded);
-                log::warn!("session not recorded conn={} user={who} ns={} pod={} fail_mode=open reason={why}", self.id, request.namespace, request.pod);
+                log::warn!("session not recorded conn={} user={who} ns={ns} pod={pod} fail_mode=open reason={why}", self.id);
                 Ok(None)
             }
         };
@@ -212,6 +212,8 @@ impl Connection<'_> {
             Ok(t) => t,
             Err(e) => return refuse_or_skip(e.to_string()),
         };
+        // Only a session that will be recorded is looked up in its pod.
+        let exit_probe = self.describe_attach(&mut request, caller);
         let id = crate::record::protocol::new_id();
         let impersonated = caller.impersonation.as_ref().map(|i| i.record());
         let ctx = cast::HeaderContext {
