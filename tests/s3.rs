@@ -7,119 +7,24 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use support::s3::{Env, Moto, BUCKET};
 use support::{eventually, free_port, port_alive, wait_with_timeout, Demo, Kubectl, OutputExt, Proto, Spawned, TempDir};
 
-const BUCKET: &str = "kubetape-recordings";
 const PREFIX: &str = "cluster-a";
 /// Small, so a test waits a second or two for an upload; the default is 10 s.
 const FLUSH: &str = "1s";
 /// moto accepts any credentials; these only have to be present.
 const CREDS: Env = &[("AWS_ACCESS_KEY_ID", "test-key"), ("AWS_SECRET_ACCESS_KEY", "test-secret")];
 
-/// Environment variables for a child.
-type Env<'a> = &'a [(&'a str, &'a str)];
-
-/// `moto_server` on a loopback port, killed on drop.
-struct Moto {
-    child: Child,
-    port: u16,
-    _dir: TempDir,
-}
-
-impl Moto {
-    fn start() -> Moto {
-        Moto::start_on(free_port())
-    }
-
-    /// A fresh moto (its state is in memory: no bucket) on `port`.
-    fn start_on(port: u16) -> Moto {
-        let dir = TempDir::new("moto");
-        let on_path = Command::new("sh").args(["-c", "command -v moto_server"]).output().is_ok_and(|o| o.status.success());
-        let mut c = if on_path {
-            Command::new("moto_server")
-        } else {
-            let mut c = Command::new("python3");
-            c.args(["-m", "moto.server"]);
-            c
-        };
-        let log = dir.0.join("moto.log");
-        let child = c
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("moto log"))
-            .spawn()
-            .expect("starting moto_server");
-        let mut moto = Moto { child, port, _dir: dir };
-        eventually(Duration::from_secs(30), || {
-            if let Ok(Some(status)) = moto.child.try_wait() {
-                panic!("moto_server exited ({status}): install it with `pip install 'moto[server]'` (scripts/test does): {}", std::fs::read_to_string(&log).unwrap_or_default());
-            }
-            if port_alive(port) {
-                Ok(())
-            } else {
-                Err(format!("moto_server not listening on {port}"))
-            }
-        });
-        moto
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// One plain HTTP/1.0 request (no chunked answers); status and body. moto refuses
-    /// anonymous reads of objects but checks no signature, so any SigV4-shaped
-    /// `Authorization` is enough.
-    fn request(&self, method: &str, path: &str) -> (u16, Vec<u8>) {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connecting to moto");
-        let auth = "AWS4-HMAC-SHA256 Credential=test-key/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0";
-        s.write_all(format!("{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{}\r\nAuthorization: {auth}\r\nContent-Length: 0\r\n\r\n", self.port).as_bytes())
-            .expect("request to moto");
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw).expect("response from moto");
-        let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head");
-        let head = String::from_utf8_lossy(&raw[..split]);
-        let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("a status code");
-        (status, raw[split + 4..].to_vec())
-    }
-
-    fn create_bucket(&self, name: &str) {
-        let (status, body) = self.request("PUT", &format!("/{name}"));
-        assert_eq!(status, 200, "creating bucket {name}: {}", String::from_utf8_lossy(&body));
-    }
-
-    /// Every key under `prefix` (ListObjectsV2, one page: tests store few).
-    fn keys(&self, prefix: &str) -> Vec<String> {
-        let (status, body) = self.request("GET", &format!("/{BUCKET}?list-type=2&prefix={prefix}"));
-        assert_eq!(status, 200, "listing: {}", String::from_utf8_lossy(&body));
-        String::from_utf8_lossy(&body).split("<Key>").skip(1).filter_map(|r| r.split("</Key>").next()).map(String::from).collect()
-    }
-
-    fn object(&self, key: &str) -> Option<Vec<u8>> {
-        let (status, body) = self.request("GET", &format!("/{BUCKET}/{key}"));
-        (status == 200).then_some(body)
-    }
-}
-
 /// The value of one sample on the recorder's `/metrics`.
 fn recorder_metric(demo: &Demo, name: &str) -> u64 {
     let (status, text) = demo.recorder_get(Some("recorder-reader"), "/metrics");
     assert_eq!(status, 200, "{text}");
     text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok()).unwrap_or_else(|| panic!("no metric {name}:\n{text}"))
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// The demo with its recorder restarted to upload to `moto`.

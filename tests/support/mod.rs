@@ -6,6 +6,7 @@
 
 pub mod capture;
 pub mod matrix;
+pub mod s3;
 pub mod streams;
 
 use std::io::{Read, Write};
