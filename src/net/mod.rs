@@ -18,3 +18,14 @@ pub mod testutil;
 pub mod tls;
 pub mod tunnel;
 pub mod websocket;
+
+/// This machine's host name (a pod's name in Kubernetes), or `localhost`.
+pub fn host_name() -> String {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let name = name.trim();
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') {
+        "localhost".to_string()
+    } else {
+        name.to_string()
+    }
+}

@@ -226,6 +226,7 @@ impl Connection<'_> {
             source: self.client_ip,
             proxy_id: &self.state.config.proxy_id,
             started: std::time::SystemTime::now(),
+            fail: grants.fail_mode,
         };
         match Recording::start(&targets, &id, &cast::header(&ctx), self.state.config.recorder_timeout, &self.state.recorder_health) {
             Ok(r) => {

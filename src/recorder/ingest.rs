@@ -124,6 +124,9 @@ struct SessionIngest<'a> {
     live: Option<Publisher<'a>>,
     /// Appended since the last sync.
     unsynced: bool,
+    /// The spool was full when this fail-open session started: its output is
+    /// acknowledged but not kept, and it ends truncated saying why.
+    not_kept: Option<(String, u64)>,
     last_ack: Instant,
     last_data: Instant,
 }
@@ -138,6 +141,17 @@ fn stored<T, E: std::fmt::Display>(metrics: &Metrics, r: Result<T, E>) -> Result
 
 impl SessionIngest<'_> {
     fn create(&mut self, id: String, header: Value) -> Result<(), Failure> {
+        if let Some(full) = self.state.s3.as_ref().and_then(|s3| s3.spool_full()) {
+            // A fail-closed session must not run unrecorded: refused before it starts
+            // (the proxy tells the user this reason). A fail-open one runs, its
+            // recording kept as far as its header and marked truncated.
+            if header.pointer("/kubetape/failMode").and_then(Value::as_str) == Some("closed") {
+                log::warn!("fail-closed session refused id={id} reason={full}");
+                return Err(Failure(full));
+            }
+            log::warn!("fail-open session not kept id={id} reason={full}");
+            self.not_kept = Some((full, 0));
+        }
         let meta = SessionMeta {
             id: id.clone(),
             status: Status::Recording,
@@ -165,6 +179,10 @@ impl SessionIngest<'_> {
 
     fn finish(&mut self, status: Status, exit_code: Option<i32>, reason: Option<String>) -> Result<(), Failure> {
         let Some(f) = self.file.as_mut() else { return Err("end before start".into()) };
+        let (status, reason) = match &self.not_kept {
+            Some((why, dropped)) => (Status::Truncated, Some(format!("{why}: the {dropped} bytes after the header were not kept"))),
+            None => (status, reason),
+        };
         stored(&self.state.metrics, f.finish(status, exit_code, reason.clone(), now()))?;
         self.state.metrics.session_ended(status);
         if let Some(live) = &self.live {
@@ -173,7 +191,7 @@ impl SessionIngest<'_> {
         log::info!("recording ended id={} status={status:?} bytes={} exit_code={exit_code:?} reason={}", f.meta.id, f.meta.bytes, reason.as_deref().unwrap_or("-"));
         // The recording is complete on disk; a proxy that has already hung up misses
         // only the courtesy of the last ack.
-        let _ = send_ack(&mut self.out, f.meta.bytes);
+        let _ = send_ack(&mut self.out, f.meta.bytes + self.not_kept.as_ref().map_or(0, |(_, n)| *n));
         let _ = self.out.write_all(&ws::close_frame(1000, "", None));
         Ok(())
     }
@@ -188,7 +206,14 @@ impl FrameHandler for SessionIngest<'_> {
             Step::Create { id, header } => self.create(id, header)?,
             Step::Append(data) => {
                 let Some(f) = self.file.as_mut() else { return Err("events before start".into()) };
-                stored(&self.state.metrics, f.append(&data))?;
+                if let Some((_, dropped)) = self.not_kept.as_mut() {
+                    *dropped += data.len() as u64;
+                } else {
+                    stored(&self.state.metrics, f.append(&data))?;
+                    if let Some(s3) = &self.state.s3 {
+                        s3.stats.spool_bytes.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
                 self.unsynced = true;
             }
             Step::Pong(payload) => self.out.write_all(&ws::encode_frame(true, ws::OP_PONG, None, &payload))?,
@@ -213,7 +238,8 @@ impl FrameHandler for SessionIngest<'_> {
                 if let Some(live) = &self.live {
                     live.publish(f.durable_lines());
                 }
-                send_ack(&mut self.out, durable)?;
+                // What was not kept is acknowledged too: the proxy must not wait on it.
+                send_ack(&mut self.out, durable + self.not_kept.as_ref().map_or(0, |(_, n)| *n))?;
                 self.unsynced = false;
                 self.last_ack = Instant::now();
             }
@@ -232,7 +258,7 @@ pub(super) fn session(state: &State, head: &RequestHead, mut input: Input, mut o
         return;
     }
     let opened = Instant::now();
-    let mut s = SessionIngest { state, out, writer, peer, stage: Stage::ExpectStart, file: None, live: None, unsynced: false, last_ack: opened, last_data: opened };
+    let mut s = SessionIngest { state, out, writer, peer, stage: Stage::ExpectStart, file: None, live: None, unsynced: false, not_kept: None, last_ack: opened, last_data: opened };
     let failure = match websocket::read_frames(&mut input, Some(ACK_INTERVAL), &mut s) {
         Ok(Ended::Stopped) => return,
         Ok(Ended::Closed) => Failure("the proxy closed the connection without an end".into()),

@@ -1,7 +1,6 @@
 //! The recorder's Prometheus metrics (text exposition format 0.0.4).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::record::protocol::Status;
@@ -9,8 +8,6 @@ use crate::storage::s3::UploadStats;
 
 #[derive(Default)]
 pub struct Metrics {
-    /// The S3 uploader's (zero without `--s3-bucket`).
-    s3: Arc<UploadStats>,
     started: AtomicU64,
     active: AtomicU64,
     complete: AtomicU64,
@@ -25,10 +22,6 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new(s3: Arc<UploadStats>) -> Metrics {
-        Metrics { s3, ..Metrics::default() }
-    }
-
     pub fn session_started(&self) {
         self.started.fetch_add(1, Ordering::Relaxed);
         self.active.fetch_add(1, Ordering::Relaxed);
@@ -58,8 +51,11 @@ impl Metrics {
         self.storage_errors.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn render(&self) -> String {
+    /// The text, with the S3 uploader's figures (zero without `--s3-bucket`).
+    pub fn render(&self, s3: Option<&UploadStats>) -> String {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let none = UploadStats::default();
+        let s3 = s3.unwrap_or(&none);
         let lines = [
             ("kubetape_recorder_sessions_started_total", "counter", "Sessions whose header was stored.", g(&self.started).to_string()),
             ("kubetape_recorder_sessions_active", "gauge", "Sessions being recorded now.", g(&self.active).to_string()),
@@ -70,9 +66,21 @@ impl Metrics {
             ("kubetape_recorder_storage_errors_total", "counter", "Failed storage writes and syncs.", g(&self.storage_errors).to_string()),
             ("kubetape_recorder_fsyncs_total", "counter", "Durable writes of recordings (one per acknowledged batch).", g(&self.fsyncs).to_string()),
             ("kubetape_recorder_event_fsyncs_total", "counter", "Durable writes of the event log (each serves every batch appended before it).", g(&self.event_fsyncs).to_string()),
-            ("kubetape_recorder_s3_uploaded_bytes_total", "counter", "Recording bytes copied from the spool to the S3 bucket.", g(&self.s3.bytes).to_string()),
-            ("kubetape_recorder_s3_upload_errors_total", "counter", "Upload passes that failed (each is retried).", g(&self.s3.errors).to_string()),
-            ("kubetape_recorder_s3_pending_bytes", "gauge", "Durable recording bytes not yet in the S3 bucket (the upload lag).", g(&self.s3.pending).to_string()),
+            ("kubetape_recorder_s3_uploaded_bytes_total", "counter", "Recording bytes copied from the spool to the S3 bucket.", g(&s3.bytes).to_string()),
+            ("kubetape_recorder_s3_upload_errors_total", "counter", "Attempts to reach the bucket or upload passes that failed (each is retried).", g(&s3.errors).to_string()),
+            ("kubetape_recorder_s3_pending_bytes", "gauge", "Durable recording bytes not yet in the S3 bucket.", g(&s3.pending).to_string()),
+            (
+                "kubetape_recorder_s3_upload_lag_seconds",
+                "gauge",
+                "Time since an upload pass last left nothing pending (0 when nothing is): the longest any pending byte has waited.",
+                format!("{:.3}", g(&s3.lag_millis) as f64 / 1e3),
+            ),
+            (
+                "kubetape_recorder_spool_bytes",
+                "gauge",
+                "Bytes in the spool (--storage-dir) with --s3-bucket: what is not uploaded yet, and running sessions.",
+                g(&s3.spool_bytes).to_string(),
+            ),
         ];
         let mut text: String = lines.iter().map(|(name, kind, help, value)| format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n")).collect();
         // A summary without quantiles: its sum and count, one observation per fsync.
@@ -95,7 +103,7 @@ mod tests {
         let m = Metrics::default();
         m.synced(10, Duration::from_millis(3));
         m.synced(10, Duration::from_millis(1));
-        let text = m.render();
+        let text = m.render(None);
         for line in ["# TYPE kubetape_recorder_ack_lag_seconds summary", "kubetape_recorder_ack_lag_seconds_sum 0.004000", "kubetape_recorder_ack_lag_seconds_count 2"] {
             assert!(text.lines().any(|l| l == line), "{line:?} in\n{text}");
         }

@@ -15,7 +15,7 @@ mod reads;
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -31,7 +31,7 @@ use crate::record::event::ApiEvent;
 use crate::record::protocol::{SessionMeta, EVENTS_PATH, PATH};
 use crate::storage::events::EventLog;
 use crate::storage::fs::FsStore;
-use crate::storage::s3::{self, S3Config, S3Store, UploadStats, Uploader};
+use crate::storage::s3::{self, upload, S3Config, S3Store, S3};
 use crate::storage::{Layered, Recordings};
 use crate::wire::der;
 use crate::wire::http::{self, RequestHead};
@@ -74,6 +74,9 @@ pub const FLAGS: &[Flag] = &[
     s3::FLAGS[3],
     s3::FLAGS[4],
     s3::FLAGS[5],
+    s3::FLAGS[6],
+    s3::FLAGS[7],
+    s3::FLAGS[8],
 ];
 
 pub struct Config {
@@ -117,41 +120,61 @@ struct State {
     /// The sessions being recorded now: how far readers may see them.
     live: Live,
     /// With `--s3-bucket`: where the uploader copies the spool (`store`) to.
-    bucket: Option<Arc<S3Store>>,
+    s3: Option<Arc<S3>>,
 }
 
 impl State {
-    /// What the API reads: the spool, then the bucket.
-    fn recordings(&self) -> Layered<'_> {
+    /// What the API reads: the spool, then the bucket (an error while the bucket has
+    /// not been reached: a list without it would silently miss recordings).
+    fn recordings(&self) -> Result<Layered<'_>, (u16, String)> {
         let mut stores: Vec<&dyn Recordings> = vec![&self.store];
-        if let Some(b) = &self.bucket {
-            stores.push(b.as_ref());
+        stores.extend(self.bucket()?.map(|b| b as &dyn Recordings));
+        Ok(Layered(stores))
+    }
+
+    /// The bucket to read too, if there is one.
+    fn bucket(&self) -> Result<Option<&S3Store>, (u16, String)> {
+        match &self.s3 {
+            Some(s3) => s3.store().map(Some).ok_or_else(|| (503, format!("the S3 bucket has not been reached: {}", s3.problem().unwrap_or_default()))),
+            None => Ok(None),
         }
-        Layered(stores)
+    }
+
+    /// Why this recorder should not be sent sessions now, if it should not.
+    fn unready(&self) -> Option<String> {
+        let s3 = self.s3.as_ref()?;
+        s3.problem().map(|p| format!("S3: {p}")).or_else(|| s3.spool_full())
+    }
+}
+
+impl upload::Spool for State {
+    fn events(&self) -> &EventLog {
+        &self.events
+    }
+
+    fn durable(&self, id: &str) -> Option<u64> {
+        self.live.get(id).map(|p| p.seen().durable)
     }
 }
 
 pub fn run(config: Config) -> Result<()> {
     let store = FsStore::open(&config.storage_dir).context("--storage-dir")?;
     let events = EventLog::open(&config.storage_dir).context("--storage-dir")?;
-    // Checked before listening: a recorder that cannot reach its bucket says so and
-    // exits, instead of acknowledging sessions it will never upload.
-    let bucket = config.s3.as_ref().map(S3Store::connect).transpose()?.map(Arc::new);
     let listener = TcpListener::bind(&config.listen).with_context(|| format!("--listen {}", config.listen))?;
-    log::info!("recorder listening addr={} storage={}", listener.local_addr()?, config.storage_dir.display());
-    let stats = Arc::new(UploadStats::default());
-    let uploader = match (&bucket, &config.s3) {
-        (Some(b), Some(s3)) => {
-            log::info!("uploading recordings to S3 bucket={} prefix={:?} flush_interval={:?}", s3.bucket, s3.prefix, s3.flush);
-            Some((Arc::new(Mutex::new(Uploader::new(b.clone(), &config.storage_dir, stats.clone())?)), s3.flush))
+    let addr = listener.local_addr()?;
+    log::info!("recorder listening addr={addr} storage={}", config.storage_dir.display());
+    let s3 = config.s3.clone().map(|c| Arc::new(S3::new(c)));
+    let state = Arc::new(State { config, store, events, metrics: Metrics::default(), live: Live::default(), s3 });
+    // The bucket is reached in the background: a recorder whose S3 settings are wrong
+    // serves (not ready, saying why) instead of crash-looping, and spools meanwhile.
+    let uploader = match &state.s3 {
+        Some(s3) => {
+            log::info!("uploading recordings to S3 bucket={} prefix={:?} flush_interval={:?}", s3.config.bucket, s3.config.prefix, s3.config.flush);
+            let replica = format!("{}-{}", crate::net::host_name(), addr.port());
+            Some(upload::spawn(s3.clone(), state.config.storage_dir.clone(), replica, state.clone())?)
         }
-        _ => None,
+        None => None,
     };
-    let state = Arc::new(State { config, store, events, metrics: Metrics::new(stats), live: Live::default(), bucket });
-    if let Some((up, flush)) = &uploader {
-        let state = state.clone();
-        s3::spawn(up.clone(), *flush, move |id| durable(&state, id))?;
-    }
     let life = Arc::new(Lifecycle::default());
     let accept = {
         let (state, life) = (state.clone(), life.clone());
@@ -168,17 +191,14 @@ pub fn run(config: Config) -> Result<()> {
     // recovered as interrupted on the next start, with every acknowledged byte.
     life.drain(Duration::from_secs(5));
     // What ended during the drain goes up now; the rest on the next start.
-    if let Some((up, _)) = &uploader {
-        if let Err(e) = lock(up).pass(&|id| durable(&state, id)) {
-            log::warn!("s3 upload at shutdown failed; the spool keeps it for the next start error={e}");
+    if let Some(up) = &uploader {
+        if let Some(up) = lock(up).as_mut() {
+            if let Err(e) = up.pass(state.as_ref()) {
+                log::warn!("s3 upload at shutdown failed; the spool keeps it for the next start error={e}");
+            }
         }
     }
     Ok(())
-}
-
-/// How far a session running here is durable in whole lines.
-fn durable(state: &State, id: &str) -> Option<u64> {
-    state.live.get(id).map(|p| p.seen().durable)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -236,7 +256,14 @@ fn handle_connection(state: &Arc<State>, sock: TcpStream, id: u64, admission: &s
         };
         let path = head.path().to_string();
         let result = match (head.method.as_str(), path.as_str()) {
-            ("GET", "/healthz" | "/readyz") => out.write_all(&http::response(200, "text/plain", b"ok")).map_err(|e| (500, e.to_string())),
+            ("GET", "/healthz") => out.write_all(&http::response(200, "text/plain", b"ok")).map_err(|e| (500, e.to_string())),
+            ("GET", "/readyz") => {
+                let (code, text) = match state.unready() {
+                    Some(why) => (503, why),
+                    None => (200, "ok".to_string()),
+                };
+                out.write_all(&http::response(code, "text/plain", text.as_bytes())).map_err(|e| (500, e.to_string()))
+            }
             ("GET", p) if p == PATH => match role(Role::Writer) {
                 Ok(()) => {
                     ingest::session(state, &head, input, out, cn.unwrap_or_default(), &peer);
@@ -253,7 +280,7 @@ fn handle_connection(state: &Arc<State>, sock: TcpStream, id: u64, admission: &s
             },
             ("GET", p) if p == EVENTS_PATH => role(Role::Reader).and_then(|()| query_events(state, &head, &mut out)),
             ("GET", "/metrics") => role(Role::Reader).and_then(|()| {
-                let text = state.metrics.render();
+                let text = state.metrics.render(state.s3.as_ref().map(|s| &s.stats));
                 out.write_all(&http::response(200, "text/plain; version=0.0.4", text.as_bytes())).map_err(|e| (500, e.to_string()))
             }),
             ("GET", p) if p == "/v1/recordings" || p.starts_with("/v1/recordings/") => match role(Role::Reader).and_then(|()| serve_api(state, &head, &input.half, &mut out)) {
@@ -279,7 +306,7 @@ fn serve_api(state: &State, head: &RequestHead, peer: &ReadHalf, out: &mut Write
     let param = |k: &str| q.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     if rest.is_empty() {
         let list: Vec<SessionMeta> = state
-            .recordings()
+            .recordings()?
             .list()
             .map_err(internal)?
             .into_iter()
@@ -305,7 +332,7 @@ fn serve_api(state: &State, head: &RequestHead, peer: &ReadHalf, out: &mut Write
             Some(other) => Err((400, format!("follow: expected true or false, found {other:?}"))),
         };
     }
-    let meta = state.recordings().meta(id).map_err(internal)?.ok_or((404, format!("recording {id:?} not found")))?;
+    let meta = state.recordings()?.meta(id).map_err(internal)?.ok_or((404, format!("recording {id:?} not found")))?;
     let meta = state.live.current(meta);
     reply(out, 200, &serde_json::to_value(&meta).unwrap_or(Value::Null)).map(|()| Sent::Whole).map_err(io)
 }
@@ -315,7 +342,7 @@ fn query_events(state: &State, head: &RequestHead, out: &mut WriteHalf) -> Resul
     let param = |k: &str| q.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     let limit = param("limit").and_then(|l| l.parse().ok()).unwrap_or(1000usize).min(100_000);
     let keep = |e: &ApiEvent| e.matches(param("user"), param("verb"), param("resource"), param("namespace"), param("since"), param("until"));
-    let events = state.events.query(keep, limit).map_err(|e| (500, e.to_string()))?;
+    let events = crate::storage::query_events(&state.events, state.bucket()?, keep, limit).map_err(|e| (500, e.to_string()))?;
     let io = |e: std::io::Error| (500, e.to_string());
     if param("format") == Some("audit") {
         // audit.k8s.io/v1 Event lines, oldest first, as audit log files are.

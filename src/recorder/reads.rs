@@ -42,14 +42,15 @@ enum Extent {
 /// is never an earlier one.
 fn open(state: &State, id: &str) -> Result<(Cast, Extent), Refusal> {
     let live = state.live.get(id);
-    let (meta, file) = state.recordings().open(id).map_err(|e| (500, e.to_string()))?.ok_or((404, format!("recording {id:?} not found")))?;
+    let (meta, file) = state.recordings()?.open(id).map_err(|e| (500, e.to_string()))?.ok_or((404, format!("recording {id:?} not found")))?;
     // Registered just after we looked (the sidecar is written first).
     let live = live.or_else(|| if meta.status == Status::Recording { state.live.get(id) } else { None });
     let extent = match live {
         Some(p) => Extent::Live(p),
-        // Still `recording` but written by nobody (its ending could not be stored):
-        // the sidecar counts no byte as durable.
-        None if meta.status == Status::Recording => Extent::Done(0),
+        // Still `recording` in the spool but written by nobody (its ending could not
+        // be stored): the sidecar counts no byte as durable. One from the bucket
+        // (another recorder's) counts its segments' whole lines.
+        None if meta.status == Status::Recording && matches!(file, Cast::File(_)) => Extent::Done(0),
         None => Extent::Done(meta.bytes),
     };
     Ok((file, extent))

@@ -47,6 +47,9 @@ pub struct HeaderContext<'a> {
     pub source: &'a str,
     pub proxy_id: &'a str,
     pub started: SystemTime,
+    /// The grant's fail mode: the recorder keeps a fail-open session (truncated) when
+    /// its spool is full, and refuses a fail-closed one.
+    pub fail: crate::recording::fail::FailMode,
 }
 
 /// The asciicast v2 header with the `kubetape` context object.
@@ -76,6 +79,7 @@ pub fn header(c: &HeaderContext<'_>) -> Value {
             "image": r.image,
             "targetContainer": r.target,
             "proxy": {"id": c.proxy_id, "version": env!("CARGO_PKG_VERSION")},
+            "failMode": c.fail.as_str(),
             "startTime": crate::wire::time::rfc3339_millis(c.started),
         }
     })
@@ -190,6 +194,7 @@ mod tests {
             source: "192.0.2.1",
             proxy_id: "p1",
             started,
+            fail: crate::recording::fail::FailMode::Closed,
         });
         assert_eq!(h["timestamp"], 1_796_000_000);
         assert_eq!(h["title"], "kubectl exec default/web-0 sh -c id");
@@ -199,11 +204,22 @@ mod tests {
         assert_eq!(k["subprotocols"], json!(["v5.channel.k8s.io"]));
         assert_eq!(k["impersonated"], json!({"user": "alice", "uid": "alice-uid", "groups": groups}));
         assert_eq!(k["command"], json!(["sh", "-c", "id"]));
+        assert_eq!(k["failMode"], "closed");
         assert_eq!(k["user"], json!({"name": "", "sourceAddress": "192.0.2.1"}));
         assert_eq!(h["env"], json!({"TERM": "xterm-256color"}), "a terminal session");
         let plain = SessionRequest { tty: false, ..request.clone() };
-        let h =
-            header(&HeaderContext { request: &plain, impersonated: None, id: "s-2", protocol: "SPDY/3.1", offered: &[], user: None, source: "192.0.2.1", proxy_id: "p1", started });
+        let h = header(&HeaderContext {
+            request: &plain,
+            impersonated: None,
+            id: "s-2",
+            protocol: "SPDY/3.1",
+            offered: &[],
+            user: None,
+            source: "192.0.2.1",
+            proxy_id: "p1",
+            started,
+            fail: Default::default(),
+        });
         assert_eq!((&h["env"], &h["kubetape"]["impersonated"]), (&json!({}), &Value::Null), "no terminal, no TERM");
     }
 

@@ -166,11 +166,15 @@ fn open(target: &RecorderTarget, id: &str, header: &Value, timeout: Duration) ->
                     return Ok((input, out, socket, ack.acked));
                 }
             }
-            ws::OP_CLOSE => crate::bail!("recorder closed the session: {}", ws::close_reason(&frame.payload)),
+            ws::OP_CLOSE => return Err(Error::new(format!("{REFUSED}{}", ws::close_reason(&frame.payload)))),
             _ => {}
         }
     }
 }
+
+/// How an answer refusing the session starts: the recorder is up and said why (a full
+/// spool refuses fail-closed sessions only), so it is not a failed recorder to skip.
+const REFUSED: &str = "recorder refused the session: ";
 
 /// Tracks the recorder's acknowledgements until the stream ends; returns why it ended.
 fn read_acks(input: &mut Input, shared: &Shared) -> String {
@@ -209,7 +213,11 @@ impl Recording {
                     return Ok(Recording::run(t.name.clone(), input, out, socket, header_bytes));
                 }
                 Err(e) => {
-                    health.failed(&t.name, &e.to_string(), Instant::now());
+                    if e.to_string().starts_with(REFUSED) {
+                        health.succeeded(&t.name);
+                    } else {
+                        health.failed(&t.name, &e.to_string(), Instant::now());
+                    }
                     errors.push(format!("{}: {e}", t.name));
                 }
             }

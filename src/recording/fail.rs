@@ -13,6 +13,16 @@ pub enum FailMode {
     Closed,
 }
 
+impl FailMode {
+    /// As recordings and the recorder name it (`failMode` in the header).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailMode::Open => "open",
+            FailMode::Closed => "closed",
+        }
+    }
+}
+
 /// What went wrong.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Situation {

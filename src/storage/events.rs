@@ -1,5 +1,8 @@
-//! Append-only NDJSON segments for API events: `<root>/events/<start-millis>.ndjson`,
-//! rotated by size and age.
+//! Append-only NDJSON segments for API events:
+//! `<root>/events/<start-millis>-<random>.ndjson` (the random part keeps two recorders'
+//! segments apart in a shared bucket), rotated by size and age. With S3 the uploader
+//! copies them to the bucket ([`EventLog::open_segment`] says how far the open one is
+//! durable) and removes sealed ones from the spool; queries read both.
 //!
 //! Group commit without a thread of its own: every ingesting connection appends its
 //! batches ([`EventLog::write`]) and then asks for them to be durable
@@ -42,13 +45,22 @@ struct LogState {
 
 struct Segment {
     file: Arc<File>,
+    name: String,
+    /// The log position where this segment starts.
+    start: u64,
     bytes: u64,
     opened: Instant,
 }
 
 fn segment_name() -> String {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    format!("{:013}.ndjson", now.as_millis())
+    format!("{:013}-{}", now.as_millis(), crate::net::random::hex(4))
+}
+
+/// A segment name as [`segment_name`] makes them (older spools: the millis alone).
+pub fn valid_segment(name: &str) -> bool {
+    let (millis, rest) = name.split_once('-').unwrap_or((name, ""));
+    millis.len() == 13 && millis.bytes().all(|b| b.is_ascii_digit()) && rest.len() <= 16 && rest.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// Segments, oldest first.
@@ -58,10 +70,25 @@ fn segments(dir: &Path) -> io::Result<Vec<PathBuf>> {
     Ok(v)
 }
 
-fn open_segment(dir: &Path) -> io::Result<Segment> {
-    let file = OpenOptions::new().create(true).append(true).open(dir.join(segment_name()))?;
+fn open_segment(dir: &Path, start: u64) -> io::Result<Segment> {
+    let name = segment_name();
+    let file = OpenOptions::new().create(true).append(true).open(dir.join(format!("{name}.ndjson")))?;
     File::open(dir)?.sync_all()?;
-    Ok(Segment { file: Arc::new(file), bytes: 0, opened: Instant::now() })
+    Ok(Segment { file: Arc::new(file), name, start, bytes: 0, opened: Instant::now() })
+}
+
+/// Events matching `keep` in NDJSON `text`, newest (last) first, into `out` up to `limit`.
+pub fn collect_newest_first(text: &[u8], keep: &impl Fn(&ApiEvent) -> bool, limit: usize, out: &mut Vec<ApiEvent>) {
+    for line in text.split(|b| *b == b'\n').rev() {
+        if out.len() >= limit {
+            return;
+        }
+        if let Ok(ev) = serde_json::from_slice::<ApiEvent>(line) {
+            if keep(&ev) {
+                out.push(ev);
+            }
+        }
+    }
 }
 
 impl EventLog {
@@ -100,7 +127,7 @@ impl EventLog {
                 }
                 st.durable = st.written;
             }
-            st.seg = Some(open_segment(&self.dir)?);
+            st.seg = Some(open_segment(&self.dir, st.written)?);
         }
         let Some(seg) = st.seg.as_mut() else { unreachable!("opened above") };
         if let Err(e) = (&*seg.file).write_all(lines) {
@@ -157,23 +184,29 @@ impl EventLog {
         }
     }
 
-    /// Events matching `keep`, newest first, at most `limit`.
-    pub fn query(&self, keep: impl Fn(&ApiEvent) -> bool, limit: usize) -> Result<Vec<ApiEvent>> {
-        let mut out = Vec::new();
-        for seg in segments(&self.dir)?.into_iter().rev() {
-            let text = fs::read_to_string(&seg).unwrap_or_default();
-            for line in text.lines().rev() {
-                if let Ok(ev) = serde_json::from_str::<ApiEvent>(line) {
-                    if keep(&ev) {
-                        out.push(ev);
-                        if out.len() >= limit {
-                            return Ok(out);
-                        }
-                    }
-                }
-            }
+    /// The open segment's name and how many of its bytes are durable (whole lines:
+    /// every batch is), or `None` before the first write.
+    pub fn open_segment(&self) -> Option<(String, u64)> {
+        let st = self.lock();
+        st.seg.as_ref().map(|s| (s.name.clone(), st.durable.saturating_sub(s.start).min(s.bytes)))
+    }
+
+    /// Every segment's name, oldest first.
+    pub fn segment_names(&self) -> Result<Vec<String>> {
+        Ok(segments(&self.dir)?.iter().filter_map(|p| Some(p.file_stem()?.to_str()?.to_string())).collect())
+    }
+
+    pub fn segment_path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.ndjson"))
+    }
+
+    /// Drops a sealed segment once it is in the bucket; never the open one.
+    pub fn remove_sealed(&self, name: &str) -> io::Result<()> {
+        let st = self.lock();
+        if st.seg.as_ref().is_some_and(|s| s.name == name) {
+            return Ok(());
         }
-        Ok(out)
+        fs::remove_file(self.segment_path(name))
     }
 }
 
@@ -211,7 +244,7 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
-        let lists = log.query(|e| e.request.verb == "list", 100).unwrap();
+        let lists = crate::storage::query_events(&log, None, |e| e.request.verb == "list", 100).unwrap();
         assert_eq!(lists.len(), 10);
         let mut ids: Vec<&str> = lists.iter().map(|e| e.id.as_str()).collect();
         ids.sort();
@@ -220,7 +253,7 @@ mod tests {
         let seg = segments(&dir.join("events")).unwrap().pop().unwrap();
         OpenOptions::new().append(true).open(&seg).unwrap().write_all(b"{\"id\":\"torn").unwrap();
         let reopened = EventLog::open(&dir).unwrap();
-        assert_eq!(reopened.query(|_| true, 100).unwrap().len(), 20);
+        assert_eq!(crate::storage::query_events(&reopened, None, |_| true, 100).unwrap().len(), 20);
         assert!(fs::read_to_string(&seg).unwrap().ends_with('\n'));
         let _ = fs::remove_dir_all(&dir);
     }

@@ -137,6 +137,30 @@ impl FsStore {
         }))
     }
 
+    /// Drops an ended recording once it is safely elsewhere (the bucket). The sidecar
+    /// goes first: a cast left behind by a crash between is never listed.
+    pub fn remove(&self, cast: &Path) -> io::Result<()> {
+        fs::remove_file(cast.with_extension("json"))?;
+        fs::remove_file(cast)
+    }
+
+    /// Bytes the store's files take (its own subfolders included), as the spool bound
+    /// counts them.
+    pub fn bytes(&self) -> u64 {
+        fn walk(dir: &Path, depth: u32) -> u64 {
+            let Ok(entries) = fs::read_dir(dir) else { return 0 };
+            entries
+                .flatten()
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() && depth > 0 => walk(&e.path(), depth - 1),
+                    Ok(m) if m.is_file() => m.len(),
+                    _ => 0,
+                })
+                .sum()
+        }
+        walk(&self.root, 1)
+    }
+
     /// Starts a recording with its header line, durably written.
     pub fn create(&self, meta: SessionMeta, header_line: &[u8]) -> Result<SessionFile> {
         if !valid_id(&meta.id) {

@@ -14,7 +14,10 @@ use std::io;
 use std::os::unix::fs::FileExt;
 
 use crate::error::Result;
+use crate::record::event::ApiEvent;
 use crate::record::protocol::SessionMeta;
+use events::EventLog;
+use s3::S3Store;
 
 /// A recording's cast bytes as a store hands them out: an open spool file (which may
 /// still grow) or an object fetched whole.
@@ -89,6 +92,29 @@ impl Recordings for Layered<'_> {
         }
         Ok(None)
     }
+}
+
+/// API events matching `keep`, newest first, at most `limit`: from the spool's segments
+/// and the bucket's (every recorder's), a segment in both read from the spool.
+pub fn query_events(log: &EventLog, bucket: Option<&S3Store>, keep: impl Fn(&ApiEvent) -> bool, limit: usize) -> Result<Vec<ApiEvent>> {
+    let mut names: BTreeMap<String, bool> = BTreeMap::new();
+    if let Some(b) = bucket {
+        names.extend(b.event_segments()?.into_iter().map(|n| (n, false)));
+    }
+    names.extend(log.segment_names()?.into_iter().map(|n| (n, true)));
+    let mut out = Vec::new();
+    for (name, local) in names.into_iter().rev() {
+        if out.len() >= limit {
+            break;
+        }
+        let text = match (local, bucket) {
+            (true, _) => std::fs::read(log.segment_path(&name)).unwrap_or_default(),
+            (false, Some(b)) => b.event_segment(&name)?,
+            (false, None) => continue,
+        };
+        events::collect_newest_first(&text, &keep, limit, &mut out);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
