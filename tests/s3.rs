@@ -575,3 +575,112 @@ impl Gate {
         self.held.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
+
+/// Sends SIGTERM to a recorder and waits for it to exit.
+fn terminate(r: Spawned) {
+    let mut r = r;
+    // SAFETY: signalling our own child by its pid.
+    unsafe { libc::kill(r.0.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(40);
+    eventually(Duration::from_secs(40), || match r.0.try_wait() {
+        Ok(Some(_)) => Ok(()),
+        _ => Err(format!("recorder still running {:?} after SIGTERM", deadline.saturating_duration_since(Instant::now()))),
+    });
+}
+
+/// The text a cast's output events carry, in order.
+fn output_of(cast: &str) -> String {
+    cast.lines().skip(1).filter_map(|l| serde_json::from_str::<Value>(l).ok()).filter(|v| v[1] == "o").map(|v| v[2].as_str().unwrap_or("").to_string()).collect()
+}
+
+/// Whether the recorder on `port` is recording session `id` now.
+fn recording_on(demo: &Demo, port: u16, id: &str) -> bool {
+    let (status, body) = demo.recorder_get_at(port, Some("recorder-reader"), &format!("/v1/recordings/{id}"));
+    status == 200 && serde_json::from_str::<Value>(&body).is_ok_and(|m| m["status"] == "recording" && m["recorder"].is_null())
+}
+
+#[test]
+fn recorders_rolled_one_after_the_other_move_their_sessions_and_every_line_is_recorded_once() {
+    let moto = Moto::start();
+    let (demo, first) = demo_with_bucket(&moto);
+    let url = moto.url();
+    let s3 = ["--s3-bucket", BUCKET, "--s3-endpoint", &url, "--s3-path-style", "--s3-prefix", PREFIX, "--s3-flush-interval", FLUSH];
+    let p1 = demo.listen_port("recorder");
+    let spool2 = TempDir::new("second-spool");
+    let p2 = free_port();
+    let start_second = || {
+        let mut c = recorder(&demo, p2, &spool2.0, &s3, CREDS);
+        c.stdout(Stdio::null()).stderr(std::fs::OpenOptions::new().create(true).append(true).open(demo.path("recorder-second.log")).expect("log"));
+        let r = Spawned(c.spawn().expect("second recorder"));
+        support::wait_for_port(p2);
+        r
+    };
+    let second = start_second();
+    demo.edit_policy(|v| {
+        let more = serde_json::json!({"name": "second", "url": format!("https://127.0.0.1:{p2}"), "tags": ["tag:recorder"], "caFile": "pki/recorder-ca.pem"});
+        v["recorders"].as_array_mut().expect("recorders").push(more);
+    });
+
+    // alice is fail-open, bob fail-closed; each prints numbered lines for about 30 s.
+    let lines = 120;
+    let script = |who: &str| format!("for i in $(seq 1 {lines}); do echo {who}-$i; sleep 0.25; done");
+    let run = |kubeconfig: &str, who: &str| {
+        Kubectl::new(&demo, kubeconfig, "1.32", Proto::WebSocket)
+            .command(&["exec", "web-0", "--", "sh", "-c", &script(who)])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kubectl")
+    };
+    let sessions = [("alice", run("kubeconfig", "alice")), ("bob", run("bob.kubeconfig", "bob"))];
+    let ids: Vec<String> = ["alice", "bob"]
+        .iter()
+        .map(|who| {
+            eventually(Duration::from_secs(20), || {
+                demo.recordings()
+                    .into_iter()
+                    .find(|(m, c)| m["status"] == "recording" && c.contains(&format!("{who}-3\\n")))
+                    .map(|(m, _)| m["id"].as_str().unwrap_or("").to_string())
+                    .ok_or(format!("{who} not recording on the first recorder yet"))
+            })
+        })
+        .collect();
+
+    // The first goes away: its sessions continue on the second. Back, it takes them
+    // again when the second goes away.
+    terminate(first);
+    for id in &ids {
+        eventually(Duration::from_secs(20), || if recording_on(&demo, p2, id) { Ok(()) } else { Err(format!("{id} not on the second recorder: {}", std::fs::read_to_string(demo.path("recorder-second.log")).unwrap_or_default())) });
+    }
+    let again = demo.restart_with_env("recorder", &s3, None, CREDS);
+    // As a rolling update does: the next goes once this one is ready.
+    eventually(Duration::from_secs(20), || match readyz(&demo, p1) {
+        (200, _) => Ok(()),
+        other => Err(format!("restarted first recorder not ready: {other:?}")),
+    });
+    terminate(second);
+    for id in &ids {
+        eventually(Duration::from_secs(20), || if recording_on(&demo, p1, id) { Ok(()) } else { Err(format!("{id} not back on the first recorder: {}\n{}\n--- second\n{}", recorder_log(&demo), demo.logs(), std::fs::read_to_string(demo.path("recorder-second.log")).unwrap_or_default())) });
+    }
+    let _second = start_second();
+
+    // Both sessions ran to their end, and each recording holds every line once.
+    for ((who, session), id) in sessions.into_iter().zip(&ids) {
+        let out = wait_with_timeout(session, Duration::from_secs(90));
+        let want: String = (1..=lines).map(|i| format!("{who}-{i}\n")).collect();
+        assert!(out.status.success() && String::from_utf8_lossy(&out.stdout) == want, "{who}: {}", out.describe());
+        let (meta, cast) = eventually(Duration::from_secs(30), || match api_recording(&demo, p1, id) {
+            Some((m, c)) if m["status"] == "complete" => Ok((m, c)),
+            other => Err(format!("{who}: {other:?}")),
+        });
+        assert_eq!(output_of(&cast), want, "{who}: every line once, in order: {meta}");
+        assert!(!cast.contains("kubetape: "), "{who}: no gap: {cast}");
+        let base = format!("{PREFIX}/sessions/{}/{id}", &meta["started"].as_str().unwrap_or("")[..10]);
+        eventually(Duration::from_secs(20), || match moto.object(&format!("{base}.cast")) {
+            Some(c) if c == cast.as_bytes() => Ok(()),
+            other => Err(format!("{who}: the bucket's cast {:?} bytes", other.map(|c| c.len()))),
+        });
+    }
+    drop(again);
+}

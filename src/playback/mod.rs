@@ -186,6 +186,7 @@ mod tests {
             ended: None,
             writer: "proxy".into(),
             session: json!({}),
+            recorder: None,
         }
     }
 

@@ -177,7 +177,7 @@ struct State {
     metrics: Arc<metrics::Metrics>,
     event_sinks: std::sync::Mutex<std::collections::HashMap<String, RoutedSink>>,
     /// Recorders that failed lately, skipped by session starts for a while.
-    recorder_health: RecorderHealth,
+    recorder_health: Arc<RecorderHealth>,
 }
 
 /// Serves until SIGTERM or SIGINT, then lets open connections finish for the grace period.
@@ -195,7 +195,7 @@ pub fn run(config: Config) -> Result<()> {
         let m = metrics.clone();
         std::thread::Builder::new().name("metrics".into()).spawn(move || metrics::serve(l, m))?;
     }
-    let state = Arc::new(State { config, policy, life: life.clone(), metrics, event_sinks: Default::default(), recorder_health: RecorderHealth::default() });
+    let state = Arc::new(State { config, policy, life: life.clone(), metrics, event_sinks: Default::default(), recorder_health: Default::default() });
     let accept = {
         let state = state.clone();
         std::thread::Builder::new().name("accept".into()).spawn(move || {

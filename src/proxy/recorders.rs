@@ -228,7 +228,7 @@ impl Connection<'_> {
             started: std::time::SystemTime::now(),
             fail: grants.fail_mode,
         };
-        match Recording::start(&targets, &id, &cast::header(&ctx), self.state.config.recorder_timeout, &self.state.recorder_health) {
+        match Recording::start(&targets, &id, &cast::header(&ctx), self.state.config.recorder_timeout, &self.state.recorder_health, grants.fail_mode == FailMode::Open) {
             Ok(r) => {
                 metrics::inc(&self.state.metrics.sessions_recorded);
                 log::info!("session recording conn={} session={id} user={who} ns={} pod={} type={} recorder={}", self.id, request.namespace, request.pod, request.kind, r.recorder);

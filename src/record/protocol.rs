@@ -2,7 +2,7 @@
 //! (`GET /v1/sessions`, subprotocol `kubetape.recording.v1`, mutual TLS):
 //!
 //! ```text
-//! proxy -> recorder   text    {"type":"start","id":"...","header":{asciicast header}}
+//! proxy -> recorder   text    {"type":"start","id":"...","header":{asciicast header}[,"resume":N]}
 //! proxy -> recorder   binary  whole asciicast event lines, each ending in \n
 //! proxy -> recorder   text    {"type":"end","outcome":"complete"|"truncated","exitCode":3,"reason":"..."}
 //! recorder -> proxy   text    {"acked":N}   N = bytes of the .cast file durably written
@@ -10,7 +10,12 @@
 //!
 //! The recorder acknowledges after each durable write and at least once a second
 //! while idle; the proxy counts bytes sent but not acknowledged and treats a silent
-//! recorder as lost. The session's metadata record is shared by storage and API.
+//! recorder as lost. A recorder going away (SIGTERM) makes its last bytes durable,
+//! acknowledges them and closes with 1001; the proxy then starts again on a recorder
+//! with `resume` set to the bytes acknowledged so far (the recorder answers
+//! `{"acked":N}` once it holds them, from its spool or the shared bucket, with a
+//! marker line for any it could not find) and resends the rest. The session's
+//! metadata record is shared by storage and API.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -35,6 +40,9 @@ pub enum ClientMessage {
     Start {
         id: String,
         header: Value,
+        /// A session continuing on this recorder: the stream offset the next byte has.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resume: Option<u64>,
     },
     #[serde(rename_all = "camelCase")]
     End {
@@ -90,6 +98,10 @@ pub struct SessionMeta {
     pub writer: String,
     /// The header's `kubetape` object: who, where, what.
     pub session: Value,
+    /// In the bucket: the recorder (replica) holding the recording, so one that
+    /// comes back after its sessions moved on does not overwrite them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recorder: Option<String>,
 }
 
 impl SessionMeta {

@@ -12,11 +12,12 @@ use serde_json::Value;
 
 use super::live::Publisher;
 use super::metrics::Metrics;
-use super::{reply, State, ACK_INTERVAL, SESSION_IDLE_LIMIT};
+use super::{reply, State, ACK_INTERVAL, HAND_OFF_WAIT, SESSION_IDLE_LIMIT};
 use crate::net::conn::{Input, WriteHalf};
 use crate::net::websocket::{self, Ended, Flow, FrameHandler};
 use crate::record::protocol::{valid_id, Ack, ClientMessage, Outcome, SessionMeta, Status, EVENTS_SUBPROTOCOL, SUBPROTOCOL};
 use crate::storage::fs::SessionFile;
+use crate::storage::Recordings;
 use crate::wire::http::RequestHead;
 use crate::wire::status;
 use crate::wire::time::now_rfc3339 as now;
@@ -75,7 +76,7 @@ enum Stage {
 /// What a session frame asks the recorder to do.
 #[derive(Debug, PartialEq)]
 enum Step {
-    Create { id: String, header: Value },
+    Create { id: String, header: Value, resume: Option<u64> },
     Append(Vec<u8>),
     Pong(Vec<u8>),
     Finish { status: Status, exit_code: Option<i32>, reason: Option<String> },
@@ -88,12 +89,12 @@ impl Stage {
             ws::OP_TEXT => {
                 let msg = serde_json::from_slice::<ClientMessage>(&frame.payload).map_err(|e| format!("bad message: {e}"))?;
                 match (&*self, msg) {
-                    (Stage::ExpectStart, ClientMessage::Start { id, header }) => {
+                    (Stage::ExpectStart, ClientMessage::Start { id, header, resume }) => {
                         if !valid_id(&id) {
                             return Err(format!("session id {id:?} is not valid").into());
                         }
                         *self = Stage::Recording;
-                        Ok(Step::Create { id, header })
+                        Ok(Step::Create { id, header, resume })
                     }
                     (Stage::ExpectStart, ClientMessage::End { .. }) => Err("end before start".into()),
                     (Stage::Recording, ClientMessage::Start { .. }) => Err("a second start".into()),
@@ -124,6 +125,8 @@ struct SessionIngest<'a> {
     live: Option<Publisher<'a>>,
     /// Appended since the last sync.
     unsynced: bool,
+    /// The recorder is going away and asked the proxy to continue elsewhere.
+    handed_off: bool,
     /// The spool was full when this fail-open session started: its output is
     /// acknowledged but not kept, and it ends truncated saying why.
     not_kept: Option<(String, u64)>,
@@ -140,7 +143,7 @@ fn stored<T, E: std::fmt::Display>(metrics: &Metrics, r: Result<T, E>) -> Result
 }
 
 impl SessionIngest<'_> {
-    fn create(&mut self, id: String, header: Value) -> Result<(), Failure> {
+    fn create(&mut self, id: String, header: Value, resume: Option<u64>) -> Result<(), Failure> {
         if let Some(full) = self.state.s3.as_ref().and_then(|s3| s3.spool_full()) {
             // A fail-closed session must not run unrecorded: refused before it starts
             // (the proxy tells the user this reason). A fail-open one runs, its
@@ -152,29 +155,110 @@ impl SessionIngest<'_> {
             log::warn!("fail-open session not kept id={id} reason={full}");
             self.not_kept = Some((full, 0));
         }
-        let meta = SessionMeta {
-            id: id.clone(),
-            status: Status::Recording,
-            bytes: 0,
-            exit_code: None,
-            reason: None,
-            started: now(),
-            ended: None,
-            writer: self.writer.clone(),
-            session: header.get("kubetape").cloned().unwrap_or(Value::Null),
-        };
-        let line = format!("{header}\n");
         let started = Instant::now();
         let m = &self.state.metrics;
-        let file = stored(m, self.state.store.create(meta, line.as_bytes()))?;
-        m.synced(line.len() as u64, started.elapsed());
+        let (file, from) = match resume {
+            None => {
+                let line = format!("{header}\n");
+                let meta = SessionMeta {
+                    id: id.clone(),
+                    status: Status::Recording,
+                    bytes: 0,
+                    exit_code: None,
+                    reason: None,
+                    started: now(),
+                    ended: None,
+                    writer: self.writer.clone(),
+                    session: header.get("kubetape").cloned().unwrap_or(Value::Null),
+                    recorder: None,
+                };
+                (stored(m, self.state.store.create(meta, line.as_bytes()))?, "start")
+            }
+            Some(at) => self.resume(&id, &header, at)?,
+        };
+        let acked = file.meta.bytes;
+        m.synced(acked, started.elapsed());
         m.session_started();
-        log::info!("recording started id={id} writer={} peer={}", self.writer, self.peer);
+        log::info!("recording started id={id} writer={} peer={} from={from} bytes={acked}", self.writer, self.peer);
         self.live = Some(self.state.live.start(&id, file.durable_lines()));
-        send_ack(&mut self.out, line.len() as u64)?;
+        send_ack(&mut self.out, acked)?;
         self.last_ack = Instant::now();
         self.file = Some(file);
         Ok(())
+    }
+
+    /// Takes up a session that was being recorded elsewhere (another recorder that went
+    /// away, or this one before a restart) at stream offset `at`: its bytes come from
+    /// this spool, else from the bucket; any it cannot find become a marker line of the
+    /// same length, so the proxy's offsets still hold. Only the proxy that started it,
+    /// with the same header, may continue it.
+    fn resume(&self, id: &str, header: &Value, at: u64) -> Result<(SessionFile, &'static str), Failure> {
+        let context = header.get("kubetape").cloned().unwrap_or(Value::Null);
+        let check = |m: &SessionMeta| -> Result<(), Failure> {
+            if m.writer != self.writer || m.session != context {
+                return Err(format!("session {id} cannot be continued: its recording has another writer or header").into());
+            }
+            Ok(())
+        };
+        if self.state.live.get(id).is_some_and(|p| !p.seen().ended) {
+            return Err(format!("session {id} is being recorded on another connection").into());
+        }
+        let store = &self.state.store;
+        let m = &self.state.metrics;
+        let found = |r: crate::error::Result<Option<(SessionMeta, crate::storage::Cast)>>| -> Result<Option<(SessionMeta, Vec<u8>)>, Failure> {
+            match stored(m, r)? {
+                Some((meta, cast)) => {
+                    check(&meta)?;
+                    Ok(Some((meta, stored(m, cast.into_bytes())?)))
+                }
+                None => Ok(None),
+            }
+        };
+        let local = found(store.open(id))?.map(|p| (p, "spool"));
+        let remote = match &self.state.s3 {
+            Some(s3) => {
+                let bucket = s3.store().ok_or_else(|| Failure(format!("session {id} cannot be continued before the S3 bucket is reached")))?;
+                found(bucket.open(id))?.map(|p| (p, "bucket"))
+            }
+            None => None,
+        };
+        // The longer is the more complete: each is a prefix of the same stream.
+        let (prior, from) = match (local, remote) {
+            (Some(l), Some(r)) => Some(if r.0 .1.len() > l.0 .1.len() { r } else { l }),
+            (l, r) => l.or(r),
+        }
+        .map_or((None, "header"), |(p, from)| (Some(p), from));
+        let (meta, mut bytes) = prior.unwrap_or_else(|| {
+            // Nothing of it here or in the bucket: its header, and its start day from it.
+            let started = context.get("startTime").and_then(Value::as_str).and_then(|t| t.get(..19)).map(|t| format!("{t}Z")).unwrap_or_else(now);
+            let meta = SessionMeta {
+                id: id.to_string(),
+                status: Status::Recording,
+                bytes: 0,
+                exit_code: None,
+                reason: None,
+                started,
+                ended: None,
+                writer: self.writer.clone(),
+                session: context.clone(),
+                recorder: None,
+            };
+            (meta, format!("{header}\n").into_bytes())
+        });
+        let at_len = usize::try_from(at).map_err(|_| Failure::from("resume offset too large"))?;
+        bytes.truncate(at_len);
+        if bytes.len() < at_len {
+            let missing = at_len - bytes.len();
+            let text = format!("kubetape: {missing} bytes of this session were lost with a recorder");
+            let marker = crate::recording::cast::padded_marker(missing, crate::recording::cast::last_time(&bytes), &text)
+                .ok_or_else(|| Failure(format!("session {id} cannot be continued at {at}: a gap of {missing} bytes")))?;
+            log::warn!("recording continued with a gap id={id} missing_bytes={missing}");
+            bytes.extend(marker);
+        }
+        // What this spool had of it is in `bytes` now.
+        stored(m, store.remove_by_id(id))?;
+        let meta = SessionMeta { status: Status::Recording, bytes: 0, exit_code: None, reason: None, ended: None, recorder: None, ..meta };
+        Ok((stored(m, store.create(meta, &bytes))?, from))
     }
 
     fn finish(&mut self, status: Status, exit_code: Option<i32>, reason: Option<String>) -> Result<(), Failure> {
@@ -203,7 +287,7 @@ impl FrameHandler for SessionIngest<'_> {
     fn on_frame(&mut self, frame: Frame) -> Result<Flow, Failure> {
         self.last_data = Instant::now();
         match self.stage.on_frame(frame)? {
-            Step::Create { id, header } => self.create(id, header)?,
+            Step::Create { id, header, resume } => self.create(id, header, resume)?,
             Step::Append(data) => {
                 let Some(f) = self.file.as_mut() else { return Err("events before start".into()) };
                 if let Some((_, dropped)) = self.not_kept.as_mut() {
@@ -229,8 +313,9 @@ impl FrameHandler for SessionIngest<'_> {
     /// One fsync for everything read so far, then one ack; an idle session is still
     /// acknowledged every [`ACK_INTERVAL`], which tells the proxy the recorder lives.
     fn drained(&mut self) -> Result<(), Failure> {
+        let going = self.state.hand_off.asked();
         if let Some(f) = self.file.as_mut() {
-            if self.unsynced || self.last_ack.elapsed() >= ACK_INTERVAL {
+            if going || self.unsynced || self.last_ack.elapsed() >= ACK_INTERVAL {
                 let before = f.meta.bytes;
                 let started = Instant::now();
                 let durable = stored(&self.state.metrics, f.sync())?;
@@ -243,6 +328,15 @@ impl FrameHandler for SessionIngest<'_> {
                 self.unsynced = false;
                 self.last_ack = Instant::now();
             }
+        }
+        if going {
+            // Everything received is durable and acknowledged: the proxy resends from there.
+            if self.file.is_some() {
+                self.state.hand_off.park(HAND_OFF_WAIT);
+            }
+            let _ = self.out.write_all(&ws::close_frame(1001, "the recorder is shutting down: continue on another", None));
+            self.handed_off = true;
+            return Err("handed off".into());
         }
         if self.last_data.elapsed() > SESSION_IDLE_LIMIT {
             return Err("the proxy sent nothing for an hour".into());
@@ -258,10 +352,14 @@ pub(super) fn session(state: &State, head: &RequestHead, mut input: Input, mut o
         return;
     }
     let opened = Instant::now();
-    let mut s = SessionIngest { state, out, writer, peer, stage: Stage::ExpectStart, file: None, live: None, unsynced: false, not_kept: None, last_ack: opened, last_data: opened };
+    let mut s = SessionIngest { state, out, writer, peer, stage: Stage::ExpectStart, file: None, live: None, unsynced: false, handed_off: false, not_kept: None, last_ack: opened, last_data: opened };
     let failure = match websocket::read_frames(&mut input, Some(ACK_INTERVAL), &mut s) {
         Ok(Ended::Stopped) => return,
         Ok(Ended::Closed) => Failure("the proxy closed the connection without an end".into()),
+        Err(_) if s.handed_off => {
+            log::info!("recording handed off id={} bytes={}", s.file.as_ref().map_or("-", |f| f.meta.id.as_str()), s.file.as_ref().map_or(0, |f| f.meta.bytes));
+            return;
+        }
         Err(f) => f,
     };
     log::warn!("recording stream failed writer={} peer={peer} error={}", s.writer, failure.0);
@@ -374,7 +472,7 @@ mod tests {
     fn each_stage_allows_only_its_frames() {
         let fail = |why: &str| Err(Failure(why.into()));
         let cases: Vec<(Stage, Frame, Result<Step, Failure>, Stage)> = vec![
-            (Stage::ExpectStart, text(START), Ok(Step::Create { id: "s1".into(), header: serde_json::json!({"version": 2}) }), Stage::Recording),
+            (Stage::ExpectStart, text(START), Ok(Step::Create { id: "s1".into(), header: serde_json::json!({"version": 2}), resume: None }), Stage::Recording),
             (Stage::ExpectStart, binary(b"[0.1,\"o\",\"x\"]\n"), fail("events before start"), Stage::ExpectStart),
             (Stage::ExpectStart, text(END), fail("end before start"), Stage::ExpectStart),
             (Stage::ExpectStart, text(r#"{"type":"start","id":"../x","header":{}}"#), fail(r#"session id "../x" is not valid"#), Stage::ExpectStart),

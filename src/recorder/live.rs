@@ -13,9 +13,9 @@
 //! up the session's writer.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::net::sync::lock;
 use crate::record::protocol::{SessionMeta, Status};
@@ -80,6 +80,11 @@ impl Live {
         Publisher { live: self, id: id.to_string(), progress }
     }
 
+    /// Sessions being recorded now.
+    pub fn count(&self) -> usize {
+        lock(&self.sessions).len()
+    }
+
     /// An active session's progress; it stays readable after the session ends.
     pub fn get(&self, id: &str) -> Option<Arc<Progress>> {
         lock(&self.sessions).get(id).cloned()
@@ -140,6 +145,55 @@ impl Drop for Publisher<'_> {
         if sessions.get(&self.id).is_some_and(|p| Arc::ptr_eq(p, &self.progress)) {
             sessions.remove(&self.id);
         }
+    }
+}
+
+/// A recorder going away (SIGTERM) moves its sessions to another: each ingest makes its
+/// last bytes durable, acknowledges them and parks; once the main thread has put what
+/// they hold in the bucket (where the next recorder reads it), they close with 1001
+/// and the proxies continue elsewhere.
+#[derive(Default)]
+pub struct HandOff {
+    asked: AtomicBool,
+    parked: AtomicUsize,
+    uploaded: Mutex<bool>,
+    changed: Condvar,
+}
+
+impl HandOff {
+    pub fn ask(&self) {
+        self.asked.store(true, Ordering::SeqCst);
+    }
+
+    pub fn asked(&self) -> bool {
+        self.asked.load(Ordering::SeqCst)
+    }
+
+    /// An ingest, its last bytes acknowledged: waits (at most `timeout`) for the upload.
+    pub fn park(&self, timeout: Duration) {
+        let done = lock(&self.uploaded);
+        self.parked.fetch_add(1, Ordering::SeqCst);
+        self.changed.notify_all();
+        let _ = self.changed.wait_timeout_while(done, timeout, |up| !*up);
+    }
+
+    /// The main thread: waits (at most `timeout`) until `n` ingests parked.
+    pub fn wait_parked(&self, n: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let mut done = lock(&self.uploaded);
+        while self.parked.load(Ordering::SeqCst) < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            done = self.changed.wait_timeout(done, left).unwrap_or_else(|e| e.into_inner()).0;
+        }
+    }
+
+    /// What the parked sessions hold is in the bucket (or could not be put there).
+    pub fn uploaded(&self) {
+        *lock(&self.uploaded) = true;
+        self.changed.notify_all();
     }
 }
 

@@ -54,6 +54,9 @@ const UNAUTHENTICATED_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 const HEAD_TIMEOUT: Duration = Duration::from_secs(15);
 /// The recorder acknowledges at least this often while a session is idle.
 const ACK_INTERVAL: Duration = Duration::from_secs(1);
+/// At shutdown, how long sessions get to park and their bytes to go up before they are
+/// asked to move regardless (the pod's grace period is 30 s by default).
+const HAND_OFF_WAIT: Duration = Duration::from_secs(10);
 /// A proxy that sends nothing (not even a close) for this long is gone.
 const SESSION_IDLE_LIMIT: Duration = Duration::from_secs(3600);
 
@@ -121,6 +124,8 @@ struct State {
     live: Live,
     /// With `--s3-bucket`: where the uploader copies the spool (`store`) to.
     s3: Option<Arc<S3>>,
+    /// Set on SIGTERM: the sessions move to another recorder.
+    hand_off: live::HandOff,
 }
 
 impl State {
@@ -164,7 +169,7 @@ pub fn run(config: Config) -> Result<()> {
     let addr = listener.local_addr()?;
     log::info!("recorder listening addr={addr} storage={}", config.storage_dir.display());
     let s3 = config.s3.clone().map(|c| Arc::new(S3::new(c)));
-    let state = Arc::new(State { config, store, events, metrics: Metrics::default(), live: Live::default(), s3 });
+    let state = Arc::new(State { config, store, events, metrics: Metrics::default(), live: Live::default(), s3, hand_off: Default::default() });
     // The bucket is reached in the background: a recorder whose S3 settings are wrong
     // serves (not ready, saying why) instead of crash-looping, and spools meanwhile.
     let uploader = match &state.s3 {
@@ -187,8 +192,20 @@ pub fn run(config: Config) -> Result<()> {
     log::info!("stopping signal={sig}");
     life.stop();
     let _ = accept.join();
-    // Sessions being written get a few seconds to finish; whatever is left is
-    // recovered as interrupted on the next start, with every acknowledged byte.
+    // The sessions being recorded move to another recorder: each parks with its last
+    // bytes acknowledged, what they hold goes to the bucket, then they are asked to move.
+    state.hand_off.ask();
+    state.hand_off.wait_parked(state.live.count(), HAND_OFF_WAIT);
+    if let Some(up) = &uploader {
+        if let Some(up) = lock(up).as_mut() {
+            if let Err(e) = up.hand_off(state.as_ref()) {
+                log::warn!("s3 upload of the sessions moving away failed; the spool keeps them error={e}");
+            }
+        }
+    }
+    state.hand_off.uploaded();
+    // Whatever is left after a few seconds is recovered as interrupted on the next
+    // start, with every acknowledged byte.
     life.drain(Duration::from_secs(5));
     // What ended during the drain goes up now; the rest on the next start.
     if let Some(up) = &uploader {

@@ -166,6 +166,26 @@ fn push_line(out: &mut String, line: String) {
     out.push('\n');
 }
 
+/// A marker line (`"m"` event at `seconds`) saying `text`, padded with spaces to
+/// exactly `len` bytes so the lines after it keep their offsets; the text is dropped
+/// if it does not fit. `None` if even an empty marker is longer than `len`.
+pub fn padded_marker(len: usize, seconds: f64, text: &str) -> Option<Vec<u8>> {
+    let fits = |line: &String| line.len() < len;
+    let line = Some(marker(seconds, text)).filter(fits).or_else(|| Some(marker(seconds, "")).filter(fits))?;
+    // Spaces before the closing bracket are JSON whitespace.
+    let mut line = line.strip_suffix(']').unwrap_or(&line).to_string();
+    line.extend(std::iter::repeat_n(' ', len - line.len() - 2));
+    line.push_str("]\n");
+    Some(line.into_bytes())
+}
+
+/// The time of the last event line in `cast` (0 if there is none).
+pub fn last_time(cast: &[u8]) -> f64 {
+    let body = cast.strip_suffix(b"\n").unwrap_or(cast);
+    let last = body.rsplit(|b| *b == b'\n').next().unwrap_or(b"");
+    serde_json::from_slice::<Value>(last).ok().and_then(|v| v.get(0).and_then(Value::as_f64)).unwrap_or(0.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,5 +267,18 @@ mod tests {
         assert_eq!(w.failure(), Some("x"), "not a Status: kept as it came");
         w.lines(4.0, vec![TapEvent::Failure(r#"{"status":"Failure","message":"exec: \"nope\": not found"}"#.into())]);
         assert_eq!(w.failure(), Some("exec: \"nope\": not found"), "a Status: its message");
+    }
+
+    #[test]
+    fn padded_markers_are_exactly_as_long_as_the_gap_and_valid_lines() {
+        for len in [21, 30, 64, 300] {
+            let m = padded_marker(len, 12.5, "kubetape: 300 bytes were not recorded").expect("fits");
+            assert_eq!(m.len(), len);
+            let v: Value = serde_json::from_slice(&m).expect("one JSON event line");
+            assert_eq!((v[0].as_f64(), v[1].as_str()), (Some(12.5), Some("m")));
+        }
+        assert_eq!(padded_marker(20, 12.5, "x"), None, "an empty marker needs 21 bytes here");
+        assert_eq!(last_time(b"{\"version\":2}\n[0.5, \"o\", \"a\"]\n[1.25, \"o\", \"b\"]\n"), 1.25);
+        assert_eq!(last_time(b"{\"version\":2}\n"), 0.0);
     }
 }

@@ -5,12 +5,13 @@
 
 use std::io::Write;
 use std::net::{TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Sender, TrySendError};
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
 use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
 use serde_json::Value;
@@ -31,6 +32,15 @@ const MAX_UNACKED: u64 = 8 * 1024 * 1024;
 pub const SILENT_RECORDER: Duration = Duration::from_secs(5);
 /// How long `finish` waits for the last bytes to be acknowledged.
 const FINAL_ACK_WAIT: Duration = Duration::from_secs(5);
+/// A fail-open recording with no recorder tries again this often.
+const RECONNECT_EVERY: Duration = Duration::from_secs(2);
+/// A recording whose recorder is lost tries the others for this long (a fail-closed
+/// session's output waits meanwhile, within [`SILENT_RECORDER`]), every
+/// [`FAILOVER_RETRY`].
+const FAILOVER_WINDOW: Duration = Duration::from_secs(4);
+const FAILOVER_RETRY: Duration = Duration::from_millis(200);
+/// How often a writer waiting for acknowledgements looks whether its link is gone.
+const WINDOW_CHECK: Duration = Duration::from_millis(100);
 
 /// A recorder to try, from the policy.
 #[derive(Clone)]
@@ -49,6 +59,11 @@ struct Shared {
     lost: Mutex<Option<String>>,
     /// Woken on every acknowledgement and on loss, for output waiting to be durable.
     progress: Condvar,
+    /// Fail-open, no recorder took the recording after one was lost: it is not lost
+    /// (it continues when one does), however long no acknowledgement comes.
+    waiting: AtomicBool,
+    /// The current recorder connection, to cut when the recording is dropped.
+    socket: Mutex<Option<TcpStream>>,
 }
 
 impl Shared {
@@ -85,6 +100,28 @@ impl Shared {
         Ok(())
     }
 
+    /// [`Shared::wait_acked`], but also ending when the link says it is gone.
+    fn wait_acked_or(&self, offset: u64, silence: Duration, gone: &Receiver<String>) -> Result<(), String> {
+        let (mut since, mut acked) = (Instant::now(), self.acked.load(Ordering::SeqCst));
+        loop {
+            if let Ok(why) = gone.try_recv() {
+                return Err(why);
+            }
+            match self.wait_acked(offset, WINDOW_CHECK) {
+                Ok(()) => return Ok(()),
+                Err(why) if lock(&self.lost).is_some() => return Err(why),
+                Err(_) => {
+                    let now = self.acked.load(Ordering::SeqCst);
+                    if now > acked {
+                        (since, acked) = (Instant::now(), now);
+                    } else if since.elapsed() >= silence {
+                        return Err(format!("the recorder acknowledged nothing for {}s", silence.as_secs()));
+                    }
+                }
+            }
+        }
+    }
+
     fn set_acked(&self, acked: u64) {
         // Under the `lost` lock, so a waiter cannot miss the wake-up between its check
         // and its wait.
@@ -108,7 +145,6 @@ pub struct Recording {
     queued: Mutex<u64>,
     shared: Arc<Shared>,
     writer: Option<JoinHandle<()>>,
-    socket: TcpStream,
 }
 
 /// Why an event could not be queued.
@@ -146,11 +182,12 @@ pub fn dial(target: &RecorderTarget, path: &str, subprotocol: &str, timeout: Dur
     Ok((input, out, socket))
 }
 
-/// Connects, upgrades and gets the header acknowledged within `timeout`.
-fn open(target: &RecorderTarget, id: &str, header: &Value, timeout: Duration) -> Result<(Input, WriteHalf, TcpStream, u64)> {
+/// Connects, upgrades and gets the header acknowledged within `timeout`: a new
+/// session, or with `resume` one continuing from that stream offset.
+fn open(target: &RecorderTarget, id: &str, header: &Value, resume: Option<u64>, timeout: Duration) -> Result<(Input, WriteHalf, TcpStream, u64)> {
     let deadline = Instant::now() + timeout;
     let (mut input, mut out, socket) = dial(target, PATH, SUBPROTOCOL, timeout)?;
-    out.write_all(&text_frame(&ClientMessage::Start { id: id.to_string(), header: header.clone() }))?;
+    out.write_all(&text_frame(&ClientMessage::Start { id: id.to_string(), header: header.clone(), resume }))?;
     loop {
         let frame = match websocket::next_frame_by(&mut input, deadline) {
             Ok(Some(frame)) => frame,
@@ -162,6 +199,9 @@ fn open(target: &RecorderTarget, id: &str, header: &Value, timeout: Duration) ->
             ws::OP_TEXT => {
                 let ack: Ack = serde_json::from_slice(&frame.payload).context("recorder acknowledgement")?;
                 if ack.acked > 0 {
+                    if resume.is_some_and(|at| at != ack.acked) {
+                        crate::bail!("recorder continued the session at byte {} where {} were acknowledged", ack.acked, resume.unwrap_or(0));
+                    }
                     input.half.set_timeout(None)?;
                     return Ok((input, out, socket, ack.acked));
                 }
@@ -195,28 +235,55 @@ fn read_acks(input: &mut Input, shared: &Shared) -> String {
     }
 }
 
-impl Recording {
-    /// Tries each target in order, each within `attempt_timeout`.
-    /// Recorders `health` knows failed lately are skipped (and said to be), and every
-    /// attempt's outcome is told to it.
-    pub fn start(targets: &[RecorderTarget], id: &str, header: &Value, attempt_timeout: Duration, health: &RecorderHealth) -> Result<Recording> {
+/// Where a session's recording can go: the recorders to try, in order, and what
+/// starting or continuing it there takes.
+struct Route {
+    targets: Vec<RecorderTarget>,
+    id: String,
+    header: Value,
+    attempt_timeout: Duration,
+    health: Arc<RecorderHealth>,
+}
+
+/// One recorder connection carrying the recording.
+struct Link {
+    recorder: String,
+    out: WriteHalf,
+    socket: TcpStream,
+    /// Says why, once the recorder's side of the connection ended.
+    gone: Receiver<String>,
+}
+
+impl Route {
+    /// Tries each target in order, each within `attempt_timeout`. Recorders `health`
+    /// knows failed lately are skipped (and said to be), and every attempt's outcome
+    /// is told to it. Returns the link and what the recorder acknowledged.
+    fn connect(&self, resume: Option<u64>, shared: &Arc<Shared>, try_all: bool, last: Option<&str>) -> Result<(Link, u64)> {
         let mut errors = Vec::new();
-        for t in targets {
-            if let Some(why) = health.skipped(&t.name, Instant::now()) {
+        // The recorder just lost (or going away) is tried after the others.
+        let (others, lost): (Vec<_>, Vec<_>) = self.targets.iter().partition(|t| Some(t.name.as_str()) != last);
+        for t in others.into_iter().chain(lost) {
+            if let Some(why) = self.health.skipped(&t.name, Instant::now()).filter(|_| !try_all) {
                 log::info!("recorder skipped recorder={} reason={why}", t.name);
                 errors.push(format!("{}: {why}", t.name));
                 continue;
             }
-            match open(t, id, header, attempt_timeout) {
-                Ok((input, out, socket, header_bytes)) => {
-                    health.succeeded(&t.name);
-                    return Ok(Recording::run(t.name.clone(), input, out, socket, header_bytes));
+            match open(t, &self.id, &self.header, resume, self.attempt_timeout) {
+                Ok((mut input, out, socket, acked)) => {
+                    self.health.succeeded(&t.name);
+                    let (tell, gone) = bounded(1);
+                    let acks = shared.clone();
+                    let _ = thread::Builder::new().name("rec-ack".into()).spawn(move || {
+                        let _ = tell.send(read_acks(&mut input, &acks));
+                    });
+                    *lock(&shared.socket) = socket.try_clone().ok();
+                    return Ok((Link { recorder: t.name.clone(), out, socket, gone }, acked));
                 }
                 Err(e) => {
                     if e.to_string().starts_with(REFUSED) {
-                        health.succeeded(&t.name);
+                        self.health.succeeded(&t.name);
                     } else {
-                        health.failed(&t.name, &e.to_string(), Instant::now());
+                        self.health.failed(&t.name, &e.to_string(), Instant::now());
                     }
                     errors.push(format!("{}: {e}", t.name));
                 }
@@ -227,51 +294,204 @@ impl Recording {
         }
         crate::bail!("{}", errors.join("; "))
     }
+}
 
-    /// `header_bytes`: what the recorder acknowledged for the header, so `sent` and
-    /// `acked` count the same bytes.
-    fn run(recorder: String, mut input: Input, mut out: WriteHalf, socket: TcpStream, header_bytes: u64) -> Recording {
+/// The writer thread's state: the link (none while a fail-open recording waits for a
+/// recorder), and the frames sent on it that are not acknowledged yet, to send again
+/// on the next recorder if this one is lost.
+struct Writer {
+    route: Route,
+    link: Option<Link>,
+    shared: Arc<Shared>,
+    unacked: VecDeque<(u64, Vec<u8>)>,
+    fail_open: bool,
+    /// Fail-open, while no recorder was reachable: bytes not recorded, and the time of
+    /// the last of them.
+    dropped: Option<(u64, f64)>,
+    next_attempt: Instant,
+    /// The recorder last lost, tried after the others.
+    last: Option<String>,
+}
+
+impl Writer {
+    fn run(mut self, rx: Receiver<Out>) {
+        loop {
+            let item = match &self.link {
+                Some(link) => crossbeam_channel::select! {
+                    recv(rx) -> item => item.ok(),
+                    recv(link.gone) -> why => {
+                        let why = why.unwrap_or_else(|_| "recorder connection ended".into());
+                        if !self.failover(&why) {
+                            return;
+                        }
+                        continue;
+                    }
+                },
+                None => match rx.recv_timeout(RECONNECT_EVERY) {
+                    Ok(item) => Some(item),
+                    Err(RecvTimeoutError::Timeout) => {
+                        self.reconnect(false);
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => None,
+                },
+            };
+            let Some(item) = item else { return };
+            match item {
+                Out::Lines(bytes) => {
+                    if self.link.is_none() && !self.reconnect(false) {
+                        let (n, _) = self.dropped.unwrap_or((0, 0.0));
+                        self.dropped = Some((n + bytes.len() as u64, crate::recording::cast::last_time(&bytes)));
+                        continue;
+                    }
+                    if !self.send_lines(bytes) {
+                        return;
+                    }
+                }
+                Out::End(msg) => {
+                    if self.link.is_none() {
+                        self.next_attempt = Instant::now();
+                        self.reconnect(false);
+                    }
+                    let frame = text_frame(&msg);
+                    if let Some(link) = self.link.as_mut() {
+                        if link.out.write_all(&frame).is_ok() {
+                            let _ = link.out.write_all(&ws::close_frame(1000, "", mask()));
+                        }
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Sends lines on the link, failing over as needed; false once the recording is lost.
+    fn send_lines(&mut self, bytes: Vec<u8>) -> bool {
+        loop {
+            let Some(link) = self.link.as_mut() else {
+                // Fail-open and waiting for a recorder: not recorded.
+                let (n, _) = self.dropped.unwrap_or((0, 0.0));
+                self.dropped = Some((n + bytes.len() as u64, crate::recording::cast::last_time(&bytes)));
+                return true;
+            };
+            // Bound what the recorder holds unacknowledged; a stuck recorder then fills
+            // the queue, and the session's fail mode decides.
+            let sent = self.shared.sent.load(Ordering::SeqCst);
+            let result = self.shared.wait_acked_or(sent.saturating_sub(MAX_UNACKED), SILENT_RECORDER, &link.gone).and_then(|()| {
+                link.out.write_all(&ws::encode_frame(true, ws::OP_BINARY, mask(), &bytes)).map_err(|e| format!("writing to recorder: {e}"))
+            });
+            match result {
+                Ok(()) => {
+                    let end = self.shared.sent.fetch_add(bytes.len() as u64, Ordering::SeqCst) + bytes.len() as u64;
+                    self.unacked.push_back((end, bytes));
+                    let acked = self.shared.acked.load(Ordering::SeqCst);
+                    while self.unacked.front().is_some_and(|(end, _)| *end <= acked) {
+                        self.unacked.pop_front();
+                    }
+                    return true;
+                }
+                // Not sent: it goes to the next recorder, after what that one is sent again.
+                Err(why) => {
+                    if !self.failover(&why) {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The recorder is lost or going away: the session continues on the first
+    /// recorder that takes it, from the last acknowledged byte. False when none did
+    /// and the recording is lost (fail-closed); fail-open, it waits for one.
+    fn failover(&mut self, why: &str) -> bool {
+        let old = self.link.take();
+        if let Some(l) = &old {
+            let _ = l.socket.shutdown(std::net::Shutdown::Both);
+            log::warn!("recorder lost, continuing the recording on another session={} recorder={} reason={why}", self.route.id, l.recorder);
+        }
+        self.last = old.map(|l| l.recorder);
+        // Every recorder is tried, those that failed lately too (one coming back from a
+        // restart), for a while: fail-closed, the session's output waits meanwhile;
+        // fail-open, its lines wait in the queue.
+        let deadline = Instant::now() + FAILOVER_WINDOW;
+        loop {
+            self.next_attempt = Instant::now();
+            if self.reconnect(true) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+            thread::sleep(FAILOVER_RETRY);
+        }
+        if self.fail_open {
+            self.shared.waiting.store(true, Ordering::SeqCst);
+            return true;
+        }
+        self.shared.set_lost(why.to_string());
+        false
+    }
+
+    /// Tries to continue on a recorder (at most every [`RECONNECT_EVERY`]); on success
+    /// sends again what was not acknowledged, and a marker for what was not recorded.
+    fn reconnect(&mut self, try_all: bool) -> bool {
+        if Instant::now() < self.next_attempt {
+            return false;
+        }
+        self.next_attempt = Instant::now() + RECONNECT_EVERY;
+        let acked = self.shared.acked.load(Ordering::SeqCst);
+        let (mut link, at) = match self.route.connect(Some(acked), &self.shared, try_all, self.last.as_deref()) {
+            Ok(ok) => ok,
+            Err(e) => {
+                log::debug!("no recorder takes the recording yet session={} error={e}", self.route.id);
+                return false;
+            }
+        };
+        self.shared.sent.store(at, Ordering::SeqCst);
+        let mut frames: Vec<Vec<u8>> = self.unacked.drain(..).filter(|(end, _)| *end > at).map(|(_, b)| b).collect();
+        if let Some((n, seconds)) = self.dropped.take() {
+            frames.push(crate::recording::cast::marker_line(seconds, &format!("kubetape: {n} bytes of this session were not recorded: no recorder was reachable")).into_bytes());
+        }
+        for bytes in frames {
+            if link.out.write_all(&ws::encode_frame(true, ws::OP_BINARY, mask(), &bytes)).is_err() {
+                return false;
+            }
+            let end = self.shared.sent.fetch_add(bytes.len() as u64, Ordering::SeqCst) + bytes.len() as u64;
+            self.unacked.push_back((end, bytes));
+        }
+        log::info!("recording continued session={} recorder={} at={at}", self.route.id, link.recorder);
+        self.shared.set_acked(at);
+        self.shared.waiting.store(false, Ordering::SeqCst);
+        self.link = Some(link);
+        true
+    }
+}
+
+impl Recording {
+    /// Starts the recording on the first of `targets` that acknowledges the header
+    /// (see [`Route::connect`]). If that recorder is lost or goes away later, the
+    /// recording continues on the first that takes it; `fail_open`, a recording that
+    /// finds none waits for one, and marks what it could not record.
+    pub fn start(targets: &[RecorderTarget], id: &str, header: &Value, attempt_timeout: Duration, health: &Arc<RecorderHealth>, fail_open: bool) -> Result<Recording> {
+        let route = Route { targets: targets.to_vec(), id: id.to_string(), header: header.clone(), attempt_timeout, health: health.clone() };
         let shared = Arc::new(Shared {
-            sent: AtomicU64::new(header_bytes),
-            acked: AtomicU64::new(header_bytes),
+            sent: AtomicU64::new(0),
+            acked: AtomicU64::new(0),
             last_ack: Mutex::new(Instant::now()),
             lost: Mutex::new(None),
             progress: Condvar::new(),
+            waiting: AtomicBool::new(false),
+            socket: Mutex::new(None),
         });
-        let acks = shared.clone();
-        let _ = thread::Builder::new().name("rec-ack".into()).spawn(move || {
-            let why = read_acks(&mut input, &acks);
-            acks.set_lost(why);
-        });
+        let (link, header_bytes) = route.connect(None, &shared, false, None)?;
+        // `sent` and `acked` count the same bytes: the header's.
+        shared.sent.store(header_bytes, Ordering::SeqCst);
+        shared.set_acked(header_bytes);
+        let recorder = link.recorder.clone();
         let (tx, rx) = bounded::<Out>(EVENT_QUEUE);
-        let w = shared.clone();
-        let writer = thread::Builder::new().name("rec-write".into()).spawn(move || {
-            for item in rx.iter() {
-                let frame = match &item {
-                    Out::Lines(bytes) => {
-                        // Bound what the recorder holds unacknowledged; a stuck recorder
-                        // then fills the queue, and the session's fail mode decides.
-                        let sent = w.sent.load(Ordering::SeqCst);
-                        if let Err(why) = w.wait_acked(sent.saturating_sub(MAX_UNACKED), SILENT_RECORDER) {
-                            w.set_lost(why);
-                            return;
-                        }
-                        ws::encode_frame(true, ws::OP_BINARY, mask(), bytes)
-                    }
-                    Out::End(msg) => text_frame(msg),
-                };
-                if let Err(e) = out.write_all(&frame) {
-                    w.set_lost(format!("writing to recorder: {e}"));
-                    return;
-                }
-                if let Out::Lines(bytes) = item {
-                    w.sent.fetch_add(bytes.len() as u64, Ordering::SeqCst);
-                } else {
-                    let _ = out.write_all(&ws::close_frame(1000, "", mask()));
-                }
-            }
-        });
-        Recording { recorder, tx, queued: Mutex::new(header_bytes), shared, writer: writer.ok(), socket }
+        let writer = Writer { route, link: Some(link), shared: shared.clone(), unacked: VecDeque::new(), fail_open, dropped: None, next_attempt: Instant::now(), last: None };
+        let writer = thread::Builder::new().name("rec-write".into()).spawn(move || writer.run(rx));
+        Ok(Recording { recorder, tx, queued: Mutex::new(header_bytes), shared, writer: writer.ok() })
     }
 
     /// Queues whole event lines without waiting; returns the offset they end at, for
@@ -304,6 +524,9 @@ impl Recording {
         if let Some(why) = lock(&self.shared.lost).clone() {
             return Some(why);
         }
+        if self.shared.waiting.load(Ordering::SeqCst) {
+            return None;
+        }
         let silent = lock(&self.shared.last_ack).elapsed();
         (silent > SILENT_RECORDER).then(|| format!("recorder silent for {}s", silent.as_secs()))
     }
@@ -324,11 +547,13 @@ impl Recording {
         if let Some(w) = self.writer.take() {
             let _ = w.join();
         }
-        if !lost {
+        if !lost && !self.shared.waiting.load(Ordering::SeqCst) {
             // What is not acknowledged by then is counted as sent, not acked.
             let _ = self.shared.wait_acked(self.shared.sent.load(Ordering::SeqCst), FINAL_ACK_WAIT);
         }
-        let _ = self.socket.shutdown(std::net::Shutdown::Both);
+        if let Some(s) = lock(&self.shared.socket).as_ref() {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
         self.progress()
     }
 }
@@ -364,7 +589,9 @@ impl RecorderLink for Recording {
 
 impl Drop for Recording {
     fn drop(&mut self) {
-        let _ = self.socket.shutdown(std::net::Shutdown::Both);
+        if let Some(s) = lock(&self.shared.socket).as_ref() {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
     }
 }
 

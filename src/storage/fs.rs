@@ -144,6 +144,14 @@ impl FsStore {
         fs::remove_file(cast)
     }
 
+    /// Drops recording `id`, if the store has it.
+    pub fn remove_by_id(&self, id: &str) -> io::Result<()> {
+        match self.get(id).map_err(io::Error::other)? {
+            Some((_, cast)) => self.remove(&cast),
+            None => Ok(()),
+        }
+    }
+
     /// Bytes the store's files take (its own subfolders included), as the spool bound
     /// counts them.
     pub fn bytes(&self) -> u64 {
@@ -161,7 +169,8 @@ impl FsStore {
         walk(&self.root, 1)
     }
 
-    /// Starts a recording with its header line, durably written.
+    /// Starts a recording with its first bytes (the header line, or what a session
+    /// continuing here had elsewhere), durably written.
     pub fn create(&self, meta: SessionMeta, header_line: &[u8]) -> Result<SessionFile> {
         if !valid_id(&meta.id) {
             crate::bail!("session id {:?}: expected [A-Za-z0-9-], at most 64 characters", meta.id);
@@ -246,6 +255,7 @@ mod tests {
             ended: None,
             writer: "proxy".into(),
             session: json!({"namespace": "../../etc", "pod": "../passwd", "user": {"name": "alice"}}),
+            recorder: None,
         }
     }
 

@@ -40,6 +40,18 @@ impl Cast {
         }
     }
 
+    /// All of it.
+    pub fn into_bytes(self) -> io::Result<Vec<u8>> {
+        match self {
+            Cast::File(mut f) => {
+                let mut v = Vec::new();
+                io::Read::read_to_end(&mut f, &mut v)?;
+                Ok(v)
+            }
+            Cast::Fetched(data) => Ok(data),
+        }
+    }
+
     /// Bytes there now.
     pub fn size(&self) -> io::Result<u64> {
         match self {

@@ -220,18 +220,23 @@ pub struct S3Store {
     prefix: String,
 }
 
-/// The parts of a growing object (`<dir>/<offset>.part`), in order.
+/// The parts of a growing object (`<dir>/<offset>.part`), in order. Parts may overlap
+/// (a recorder that took a session over sends it again from its start); each is a
+/// slice of the same stream, so overlaps agree.
 struct Parts(Vec<(u64, String)>);
 
 impl Parts {
     /// The parts' bytes joined, if they cover the object from its start with no gap.
     fn join(&self, store: &S3Store) -> Result<Option<Vec<u8>>> {
-        let mut out = Vec::new();
+        let mut out: Vec<u8> = Vec::new();
         for (offset, key) in &self.0 {
-            if *offset != out.len() as u64 {
+            let have = out.len() as u64;
+            if *offset > have {
                 return Ok(None);
             }
-            out.extend(store.get(key)?);
+            let part = store.get(key)?;
+            let skip = usize::try_from(have - offset).unwrap_or(usize::MAX);
+            out.extend(part.get(skip..).unwrap_or_default());
         }
         Ok(Some(out))
     }

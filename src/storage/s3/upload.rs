@@ -246,7 +246,7 @@ impl Uploader {
     fn segment(&mut self, store: &S3Store, meta: &SessionMeta, cast: &Path, end: u64) -> Result<u64> {
         let base = format!("sessions/{}/{}", day_of(cast), meta.id);
         if !self.announced.contains(&meta.id) {
-            store.put(&format!("{base}.json"), &fs::read(cast.with_extension("json"))?)?;
+            store.put(&format!("{base}.json"), &self.sidecar(meta)?)?;
             self.announced.insert(meta.id.clone());
         }
         let from = self.sent.get(&meta.id).copied().unwrap_or(0);
@@ -265,8 +265,20 @@ impl Uploader {
     /// Uploads an ended recording as its cast and sidecar, drops its segments, then
     /// its spool files.
     fn finish(&mut self, store: &S3Store, meta: &SessionMeta, cast: &Path) -> Result<()> {
-        let base = format!("sessions/{}/{}", day_of(cast), meta.id);
-        let sidecar = fs::read(cast.with_extension("json"))?;
+        let day = day_of(cast);
+        let base = format!("sessions/{day}/{}", meta.id);
+        if meta.status == Status::Interrupted {
+            // Cut short here by a crash, it may have gone on elsewhere: then that
+            // recorder's recording is the whole one, and this copy only its start.
+            if let Some(there) = store.sidecar(&day, &meta.id)? {
+                if there.recorder.as_deref().is_some_and(|r| r != self.replica) && there.status != Status::Interrupted {
+                    log::info!("recording continued by another recorder; this copy is dropped id={} recorder={}", meta.id, there.recorder.unwrap_or_default());
+                    self.spool.remove(cast)?;
+                    return Ok(());
+                }
+            }
+        }
+        let sidecar = self.sidecar(meta)?;
         self.put_file(store, &format!("{base}.cast"), cast, meta.bytes, &meta.id)?;
         store.put(&format!("{base}.json"), &sidecar)?;
         for (_, key) in store.parts(&base)?.0 {
@@ -277,6 +289,33 @@ impl Uploader {
         self.announced.remove(&meta.id);
         self.s3.stats.bytes.fetch_add(meta.bytes.saturating_sub(already), Ordering::Relaxed);
         log::info!("s3 recording uploaded id={} status={:?} bytes={}", meta.id, meta.status, meta.bytes);
+        Ok(())
+    }
+
+    /// A sidecar as the bucket keeps it: naming this recorder as the one holding it.
+    fn sidecar(&self, meta: &SessionMeta) -> Result<Vec<u8>> {
+        let meta = SessionMeta { recorder: Some(self.replica.clone()), ..meta.clone() };
+        serde_json::to_vec_pretty(&meta).map_err(|e| Error::new(e.to_string()))
+    }
+
+    /// At shutdown, after the sessions recorded here were asked to move: what is
+    /// durable of each goes up as a segment (the recorder continuing it reads it from
+    /// the bucket), then it leaves the spool. The lease is left naming them, so one
+    /// that no recorder took up is finished as `interrupted` by whoever adopts it.
+    pub fn hand_off(&mut self, here: &dyn Spool) -> Result<()> {
+        let s3 = self.s3.clone();
+        let store = reached(s3.store())?;
+        for (meta, cast) in self.spool.sessions()?.into_iter().filter(|(m, _)| m.status == Status::Recording) {
+            let len = match here.durable(&meta.id) {
+                Some(n) => n,
+                None => fs::metadata(&cast)?.len(),
+            };
+            self.segment(store, &meta, &cast, len)?;
+            self.spool.remove(&cast)?;
+            self.sent.remove(&meta.id);
+            self.announced.remove(&meta.id);
+            log::info!("s3 recording handed off id={} bytes={len}", meta.id);
+        }
         Ok(())
     }
 
@@ -396,8 +435,8 @@ impl Uploader {
     fn adopt(&self, store: &S3Store, s: &LeasedSession, replica: &str) -> Result<()> {
         let base = format!("sessions/{}/{}", s.day, s.id);
         let Some(mut meta) = store.sidecar(&s.day, &s.id)? else { return Ok(()) };
-        if meta.status != Status::Recording {
-            return Ok(()); // it ended, or another recorder adopted it first
+        if meta.status != Status::Recording || meta.recorder.as_deref().is_some_and(|r| r != replica) {
+            return Ok(()); // it ended, another recorder adopted it first, or took it over
         }
         let parts = store.parts(&base)?;
         let Some(mut cast) = parts.join(store)? else {
@@ -410,7 +449,7 @@ impl Uploader {
         meta.bytes = cast.len() as u64;
         meta.ended = Some(crate::wire::time::now_rfc3339());
         meta.reason = Some(format!("its recorder ({replica}) was lost with its spool: what it had not yet uploaded (at most the last flush interval) is missing"));
-        store.put(&format!("{base}.json"), &serde_json::to_vec_pretty(&meta).map_err(|e| Error::new(e.to_string()))?)?;
+        store.put(&format!("{base}.json"), &self.sidecar(&meta)?)?;
         for (_, key) in parts.0 {
             store.delete(&key)?;
         }
