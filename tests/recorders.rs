@@ -1,6 +1,7 @@
 //! Recorders that come and go, as the proxy sees them: one that hangs is skipped by
-//! the sessions that follow its failure instead of costing each its connect timeout,
-//! and the API event stream follows a policy reload to the recorders it names now.
+//! the sessions that follow its failure instead of costing each its connect timeout;
+//! the API event stream follows a policy reload to the recorders it names now; and a
+//! fail-open session goes on recording once its recorder is back from a crash.
 
 mod support;
 
@@ -91,4 +92,49 @@ fn api_events_follow_a_policy_reload_to_another_recorder() {
         || if has_event(port, "after") { Ok(()) } else { Err(format!("the event did not reach the recorder the policy names now: {}", demo.logs())) },
     );
     assert!(!has_event(first, "after"), "the recorder the policy no longer names got it");
+}
+
+#[test]
+fn a_fail_open_session_resumes_recording_when_its_recorder_comes_back() {
+    let demo = Demo::start();
+    demo.disable_events();
+    let lines = 60;
+    let k = Kubectl::new(&demo, "kubeconfig", "1.32", Proto::WebSocket);
+    let session = k
+        .command(&["exec", "web-0", "--", "sh", "-c", &format!("for i in $(seq 1 {lines}); do echo open-$i; sleep 0.25; done")])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl");
+    let id = eventually(Duration::from_secs(20), || {
+        demo.recordings()
+            .into_iter()
+            .find(|(m, c)| m["status"] == "recording" && c.contains("open-4\\n"))
+            .map(|(m, _)| m["id"].as_str().unwrap_or("").to_string())
+            .ok_or("not recording yet".to_string())
+    });
+    // The recorder crashes and is back (its spool kept) while the session runs.
+    demo.kill("recorder");
+    let _again = demo.restart("recorder");
+    let out = support::wait_with_timeout(session, Duration::from_secs(90));
+    let want: String = (1..=lines).map(|i| format!("open-{i}\n")).collect();
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout) == want, "{}", out.describe());
+    let (meta, cast) = demo.wait_recording(|m, _| m["id"] == id.as_str());
+    assert_eq!(meta["status"], "complete", "{meta}");
+    let recorded: Vec<String> =
+        cast.lines().skip(1).filter_map(|l| serde_json::from_str::<Value>(l).ok()).filter(|v| v[1] == "o").map(|v| v[2].as_str().unwrap_or("").to_string()).collect();
+    let text: String = recorded.concat();
+    // Lines from before the crash and after it, each once and in order; what no
+    // recorder took is said by a marker.
+    let mut last = 0;
+    for line in text.lines() {
+        let n: usize = line.strip_prefix("open-").and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{line:?} in\n{cast}"));
+        assert!(n > last, "open-{n} after open-{last}: twice or out of order:\n{cast}");
+        last = n;
+    }
+    assert!(text.contains("open-1\n") && text.contains(&format!("open-{lines}\n")), "recorded before and after the crash:\n{cast}");
+    if text.lines().count() < lines {
+        assert!(cast.contains("not recorded"), "the gap is marked:\n{cast}");
+    }
 }

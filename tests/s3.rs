@@ -651,7 +651,13 @@ fn recorders_rolled_one_after_the_other_move_their_sessions_and_every_line_is_re
     // again when the second goes away.
     terminate(first);
     for id in &ids {
-        eventually(Duration::from_secs(20), || if recording_on(&demo, p2, id) { Ok(()) } else { Err(format!("{id} not on the second recorder: {}", std::fs::read_to_string(demo.path("recorder-second.log")).unwrap_or_default())) });
+        eventually(Duration::from_secs(20), || {
+            if recording_on(&demo, p2, id) {
+                Ok(())
+            } else {
+                Err(format!("{id} not on the second recorder: {}", std::fs::read_to_string(demo.path("recorder-second.log")).unwrap_or_default()))
+            }
+        });
     }
     let again = demo.restart_with_env("recorder", &s3, None, CREDS);
     // As a rolling update does: the next goes once this one is ready.
@@ -661,7 +667,18 @@ fn recorders_rolled_one_after_the_other_move_their_sessions_and_every_line_is_re
     });
     terminate(second);
     for id in &ids {
-        eventually(Duration::from_secs(20), || if recording_on(&demo, p1, id) { Ok(()) } else { Err(format!("{id} not back on the first recorder: {}\n{}\n--- second\n{}", recorder_log(&demo), demo.logs(), std::fs::read_to_string(demo.path("recorder-second.log")).unwrap_or_default())) });
+        eventually(Duration::from_secs(20), || {
+            if recording_on(&demo, p1, id) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{id} not back on the first recorder: {}\n{}\n--- second\n{}",
+                    recorder_log(&demo),
+                    demo.logs(),
+                    std::fs::read_to_string(demo.path("recorder-second.log")).unwrap_or_default()
+                ))
+            }
+        });
     }
     let _second = start_second();
 
@@ -683,4 +700,80 @@ fn recorders_rolled_one_after_the_other_move_their_sessions_and_every_line_is_re
         });
     }
     drop(again);
+}
+
+/// Checks a session's recorded output against the lines it printed: in order, none
+/// twice, and any left out (while no recorder had them) stood for by a marker.
+fn assert_once_in_order(who: &str, cast: &str, printed: &[String]) {
+    let recorded: Vec<String> = output_of(cast).lines().map(String::from).collect();
+    let mut at = 0;
+    for line in &recorded {
+        let found = printed[at..].iter().position(|p| p == line).unwrap_or_else(|| panic!("{who}: {line:?} recorded twice or out of order:\n{cast}"));
+        at += found + 1;
+    }
+    if recorded.len() < printed.len() {
+        // A marker of the gap's length: with text where the gap has room for it.
+        let marked =
+            cast.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).any(|v| v[1] == "m" && v[2].as_str().is_some_and(|t| t.is_empty() || t.starts_with("kubetape: ")));
+        assert!(marked, "{who}: {} lines missing and no marker says so:\n{cast}", printed.len() - recorded.len());
+    }
+}
+
+#[test]
+fn a_recorder_killed_mid_session_loses_at_most_the_flush_window_and_the_session_goes_on_on_another() {
+    let moto = Moto::start();
+    let (demo, mut first) = demo_with_bucket(&moto);
+    let url = moto.url();
+    let s3 = ["--s3-bucket", BUCKET, "--s3-endpoint", &url, "--s3-path-style", "--s3-prefix", PREFIX, "--s3-flush-interval", FLUSH];
+    let spool2 = TempDir::new("second-spool");
+    let p2 = free_port();
+    let mut c = recorder(&demo, p2, &spool2.0, &s3, CREDS);
+    c.stdout(Stdio::null()).stderr(std::fs::File::create(demo.path("recorder-second.log")).expect("log"));
+    let _second = Spawned(c.spawn().expect("second recorder"));
+    support::wait_for_port(p2);
+    demo.edit_policy(|v| {
+        let more = serde_json::json!({"name": "second", "url": format!("https://127.0.0.1:{p2}"), "tags": ["tag:recorder"], "caFile": "pki/recorder-ca.pem"});
+        v["recorders"].as_array_mut().expect("recorders").push(more);
+    });
+    let lines = 60;
+    let run = |kubeconfig: &str, who: &str| {
+        Kubectl::new(&demo, kubeconfig, "1.32", Proto::WebSocket)
+            .command(&["exec", "web-0", "--", "sh", "-c", &format!("for i in $(seq 1 {lines}); do echo {who}-$i; sleep 0.25; done")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kubectl")
+    };
+    let sessions = [("alice", run("kubeconfig", "alice")), ("bob", run("bob.kubeconfig", "bob"))];
+    let ids: Vec<String> = ["alice", "bob"]
+        .iter()
+        .map(|who| {
+            eventually(Duration::from_secs(20), || {
+                demo.recordings()
+                    .into_iter()
+                    .find(|(m, c)| m["status"] == "recording" && c.contains(&format!("{who}-8\\n")))
+                    .map(|(m, _)| m["id"].as_str().unwrap_or("").to_string())
+                    .ok_or(format!("{who} not recording yet"))
+            })
+        })
+        .collect();
+    // Lost without a word, spool and all.
+    let _ = first.0.kill();
+    let _ = first.0.wait();
+    for ((who, session), id) in sessions.into_iter().zip(&ids) {
+        let out = wait_with_timeout(session, Duration::from_secs(90));
+        let printed: Vec<String> = (1..=lines).map(|i| format!("{who}-{i}")).collect();
+        let want: String = printed.iter().map(|l| format!("{l}\n")).collect();
+        assert!(out.status.success() && String::from_utf8_lossy(&out.stdout) == want, "{who}: the session goes on: {}", out.describe());
+        let (meta, cast) = eventually(Duration::from_secs(30), || match api_recording(&demo, p2, id) {
+            Some((m, c)) if m["status"] == "complete" => Ok((m, c)),
+            other => Err(format!("{who}: {other:?}")),
+        });
+        assert_once_in_order(who, &cast, &printed);
+        let recorded = output_of(&cast).lines().count();
+        // At most the flush interval (1 s, 4 lines) and the pass in flight are missing.
+        assert!(recorded >= lines - 8, "{who}: {recorded} of {lines} lines recorded: {meta}\n{cast}");
+        assert!(output_of(&cast).contains(&format!("{who}-1\n")) && output_of(&cast).contains(&format!("{who}-{lines}\n")), "{cast}");
+    }
 }

@@ -45,11 +45,7 @@ pub enum ClientMessage {
         resume: Option<u64>,
     },
     #[serde(rename_all = "camelCase")]
-    End {
-        outcome: Outcome,
-        exit_code: Option<i32>,
-        reason: Option<String>,
-    },
+    End { outcome: Outcome, exit_code: Option<i32>, reason: Option<String> },
 }
 
 #[derive(Debug, Deserialize, Serialize, PartialEq, Eq)]

@@ -352,7 +352,20 @@ pub(super) fn session(state: &State, head: &RequestHead, mut input: Input, mut o
         return;
     }
     let opened = Instant::now();
-    let mut s = SessionIngest { state, out, writer, peer, stage: Stage::ExpectStart, file: None, live: None, unsynced: false, handed_off: false, not_kept: None, last_ack: opened, last_data: opened };
+    let mut s = SessionIngest {
+        state,
+        out,
+        writer,
+        peer,
+        stage: Stage::ExpectStart,
+        file: None,
+        live: None,
+        unsynced: false,
+        handed_off: false,
+        not_kept: None,
+        last_ack: opened,
+        last_data: opened,
+    };
     let failure = match websocket::read_frames(&mut input, Some(ACK_INTERVAL), &mut s) {
         Ok(Ended::Stopped) => return,
         Ok(Ended::Closed) => Failure("the proxy closed the connection without an end".into()),

@@ -3,9 +3,9 @@
 //! lines from a bounded queue on a writer thread while an ack thread tracks what the
 //! recorder has durably written.
 
+use std::collections::VecDeque;
 use std::io::Write;
 use std::net::{TcpStream, ToSocketAddrs};
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{self, JoinHandle};
@@ -377,9 +377,10 @@ impl Writer {
             // Bound what the recorder holds unacknowledged; a stuck recorder then fills
             // the queue, and the session's fail mode decides.
             let sent = self.shared.sent.load(Ordering::SeqCst);
-            let result = self.shared.wait_acked_or(sent.saturating_sub(MAX_UNACKED), SILENT_RECORDER, &link.gone).and_then(|()| {
-                link.out.write_all(&ws::encode_frame(true, ws::OP_BINARY, mask(), &bytes)).map_err(|e| format!("writing to recorder: {e}"))
-            });
+            let result = self
+                .shared
+                .wait_acked_or(sent.saturating_sub(MAX_UNACKED), SILENT_RECORDER, &link.gone)
+                .and_then(|()| link.out.write_all(&ws::encode_frame(true, ws::OP_BINARY, mask(), &bytes)).map_err(|e| format!("writing to recorder: {e}")));
             match result {
                 Ok(()) => {
                     let end = self.shared.sent.fetch_add(bytes.len() as u64, Ordering::SeqCst) + bytes.len() as u64;
