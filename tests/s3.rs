@@ -767,10 +767,14 @@ fn a_recorder_killed_mid_session_loses_at_most_the_flush_window_and_the_session_
         let want: String = printed.iter().map(|l| format!("{l}\n")).collect();
         assert!(out.status.success() && String::from_utf8_lossy(&out.stdout) == want, "{who}: the session goes on: {}", out.describe());
         let (meta, cast) = eventually(Duration::from_secs(30), || match api_recording(&demo, p2, id) {
-            Some((m, c)) if m["status"] == "complete" => Ok((m, c)),
+            Some((m, c)) if m["status"] != "recording" => Ok((m, c)),
             other => Err(format!("{who}: {other:?}")),
         });
         assert_once_in_order(who, &cast, &printed);
+        // Whole, or truncated saying what is missing.
+        let whole = output_of(&cast).lines().count() == lines;
+        let said = meta["reason"].as_str().is_some_and(|r| r.contains("lost with a recorder"));
+        assert!((whole && meta["status"] == "complete") || (!whole && meta["status"] == "truncated" && said), "{who}: {meta}");
         let recorded = output_of(&cast).lines().count();
         // At most the flush interval (1 s, 4 lines) and the pass in flight are missing.
         assert!(recorded >= lines - 8, "{who}: {recorded} of {lines} lines recorded: {meta}\n{cast}");

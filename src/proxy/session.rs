@@ -428,6 +428,9 @@ pub fn run(name: &str, client: (Input, WriteHalf), server: (Input, WriteHalf), t
     if st.active && !tail.is_empty() {
         let _ = rec.recording.send(tail.into_bytes());
     }
+    if st.truncated.is_none() {
+        st.truncated = rec.recording.gaps();
+    }
     let outcome = if st.truncated.is_some() { Outcome::Truncated } else { Outcome::Complete };
     // A command that failed (to start, say) says why even when the recording is whole.
     let reason = st.truncated.or_else(|| st.cast.failure().map(String::from));

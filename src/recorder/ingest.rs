@@ -127,6 +127,8 @@ struct SessionIngest<'a> {
     unsynced: bool,
     /// The recorder is going away and asked the proxy to continue elsewhere.
     handed_off: bool,
+    /// Continued here with bytes missing (a marker stands for them): it ends truncated.
+    gap: Option<String>,
     /// The spool was full when this fail-open session started: its output is
     /// acknowledged but not kept, and it ends truncated saying why.
     not_kept: Option<(String, u64)>,
@@ -174,7 +176,11 @@ impl SessionIngest<'_> {
                 };
                 (stored(m, self.state.store.create(meta, line.as_bytes()))?, "start")
             }
-            Some(at) => self.resume(&id, &header, at)?,
+            Some(at) => {
+                let (file, from, gap) = self.resume(&id, &header, at)?;
+                self.gap = gap;
+                (file, from)
+            }
         };
         let acked = file.meta.bytes;
         m.synced(acked, started.elapsed());
@@ -192,7 +198,7 @@ impl SessionIngest<'_> {
     /// this spool, else from the bucket; any it cannot find become a marker line of the
     /// same length, so the proxy's offsets still hold. Only the proxy that started it,
     /// with the same header, may continue it.
-    fn resume(&self, id: &str, header: &Value, at: u64) -> Result<(SessionFile, &'static str), Failure> {
+    fn resume(&self, id: &str, header: &Value, at: u64) -> Result<(SessionFile, &'static str, Option<String>), Failure> {
         let context = header.get("kubetape").cloned().unwrap_or(Value::Null);
         let check = |m: &SessionMeta| -> Result<(), Failure> {
             if m.writer != self.writer || m.session != context {
@@ -247,9 +253,11 @@ impl SessionIngest<'_> {
         });
         let at_len = usize::try_from(at).map_err(|_| Failure::from("resume offset too large"))?;
         bytes.truncate(at_len);
+        let mut gap = None;
         if bytes.len() < at_len {
             let missing = at_len - bytes.len();
             let text = format!("kubetape: {missing} bytes of this session were lost with a recorder");
+            gap = Some(format!("{missing} bytes of this session were lost with a recorder (a marker stands for them)"));
             let marker = crate::recording::cast::padded_marker(missing, crate::recording::cast::last_time(&bytes), &text)
                 .ok_or_else(|| Failure(format!("session {id} cannot be continued at {at}: a gap of {missing} bytes")))?;
             log::warn!("recording continued with a gap id={id} missing_bytes={missing}");
@@ -258,14 +266,15 @@ impl SessionIngest<'_> {
         // What this spool had of it is in `bytes` now.
         stored(m, store.remove_by_id(id))?;
         let meta = SessionMeta { status: Status::Recording, bytes: 0, exit_code: None, reason: None, ended: None, recorder: None, ..meta };
-        Ok((stored(m, store.create(meta, &bytes))?, from))
+        Ok((stored(m, store.create(meta, &bytes))?, from, gap))
     }
 
     fn finish(&mut self, status: Status, exit_code: Option<i32>, reason: Option<String>) -> Result<(), Failure> {
         let Some(f) = self.file.as_mut() else { return Err("end before start".into()) };
-        let (status, reason) = match &self.not_kept {
-            Some((why, dropped)) => (Status::Truncated, Some(format!("{why}: the {dropped} bytes after the header were not kept"))),
-            None => (status, reason),
+        let (status, reason) = match (&self.not_kept, &self.gap) {
+            (Some((why, dropped)), _) => (Status::Truncated, Some(format!("{why}: the {dropped} bytes after the header were not kept"))),
+            (None, Some(gap)) if status == Status::Complete => (Status::Truncated, Some(gap.clone())),
+            _ => (status, reason),
         };
         stored(&self.state.metrics, f.finish(status, exit_code, reason.clone(), now()))?;
         self.state.metrics.session_ended(status);
@@ -362,6 +371,7 @@ pub(super) fn session(state: &State, head: &RequestHead, mut input: Input, mut o
         live: None,
         unsynced: false,
         handed_off: false,
+        gap: None,
         not_kept: None,
         last_ack: opened,
         last_data: opened,

@@ -39,6 +39,9 @@ const RECONNECT_EVERY: Duration = Duration::from_secs(2);
 /// [`FAILOVER_RETRY`].
 const FAILOVER_WINDOW: Duration = Duration::from_secs(4);
 const FAILOVER_RETRY: Duration = Duration::from_millis(200);
+/// Recorders one session may lose before it stops trying: enough for a rolling
+/// update of every replica, few enough that a fault moving with it ends.
+const MAX_FAILOVERS: u32 = 8;
 /// How often a writer waiting for acknowledgements looks whether its link is gone.
 const WINDOW_CHECK: Duration = Duration::from_millis(100);
 
@@ -64,6 +67,8 @@ struct Shared {
     waiting: AtomicBool,
     /// The current recorder connection, to cut when the recording is dropped.
     socket: Mutex<Option<TcpStream>>,
+    /// Fail-open: bytes not recorded while no recorder took the recording.
+    dropped: AtomicU64,
 }
 
 impl Shared {
@@ -101,21 +106,21 @@ impl Shared {
     }
 
     /// [`Shared::wait_acked`], but also ending when the link says it is gone.
-    fn wait_acked_or(&self, offset: u64, silence: Duration, gone: &Receiver<String>) -> Result<(), String> {
+    fn wait_acked_or(&self, offset: u64, silence: Duration, gone: &Receiver<Gone>) -> Result<(), Gone> {
         let (mut since, mut acked) = (Instant::now(), self.acked.load(Ordering::SeqCst));
         loop {
-            if let Ok(why) = gone.try_recv() {
-                return Err(why);
+            if let Ok(gone) = gone.try_recv() {
+                return Err(gone);
             }
             match self.wait_acked(offset, WINDOW_CHECK) {
                 Ok(()) => return Ok(()),
-                Err(why) if lock(&self.lost).is_some() => return Err(why),
+                Err(why) if lock(&self.lost).is_some() => return Err(Gone { why, refused: false }),
                 Err(_) => {
                     let now = self.acked.load(Ordering::SeqCst);
                     if now > acked {
                         (since, acked) = (Instant::now(), now);
                     } else if since.elapsed() >= silence {
-                        return Err(format!("the recorder acknowledged nothing for {}s", silence.as_secs()));
+                        return Err(Gone { why: format!("the recorder acknowledged nothing for {}s", silence.as_secs()), refused: false });
                     }
                 }
             }
@@ -216,24 +221,39 @@ fn open(target: &RecorderTarget, id: &str, header: &Value, resume: Option<u64>, 
 /// spool refuses fail-closed sessions only), so it is not a failed recorder to skip.
 const REFUSED: &str = "recorder refused the session: ";
 
-/// Tracks the recorder's acknowledgements until the stream ends; returns why it ended.
-fn read_acks(input: &mut Input, shared: &Shared) -> String {
+/// How a recorder connection ended.
+struct Gone {
+    why: String,
+    /// The recorder ended the session itself (its storage failed, say), rather than
+    /// going away (1001) or being lost: it is not asked to take it up again.
+    refused: bool,
+}
+
+/// Tracks the recorder's acknowledgements until the stream ends; says how it ended.
+fn read_acks(input: &mut Input, shared: &Shared) -> Gone {
+    let lost = |why: String| Gone { why, refused: false };
     loop {
         let frame = match websocket::next_frame(input) {
             Ok(Some(frame)) => frame,
-            Ok(None) => return "recorder closed the connection".to_string(),
-            Err(e) => return format!("reading from recorder: {e}"),
+            Ok(None) => return lost("recorder closed the connection".to_string()),
+            Err(e) => return lost(format!("reading from recorder: {e}")),
         };
         match frame.opcode {
             ws::OP_TEXT => match serde_json::from_slice::<Ack>(&frame.payload) {
                 Ok(ack) => shared.set_acked(ack.acked),
-                Err(e) => return format!("bad acknowledgement: {e}"),
+                Err(e) => return lost(format!("bad acknowledgement: {e}")),
             },
-            ws::OP_CLOSE => return format!("recorder closed the session: {}", ws::close_reason(&frame.payload)),
+            ws::OP_CLOSE => {
+                let going_away = frame.payload.get(..2) == Some(&GOING_AWAY.to_be_bytes()[..]);
+                return Gone { why: format!("recorder closed the session: {}", ws::close_reason(&frame.payload)), refused: !going_away };
+            }
             _ => {}
         }
     }
 }
+
+/// The close code of a recorder that is shutting down and asks for the session to move.
+const GOING_AWAY: u16 = 1001;
 
 /// Where a session's recording can go: the recorders to try, in order, and what
 /// starting or continuing it there takes.
@@ -250,24 +270,35 @@ struct Link {
     recorder: String,
     out: WriteHalf,
     socket: TcpStream,
-    /// Says why, once the recorder's side of the connection ended.
-    gone: Receiver<String>,
+    /// Says how, once the recorder's side of the connection ended.
+    gone: Receiver<Gone>,
 }
 
 impl Route {
     /// Tries each target in order, each within `attempt_timeout`. Recorders `health`
     /// knows failed lately are skipped (and said to be), and every attempt's outcome
     /// is told to it. Returns the link and what the recorder acknowledged.
-    fn connect(&self, resume: Option<u64>, shared: &Arc<Shared>, try_all: bool, last: Option<&str>) -> Result<(Link, u64)> {
+    /// Each recorder is tried once, in policy order, except: the one just lost (or
+    /// going away) after the others, and not at all if it ended the session itself;
+    /// those skipped for failing lately only with `try_all` (a fail-closed session,
+    /// which would otherwise be refused), after the rest.
+    fn connect(&self, resume: Option<u64>, shared: &Arc<Shared>, try_all: bool, last: Option<&LastLost>) -> Result<(Link, u64)> {
         let mut errors = Vec::new();
-        // The recorder just lost (or going away) is tried after the others.
-        let (others, lost): (Vec<_>, Vec<_>) = self.targets.iter().partition(|t| Some(t.name.as_str()) != last);
-        for t in others.into_iter().chain(lost) {
-            if let Some(why) = self.health.skipped(&t.name, Instant::now()).filter(|_| !try_all) {
+        let now = Instant::now();
+        let is_last = |t: &RecorderTarget| last.is_some_and(|l| l.recorder == t.name);
+        let skipped = |t: &RecorderTarget| self.health.skipped(&t.name, now);
+        let mut order: Vec<&RecorderTarget> = Vec::new();
+        order.extend(self.targets.iter().filter(|t| !is_last(t) && skipped(t).is_none()));
+        order.extend(self.targets.iter().filter(|t| is_last(t) && !last.is_some_and(|l| l.refused) && skipped(t).is_none()));
+        for t in self.targets.iter().filter(|t| skipped(t).is_some() && !(is_last(t) && last.is_some_and(|l| l.refused))) {
+            if try_all {
+                order.push(t);
+            } else if let Some(why) = skipped(t) {
                 log::info!("recorder skipped recorder={} reason={why}", t.name);
                 errors.push(format!("{}: {why}", t.name));
-                continue;
             }
+        }
+        for t in order {
             match open(t, &self.id, &self.header, resume, self.attempt_timeout) {
                 Ok((mut input, out, socket, acked)) => {
                     self.health.succeeded(&t.name);
@@ -282,7 +313,9 @@ impl Route {
                 Err(e) => {
                     if e.to_string().starts_with(REFUSED) {
                         self.health.succeeded(&t.name);
-                    } else {
+                    } else if self.health.skipped(&t.name, Instant::now()).is_none() {
+                        // A failover's retries of a recorder already skipped do not
+                        // lengthen its skip: it may be back any moment.
                         self.health.failed(&t.name, &e.to_string(), Instant::now());
                     }
                     errors.push(format!("{}: {e}", t.name));
@@ -294,6 +327,12 @@ impl Route {
         }
         crate::bail!("{}", errors.join("; "))
     }
+}
+
+/// The recorder a recording last lost, and whether it ended the session itself.
+struct LastLost {
+    recorder: String,
+    refused: bool,
 }
 
 /// The writer thread's state: the link (none while a fail-open recording waits for a
@@ -309,8 +348,10 @@ struct Writer {
     /// the last of them.
     dropped: Option<(u64, f64)>,
     next_attempt: Instant,
-    /// The recorder last lost, tried after the others.
-    last: Option<String>,
+    /// The recorder last lost: tried after the others, or not at all.
+    last: Option<LastLost>,
+    /// Failovers so far: a session that keeps losing its recorders stops trying.
+    failovers: u32,
 }
 
 impl Writer {
@@ -319,9 +360,9 @@ impl Writer {
             let item = match &self.link {
                 Some(link) => crossbeam_channel::select! {
                     recv(rx) -> item => item.ok(),
-                    recv(link.gone) -> why => {
-                        let why = why.unwrap_or_else(|_| "recorder connection ended".into());
-                        if !self.failover(&why) {
+                    recv(link.gone) -> gone => {
+                        let gone = gone.unwrap_or_else(|_| Gone { why: "recorder connection ended".into(), refused: false });
+                        if !self.failover(&gone.why, gone.refused) {
                             return;
                         }
                         continue;
@@ -340,8 +381,7 @@ impl Writer {
             match item {
                 Out::Lines(bytes) => {
                     if self.link.is_none() && !self.reconnect(false) {
-                        let (n, _) = self.dropped.unwrap_or((0, 0.0));
-                        self.dropped = Some((n + bytes.len() as u64, crate::recording::cast::last_time(&bytes)));
+                        self.drop_lines(&bytes);
                         continue;
                     }
                     if !self.send_lines(bytes) {
@@ -365,22 +405,27 @@ impl Writer {
         }
     }
 
+    /// Fail-open and waiting for a recorder: these lines are not recorded; the next
+    /// recorder gets a marker saying how many bytes.
+    fn drop_lines(&mut self, bytes: &[u8]) {
+        let (n, _) = self.dropped.unwrap_or((0, 0.0));
+        self.dropped = Some((n + bytes.len() as u64, crate::recording::cast::last_time(bytes)));
+        self.shared.dropped.fetch_add(bytes.len() as u64, Ordering::SeqCst);
+    }
+
     /// Sends lines on the link, failing over as needed; false once the recording is lost.
     fn send_lines(&mut self, bytes: Vec<u8>) -> bool {
         loop {
             let Some(link) = self.link.as_mut() else {
-                // Fail-open and waiting for a recorder: not recorded.
-                let (n, _) = self.dropped.unwrap_or((0, 0.0));
-                self.dropped = Some((n + bytes.len() as u64, crate::recording::cast::last_time(&bytes)));
+                self.drop_lines(&bytes);
                 return true;
             };
             // Bound what the recorder holds unacknowledged; a stuck recorder then fills
             // the queue, and the session's fail mode decides.
             let sent = self.shared.sent.load(Ordering::SeqCst);
-            let result = self
-                .shared
-                .wait_acked_or(sent.saturating_sub(MAX_UNACKED), SILENT_RECORDER, &link.gone)
-                .and_then(|()| link.out.write_all(&ws::encode_frame(true, ws::OP_BINARY, mask(), &bytes)).map_err(|e| format!("writing to recorder: {e}")));
+            let result = self.shared.wait_acked_or(sent.saturating_sub(MAX_UNACKED), SILENT_RECORDER, &link.gone).and_then(|()| {
+                link.out.write_all(&ws::encode_frame(true, ws::OP_BINARY, mask(), &bytes)).map_err(|e| Gone { why: format!("writing to recorder: {e}"), refused: false })
+            });
             match result {
                 Ok(()) => {
                     let end = self.shared.sent.fetch_add(bytes.len() as u64, Ordering::SeqCst) + bytes.len() as u64;
@@ -392,8 +437,8 @@ impl Writer {
                     return true;
                 }
                 // Not sent: it goes to the next recorder, after what that one is sent again.
-                Err(why) => {
-                    if !self.failover(&why) {
+                Err(gone) => {
+                    if !self.failover(&gone.why, gone.refused) {
                         return false;
                     }
                 }
@@ -404,13 +449,24 @@ impl Writer {
     /// The recorder is lost or going away: the session continues on the first
     /// recorder that takes it, from the last acknowledged byte. False when none did
     /// and the recording is lost (fail-closed); fail-open, it waits for one.
-    fn failover(&mut self, why: &str) -> bool {
+    fn failover(&mut self, why: &str, refused: bool) -> bool {
         let old = self.link.take();
         if let Some(l) = &old {
             let _ = l.socket.shutdown(std::net::Shutdown::Both);
             log::warn!("recorder lost, continuing the recording on another session={} recorder={} reason={why}", self.route.id, l.recorder);
         }
-        self.last = old.map(|l| l.recorder);
+        self.last = old.map(|l| LastLost { recorder: l.recorder, refused });
+        self.failovers += 1;
+        if self.failovers > MAX_FAILOVERS {
+            self.shared.set_lost(format!("{why} (and {MAX_FAILOVERS} recorders before)"));
+            return false;
+        }
+        // Ended by its recorder, with no other to go to: lost, as before failover.
+        let others = |l: &LastLost| self.route.targets.iter().any(|t| t.name != l.recorder);
+        if self.last.as_ref().is_some_and(|l| l.refused && !others(l)) {
+            self.shared.set_lost(why.to_string());
+            return false;
+        }
         // Every recorder is tried, those that failed lately too (one coming back from a
         // restart), for a while: fail-closed, the session's output waits meanwhile;
         // fail-open, its lines wait in the queue.
@@ -425,7 +481,9 @@ impl Writer {
             }
             thread::sleep(FAILOVER_RETRY);
         }
-        if self.fail_open {
+        // Fail-open, a recorder that is gone may come back; one that ended the session
+        // itself will not take it up again.
+        if self.fail_open && !refused {
             self.shared.waiting.store(true, Ordering::SeqCst);
             return true;
         }
@@ -441,7 +499,7 @@ impl Writer {
         }
         self.next_attempt = Instant::now() + RECONNECT_EVERY;
         let acked = self.shared.acked.load(Ordering::SeqCst);
-        let (mut link, at) = match self.route.connect(Some(acked), &self.shared, try_all, self.last.as_deref()) {
+        let (mut link, at) = match self.route.connect(Some(acked), &self.shared, try_all, self.last.as_ref()) {
             Ok(ok) => ok,
             Err(e) => {
                 log::debug!("no recorder takes the recording yet session={} error={e}", self.route.id);
@@ -483,14 +541,16 @@ impl Recording {
             progress: Condvar::new(),
             waiting: AtomicBool::new(false),
             socket: Mutex::new(None),
+            dropped: AtomicU64::new(0),
         });
-        let (link, header_bytes) = route.connect(None, &shared, false, None)?;
+        let (link, header_bytes) = route.connect(None, &shared, !fail_open, None)?;
         // `sent` and `acked` count the same bytes: the header's.
         shared.sent.store(header_bytes, Ordering::SeqCst);
         shared.set_acked(header_bytes);
         let recorder = link.recorder.clone();
         let (tx, rx) = bounded::<Out>(EVENT_QUEUE);
-        let writer = Writer { route, link: Some(link), shared: shared.clone(), unacked: VecDeque::new(), fail_open, dropped: None, next_attempt: Instant::now(), last: None };
+        let writer =
+            Writer { route, link: Some(link), shared: shared.clone(), unacked: VecDeque::new(), fail_open, dropped: None, next_attempt: Instant::now(), last: None, failovers: 0 };
         let writer = thread::Builder::new().name("rec-write".into()).spawn(move || writer.run(rx));
         Ok(Recording { recorder, tx, queued: Mutex::new(header_bytes), shared, writer: writer.ok() })
     }
@@ -569,6 +629,11 @@ pub trait RecorderLink: Send + Sync {
     fn wait_acked(&self, offset: u64, silence: Duration) -> Result<(), String>;
     /// Why the recording is lost, once it is.
     fn lost(&self) -> Option<String>;
+    /// What the recording misses although it is not lost (fail-open, output while no
+    /// recorder took it), for its end to say.
+    fn gaps(&self) -> Option<String> {
+        None
+    }
     /// Ends the recording; bytes sent and acknowledged.
     fn finish(self: Box<Self>, outcome: Outcome, exit_code: Option<i32>, reason: Option<String>) -> (u64, u64);
 }
@@ -582,6 +647,13 @@ impl RecorderLink for Recording {
     }
     fn lost(&self) -> Option<String> {
         Recording::lost(self)
+    }
+    fn gaps(&self) -> Option<String> {
+        if self.shared.waiting.load(Ordering::SeqCst) {
+            return Some("its recorder was lost and no other took the recording".into());
+        }
+        let n = self.shared.dropped.load(Ordering::SeqCst);
+        (n > 0).then(|| format!("{n} bytes were not recorded while no recorder was reachable"))
     }
     fn finish(self: Box<Self>, outcome: Outcome, exit_code: Option<i32>, reason: Option<String>) -> (u64, u64) {
         Recording::finish(*self, outcome, exit_code, reason)
