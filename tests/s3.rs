@@ -781,3 +781,67 @@ fn a_recorder_killed_mid_session_loses_at_most_the_flush_window_and_the_session_
         assert!(output_of(&cast).contains(&format!("{who}-1\n")) && output_of(&cast).contains(&format!("{who}-{lines}\n")), "{cast}");
     }
 }
+
+/// moto behind TLS: a terminator on a loopback port serving a certificate for
+/// 127.0.0.1 signed by `ca`, passing the plain bytes on to moto.
+fn tls_front(moto: &Moto, ca: &kubetape::net::pki::Ca) -> u16 {
+    support::init_crypto();
+    let pem = ca.server("s3", &["127.0.0.1"]).expect("server certificate");
+    let chain = kubetape::net::tls::certs_from_pem(pem.cert.as_bytes(), "cert").expect("chain");
+    let key = kubetape::net::tls::key_from_pem(pem.key.as_bytes(), "key").expect("key");
+    let config = kubetape::net::tls::server_config(chain, key, None).expect("TLS config");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+    let port = listener.local_addr().expect("addr").port();
+    let target = moto.port;
+    std::thread::spawn(move || {
+        for sock in listener.incoming().flatten() {
+            let config = config.clone();
+            std::thread::spawn(move || {
+                let Ok(conn) = kubetape::net::conn::Conn::accept_tls(sock, &config, Duration::from_secs(5)) else { return };
+                let Ok(plain) = std::net::TcpStream::connect(("127.0.0.1", target)) else { return };
+                let (mut from_client, mut to_client) = (conn.read, conn.write);
+                let (mut to_moto, mut from_moto) = (plain.try_clone().expect("clone"), plain);
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut from_client, &mut to_moto);
+                    let _ = to_moto.shutdown(std::net::Shutdown::Write);
+                });
+                let _ = std::io::copy(&mut from_moto, &mut to_client);
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn an_https_endpoint_needs_its_ca_and_says_which_setting_is_wrong() {
+    let moto = Moto::start();
+    moto.create_bucket(BUCKET);
+    let demo = Demo::start();
+    let storage = TempDir::new("ca-spool");
+    let ca = kubetape::net::pki::Ca::new("s3-test-ca").expect("CA");
+    let other = kubetape::net::pki::Ca::new("some-other-ca").expect("CA");
+    let (ca_file, other_file) = (storage.0.join("s3-ca.pem"), storage.0.join("other-ca.pem"));
+    std::fs::write(&ca_file, &ca.cert_pem).expect("CA file");
+    std::fs::write(&other_file, &other.cert_pem).expect("CA file");
+    let endpoint = format!("https://127.0.0.1:{}", tls_front(&moto, &ca));
+    let (ca_file, other_file) = (ca_file.display().to_string(), other_file.display().to_string());
+    let cases: [(&[&str], Option<&str>); 3] = [
+        (&[], Some("set --s3-ca-file to its CA")),
+        (&["--s3-ca-file", &other_file], Some("--s3-ca-file: the certificate of")),
+        (&["--s3-ca-file", &ca_file], None),
+    ];
+    for (i, (extra, want)) in cases.into_iter().enumerate() {
+        let port = free_port();
+        let log = storage.0.join(format!("recorder-{i}.log"));
+        let mut flags = vec!["--s3-bucket", BUCKET, "--s3-endpoint", &endpoint, "--s3-path-style"];
+        flags.extend_from_slice(extra);
+        let mut c = recorder(&demo, port, &storage.0, &flags, CREDS);
+        let _r = Spawned(c.stdout(Stdio::null()).stderr(std::fs::File::create(&log).expect("log")).spawn().expect("recorder"));
+        support::wait_for_port(port);
+        eventually(Duration::from_secs(20), || match (readyz(&demo, port), want) {
+            ((503, why), Some(want)) if why.contains(want) && !why.contains('\n') => Ok(()),
+            ((200, _), None) => Ok(()),
+            (other, _) => Err(format!("case {i}: readyz {other:?}, want {want:?}: {}", std::fs::read_to_string(&log).unwrap_or_default())),
+        });
+    }
+}
