@@ -599,107 +599,145 @@ fn recording_on(demo: &Demo, port: u16, id: &str) -> bool {
     status == 200 && serde_json::from_str::<Value>(&body).is_ok_and(|m| m["status"] == "recording" && m["recorder"].is_null())
 }
 
+/// Two recorders on one bucket behind the demo's proxy: the demo's (restarted with
+/// S3) and a second one the policy lists after it, with the same tag.
+struct Pair<'a> {
+    demo: &'a Demo,
+    s3: Vec<String>,
+    p2: u16,
+    spool2: TempDir,
+}
+
+impl Pair<'_> {
+    fn start<'a>(demo: &'a Demo, moto: &Moto) -> (Pair<'a>, Spawned) {
+        let s3: Vec<String> =
+            ["--s3-bucket", BUCKET, "--s3-endpoint", &moto.url(), "--s3-path-style", "--s3-prefix", PREFIX, "--s3-flush-interval", FLUSH].map(String::from).to_vec();
+        let pair = Pair { demo, s3, p2: free_port(), spool2: TempDir::new("second-spool") };
+        let second = pair.start_second();
+        let p2 = pair.p2;
+        demo.edit_policy(|v| {
+            let more = serde_json::json!({"name": "second", "url": format!("https://127.0.0.1:{p2}"), "tags": ["tag:recorder"], "caFile": "pki/recorder-ca.pem"});
+            v["recorders"].as_array_mut().expect("recorders").push(more);
+        });
+        (pair, second)
+    }
+
+    fn flags(&self) -> Vec<&str> {
+        self.s3.iter().map(String::as_str).collect()
+    }
+
+    fn start_second(&self) -> Spawned {
+        let mut c = recorder(self.demo, self.p2, &self.spool2.0, &self.flags(), CREDS);
+        c.stdout(Stdio::null()).stderr(std::fs::OpenOptions::new().create(true).append(true).open(self.demo.path("recorder-second.log")).expect("log"));
+        let r = Spawned(c.spawn().expect("second recorder"));
+        support::wait_for_port(self.p2);
+        r
+    }
+
+    fn start_first(&self) -> Spawned {
+        self.demo.restart_with_env("recorder", &self.flags(), None, CREDS)
+    }
+
+    fn logs(&self) -> String {
+        format!("{}\n{}\n--- second\n{}", recorder_log(self.demo), self.demo.logs(), std::fs::read_to_string(self.demo.path("recorder-second.log")).unwrap_or_default())
+    }
+
+    /// alice (fail-open) and bob (fail-closed) print `lines` numbered lines, one every
+    /// 0.25 s; returns them with their session ids once each is recording.
+    fn sessions(&self, lines: usize) -> Vec<(&'static str, std::process::Child, String)> {
+        let run = |kubeconfig: &str, who: &str| {
+            Kubectl::new(self.demo, kubeconfig, "1.32", Proto::WebSocket)
+                .command(&["exec", "web-0", "--", "sh", "-c", &format!("for i in $(seq 1 {lines}); do echo {who}-$i; sleep 0.25; done")])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("kubectl")
+        };
+        [("alice", run("kubeconfig", "alice")), ("bob", run("bob.kubeconfig", "bob"))]
+            .into_iter()
+            .map(|(who, child)| {
+                let id = eventually(Duration::from_secs(20), || {
+                    self.demo
+                        .recordings()
+                        .into_iter()
+                        .find(|(m, c)| m["status"] == "recording" && c.contains(&format!("{who}-3\\n")))
+                        .map(|(m, _)| m["id"].as_str().unwrap_or("").to_string())
+                        .ok_or(format!("{who} not recording yet"))
+                });
+                (who, child, id)
+            })
+            .collect()
+    }
+
+    /// Each session ran to its end, and its one recording, in the bucket and served
+    /// by the recorder on `port`, holds every line once.
+    fn check(&self, moto: &Moto, port: u16, sessions: Vec<(&'static str, std::process::Child, String)>, lines: usize) {
+        for (who, session, id) in sessions {
+            let out = wait_with_timeout(session, Duration::from_secs(90));
+            let want: String = (1..=lines).map(|i| format!("{who}-{i}\n")).collect();
+            assert!(out.status.success() && String::from_utf8_lossy(&out.stdout) == want, "{who}: {}\n{}", out.describe(), self.logs());
+            let (meta, cast) = eventually(Duration::from_secs(30), || match api_recording(self.demo, port, &id) {
+                Some((m, c)) if m["status"] == "complete" => Ok((m, c)),
+                other => Err(format!("{who}: {other:?}")),
+            });
+            assert_eq!(output_of(&cast), want, "{who}: every line once, in order: {meta}");
+            assert!(!cast.contains("kubetape: "), "{who}: no gap: {cast}");
+            let base = format!("{PREFIX}/sessions/{}/{id}", &meta["started"].as_str().unwrap_or("")[..10]);
+            eventually(Duration::from_secs(20), || {
+                let keys: Vec<String> = moto.keys(&format!("{PREFIX}/sessions/")).into_iter().filter(|k| k.contains(&id)).collect();
+                match moto.object(&format!("{base}.cast")) {
+                    Some(c) if c == cast.as_bytes() && keys == [format!("{base}.cast"), format!("{base}.json")] => Ok(()),
+                    other => Err(format!("{who}: the bucket's cast {:?} bytes, keys {keys:?}", other.map(|c| c.len()))),
+                }
+            });
+        }
+    }
+}
+
 #[test]
 fn recorders_rolled_one_after_the_other_move_their_sessions_and_every_line_is_recorded_once() {
     let moto = Moto::start();
     let (demo, first) = demo_with_bucket(&moto);
-    let url = moto.url();
-    let s3 = ["--s3-bucket", BUCKET, "--s3-endpoint", &url, "--s3-path-style", "--s3-prefix", PREFIX, "--s3-flush-interval", FLUSH];
-    let p1 = demo.listen_port("recorder");
-    let spool2 = TempDir::new("second-spool");
-    let p2 = free_port();
-    let start_second = || {
-        let mut c = recorder(&demo, p2, &spool2.0, &s3, CREDS);
-        c.stdout(Stdio::null()).stderr(std::fs::OpenOptions::new().create(true).append(true).open(demo.path("recorder-second.log")).expect("log"));
-        let r = Spawned(c.spawn().expect("second recorder"));
-        support::wait_for_port(p2);
-        r
-    };
-    let second = start_second();
-    demo.edit_policy(|v| {
-        let more = serde_json::json!({"name": "second", "url": format!("https://127.0.0.1:{p2}"), "tags": ["tag:recorder"], "caFile": "pki/recorder-ca.pem"});
-        v["recorders"].as_array_mut().expect("recorders").push(more);
-    });
-
-    // alice is fail-open, bob fail-closed; each prints numbered lines for about 30 s.
+    let (pair, second) = Pair::start(&demo, &moto);
+    let (p1, p2) = (demo.listen_port("recorder"), pair.p2);
     let lines = 120;
-    let script = |who: &str| format!("for i in $(seq 1 {lines}); do echo {who}-$i; sleep 0.25; done");
-    let run = |kubeconfig: &str, who: &str| {
-        Kubectl::new(&demo, kubeconfig, "1.32", Proto::WebSocket)
-            .command(&["exec", "web-0", "--", "sh", "-c", &script(who)])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("kubectl")
-    };
-    let sessions = [("alice", run("kubeconfig", "alice")), ("bob", run("bob.kubeconfig", "bob"))];
-    let ids: Vec<String> = ["alice", "bob"]
-        .iter()
-        .map(|who| {
-            eventually(Duration::from_secs(20), || {
-                demo.recordings()
-                    .into_iter()
-                    .find(|(m, c)| m["status"] == "recording" && c.contains(&format!("{who}-3\\n")))
-                    .map(|(m, _)| m["id"].as_str().unwrap_or("").to_string())
-                    .ok_or(format!("{who} not recording on the first recorder yet"))
-            })
-        })
-        .collect();
+    let sessions = pair.sessions(lines);
 
     // The first goes away: its sessions continue on the second. Back, it takes them
     // again when the second goes away.
     terminate(first);
-    for id in &ids {
-        eventually(Duration::from_secs(20), || {
-            if recording_on(&demo, p2, id) {
-                Ok(())
-            } else {
-                Err(format!("{id} not on the second recorder: {}", std::fs::read_to_string(demo.path("recorder-second.log")).unwrap_or_default()))
-            }
-        });
+    for (_, _, id) in &sessions {
+        eventually(Duration::from_secs(20), || if recording_on(&demo, p2, id) { Ok(()) } else { Err(format!("{id} not on the second recorder: {}", pair.logs())) });
     }
-    let again = demo.restart_with_env("recorder", &s3, None, CREDS);
+    let _again = pair.start_first();
     // As a rolling update does: the next goes once this one is ready.
     eventually(Duration::from_secs(20), || match readyz(&demo, p1) {
         (200, _) => Ok(()),
         other => Err(format!("restarted first recorder not ready: {other:?}")),
     });
     terminate(second);
-    for id in &ids {
-        eventually(Duration::from_secs(20), || {
-            if recording_on(&demo, p1, id) {
-                Ok(())
-            } else {
-                Err(format!(
-                    "{id} not back on the first recorder: {}\n{}\n--- second\n{}",
-                    recorder_log(&demo),
-                    demo.logs(),
-                    std::fs::read_to_string(demo.path("recorder-second.log")).unwrap_or_default()
-                ))
-            }
-        });
+    for (_, _, id) in &sessions {
+        eventually(Duration::from_secs(20), || if recording_on(&demo, p1, id) { Ok(()) } else { Err(format!("{id} not back on the first recorder: {}", pair.logs())) });
     }
-    let _second = start_second();
+    let _second = pair.start_second();
+    pair.check(&moto, p1, sessions, lines);
+}
 
-    // Both sessions ran to their end, and each recording holds every line once.
-    for ((who, session), id) in sessions.into_iter().zip(&ids) {
-        let out = wait_with_timeout(session, Duration::from_secs(90));
-        let want: String = (1..=lines).map(|i| format!("{who}-{i}\n")).collect();
-        assert!(out.status.success() && String::from_utf8_lossy(&out.stdout) == want, "{who}: {}", out.describe());
-        let (meta, cast) = eventually(Duration::from_secs(30), || match api_recording(&demo, p1, id) {
-            Some((m, c)) if m["status"] == "complete" => Ok((m, c)),
-            other => Err(format!("{who}: {other:?}")),
-        });
-        assert_eq!(output_of(&cast), want, "{who}: every line once, in order: {meta}");
-        assert!(!cast.contains("kubetape: "), "{who}: no gap: {cast}");
-        let base = format!("{PREFIX}/sessions/{}/{id}", &meta["started"].as_str().unwrap_or("")[..10]);
-        eventually(Duration::from_secs(20), || match moto.object(&format!("{base}.cast")) {
-            Some(c) if c == cast.as_bytes() => Ok(()),
-            other => Err(format!("{who}: the bucket's cast {:?} bytes", other.map(|c| c.len()))),
-        });
-    }
-    drop(again);
+#[test]
+fn two_recorders_restarted_at_once_leave_exactly_one_complete_recording_per_session() {
+    let moto = Moto::start();
+    let (demo, first) = demo_with_bucket(&moto);
+    let (pair, second) = Pair::start(&demo, &moto);
+    let lines = 60;
+    let sessions = pair.sessions(lines);
+    // Both go away together and come back.
+    let stopping = std::thread::spawn(move || terminate(second));
+    terminate(first);
+    stopping.join().expect("second stopped");
+    let _first = pair.start_first();
+    let _second = pair.start_second();
+    pair.check(&moto, demo.listen_port("recorder"), sessions, lines);
 }
 
 /// Checks a session's recorded output against the lines it printed: in order, none
@@ -825,11 +863,8 @@ fn an_https_endpoint_needs_its_ca_and_says_which_setting_is_wrong() {
     std::fs::write(&other_file, &other.cert_pem).expect("CA file");
     let endpoint = format!("https://127.0.0.1:{}", tls_front(&moto, &ca));
     let (ca_file, other_file) = (ca_file.display().to_string(), other_file.display().to_string());
-    let cases: [(&[&str], Option<&str>); 3] = [
-        (&[], Some("set --s3-ca-file to its CA")),
-        (&["--s3-ca-file", &other_file], Some("--s3-ca-file: the certificate of")),
-        (&["--s3-ca-file", &ca_file], None),
-    ];
+    let cases: [(&[&str], Option<&str>); 3] =
+        [(&[], Some("set --s3-ca-file to its CA")), (&["--s3-ca-file", &other_file], Some("--s3-ca-file: the certificate of")), (&["--s3-ca-file", &ca_file], None)];
     for (i, (extra, want)) in cases.into_iter().enumerate() {
         let port = free_port();
         let log = storage.0.join(format!("recorder-{i}.log"));
