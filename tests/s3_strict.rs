@@ -33,6 +33,10 @@ const BIG_SESSION_TIMEOUT: Duration = Duration::from_secs(120);
 const UPLOAD_WAIT: Duration = Duration::from_secs(30);
 /// Failed upload passes are retried after 1 s, doubling to 30 s: two more of them.
 const TWO_RETRIES: Duration = Duration::from_secs(90);
+/// The recorder's S3 check at start: one ListObjectsV2 to loopback, refused at once.
+const STARTUP_CHECK: Duration = Duration::from_secs(30);
+/// A one-line session through kubectl and the proxy.
+const SMALL_SESSION_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn s3_flags(url: &str) -> Vec<&str> {
     vec!["--s3-bucket", BUCKET, "--s3-endpoint", url, "--s3-path-style", "--s3-prefix", PREFIX, "--s3-flush-interval", FLUSH]
@@ -99,7 +103,7 @@ fn a_wrong_secret_key_stores_nothing_and_says_so_in_one_line() {
 
     // One line names the setting to fix, whether the recorder stops at start (as it
     // does today) or keeps running, not ready, and says why.
-    let line = eventually(Duration::from_secs(30), || {
+    let line = eventually(STARTUP_CHECK, || {
         let err = log();
         match err.lines().find(|l| l.contains(&format!("--s3-bucket \"{BUCKET}\"")) && l.contains("AWS_SECRET_ACCESS_KEY")) {
             Some(l) => Ok(l.to_string()),
@@ -117,7 +121,7 @@ fn a_wrong_secret_key_stores_nothing_and_says_so_in_one_line() {
         }
         None => {
             // Running but not ready: /readyz answers 503 and the reason.
-            let (status, body) = eventually(Duration::from_secs(20), || {
+            let (status, body) = eventually(STARTUP_CHECK, || {
                 if port_alive(port) {
                     Ok(demo.recorder_get_at(port, Some("recorder-reader"), "/readyz"))
                 } else {
@@ -127,7 +131,7 @@ fn a_wrong_secret_key_stores_nothing_and_says_so_in_one_line() {
             assert!(status == 503 && body.contains("AWS_SECRET_ACCESS_KEY"), "/readyz: {status} {body}");
             // A session goes to the spool (or is refused); uploads of it keep failing.
             let k = Kubectl::new(&demo, "kubeconfig", "1.32", Proto::WebSocket);
-            let out = k.run_timeout(&["exec", "web-0", "--", "sh", "-c", "echo wrong-secret-$((6*7))"], None, Duration::from_secs(30));
+            let out = k.run_timeout(&["exec", "web-0", "--", "sh", "-c", "echo wrong-secret-$((6*7))"], None, SMALL_SESSION_TIMEOUT);
             let errors = || recorder_metric_at(&demo, port, "kubetape_recorder_s3_upload_errors_total");
             let after_session = errors();
             eventually(TWO_RETRIES, || match errors() {
