@@ -3,8 +3,8 @@
 //! Real kubectl sessions go through the demo's proxy to a recorder run with
 //! `--s3-bucket`; the bucket is read back from the plain files s3s-fs keeps under
 //! `DATA_DIR/bucket/key` (and the ETag from its bookkeeping), never through the
-//! recorder. A session of more than 8 MiB lands whole (rust-s3's multipart upload,
-//! signed part by part); a wrong secret key
+//! recorder. A session of more than 8 MiB lands whole (a multipart upload, signed
+//! part by part) and byte for byte the spool's cast; a wrong secret key
 //! stores nothing and is reported in one line naming the setting.
 
 mod support;
@@ -12,7 +12,7 @@ mod support;
 use std::process::Stdio;
 use std::time::Duration;
 
-use support::s3::{day, recorder, recorder_metric_at, Env, S3sFs, BUCKET};
+use support::s3::{recorder, recorder_metric_at, Env, S3sFs, BUCKET};
 use support::{eventually, port_alive, Demo, Kubectl, OutputExt, Proto};
 
 const PREFIX: &str = "cluster-a";
@@ -42,6 +42,12 @@ fn s3_flags(url: &str) -> Vec<&str> {
     vec!["--s3-bucket", BUCKET, "--s3-endpoint", url, "--s3-path-style", "--s3-prefix", PREFIX, "--s3-flush-interval", FLUSH]
 }
 
+/// The sidecars in the demo recorder's spool (`recordings/<day>/<id>.json`).
+fn spool_sidecars(demo: &Demo) -> Vec<std::path::PathBuf> {
+    let files = |d: std::path::PathBuf| std::fs::read_dir(d).map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>()).unwrap_or_default();
+    files(demo.path("recordings")).into_iter().filter(|d| d.is_dir()).flat_map(files).filter(|p| p.extension().is_some_and(|e| e == "json")).collect()
+}
+
 #[test]
 fn a_session_over_8_mib_lands_in_a_strict_bucket_byte_for_byte() {
     let s3 = S3sFs::start(ACCESS_KEY, SECRET_KEY);
@@ -55,14 +61,29 @@ fn a_session_over_8_mib_lands_in_a_strict_bucket_byte_for_byte() {
 
     let k = Kubectl::new(&demo, "kubeconfig", "1.32", Proto::WebSocket);
     let script = format!("head -c {BIG_SESSION_BYTES} /dev/urandom | base64; echo strict-$((6*7))");
-    let out = k.run_timeout(&["exec", "web-0", "--", "sh", "-c", &script], None, BIG_SESSION_TIMEOUT);
+    let session = {
+        let k = k.clone();
+        std::thread::spawn(move || k.run_timeout(&["exec", "web-0", "--", "sh", "-c", &script], None, BIG_SESSION_TIMEOUT))
+    };
+    // The spool lets go of a recording once it is in the bucket, so its final cast is
+    // read the moment its sidecar says it ended (the bucket takes longer than that: a
+    // pass, then a 12 MB multipart upload).
+    let (id, day, spool_json, spool_cast) = eventually(BIG_SESSION_TIMEOUT, || {
+        let sidecars = spool_sidecars(&demo);
+        let [sidecar] = &sidecars[..] else { return Err(format!("expected one recording in the spool, found {sidecars:?}; recorder: {}", log())) };
+        let json = std::fs::read(sidecar).map_err(|e| format!("{}: {e}", sidecar.display()))?;
+        let meta: serde_json::Value = serde_json::from_slice(&json).map_err(|e| format!("sidecar: {e}"))?;
+        if meta["status"] == "recording" {
+            return Err("still recording".to_string());
+        }
+        let cast = std::fs::read(sidecar.with_extension("cast")).unwrap_or_else(|e| panic!("the spool let go of the cast before it could be read: {e}"));
+        let day = sidecar.parent().and_then(|d| d.file_name()).map(|d| d.to_string_lossy().into_owned()).expect("a day folder");
+        Ok((meta["id"].as_str().expect("an id").to_string(), day, json, cast))
+    });
+    let out = session.join().expect("kubectl thread");
     assert!(out.status.success() && out.stdout.ends_with(b"strict-42\n"), "{}", out.describe());
-    let (meta, _) = demo.wait_recording(|_, c| c.contains("strict-42"));
-    let id = meta["id"].as_str().expect("an id").to_string();
-    let spool_cast = std::fs::read(demo.cast_path(&id)).expect("spool cast");
-    let spool_json = std::fs::read(demo.cast_path(&id).with_extension("json")).expect("spool sidecar");
     assert!(spool_cast.len() > 8 << 20, "the cast is above one 8 MiB part: {} bytes", spool_cast.len());
-    let base = format!("{PREFIX}/sessions/{}/{id}", day(&demo, &id));
+    let base = format!("{PREFIX}/sessions/{day}/{id}");
 
     // The bucket holds the cast as one object, byte for byte the spool's, and the
     // sidecar; the segments are gone.
@@ -81,8 +102,9 @@ fn a_session_over_8_mib_lands_in_a_strict_bucket_byte_for_byte() {
     let parts: u32 = e_tag.rsplit_once('-').and_then(|(_, n)| n.parse().ok()).unwrap_or_else(|| panic!("not a multipart ETag: {e_tag}"));
     assert!(parts >= 2, "{parts} parts: {e_tag}");
     eprintln!("the cast: {} bytes, ETag {e_tag}", spool_cast.len());
-    // Nothing else of this recorder's: the cast and the sidecar.
-    assert_eq!(s3.keys(""), vec![format!("{base}.cast"), format!("{base}.json")]);
+    // Of sessions, nothing else: the cast and the sidecar (beside them, under
+    // `recorders/`, only this recorder's lease).
+    assert_eq!(s3.keys(&format!("{PREFIX}/sessions/")), vec![format!("{base}.cast"), format!("{base}.json")]);
     assert!(!log().contains("s3 upload pass failed"), "no upload was refused: {}", log());
 }
 
@@ -101,8 +123,8 @@ fn a_wrong_secret_key_stores_nothing_and_says_so_in_one_line() {
     let mut child = support::Spawned(c.stdout(Stdio::null()).stderr(std::fs::File::create(&log_path).expect("log")).spawn().expect("recorder"));
     let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
 
-    // One line names the setting to fix, whether the recorder stops at start (as it
-    // does today) or keeps running, not ready, and says why.
+    // One line names the setting to fix, whether the recorder keeps running, not
+    // ready, and says why (as it does now), or stops at start (as it did).
     let line = eventually(STARTUP_CHECK, || {
         let err = log();
         match err.lines().find(|l| l.contains(&format!("--s3-bucket \"{BUCKET}\"")) && l.contains("AWS_SECRET_ACCESS_KEY")) {
@@ -129,6 +151,7 @@ fn a_wrong_secret_key_stores_nothing_and_says_so_in_one_line() {
                 }
             });
             assert!(status == 503 && body.contains("AWS_SECRET_ACCESS_KEY"), "/readyz: {status} {body}");
+            eprintln!("/readyz answered {status}: {body}");
             // A session goes to the spool (or is refused); uploads of it keep failing.
             let k = Kubectl::new(&demo, "kubeconfig", "1.32", Proto::WebSocket);
             let out = k.run_timeout(&["exec", "web-0", "--", "sh", "-c", "echo wrong-secret-$((6*7))"], None, SMALL_SESSION_TIMEOUT);
