@@ -10,11 +10,11 @@
 
 mod support;
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::s3::{Env, Moto, BUCKET};
+use support::s3::{day, recorder, recorder_metric, Env, Moto, BUCKET};
 use support::{eventually, free_port, wait_with_timeout, Demo, Kubectl, OutputExt, Proto, Spawned, TempDir};
 
 const PREFIX: &str = "cluster-a";
@@ -22,13 +22,6 @@ const PREFIX: &str = "cluster-a";
 const FLUSH: &str = "1s";
 /// moto accepts any credentials; these only have to be present.
 const CREDS: Env = &[("AWS_ACCESS_KEY_ID", "test-key"), ("AWS_SECRET_ACCESS_KEY", "test-secret")];
-
-/// The value of one sample on the recorder's `/metrics`.
-fn recorder_metric(demo: &Demo, name: &str) -> u64 {
-    let (status, text) = demo.recorder_get(Some("recorder-reader"), "/metrics");
-    assert_eq!(status, 200, "{text}");
-    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok()).unwrap_or_else(|| panic!("no metric {name}:\n{text}"))
-}
 
 /// The demo with its recorder restarted to upload to `moto`.
 fn demo_with_bucket(moto: &Moto) -> (Demo, Spawned) {
@@ -42,39 +35,8 @@ fn demo_with_bucket(moto: &Moto) -> (Demo, Spawned) {
     (demo, recorder)
 }
 
-/// A recorder with the demo's PKI on `port`, spooling to `storage`, with `s3` flags
-/// and only the AWS credentials in `creds` (none from the test's environment).
-fn recorder(demo: &Demo, port: u16, storage: &std::path::Path, s3: &[&str], creds: Env) -> Command {
-    let mut c = Command::new(support::BIN);
-    c.args(recorder_args(demo, port, storage)).args(s3).stdin(Stdio::null());
-    for v in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SHARED_CREDENTIALS_FILE"] {
-        c.env_remove(v);
-    }
-    // No ~/.aws/credentials of the machine's either.
-    c.env("HOME", storage).envs(creds.iter().copied());
-    c
-}
-
-/// The demo recorder's command line with `--listen` and `--storage-dir` replaced.
-fn recorder_args(demo: &Demo, port: u16, storage: &std::path::Path) -> Vec<String> {
-    let cmdline = std::fs::read_to_string(demo.path("recorder.cmdline")).expect("recorder.cmdline");
-    let mut args: Vec<String> = cmdline.split_whitespace().skip(1).map(String::from).collect();
-    let set = |args: &mut Vec<String>, flag: &str, value: String| {
-        let i = args.iter().position(|a| a == flag).expect(flag);
-        args[i + 1] = value;
-    };
-    set(&mut args, "--listen", format!("127.0.0.1:{port}"));
-    set(&mut args, "--storage-dir", storage.display().to_string());
-    args
-}
-
 fn recorder_log(demo: &Demo) -> String {
     std::fs::read_to_string(demo.path("recorder-restarted.log")).unwrap_or_default()
-}
-
-/// The spool's day folder of a recording (the bucket uses the same).
-fn day(demo: &Demo, id: &str) -> String {
-    demo.cast_path(id).parent().and_then(|d| d.file_name()).map(|d| d.to_string_lossy().into_owned()).expect("a day folder")
 }
 
 /// A recording as the recorder's API gives it (spool or bucket): sidecar and cast.
@@ -761,50 +723,19 @@ fn assert_once_in_order(who: &str, cast: &str, printed: &[String]) {
 fn a_recorder_killed_mid_session_loses_at_most_the_flush_window_and_the_session_goes_on_on_another() {
     let moto = Moto::start();
     let (demo, mut first) = demo_with_bucket(&moto);
-    let url = moto.url();
-    let s3 = ["--s3-bucket", BUCKET, "--s3-endpoint", &url, "--s3-path-style", "--s3-prefix", PREFIX, "--s3-flush-interval", FLUSH];
-    let spool2 = TempDir::new("second-spool");
-    let p2 = free_port();
-    let mut c = recorder(&demo, p2, &spool2.0, &s3, CREDS);
-    c.stdout(Stdio::null()).stderr(std::fs::File::create(demo.path("recorder-second.log")).expect("log"));
-    let _second = Spawned(c.spawn().expect("second recorder"));
-    support::wait_for_port(p2);
-    demo.edit_policy(|v| {
-        let more = serde_json::json!({"name": "second", "url": format!("https://127.0.0.1:{p2}"), "tags": ["tag:recorder"], "caFile": "pki/recorder-ca.pem"});
-        v["recorders"].as_array_mut().expect("recorders").push(more);
-    });
+    let (pair, _second) = Pair::start(&demo, &moto);
+    let p2 = pair.p2;
     let lines = 60;
-    let run = |kubeconfig: &str, who: &str| {
-        Kubectl::new(&demo, kubeconfig, "1.32", Proto::WebSocket)
-            .command(&["exec", "web-0", "--", "sh", "-c", &format!("for i in $(seq 1 {lines}); do echo {who}-$i; sleep 0.25; done")])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("kubectl")
-    };
-    let sessions = [("alice", run("kubeconfig", "alice")), ("bob", run("bob.kubeconfig", "bob"))];
-    let ids: Vec<String> = ["alice", "bob"]
-        .iter()
-        .map(|who| {
-            eventually(Duration::from_secs(20), || {
-                demo.recordings()
-                    .into_iter()
-                    .find(|(m, c)| m["status"] == "recording" && c.contains(&format!("{who}-8\\n")))
-                    .map(|(m, _)| m["id"].as_str().unwrap_or("").to_string())
-                    .ok_or(format!("{who} not recording yet"))
-            })
-        })
-        .collect();
+    let sessions = pair.sessions(lines);
     // Lost without a word, spool and all.
     let _ = first.0.kill();
     let _ = first.0.wait();
-    for ((who, session), id) in sessions.into_iter().zip(&ids) {
+    for (who, session, id) in sessions {
         let out = wait_with_timeout(session, Duration::from_secs(90));
         let printed: Vec<String> = (1..=lines).map(|i| format!("{who}-{i}")).collect();
         let want: String = printed.iter().map(|l| format!("{l}\n")).collect();
         assert!(out.status.success() && String::from_utf8_lossy(&out.stdout) == want, "{who}: the session goes on: {}", out.describe());
-        let (meta, cast) = eventually(Duration::from_secs(30), || match api_recording(&demo, p2, id) {
+        let (meta, cast) = eventually(Duration::from_secs(30), || match api_recording(&demo, p2, &id) {
             Some((m, c)) if m["status"] != "recording" => Ok((m, c)),
             other => Err(format!("{who}: {other:?}")),
         });

@@ -91,10 +91,19 @@ fn a_session_over_8_mib_lands_in_a_strict_bucket_byte_for_byte() {
         let json = s3.object(&format!("{base}.json")).ok_or_else(|| format!("no sidecar yet; bucket {:?}; recorder: {}", s3.keys(""), log()))?;
         let cast = s3.object(&format!("{base}.cast")).ok_or("a sidecar but no cast")?;
         let segments = s3.keys(&format!("{base}/"));
-        if cast == spool_cast && json == spool_json && segments.is_empty() {
+        // The bucket's sidecar is the spool's and names the recorder holding it.
+        let mut bucket_meta: serde_json::Value = serde_json::from_slice(&json).map_err(|e| format!("bucket sidecar: {e}"))?;
+        let holder = bucket_meta.as_object_mut().and_then(|m| m.remove("recorder"));
+        let same = serde_json::from_slice::<serde_json::Value>(&spool_json).ok() == Some(bucket_meta) && holder.as_ref().is_some_and(|h| h.is_string());
+        if cast == spool_cast && same && segments.is_empty() {
             Ok(())
         } else {
-            Err(format!("cast {} bytes (spool {}, equal {}), sidecar equal {}, segments left {segments:?}", cast.len(), spool_cast.len(), cast == spool_cast, json == spool_json))
+            Err(format!(
+                "cast {} bytes (spool {}, equal {}), sidecar the spool's naming its recorder {same} ({holder:?}), segments left {segments:?}",
+                cast.len(),
+                spool_cast.len(),
+                cast == spool_cast
+            ))
         }
     });
     // s3s-fs assembled the cast from signed parts: a multipart ETag, `<md5>-<parts>`.
