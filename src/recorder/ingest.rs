@@ -23,6 +23,11 @@ use crate::wire::status;
 use crate::wire::time::now_rfc3339 as now;
 use crate::wire::ws::{self, Frame};
 
+/// The largest gap a resumed session may have (a marker line that long is written):
+/// what a lost recorder had acknowledged but not uploaded, a flush interval of output
+/// at most; a writer claiming more is refused.
+const MAX_RESUME_GAP: usize = 256 * 1024 * 1024;
+
 /// Why a stream ended before its end: logged, and sent to the proxy in the close frame.
 #[derive(Debug, PartialEq, Eq)]
 struct Failure(String);
@@ -161,20 +166,8 @@ impl SessionIngest<'_> {
         let m = &self.state.metrics;
         let (file, from) = match resume {
             None => {
-                let line = format!("{header}\n");
-                let meta = SessionMeta {
-                    id: id.clone(),
-                    status: Status::Recording,
-                    bytes: 0,
-                    exit_code: None,
-                    reason: None,
-                    started: now(),
-                    ended: None,
-                    writer: self.writer.clone(),
-                    session: header.get("kubetape").cloned().unwrap_or(Value::Null),
-                    recorder: None,
-                };
-                (stored(m, self.state.store.create(meta, line.as_bytes()))?, "start")
+                let meta = self.new_meta(&id, header.get("kubetape").cloned().unwrap_or(Value::Null), now());
+                (stored(m, self.state.store.create(meta, format!("{header}\n").as_bytes()))?, "start")
             }
             Some(at) => {
                 let (file, from, gap) = self.resume(&id, &header, at)?;
@@ -191,6 +184,21 @@ impl SessionIngest<'_> {
         self.last_ack = Instant::now();
         self.file = Some(file);
         Ok(())
+    }
+
+    fn new_meta(&self, id: &str, session: Value, started: String) -> SessionMeta {
+        SessionMeta {
+            id: id.to_string(),
+            status: Status::Recording,
+            bytes: 0,
+            exit_code: None,
+            reason: None,
+            started,
+            ended: None,
+            writer: self.writer.clone(),
+            session,
+            recorder: None,
+        }
     }
 
     /// Takes up a session that was being recorded elsewhere (another recorder that went
@@ -234,36 +242,35 @@ impl SessionIngest<'_> {
             (l, r) => l.or(r),
         }
         .map_or((None, "header"), |(p, from)| (Some(p), from));
+        if prior.as_ref().is_some_and(|(m, _)| m.status == Status::Complete) {
+            return Err(format!("session {id} cannot be continued: its recording is complete").into());
+        }
+        let header_line = format!("{header}\n").into_bytes();
         let (meta, mut bytes) = prior.unwrap_or_else(|| {
-            // Nothing of it here or in the bucket: its header, and its start day from it.
+            // Nothing of it here or in the bucket: its header, and its start day from it
+            // (`startTime` is UTC, RFC 3339).
             let started = context.get("startTime").and_then(Value::as_str).and_then(|t| t.get(..19)).map(|t| format!("{t}Z")).unwrap_or_else(now);
-            let meta = SessionMeta {
-                id: id.to_string(),
-                status: Status::Recording,
-                bytes: 0,
-                exit_code: None,
-                reason: None,
-                started,
-                ended: None,
-                writer: self.writer.clone(),
-                session: context.clone(),
-                recorder: None,
-            };
-            (meta, format!("{header}\n").into_bytes())
+            (self.new_meta(id, context.clone(), started), header_line.clone())
         });
         let at_len = usize::try_from(at).map_err(|_| Failure::from("resume offset too large"))?;
+        if at_len < header_line.len() || at_len > bytes.len() + MAX_RESUME_GAP {
+            return Err(format!("session {id} cannot be continued at byte {at}: it has {} here", bytes.len()).into());
+        }
         bytes.truncate(at_len);
         let mut gap = None;
         if bytes.len() < at_len {
             let missing = at_len - bytes.len();
-            let text = format!("kubetape: {missing} bytes of this session were lost with a recorder");
-            gap = Some(format!("{missing} bytes of this session were lost with a recorder (a marker stands for them)"));
+            let lost = format!("{missing} bytes of this session were lost with a recorder");
+            let text = format!("kubetape: {lost}");
+            gap = Some(format!("{lost} (a marker stands for them)"));
             let marker = crate::recording::cast::padded_marker(missing, crate::recording::cast::last_time(&bytes), &text)
                 .ok_or_else(|| Failure(format!("session {id} cannot be continued at {at}: a gap of {missing} bytes")))?;
             log::warn!("recording continued with a gap id={id} missing_bytes={missing}");
             bytes.extend(marker);
         }
-        // What this spool had of it is in `bytes` now.
+        // What this spool had of it is in `bytes` now; the uploader does not remove
+        // the new files meanwhile (see `remove_uploaded`).
+        let _files = crate::net::sync::lock(&self.state.spool_files);
         stored(m, store.remove_by_id(id))?;
         let meta = SessionMeta { status: Status::Recording, bytes: 0, exit_code: None, reason: None, ended: None, recorder: None, ..meta };
         Ok((stored(m, store.create(meta, &bytes))?, from, gap))
@@ -341,7 +348,7 @@ impl FrameHandler for SessionIngest<'_> {
         if going {
             // Everything received is durable and acknowledged: the proxy resends from there.
             if self.file.is_some() {
-                self.state.hand_off.park(HAND_OFF_WAIT);
+                self.state.hand_off.park(HAND_OFF_WAIT * 2);
             }
             let _ = self.out.write_all(&ws::close_frame(1001, "the recorder is shutting down: continue on another", None));
             self.handed_off = true;

@@ -148,6 +148,9 @@ impl Drop for Publisher<'_> {
     }
 }
 
+/// How often the main thread recounts the sessions it waits for to park.
+const RECOUNT: Duration = Duration::from_millis(50);
+
 /// A recorder going away (SIGTERM) moves its sessions to another: each ingest makes its
 /// last bytes durable, acknowledges them and parks; once the main thread has put what
 /// they hold in the bucket (where the next recorder reads it), they close with 1001
@@ -177,16 +180,17 @@ impl HandOff {
         let _ = self.changed.wait_timeout_while(done, timeout, |up| !*up);
     }
 
-    /// The main thread: waits (at most `timeout`) until `n` ingests parked.
-    pub fn wait_parked(&self, n: usize, timeout: Duration) {
+    /// The main thread: waits (at most `timeout`) until every session still being
+    /// recorded (`live()` counts them; one that ends instead leaves the count) parked.
+    pub fn wait_parked(&self, live: impl Fn() -> usize, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         let mut done = lock(&self.uploaded);
-        while self.parked.load(Ordering::SeqCst) < n {
+        while self.parked.load(Ordering::SeqCst) < live() {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return;
             }
-            done = self.changed.wait_timeout(done, left).unwrap_or_else(|e| e.into_inner()).0;
+            done = self.changed.wait_timeout(done, left.min(RECOUNT)).unwrap_or_else(|e| e.into_inner()).0;
         }
     }
 

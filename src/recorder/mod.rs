@@ -54,8 +54,9 @@ const UNAUTHENTICATED_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 const HEAD_TIMEOUT: Duration = Duration::from_secs(15);
 /// The recorder acknowledges at least this often while a session is idle.
 const ACK_INTERVAL: Duration = Duration::from_secs(1);
-/// At shutdown, how long sessions get to park and their bytes to go up before they are
-/// asked to move regardless (the pod's grace period is 30 s by default).
+/// At shutdown, how long the main thread waits for sessions to park; a parked session
+/// waits twice that for its bytes to go up before it is asked to move regardless (the
+/// pod's grace period is 30 s by default).
 const HAND_OFF_WAIT: Duration = Duration::from_secs(10);
 /// A proxy that sends nothing (not even a close) for this long is gone.
 const SESSION_IDLE_LIMIT: Duration = Duration::from_secs(3600);
@@ -126,6 +127,9 @@ struct State {
     s3: Option<Arc<S3>>,
     /// Set on SIGTERM: the sessions move to another recorder.
     hand_off: live::HandOff,
+    /// Held while a resume replaces a recording's spool files and while the uploader
+    /// removes an uploaded one, so neither undoes the other.
+    spool_files: std::sync::Mutex<()>,
 }
 
 impl State {
@@ -160,6 +164,20 @@ impl upload::Spool for State {
     fn durable(&self, id: &str) -> Option<u64> {
         self.live.get(id).map(|p| p.seen().durable)
     }
+
+    fn remove_uploaded(&self, cast: &std::path::Path, uploaded: &SessionMeta) -> std::io::Result<bool> {
+        let _files = lock(&self.spool_files);
+        let now = match std::fs::read(cast.with_extension("json")) {
+            Ok(data) => serde_json::from_slice::<SessionMeta>(&data).ok(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(true),
+            Err(e) => return Err(e),
+        };
+        if now.is_some_and(|m| m.status != uploaded.status || m.bytes != uploaded.bytes) {
+            return Ok(false);
+        }
+        self.store.remove(cast)?;
+        Ok(true)
+    }
 }
 
 pub fn run(config: Config) -> Result<()> {
@@ -169,7 +187,7 @@ pub fn run(config: Config) -> Result<()> {
     let addr = listener.local_addr()?;
     log::info!("recorder listening addr={addr} storage={}", config.storage_dir.display());
     let s3 = config.s3.clone().map(|c| Arc::new(S3::new(c)));
-    let state = Arc::new(State { config, store, events, metrics: Metrics::default(), live: Live::default(), s3, hand_off: Default::default() });
+    let state = Arc::new(State { config, store, events, metrics: Metrics::default(), live: Live::default(), s3, hand_off: Default::default(), spool_files: Default::default() });
     // The bucket is reached in the background: a recorder whose S3 settings are wrong
     // serves (not ready, saying why) instead of crash-looping, and spools meanwhile.
     let uploader = match &state.s3 {
@@ -195,7 +213,7 @@ pub fn run(config: Config) -> Result<()> {
     // The sessions being recorded move to another recorder: each parks with its last
     // bytes acknowledged, what they hold goes to the bucket, then they are asked to move.
     state.hand_off.ask();
-    state.hand_off.wait_parked(state.live.count(), HAND_OFF_WAIT);
+    state.hand_off.wait_parked(|| state.live.count(), HAND_OFF_WAIT);
     if let Some(up) = &uploader {
         if let Some(up) = lock(up).as_mut() {
             if let Err(e) = up.hand_off(state.as_ref()) {

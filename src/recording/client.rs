@@ -34,6 +34,9 @@ pub const SILENT_RECORDER: Duration = Duration::from_secs(5);
 const FINAL_ACK_WAIT: Duration = Duration::from_secs(5);
 /// A fail-open recording with no recorder tries again this often.
 const RECONNECT_EVERY: Duration = Duration::from_secs(2);
+/// A link whose recorder has acknowledged nothing for this long is lost (it
+/// acknowledges at least every second), before the session's own silence bound.
+const LINK_SILENCE: Duration = Duration::from_secs(3);
 /// A recording whose recorder is lost tries the others for this long (a fail-closed
 /// session's output waits meanwhile, within [`SILENT_RECORDER`]), every
 /// [`FAILOVER_RETRY`].
@@ -367,6 +370,14 @@ impl Writer {
                         }
                         continue;
                     }
+                    // A cut with no reset: the recorder acknowledges every second.
+                    default(WINDOW_CHECK) => {
+                        let silent = lock(&self.shared.last_ack).elapsed();
+                        if silent > LINK_SILENCE && !self.failover(&format!("recorder silent for {:.1}s", silent.as_secs_f64()), false) {
+                            return;
+                        }
+                        continue;
+                    }
                 },
                 None => match rx.recv_timeout(RECONNECT_EVERY) {
                     Ok(item) => Some(item),
@@ -389,18 +400,39 @@ impl Writer {
                     }
                 }
                 Out::End(msg) => {
-                    if self.link.is_none() {
-                        self.next_attempt = Instant::now();
-                        self.reconnect(false);
-                    }
-                    let frame = text_frame(&msg);
-                    if let Some(link) = self.link.as_mut() {
-                        if link.out.write_all(&frame).is_ok() {
-                            let _ = link.out.write_all(&ws::close_frame(1000, "", mask()));
-                        }
-                    }
+                    self.end(&msg);
                     return;
                 }
+            }
+        }
+    }
+
+    /// Sends the session's end and waits (at most [`FINAL_ACK_WAIT`]) for the recorder
+    /// to close: one that goes away or is lost first gets it again on the next
+    /// recorder, after what it had not acknowledged.
+    fn end(&mut self, msg: &ClientMessage) {
+        let deadline = Instant::now() + FINAL_ACK_WAIT;
+        loop {
+            if self.link.is_none() {
+                self.next_attempt = Instant::now();
+                if !self.reconnect(!self.fail_open) {
+                    return;
+                }
+            }
+            let Some(link) = self.link.as_mut() else { return };
+            let gone = match link.out.write_all(&text_frame(msg)) {
+                Ok(()) => match link.gone.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                    Ok(gone) => gone,
+                    Err(_) => return,
+                },
+                Err(e) => Gone { why: format!("writing to recorder: {e}"), refused: false },
+            };
+            // Closed by the recorder on purpose: the end was taken (1000), or refused.
+            if gone.refused || Instant::now() >= deadline || !self.failover(&gone.why, false) {
+                if let Some(link) = self.link.as_mut() {
+                    let _ = link.out.write_all(&ws::close_frame(1000, "", mask()));
+                }
+                return;
             }
         }
     }
@@ -423,7 +455,13 @@ impl Writer {
             // Bound what the recorder holds unacknowledged; a stuck recorder then fills
             // the queue, and the session's fail mode decides.
             let sent = self.shared.sent.load(Ordering::SeqCst);
-            let result = self.shared.wait_acked_or(sent.saturating_sub(MAX_UNACKED), SILENT_RECORDER, &link.gone).and_then(|()| {
+            let silent = lock(&self.shared.last_ack).elapsed();
+            let result = if silent > LINK_SILENCE && sent > self.shared.acked.load(Ordering::SeqCst) {
+                Err(Gone { why: format!("recorder silent for {:.1}s", silent.as_secs_f64()), refused: false })
+            } else {
+                self.shared.wait_acked_or(sent.saturating_sub(MAX_UNACKED), SILENT_RECORDER, &link.gone)
+            }
+            .and_then(|()| {
                 link.out.write_all(&ws::encode_frame(true, ws::OP_BINARY, mask(), &bytes)).map_err(|e| Gone { why: format!("writing to recorder: {e}"), refused: false })
             });
             match result {

@@ -97,7 +97,7 @@ impl EventLog {
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         for seg in segments(&dir)? {
             let data = fs::read(&seg)?;
-            let keep = data.iter().rposition(|b| *b == b'\n').map(|i| i + 1).unwrap_or(0);
+            let keep = crate::storage::whole_lines(&data);
             if keep < data.len() {
                 let f = OpenOptions::new().write(true).open(&seg)?;
                 f.set_len(keep as u64)?;

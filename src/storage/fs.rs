@@ -71,7 +71,7 @@ impl FsStore {
     fn recover(&self, mut meta: SessionMeta, dir: &Path) -> Result<()> {
         let cast = dir.join(format!("{}.cast", meta.id));
         let data = fs::read(&cast).unwrap_or_default();
-        let keep = data.iter().rposition(|b| *b == b'\n').map(|i| i + 1).unwrap_or(0);
+        let keep = crate::storage::whole_lines(&data);
         if keep < data.len() {
             let f = OpenOptions::new().write(true).open(&cast)?;
             f.set_len(keep as u64)?;

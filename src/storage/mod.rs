@@ -19,6 +19,12 @@ use crate::record::protocol::SessionMeta;
 use events::EventLog;
 use s3::S3Store;
 
+/// How many of `data`'s bytes are whole lines: up to and with its last newline. What
+/// was acknowledged always is; a crash or a reader may leave a torn line after it.
+pub fn whole_lines(data: &[u8]) -> usize {
+    data.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1)
+}
+
 /// A recording's cast bytes as a store hands them out: an open spool file (which may
 /// still grow) or an object fetched whole.
 pub enum Cast {

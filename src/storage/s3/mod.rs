@@ -48,7 +48,7 @@ pub const FLAGS: &[Flag] = &[
     Flag { name: "s3-prefix", default: None, help: "key prefix, so several clusters can share a bucket" },
     Flag { name: "s3-path-style", default: Some("false"), help: "path-style requests (endpoint/bucket/key), as most S3-compatible servers need" },
     Flag { name: "s3-flush-interval", default: Some("10s"), help: "longest a durable byte waits in the spool while S3 is healthy (e.g. 10s, 500ms)" },
-    Flag { name: "s3-ca-file", default: None, help: "CA bundle (PEM) to trust for an HTTPS endpoint, instead of the system's" },
+    Flag { name: "s3-ca-file", default: None, help: "CA bundle (PEM) to trust for an HTTPS endpoint, beside the built-in public roots (in place of the system's store)" },
     Flag { name: "spool-max-bytes", default: Some("8Gi"), help: "spool size at which new fail-closed sessions are refused and fail-open ones kept truncated (e.g. 8Gi, 500Mi)" },
     Flag { name: "replica-name", default: None, help: "this recorder's name in the bucket's leases (default: host name and listen port); stable across restarts" },
 ];
@@ -226,19 +226,20 @@ pub struct S3Store {
 struct Parts(Vec<(u64, String)>);
 
 impl Parts {
-    /// The parts' bytes joined, if they cover the object from its start with no gap.
-    fn join(&self, store: &S3Store) -> Result<Option<Vec<u8>>> {
+    /// The parts' bytes joined from the object's start up to the first gap, if any,
+    /// and whether there was one.
+    fn join(&self, store: &S3Store) -> Result<(Vec<u8>, bool)> {
         let mut out: Vec<u8> = Vec::new();
         for (offset, key) in &self.0 {
             let have = out.len() as u64;
             if *offset > have {
-                return Ok(None);
+                return Ok((out, true));
             }
             let part = store.get(key)?;
             let skip = usize::try_from(have - offset).unwrap_or(usize::MAX);
             out.extend(part.get(skip..).unwrap_or_default());
         }
-        Ok(Some(out))
+        Ok((out, false))
     }
 }
 
@@ -359,6 +360,14 @@ impl S3Store {
         Ok(())
     }
 
+    /// Deletes the parts under `dir`, once the whole object is in place.
+    fn delete_parts(&self, dir: &str) -> Result<()> {
+        for (_, key) in self.parts(dir)?.0 {
+            self.delete(&key)?;
+        }
+        Ok(())
+    }
+
     /// The names of the event segments in the bucket (whole or still in parts).
     pub fn event_segments(&self) -> Result<Vec<String>> {
         let mut names: Vec<String> = self
@@ -380,15 +389,15 @@ impl S3Store {
         if let Some(whole) = self.get_opt(&format!("events/{name}.ndjson"))? {
             return Ok(whole);
         }
-        Ok(self.parts(&format!("events/{name}"))?.join(self)?.unwrap_or_default())
+        Ok(self.parts(&format!("events/{name}"))?.join(self)?.0)
     }
 }
 
 /// The durable whole lines of a running recording's segments (another recorder's, or
 /// one whose recorder is gone), and the sidecar counting them.
 fn running(store: &S3Store, day: &str, mut meta: SessionMeta) -> Result<(SessionMeta, Cast)> {
-    let mut data = store.parts(&format!("sessions/{day}/{}", meta.id))?.join(store)?.unwrap_or_default();
-    data.truncate(data.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1));
+    let (mut data, _) = store.parts(&format!("sessions/{day}/{}", meta.id))?.join(store)?;
+    data.truncate(crate::storage::whole_lines(&data));
     meta.bytes = data.len() as u64;
     Ok((meta, Cast::Fetched(data)))
 }

@@ -3,8 +3,10 @@
 //! at a time, every half `--s3-flush-interval`, so while S3 answers no durable byte
 //! stays only in the spool for longer than the interval. Each pass:
 //!
-//! 1. renews this recorder's lease, naming the sessions it records (before their
-//!    segments go up, so a segment in the bucket always has a lease naming it);
+//! 1. puts this recorder's lease when the sessions it names change (every session in
+//!    the spool, and those handed off), before their segments go up, so a segment in
+//!    the bucket always has a lease naming it; a thread of its own renews the lease
+//!    every half interval, however long a pass takes;
 //! 2. for each running session, puts its sidecar once and its new durable whole lines
 //!    as one segment; for each ended one, the whole cast, the final sidecar, then
 //!    deletes its segments and its spool files;
@@ -40,7 +42,8 @@ const MIN_PASS: Duration = Duration::from_millis(100);
 const PART_BYTES: u64 = 8 * 1024 * 1024;
 /// A lease unchanged for this many flush intervals (as seen here) belongs to a recorder
 /// that is gone: one that lives renews it every half interval, and one cut off from S3
-/// is not judged by a recorder that was cut off too (see `forget_leases`).
+/// is not judged by a recorder that was cut off too (`Uploader::pass` forgets what it
+/// saw of leases when its own pass fails).
 const STALE_INTERVALS: u32 = 10;
 /// ... and never less than this, so a short flush interval does not make a GC pause
 /// or a slow request look like a lost recorder.
@@ -52,6 +55,9 @@ pub trait Spool: Send + Sync {
     fn events(&self) -> &EventLog;
     /// How far a session running here is durable in whole lines (`None`: not running).
     fn durable(&self, id: &str) -> Option<u64>;
+    /// Removes an uploaded recording's spool files, unless it changed since `uploaded`
+    /// was read (a resume took it up again); whether it removed them.
+    fn remove_uploaded(&self, cast: &Path, uploaded: &SessionMeta) -> std::io::Result<bool>;
 }
 
 /// `recorders/<replica>.json`.
@@ -71,6 +77,35 @@ struct LeasedSession {
     day: String,
 }
 
+/// This recorder's lease as it keeps it: renewed by a thread of its own every half
+/// flush interval (a long pass, a large upload, does not make it look lost), and put
+/// by a pass at once when the sessions it names change (before their segments go up).
+#[derive(Default)]
+struct LeaseState {
+    /// `None` until the uploader started: the lease left by this replica's last run
+    /// names what it may have to adopt, and is not overwritten before that.
+    sessions: Option<Vec<LeasedSession>>,
+    renewal: u64,
+}
+
+type SharedLease = Arc<Mutex<LeaseState>>;
+
+/// Puts this replica's lease with a new renewal count, if the uploader started.
+fn put_lease(store: &S3Store, replica: &str, lease: &SharedLease) -> Result<()> {
+    let body = {
+        let mut st = lock(lease);
+        let Some(sessions) = st.sessions.clone() else { return Ok(()) };
+        st.renewal += 1;
+        serde_json::to_vec(&Lease { replica: replica.to_string(), renewal: st.renewal, renewed_at: crate::wire::time::now_rfc3339(), sessions })
+            .map_err(|e| Error::new(e.to_string()))?
+    };
+    store.put(&lease_key(replica), &body)
+}
+
+fn lease_key(replica: &str) -> String {
+    format!("recorders/{replica}.json")
+}
+
 /// A multipart upload in flight, noted in the spool before its first part.
 #[derive(Serialize, Deserialize)]
 struct PendingUpload {
@@ -84,7 +119,10 @@ pub struct Uploader {
     spool: FsStore,
     uploads: PathBuf,
     replica: String,
-    renewal: u64,
+    lease: SharedLease,
+    /// Sessions handed off at shutdown: the lease keeps naming them, so one no recorder
+    /// took up is adopted as `interrupted`.
+    handed_off: Vec<LeasedSession>,
     /// Per running session: how much of its cast is in segments.
     sent: HashMap<String, u64>,
     /// Running sessions whose `recording` sidecar is in the bucket.
@@ -103,6 +141,18 @@ fn day_of(cast: &Path) -> String {
     cast.parent().and_then(|d| d.file_name()).map(|d| d.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
+/// Bytes `from..to` of `file`.
+fn read_range(file: &File, from: u64, to: u64) -> Result<Vec<u8>> {
+    let mut buf = vec![0u8; usize::try_from(to.saturating_sub(from)).map_err(|_| Error::new("a range too large to read at once"))?];
+    file.read_exact_at(&mut buf, from)?;
+    Ok(buf)
+}
+
+/// Puts bytes `from..to` of the growing file at `path` as the part `<dir>/<from>.part`.
+fn put_part(store: &S3Store, dir: &str, path: &Path, from: u64, to: u64) -> Result<()> {
+    store.put(&format!("{dir}/{from:020}.part"), &read_range(&File::open(path)?, from, to)?)
+}
+
 fn reached(store: Option<&S3Store>) -> Result<&S3Store> {
     store.ok_or_else(|| Error::new("the S3 bucket has not been reached yet"))
 }
@@ -111,8 +161,8 @@ impl Uploader {
     /// An uploader for the spool at `dir`, once the bucket answered: aborts multipart
     /// uploads a crash cut short, and adopts what this replica's last lease named but
     /// the spool no longer has (it was wiped: the pod was deleted).
-    fn start(s3: Arc<S3>, dir: &Path, default_replica: &str) -> Result<Uploader> {
-        let replica = s3.config.replica.clone().unwrap_or_else(|| default_replica.to_string());
+    fn start(s3: Arc<S3>, dir: &Path, replica: &str, lease: SharedLease) -> Result<Uploader> {
+        let replica = replica.to_string();
         let stale_after = (s3.config.flush * STALE_INTERVALS).max(STALE_MIN);
         let uploads = dir.join("uploads");
         fs::create_dir_all(&uploads)?;
@@ -121,7 +171,8 @@ impl Uploader {
             spool: FsStore::open_read_only(dir),
             uploads,
             replica,
-            renewal: 0,
+            lease,
+            handed_off: Vec::new(),
             sent: HashMap::new(),
             announced: HashSet::new(),
             events_sent: HashMap::new(),
@@ -131,19 +182,19 @@ impl Uploader {
         };
         up.abort_cut_short()?;
         let store = reached(up.s3.store())?;
-        if let Some(old) = store.get_opt(&up.lease_key(&up.replica))? {
-            let old: Lease = serde_json::from_slice(&old).map_err(|e| Error::new(format!("S3 reading this recorder's last lease: {e}")))?;
-            let here: HashSet<String> = up.spool.sessions()?.into_iter().map(|(m, _)| m.id).collect();
-            for s in old.sessions.iter().filter(|s| !here.contains(&s.id)) {
-                up.adopt(store, s, &up.replica)?;
+        if let Some(old) = store.get_opt(&lease_key(&up.replica))? {
+            match serde_json::from_slice::<Lease>(&old) {
+                Ok(old) => {
+                    let here: HashSet<String> = up.spool.sessions()?.into_iter().map(|(m, _)| m.id).collect();
+                    for s in old.sessions.iter().filter(|s| !here.contains(&s.id)) {
+                        up.adopt(store, s, &up.replica)?;
+                    }
+                }
+                Err(e) => log::warn!("unreadable lease of this recorder's last run, ignored replica={} error={e}", up.replica),
             }
         }
         log::info!("s3 uploader started replica={} stale_after={:?}", up.replica, up.stale_after);
         Ok(up)
-    }
-
-    fn lease_key(&self, replica: &str) -> String {
-        format!("recorders/{replica}.json")
     }
 
     fn abort_cut_short(&self) -> Result<()> {
@@ -194,7 +245,15 @@ impl Uploader {
             running.iter().map(|(m, _, end)| end.saturating_sub(self.sent.get(&m.id).copied().unwrap_or(0))).sum::<u64>() + ended.iter().map(|(m, _)| m.bytes).sum::<u64>();
         self.report(pending, false);
         let store = reached(s3.store())?;
-        self.renew_lease(store, &running)?;
+        // Every session the spool holds (an ended one may not be uploaded yet), and
+        // those handed off.
+        let mut named: Vec<LeasedSession> = sessions.iter().map(|(m, c)| LeasedSession { id: m.id.clone(), day: day_of(c) }).collect();
+        named.extend(self.handed_off.iter().cloned());
+        let changed = lock(&self.lease).sessions.as_ref() != Some(&named);
+        if changed {
+            lock(&self.lease).sessions = Some(named);
+            put_lease(store, &self.replica, &self.lease)?;
+        }
         let mut failed = None;
         for (meta, cast, end) in &running {
             match self.segment(store, meta, cast, *end) {
@@ -204,7 +263,7 @@ impl Uploader {
             }
         }
         for (meta, cast) in ended {
-            match self.finish(store, meta, cast) {
+            match self.finish(store, here, meta, cast) {
                 Ok(()) => pending -= meta.bytes,
                 Err(e) => failed = failed.or(Some(e)),
             }
@@ -230,17 +289,6 @@ impl Uploader {
         stats.lag_millis.store(if pending == 0 { 0 } else { self.clean_at.elapsed().as_millis() as u64 }, Ordering::Relaxed);
     }
 
-    fn renew_lease(&mut self, store: &S3Store, running: &[(&SessionMeta, &PathBuf, u64)]) -> Result<()> {
-        self.renewal += 1;
-        let lease = Lease {
-            replica: self.replica.clone(),
-            renewal: self.renewal,
-            renewed_at: crate::wire::time::now_rfc3339(),
-            sessions: running.iter().map(|(m, c, _)| LeasedSession { id: m.id.clone(), day: day_of(c) }).collect(),
-        };
-        store.put(&self.lease_key(&self.replica), &serde_json::to_vec(&lease).map_err(|e| Error::new(e.to_string()))?)
-    }
-
     /// Puts a running session's sidecar once, then bytes `sent..end` as one segment;
     /// returns how many went up.
     fn segment(&mut self, store: &S3Store, meta: &SessionMeta, cast: &Path, end: u64) -> Result<u64> {
@@ -253,9 +301,7 @@ impl Uploader {
         if end <= from {
             return Ok(0);
         }
-        let mut buf = vec![0u8; usize::try_from(end - from).map_err(|_| Error::new("segment too large"))?];
-        File::open(cast)?.read_exact_at(&mut buf, from)?;
-        store.put(&format!("{base}/{from:020}.part"), &buf)?;
+        put_part(store, &base, cast, from, end)?;
         self.sent.insert(meta.id.clone(), end);
         self.s3.stats.bytes.fetch_add(end - from, Ordering::Relaxed);
         log::debug!("s3 segment uploaded id={} from={from} bytes={}", meta.id, end - from);
@@ -264,27 +310,29 @@ impl Uploader {
 
     /// Uploads an ended recording as its cast and sidecar, drops its segments, then
     /// its spool files.
-    fn finish(&mut self, store: &S3Store, meta: &SessionMeta, cast: &Path) -> Result<()> {
+    fn finish(&mut self, store: &S3Store, here: &dyn Spool, meta: &SessionMeta, cast: &Path) -> Result<()> {
         let day = day_of(cast);
         let base = format!("sessions/{day}/{}", meta.id);
-        if meta.status == Status::Interrupted {
-            // Cut short here by a crash, it may have gone on elsewhere: then that
-            // recorder's recording is the whole one, and this copy only its start.
-            if let Some(there) = store.sidecar(&day, &meta.id)? {
-                if there.recorder.as_deref().is_some_and(|r| r != self.replica) && there.status != Status::Interrupted {
-                    log::info!("recording continued by another recorder; this copy is dropped id={} recorder={}", meta.id, there.recorder.unwrap_or_default());
-                    self.spool.remove(cast)?;
-                    return Ok(());
-                }
+        // Cut short here (a crash, a lost stream), it may have gone on elsewhere: then
+        // that recorder's recording is the whole one, and this copy only its start. Only
+        // an adopted one (`interrupted` by another) that holds less gives way to it.
+        if let Some(there) = store.sidecar(&day, &meta.id)? {
+            let elsewhere = there.recorder.as_deref().is_some_and(|r| r != self.replica);
+            if elsewhere && !(there.status == Status::Interrupted && there.bytes < meta.bytes) {
+                log::info!("recording continued by another recorder; this copy is dropped id={} recorder={}", meta.id, there.recorder.unwrap_or_default());
+                here.remove_uploaded(cast, meta)?;
+                return Ok(());
             }
         }
         let sidecar = self.sidecar(meta)?;
         self.put_file(store, &format!("{base}.cast"), cast, meta.bytes, &meta.id)?;
         store.put(&format!("{base}.json"), &sidecar)?;
-        for (_, key) in store.parts(&base)?.0 {
-            store.delete(&key)?;
+        store.delete_parts(&base)?;
+        if !here.remove_uploaded(cast, meta)? {
+            // Taken up again here meanwhile (a resume): it goes up again when it ends.
+            log::info!("recording continued here while it was uploaded; its spool files stay id={}", meta.id);
+            return Ok(());
         }
-        self.spool.remove(cast)?;
         let already = self.sent.remove(&meta.id).unwrap_or(0);
         self.announced.remove(&meta.id);
         self.s3.stats.bytes.fetch_add(meta.bytes.saturating_sub(already), Ordering::Relaxed);
@@ -314,6 +362,7 @@ impl Uploader {
             self.spool.remove(&cast)?;
             self.sent.remove(&meta.id);
             self.announced.remove(&meta.id);
+            self.handed_off.push(LeasedSession { id: meta.id.clone(), day: day_of(&cast) });
             log::info!("s3 recording handed off id={} bytes={len}", meta.id);
         }
         Ok(())
@@ -323,11 +372,7 @@ impl Uploader {
     /// multipart upload noted in the spool under `tag` until it completes.
     fn put_file(&self, store: &S3Store, rel: &str, path: &Path, len: u64, tag: &str) -> Result<()> {
         let file = File::open(path)?;
-        let read = |at: u64, n: u64| -> Result<Vec<u8>> {
-            let mut buf = vec![0u8; usize::try_from(n).map_err(|_| Error::new("part too large"))?];
-            file.read_exact_at(&mut buf, at)?;
-            Ok(buf)
-        };
+        let read = |at: u64, n: u64| read_range(&file, at, at + n);
         if len <= PART_BYTES {
             return store.put(rel, &read(0, len)?);
         }
@@ -373,19 +418,17 @@ impl Uploader {
                 Some((current, durable)) if *current == name => {
                     let from = self.events_sent.get(&name).copied().unwrap_or(0);
                     if *durable > from {
-                        let mut buf = vec![0u8; usize::try_from(durable - from).map_err(|_| Error::new("segment too large"))?];
-                        File::open(log.segment_path(&name))?.read_exact_at(&mut buf, from)?;
-                        store.put(&format!("{rel}/{from:020}.part"), &buf)?;
+                        put_part(store, &rel, &log.segment_path(&name), from, *durable)?;
                         self.events_sent.insert(name, *durable);
                     }
                 }
+                // Rotated since `open` was read: it is the open one, next pass.
+                _ if log.open_segment().is_some_and(|(current, _)| current == name) => {}
                 _ => {
                     let path = log.segment_path(&name);
                     let len = fs::metadata(&path)?.len();
                     self.put_file(store, &format!("{rel}.ndjson"), &path, len, &format!("events-{name}"))?;
-                    for (_, key) in store.parts(&rel)?.0 {
-                        store.delete(&key)?;
-                    }
+                    store.delete_parts(&rel)?;
                     log.remove_sealed(&name)?;
                     self.events_sent.remove(&name);
                     log::info!("s3 event segment uploaded name={name} bytes={len}");
@@ -398,7 +441,7 @@ impl Uploader {
     /// Reads the other recorders' leases; the sessions of one unchanged for
     /// `stale_after` are adopted, then the lease is deleted.
     fn adopt_lost(&mut self, store: &S3Store) -> Result<()> {
-        let mine = self.lease_key(&self.replica);
+        let mine = lease_key(&self.replica);
         let now = Instant::now();
         let mut seen = HashSet::new();
         for key in store.keys("recorders/")?.into_iter().filter(|k| *k != mine && k.ends_with(".json")) {
@@ -439,20 +482,18 @@ impl Uploader {
             return Ok(()); // it ended, another recorder adopted it first, or took it over
         }
         let parts = store.parts(&base)?;
-        let Some(mut cast) = parts.join(store)? else {
-            log::warn!("not adopting a lost recorder's session: its segments have a gap id={}", s.id);
-            return Ok(());
-        };
-        cast.truncate(cast.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1));
+        let (mut cast, gap) = parts.join(store)?;
+        if gap {
+            log::warn!("a lost recorder's session has a gap in its segments: what follows it is left out id={}", s.id);
+        }
+        cast.truncate(crate::storage::whole_lines(&cast));
         store.put(&format!("{base}.cast"), &cast)?;
         meta.status = Status::Interrupted;
         meta.bytes = cast.len() as u64;
         meta.ended = Some(crate::wire::time::now_rfc3339());
         meta.reason = Some(format!("its recorder ({replica}) was lost with its spool: what it had not yet uploaded (at most the last flush interval) is missing"));
         store.put(&format!("{base}.json"), &self.sidecar(&meta)?)?;
-        for (_, key) in parts.0 {
-            store.delete(&key)?;
-        }
+        store.delete_parts(&base)?;
         log::warn!("recording interrupted: adopted from a lost recorder id={} replica={replica} bytes={}", s.id, meta.bytes);
         Ok(())
     }
@@ -462,8 +503,21 @@ impl Uploader {
 /// doubling delay) on a thread of its own for as long as the process lives. The
 /// returned uploader is `None` until the bucket was reached; the recorder runs a last
 /// pass with it at shutdown.
-pub fn spawn(s3: Arc<S3>, dir: PathBuf, replica: String, here: Arc<dyn Spool>) -> std::io::Result<Arc<Mutex<Option<Uploader>>>> {
+pub fn spawn(s3: Arc<S3>, dir: PathBuf, default_replica: String, here: Arc<dyn Spool>) -> std::io::Result<Arc<Mutex<Option<Uploader>>>> {
     let every = (s3.config.flush / 2).max(MIN_PASS);
+    let replica = s3.config.replica.clone().unwrap_or(default_replica);
+    let lease = SharedLease::default();
+    {
+        let (s3, replica, lease) = (s3.clone(), replica.clone(), lease.clone());
+        std::thread::Builder::new().name("s3-lease".into()).spawn(move || loop {
+            std::thread::sleep(every);
+            if let Some(store) = s3.store() {
+                if let Err(e) = put_lease(store, &replica, &lease) {
+                    log::debug!("s3 lease renewal failed error={e}");
+                }
+            }
+        })?;
+    }
     let shared = Arc::new(Mutex::new(None::<Uploader>));
     let uploader = shared.clone();
     let spool = FsStore::open_read_only(&dir);
@@ -474,7 +528,7 @@ pub fn spawn(s3: Arc<S3>, dir: PathBuf, replica: String, here: Arc<dyn Spool>) -
             let mut current = lock(&uploader);
             let result = match current.as_mut() {
                 Some(up) => up.pass(here.as_ref()),
-                None => connect(&s3, &dir, &replica, here.as_ref()).map(|up| *current = Some(up)),
+                None => connect(&s3, &dir, &replica, &lease, here.as_ref()).map(|up| *current = Some(up)),
             };
             drop(current);
             match result {
@@ -501,13 +555,13 @@ pub fn spawn(s3: Arc<S3>, dir: PathBuf, replica: String, here: Arc<dyn Spool>) -
 }
 
 /// Reaches the bucket and starts the uploader, with a first pass.
-fn connect(s3: &Arc<S3>, dir: &Path, replica: &str, here: &dyn Spool) -> Result<Uploader> {
+fn connect(s3: &Arc<S3>, dir: &Path, replica: &str, lease: &SharedLease, here: &dyn Spool) -> Result<Uploader> {
     if s3.store().is_none() {
         let store = S3Store::connect(&s3.config)?;
         let _ = s3.store.set(store);
         log::info!("s3 bucket reached bucket={} prefix={:?} flush_interval={:?}", s3.config.bucket, s3.config.prefix, s3.config.flush);
     }
-    let mut up = Uploader::start(s3.clone(), dir, replica)?;
+    let mut up = Uploader::start(s3.clone(), dir, replica, lease.clone())?;
     up.pass(here)?;
     Ok(up)
 }
