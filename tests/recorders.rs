@@ -138,3 +138,104 @@ fn a_fail_open_session_resumes_recording_when_its_recorder_comes_back() {
         assert!(cast.contains("not recorded"), "the gap is marked:\n{cast}");
     }
 }
+
+/// A writer's raw connection to the demo recorder, speaking the recorder protocol.
+struct Writer {
+    input: kubetape::net::conn::Input,
+    out: kubetape::net::conn::WriteHalf,
+}
+
+impl Writer {
+    fn connect(demo: &Demo) -> Writer {
+        support::init_crypto();
+        let pem = |name: &str| std::fs::read(demo.path(&format!("pki/{name}"))).expect(name);
+        let roots = kubetape::net::tls::roots_from_pem(&pem("recorder-ca.pem"), "ca").expect("roots");
+        let certs = kubetape::net::tls::certs_from_pem(&pem("recorder-writer.pem"), "cert").expect("cert");
+        let key = kubetape::net::tls::key_from_pem(&pem("recorder-writer-key.pem"), "key").expect("key");
+        let url = format!("https://127.0.0.1:{}", demo.listen_port("recorder"));
+        let target = kubetape::recording::client::target("demo", &url, roots, Some((certs, key))).expect("target");
+        let (input, out, _) =
+            kubetape::recording::client::dial(&target, kubetape::record::protocol::PATH, kubetape::record::protocol::SUBPROTOCOL, Duration::from_secs(10)).expect("dial");
+        Writer { input, out }
+    }
+
+    fn text(&mut self, msg: &Value) {
+        use std::io::Write;
+        self.out.write_all(&kubetape::wire::ws::encode_frame(true, kubetape::wire::ws::OP_TEXT, Some([1, 2, 3, 4]), msg.to_string().as_bytes())).expect("send");
+    }
+
+    fn lines(&mut self, lines: &str) {
+        use std::io::Write;
+        self.out.write_all(&kubetape::wire::ws::encode_frame(true, kubetape::wire::ws::OP_BINARY, Some([1, 2, 3, 4]), lines.as_bytes())).expect("send");
+    }
+
+    /// The next acknowledgement, or the close's reason.
+    fn answer(&mut self) -> Result<u64, String> {
+        loop {
+            match kubetape::net::websocket::next_frame(&mut self.input) {
+                Ok(Some(f)) if f.opcode == kubetape::wire::ws::OP_TEXT => {
+                    return Ok(serde_json::from_slice::<Value>(&f.payload).ok().and_then(|v| v["acked"].as_u64()).expect("an ack"))
+                }
+                Ok(Some(f)) if f.opcode == kubetape::wire::ws::OP_CLOSE => return Err(kubetape::wire::ws::close_reason(&f.payload)),
+                Ok(Some(_)) => continue,
+                other => return Err(format!("connection ended: {other:?}")),
+            }
+        }
+    }
+
+    /// Acknowledgements until one reaches `n`.
+    fn acked(&mut self, n: u64) {
+        while self.answer().expect("acknowledged") < n {}
+    }
+}
+
+#[test]
+fn a_writer_cannot_rewrite_a_recording_by_continuing_it() {
+    let demo = Demo::start();
+    demo.disable_events();
+    let header = json!({"version": 2, "width": 80, "height": 24, "kubetape": {"sessionId": "w-1", "user": {"name": "alice"}, "startTime": "2026-12-01T10:00:00.000Z"}});
+    let header_len = format!("{header}\n").len() as u64;
+    let line = "[0.100000, \"o\", \"first\\n\"]\n";
+
+    // A session whose stream breaks: the recording is truncated, its bytes kept.
+    let mut w = Writer::connect(&demo);
+    w.text(&json!({"type": "start", "id": "w-1", "header": header}));
+    w.acked(header_len);
+    w.lines(line);
+    w.acked(header_len + line.len() as u64);
+    drop(w);
+    let (meta, before) = demo.wait_recording(|m, _| m["id"] == "w-1");
+    assert_eq!(meta["status"], "truncated", "{meta}");
+    let at = before.len() as u64;
+
+    // Another header (someone else's session under this id), a place before the
+    // header, a gap larger than any lost recorder leaves: refused, the recording intact.
+    let other = json!({"version": 2, "kubetape": {"sessionId": "w-1", "user": {"name": "mallory"}}});
+    for (h, offset, want) in
+        [(&other, at, "another writer or header"), (&header, header_len - 1, "cannot be continued at byte"), (&header, at + (1 << 40), "cannot be continued at byte")]
+    {
+        let mut w = Writer::connect(&demo);
+        w.text(&json!({"type": "start", "id": "w-1", "header": h, "resume": offset}));
+        let refused = w.answer().expect_err("refused");
+        assert!(refused.contains(want), "{want:?}: {refused}");
+    }
+    assert_eq!(demo.wait_recording(|m, _| m["id"] == "w-1").1, before, "untouched");
+
+    // The same writer and header continue it where it was acknowledged, then end it.
+    let mut w = Writer::connect(&demo);
+    w.text(&json!({"type": "start", "id": "w-1", "header": header, "resume": at}));
+    assert_eq!(w.answer(), Ok(at), "continued at the acknowledged byte");
+    let more = "[0.200000, \"o\", \"second\\n\"]\n";
+    w.lines(more);
+    w.acked(at + more.len() as u64);
+    w.text(&json!({"type": "end", "outcome": "complete", "exitCode": 0, "reason": null}));
+    let (meta, cast) = demo.wait_recording(|m, _| m["id"] == "w-1" && m["status"] == "complete");
+    assert_eq!(cast, format!("{before}{more}"), "{meta}");
+
+    // Complete, it can no longer be continued (nor cut back).
+    let mut w = Writer::connect(&demo);
+    w.text(&json!({"type": "start", "id": "w-1", "header": header, "resume": header_len}));
+    let refused = w.answer().expect_err("refused");
+    assert!(refused.contains("is complete"), "{refused}");
+    assert_eq!(demo.wait_recording(|m, _| m["id"] == "w-1").1, cast);
+}
