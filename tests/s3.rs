@@ -641,7 +641,7 @@ impl Pair<'_> {
             assert!(out.status.success() && String::from_utf8_lossy(&out.stdout) == want, "{who}: {}\n{}", out.describe(), self.logs());
             let (meta, cast) = eventually(Duration::from_secs(30), || match api_recording(self.demo, port, &id) {
                 Some((m, c)) if m["status"] == "complete" => Ok((m, c)),
-                other => Err(format!("{who}: {other:?}")),
+                other => Err(format!("{who}: {other:?}\n{}", self.logs())),
             });
             assert_eq!(output_of(&cast), want, "{who}: every line once, in order: {meta}");
             assert!(!cast.contains("kubetape: "), "{who}: no gap: {cast}");
@@ -727,6 +727,18 @@ fn a_recorder_killed_mid_session_loses_at_most_the_flush_window_and_the_session_
     let p2 = pair.p2;
     let lines = 60;
     let sessions = pair.sessions(lines);
+    // Some of each is in the bucket (what the first second printed could otherwise be
+    // all there is to lose).
+    for (who, _, id) in &sessions {
+        eventually(Duration::from_secs(10), || {
+            let parts: Vec<u8> = moto.keys(&format!("{PREFIX}/sessions/")).iter().filter(|k| k.contains(&format!("/{id}/"))).filter_map(|k| moto.object(k)).flatten().collect();
+            if String::from_utf8_lossy(&parts).contains(&format!("{who}-3\\n")) {
+                Ok(())
+            } else {
+                Err(format!("{who}: no segment with its third line yet"))
+            }
+        });
+    }
     // Lost without a word, spool and all.
     let _ = first.0.kill();
     let _ = first.0.wait();

@@ -273,7 +273,12 @@ impl SessionIngest<'_> {
         let _files = crate::net::sync::lock(&self.state.spool_files);
         stored(m, store.remove_by_id(id))?;
         let meta = SessionMeta { status: Status::Recording, bytes: 0, exit_code: None, reason: None, ended: None, recorder: None, ..meta };
-        Ok((stored(m, store.create(meta, &bytes))?, from, gap))
+        let file = stored(m, store.create(meta, &bytes))?;
+        if let Some(s3) = &self.state.s3 {
+            // This recorder's before the proxy sends more: nobody adopts it meanwhile.
+            stored(m, s3.announce(&file.meta, &file.day()))?;
+        }
+        Ok((file, from, gap))
     }
 
     fn finish(&mut self, status: Status, exit_code: Option<i32>, reason: Option<String>) -> Result<(), Failure> {
@@ -347,8 +352,16 @@ impl FrameHandler for SessionIngest<'_> {
         }
         if going {
             // Everything received is durable and acknowledged: the proxy resends from there.
-            if self.file.is_some() {
-                self.state.hand_off.park(HAND_OFF_WAIT * 2);
+            if let Some(f) = self.file.as_ref() {
+                // Parked, it still acknowledges every second: the proxy must not take
+                // the pause for a lost recorder and move before the bytes are uploaded.
+                let hand_off = &self.state.hand_off;
+                hand_off.park();
+                let acked = f.meta.bytes + self.not_kept.as_ref().map_or(0, |(_, n)| *n);
+                let parked = Instant::now();
+                while !hand_off.wait_uploaded(ACK_INTERVAL) && parked.elapsed() < HAND_OFF_WAIT * 2 {
+                    send_ack(&mut self.out, acked)?;
+                }
             }
             let _ = self.out.write_all(&ws::close_frame(1001, "the recorder is shutting down: continue on another", None));
             self.handed_off = true;

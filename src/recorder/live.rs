@@ -172,12 +172,17 @@ impl HandOff {
         self.asked.load(Ordering::SeqCst)
     }
 
-    /// An ingest, its last bytes acknowledged: waits (at most `timeout`) for the upload.
-    pub fn park(&self, timeout: Duration) {
-        let done = lock(&self.uploaded);
+    /// An ingest, its last bytes acknowledged, is parked: it waits for the upload.
+    pub fn park(&self) {
+        let _done = lock(&self.uploaded);
         self.parked.fetch_add(1, Ordering::SeqCst);
         self.changed.notify_all();
-        let _ = self.changed.wait_timeout_while(done, timeout, |up| !*up);
+    }
+
+    /// A parked ingest waits (at most `timeout`) for the upload; whether it is done.
+    pub fn wait_uploaded(&self, timeout: Duration) -> bool {
+        let done = lock(&self.uploaded);
+        self.changed.wait_timeout_while(done, timeout, |up| !*up).map(|(up, _)| *up).unwrap_or_else(|e| *e.into_inner().0)
     }
 
     /// The main thread: waits (at most `timeout`) until every session still being

@@ -186,15 +186,17 @@ pub fn run(config: Config) -> Result<()> {
     let listener = TcpListener::bind(&config.listen).with_context(|| format!("--listen {}", config.listen))?;
     let addr = listener.local_addr()?;
     log::info!("recorder listening addr={addr} storage={}", config.storage_dir.display());
-    let s3 = config.s3.clone().map(|c| Arc::new(S3::new(c)));
+    let s3 = config.s3.clone().map(|mut c| {
+        c.replica.get_or_insert_with(|| format!("{}-{}", crate::net::host_name(), addr.port()));
+        Arc::new(S3::new(c))
+    });
     let state = Arc::new(State { config, store, events, metrics: Metrics::default(), live: Live::default(), s3, hand_off: Default::default(), spool_files: Default::default() });
     // The bucket is reached in the background: a recorder whose S3 settings are wrong
     // serves (not ready, saying why) instead of crash-looping, and spools meanwhile.
     let uploader = match &state.s3 {
         Some(s3) => {
             log::info!("uploading recordings to S3 bucket={} prefix={:?} flush_interval={:?}", s3.config.bucket, s3.config.prefix, s3.config.flush);
-            let replica = format!("{}-{}", crate::net::host_name(), addr.port());
-            Some(upload::spawn(s3.clone(), state.config.storage_dir.clone(), replica, state.clone())?)
+            Some(upload::spawn(s3.clone(), state.config.storage_dir.clone(), state.clone())?)
         }
         None => None,
     };

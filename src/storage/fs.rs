@@ -222,6 +222,11 @@ impl SessionFile {
         Ok(self.written)
     }
 
+    /// The day folder it is in (the bucket keys use the same).
+    pub fn day(&self) -> String {
+        self.dir.file_name().map(|d| d.to_string_lossy().into_owned()).unwrap_or_default()
+    }
+
     /// The durable bytes up to the end of the last whole line (a frame may end
     /// mid-line; a reader is never shown half a line).
     pub fn durable_lines(&self) -> u64 {

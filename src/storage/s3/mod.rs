@@ -206,6 +206,25 @@ impl S3 {
         changed
     }
 
+    /// This recorder's name in the bucket (set from `--replica-name` or its default
+    /// before the recorder starts).
+    pub fn replica(&self) -> &str {
+        self.config.replica.as_deref().unwrap_or("recorder")
+    }
+
+    /// A sidecar as the bucket keeps it: naming this recorder as the one holding it.
+    pub fn sidecar(&self, meta: &SessionMeta) -> Result<Vec<u8>> {
+        let meta = SessionMeta { recorder: Some(self.replica().to_string()), ..meta.clone() };
+        serde_json::to_vec_pretty(&meta).map_err(|e| Error::new(e.to_string()))
+    }
+
+    /// Puts a session's sidecar in the bucket now, naming this recorder: a session
+    /// continued here is this recorder's before the proxy sends it more.
+    pub fn announce(&self, meta: &SessionMeta, day: &str) -> Result<()> {
+        let store = self.store().ok_or_else(|| Error::new("the S3 bucket has not been reached yet"))?;
+        store.put(&format!("sessions/{day}/{}.json", meta.id), &self.sidecar(meta)?)
+    }
+
     /// Whether the spool has reached `--spool-max-bytes`.
     pub fn spool_full(&self) -> Option<String> {
         let used = self.stats.spool_bytes.load(std::sync::atomic::Ordering::Relaxed);

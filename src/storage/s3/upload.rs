@@ -123,6 +123,10 @@ pub struct Uploader {
     /// Sessions handed off at shutdown: the lease keeps naming them, so one no recorder
     /// took up is adopted as `interrupted`.
     handed_off: Vec<LeasedSession>,
+    /// What this replica's last run named and its spool lacks: adopted, unless another
+    /// recorder holds them, once `stale_after` passed since the start.
+    inherited: Vec<LeasedSession>,
+    started: Instant,
     /// Per running session: how much of its cast is in segments.
     sent: HashMap<String, u64>,
     /// Running sessions whose `recording` sidecar is in the bucket.
@@ -166,13 +170,15 @@ impl Uploader {
         let stale_after = (s3.config.flush * STALE_INTERVALS).max(STALE_MIN);
         let uploads = dir.join("uploads");
         fs::create_dir_all(&uploads)?;
-        let up = Uploader {
+        let mut up = Uploader {
             s3,
             spool: FsStore::open_read_only(dir),
             uploads,
             replica,
             lease,
             handed_off: Vec::new(),
+            inherited: Vec::new(),
+            started: Instant::now(),
             sent: HashMap::new(),
             announced: HashSet::new(),
             events_sent: HashMap::new(),
@@ -185,10 +191,10 @@ impl Uploader {
         if let Some(old) = store.get_opt(&lease_key(&up.replica))? {
             match serde_json::from_slice::<Lease>(&old) {
                 Ok(old) => {
+                    // Not adopted at once: one handed off at shutdown may be going on
+                    // elsewhere, its new recorder's sidecar not in the bucket yet.
                     let here: HashSet<String> = up.spool.sessions()?.into_iter().map(|(m, _)| m.id).collect();
-                    for s in old.sessions.iter().filter(|s| !here.contains(&s.id)) {
-                        up.adopt(store, s, &up.replica)?;
-                    }
+                    up.inherited = old.sessions.into_iter().filter(|s| !here.contains(&s.id)).collect();
                 }
                 Err(e) => log::warn!("unreadable lease of this recorder's last run, ignored replica={} error={e}", up.replica),
             }
@@ -248,7 +254,7 @@ impl Uploader {
         // Every session the spool holds (an ended one may not be uploaded yet), and
         // those handed off.
         let mut named: Vec<LeasedSession> = sessions.iter().map(|(m, c)| LeasedSession { id: m.id.clone(), day: day_of(c) }).collect();
-        named.extend(self.handed_off.iter().cloned());
+        named.extend(self.handed_off.iter().chain(&self.inherited).cloned());
         let changed = lock(&self.lease).sessions.as_ref() != Some(&named);
         if changed {
             lock(&self.lease).sessions = Some(named);
@@ -342,8 +348,7 @@ impl Uploader {
 
     /// A sidecar as the bucket keeps it: naming this recorder as the one holding it.
     fn sidecar(&self, meta: &SessionMeta) -> Result<Vec<u8>> {
-        let meta = SessionMeta { recorder: Some(self.replica.clone()), ..meta.clone() };
-        serde_json::to_vec_pretty(&meta).map_err(|e| Error::new(e.to_string()))
+        self.s3.sidecar(meta)
     }
 
     /// At shutdown, after the sessions recorded here were asked to move: what is
@@ -441,6 +446,11 @@ impl Uploader {
     /// Reads the other recorders' leases; the sessions of one unchanged for
     /// `stale_after` are adopted, then the lease is deleted.
     fn adopt_lost(&mut self, store: &S3Store) -> Result<()> {
+        if !self.inherited.is_empty() && self.started.elapsed() >= self.stale_after {
+            for s in std::mem::take(&mut self.inherited) {
+                self.adopt(store, &s, &self.replica.clone())?;
+            }
+        }
         let mine = lease_key(&self.replica);
         let now = Instant::now();
         let mut seen = HashSet::new();
@@ -503,9 +513,9 @@ impl Uploader {
 /// doubling delay) on a thread of its own for as long as the process lives. The
 /// returned uploader is `None` until the bucket was reached; the recorder runs a last
 /// pass with it at shutdown.
-pub fn spawn(s3: Arc<S3>, dir: PathBuf, default_replica: String, here: Arc<dyn Spool>) -> std::io::Result<Arc<Mutex<Option<Uploader>>>> {
+pub fn spawn(s3: Arc<S3>, dir: PathBuf, here: Arc<dyn Spool>) -> std::io::Result<Arc<Mutex<Option<Uploader>>>> {
     let every = (s3.config.flush / 2).max(MIN_PASS);
-    let replica = s3.config.replica.clone().unwrap_or(default_replica);
+    let replica = s3.replica().to_string();
     let lease = SharedLease::default();
     {
         let (s3, replica, lease) = (s3.clone(), replica.clone(), lease.clone());
