@@ -107,13 +107,7 @@ fn a_fail_open_session_resumes_recording_when_its_recorder_comes_back() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("kubectl");
-    let id = eventually(Duration::from_secs(20), || {
-        demo.recordings()
-            .into_iter()
-            .find(|(m, c)| m["status"] == "recording" && c.contains("open-4\\n"))
-            .map(|(m, _)| m["id"].as_str().unwrap_or("").to_string())
-            .ok_or("not recording yet".to_string())
-    });
+    let id = demo.wait_running("open-4\\n");
     // The recorder crashes and is back (its spool kept) while the session runs.
     demo.kill("recorder");
     let _again = demo.restart("recorder");

@@ -77,6 +77,11 @@ fn multipart_uploads(moto: &Moto) -> Vec<String> {
     String::from_utf8_lossy(&body).split("<Key>").skip(1).filter_map(|r| r.split("</Key>").next()).map(String::from).collect()
 }
 
+/// Waits until a recording's segments in the bucket hold `text`.
+fn wait_segment(moto: &Moto, base: &str, text: &str) {
+    eventually(Duration::from_secs(10), || if String::from_utf8_lossy(&segments(moto, base)).contains(text) { Ok(()) } else { Err(format!("no segment holds {text:?} yet")) });
+}
+
 /// The bytes of a recording's segments in the bucket, joined in key order.
 fn segments(moto: &Moto, base: &str) -> Vec<u8> {
     moto.keys(&format!("{base}/")).iter().filter_map(|k| moto.object(k)).flatten().collect()
@@ -155,13 +160,7 @@ fn a_running_session_is_in_the_bucket_within_the_flush_interval_and_another_reco
         .stderr(Stdio::null())
         .spawn()
         .expect("kubectl");
-    let id = eventually(Duration::from_secs(20), || {
-        demo.recordings()
-            .into_iter()
-            .find(|(m, c)| m["status"] == "recording" && c.contains("quiet-42"))
-            .map(|(m, _)| m["id"].as_str().unwrap_or("").to_string())
-            .ok_or("not in the spool yet".to_string())
-    });
+    let id = demo.wait_running("quiet-42");
     let seen = Instant::now();
     let base = format!("{PREFIX}/sessions/{}/{id}", day(&demo, &id));
     // The flush interval (1 s) and a second for the requests themselves.
@@ -255,15 +254,9 @@ fn an_s3_outage_mid_session_does_not_hold_it_up_and_the_object_is_byte_exact_aft
     // Numbered lines for about 10 s; S3 goes away after the first is in the bucket.
     let script = "for i in $(seq 1 40); do echo line-$i; sleep 0.25; done";
     let session = k.command(&["exec", "web-0", "--", "sh", "-c", script]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("kubectl");
-    let id = eventually(Duration::from_secs(20), || {
-        demo.recordings()
-            .into_iter()
-            .find(|(m, c)| m["status"] == "recording" && c.contains("line-1"))
-            .map(|(m, _)| m["id"].as_str().unwrap_or("").to_string())
-            .ok_or("not recording yet".to_string())
-    });
+    let id = demo.wait_running("line-1");
     let base = format!("{PREFIX}/sessions/{}/{id}", day(&demo, &id));
-    eventually(Duration::from_secs(5), || if String::from_utf8_lossy(&segments(&moto, &base)).contains("line-1") { Ok(()) } else { Err("no segment yet".to_string()) });
+    wait_segment(&moto, &base, "line-1");
     let s3_port = moto.port;
     drop(moto);
     let outage = Instant::now();
@@ -392,15 +385,9 @@ fn a_recorder_lost_with_its_spool_leaves_an_interrupted_recording_that_another_r
     let k = Kubectl::new(&demo, "kubeconfig", "1.32", Proto::WebSocket);
     let mut quiet =
         k.command(&["exec", "web-0", "--", "sh", "-c", "echo lost-$((6*7)); sleep 120"]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("kubectl");
-    let id = eventually(Duration::from_secs(20), || {
-        demo.recordings()
-            .into_iter()
-            .find(|(m, c)| m["status"] == "recording" && c.contains("lost-42"))
-            .map(|(m, _)| m["id"].as_str().unwrap_or("").to_string())
-            .ok_or("not recording yet".to_string())
-    });
+    let id = demo.wait_running("lost-42");
     let base = format!("{PREFIX}/sessions/{}/{id}", day(&demo, &id));
-    eventually(Duration::from_secs(5), || if String::from_utf8_lossy(&segments(&moto, &base)).contains("lost-42") { Ok(()) } else { Err("no segment yet".to_string()) });
+    wait_segment(&moto, &base, "lost-42");
     // The pod is deleted: the recorder and its spool are gone.
     let _ = lost.0.kill();
     let _ = lost.0.wait();
@@ -619,14 +606,7 @@ impl Pair<'_> {
         [("alice", run("kubeconfig", "alice")), ("bob", run("bob.kubeconfig", "bob"))]
             .into_iter()
             .map(|(who, child)| {
-                let id = eventually(Duration::from_secs(20), || {
-                    self.demo
-                        .recordings()
-                        .into_iter()
-                        .find(|(m, c)| m["status"] == "recording" && c.contains(&format!("{who}-3\\n")))
-                        .map(|(m, _)| m["id"].as_str().unwrap_or("").to_string())
-                        .ok_or(format!("{who} not recording yet"))
-                });
+                let id = self.demo.wait_running(&format!("{who}-3\\n"));
                 (who, child, id)
             })
             .collect()
@@ -730,14 +710,7 @@ fn a_recorder_killed_mid_session_loses_at_most_the_flush_window_and_the_session_
     // Some of each is in the bucket (what the first second printed could otherwise be
     // all there is to lose).
     for (who, _, id) in &sessions {
-        eventually(Duration::from_secs(10), || {
-            let parts: Vec<u8> = moto.keys(&format!("{PREFIX}/sessions/")).iter().filter(|k| k.contains(&format!("/{id}/"))).filter_map(|k| moto.object(k)).flatten().collect();
-            if String::from_utf8_lossy(&parts).contains(&format!("{who}-3\\n")) {
-                Ok(())
-            } else {
-                Err(format!("{who}: no segment with its third line yet"))
-            }
-        });
+        wait_segment(&moto, &format!("{PREFIX}/sessions/{}/{id}", day(&demo, id)), &format!("{who}-3\\n"));
     }
     // Lost without a word, spool and all.
     let _ = first.0.kill();

@@ -190,9 +190,14 @@ pub fn dial(target: &RecorderTarget, path: &str, subprotocol: &str, timeout: Dur
     Ok((input, out, socket))
 }
 
+/// A recorder's connection with the session's header acknowledged, and how many bytes.
+type Opened = (Input, WriteHalf, TcpStream, u64);
+
 /// Connects, upgrades and gets the header acknowledged within `timeout`: a new
-/// session, or with `resume` one continuing from that stream offset.
-fn open(target: &RecorderTarget, id: &str, header: &Value, resume: Option<u64>, timeout: Duration) -> Result<(Input, WriteHalf, TcpStream, u64)> {
+/// session, or with `resume` one continuing from that stream offset. `Ok(Err(why))`:
+/// the recorder answered and refused it (a full spool refuses fail-closed sessions
+/// only), so it is up, not a failed recorder to skip.
+fn open(target: &RecorderTarget, id: &str, header: &Value, resume: Option<u64>, timeout: Duration) -> Result<Result<Opened, String>> {
     let deadline = Instant::now() + timeout;
     let (mut input, mut out, socket) = dial(target, PATH, SUBPROTOCOL, timeout)?;
     out.write_all(&text_frame(&ClientMessage::Start { id: id.to_string(), header: header.clone(), resume }))?;
@@ -211,18 +216,14 @@ fn open(target: &RecorderTarget, id: &str, header: &Value, resume: Option<u64>, 
                         crate::bail!("recorder continued the session at byte {} where {} were acknowledged", ack.acked, resume.unwrap_or(0));
                     }
                     input.half.set_timeout(None)?;
-                    return Ok((input, out, socket, ack.acked));
+                    return Ok(Ok((input, out, socket, ack.acked)));
                 }
             }
-            ws::OP_CLOSE => return Err(Error::new(format!("{REFUSED}{}", ws::close_reason(&frame.payload)))),
+            ws::OP_CLOSE => return Ok(Err(format!("recorder refused the session: {}", ws::close_reason(&frame.payload)))),
             _ => {}
         }
     }
 }
-
-/// How an answer refusing the session starts: the recorder is up and said why (a full
-/// spool refuses fail-closed sessions only), so it is not a failed recorder to skip.
-const REFUSED: &str = "recorder refused the session: ";
 
 /// How a recorder connection ended.
 struct Gone {
@@ -303,7 +304,7 @@ impl Route {
         }
         for t in order {
             match open(t, &self.id, &self.header, resume, self.attempt_timeout) {
-                Ok((mut input, out, socket, acked)) => {
+                Ok(Ok((mut input, out, socket, acked))) => {
                     self.health.succeeded(&t.name);
                     let (tell, gone) = bounded(1);
                     let acks = shared.clone();
@@ -313,12 +314,14 @@ impl Route {
                     *lock(&shared.socket) = socket.try_clone().ok();
                     return Ok((Link { recorder: t.name.clone(), out, socket, gone }, acked));
                 }
+                Ok(Err(refused)) => {
+                    self.health.succeeded(&t.name);
+                    errors.push(format!("{}: {refused}", t.name));
+                }
                 Err(e) => {
-                    if e.to_string().starts_with(REFUSED) {
-                        self.health.succeeded(&t.name);
-                    } else if self.health.skipped(&t.name, Instant::now()).is_none() {
-                        // A failover's retries of a recorder already skipped do not
-                        // lengthen its skip: it may be back any moment.
+                    // A failover's retries of a recorder already skipped do not
+                    // lengthen its skip: it may be back any moment.
+                    if self.health.skipped(&t.name, Instant::now()).is_none() {
                         self.health.failed(&t.name, &e.to_string(), Instant::now());
                     }
                     errors.push(format!("{}: {e}", t.name));

@@ -132,6 +132,18 @@ impl Demo {
         days.into_iter().map(|d| d.join(format!("{id}.cast"))).find(|p| p.exists()).unwrap_or_else(|| panic!("no {id}.cast under {}", self.path("recordings").display()))
     }
 
+    /// Waits for a session being recorded (its sidecar still says `recording`) whose
+    /// cast holds `text`, as the cast's JSON spells it (a newline is `\\n`); its id.
+    pub fn wait_running(&self, text: &str) -> String {
+        eventually(Duration::from_secs(20), || {
+            self.recordings()
+                .into_iter()
+                .find(|(m, c)| m["status"] == "recording" && c.contains(text))
+                .map(|(m, _)| m["id"].as_str().unwrap_or("").to_string())
+                .ok_or(format!("no running recording holds {text:?} yet"))
+        })
+    }
+
     /// Waits for a recording whose sidecar satisfies `pred` and is no longer `recording`.
     pub fn wait_recording(&self, pred: impl Fn(&serde_json::Value, &str) -> bool) -> (serde_json::Value, String) {
         eventually(Duration::from_secs(20), || {
