@@ -29,6 +29,10 @@ fn run_recorder(a: &Args) -> Result<()> {
     crate::recorder::run(crate::recorder::Config::from_args(a)?)
 }
 
+fn run_operator(a: &Args) -> Result<()> {
+    crate::operator::run(crate::operator::Config::from_args(a)?)
+}
+
 #[cfg(feature = "sim")]
 fn run_sim(a: &Args) -> Result<()> {
     crate::sim::run(crate::sim::Config::from_args(a)?)
@@ -39,6 +43,7 @@ const COMMANDS: &[Command] = &[
     Command { name: "ls", about: "List the recordings in a recorder's storage directory.", flags: crate::playback::LS_FLAGS, run: run_ls },
     Command { name: "play", about: "Print a recording's output, or recover one stream's exact bytes.", flags: crate::playback::FLAGS, run: run_play },
     Command { name: "recorder", about: "Receive session recordings from proxies and keep them; serve them to readers.", flags: crate::recorder::FLAGS, run: run_recorder },
+    Command { name: "operator", about: "Run recorders from Recorder resources (in a cluster).", flags: crate::operator::FLAGS, run: run_operator },
     #[cfg(feature = "sim")]
     Command { name: "sim", about: "Run a simulated Kubernetes API server on loopback (demo and test equipment).", flags: crate::sim::FLAGS, run: run_sim },
     #[cfg(feature = "sim")]

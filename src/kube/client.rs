@@ -40,7 +40,12 @@ pub struct ApiServer {
     roots: rustls::RootCertStore,
     tls: Arc<ClientConfig>,
     token: Token,
+    /// Kept for `kube::rest`, whose HTTP client builds its own TLS configuration.
+    pub(super) ca_pem: Vec<u8>,
+    pub(super) identity: Option<Identity>,
 }
+
+type Identity = (Vec<rustls::pki_types::CertificateDer<'static>>, rustls::pki_types::PrivateKeyDer<'static>);
 
 /// Splits `https://host:port/` into host and port.
 fn parse_server_url(url: &str) -> Result<(String, u16)> {
@@ -133,28 +138,24 @@ impl ApiServer {
         Self::new(&format!("https://{host}:{port}"), &ca, None, Token::File(dir.join("token")))
     }
 
-    fn new(
-        server: &str,
-        ca: &[u8],
-        identity: Option<(Vec<rustls::pki_types::CertificateDer<'static>>, rustls::pki_types::PrivateKeyDer<'static>)>,
-        token: Token,
-    ) -> Result<ApiServer> {
+    fn new(server: &str, ca: &[u8], identity: Option<Identity>, token: Token) -> Result<ApiServer> {
         let (host, port) = parse_server_url(server)?;
         let roots = tls::roots_from_pem(ca, "certificate-authority")?;
         let server_name = ServerName::try_from(host.clone()).map_err(|e| Error::new(format!("server name {host:?}: {e}")))?;
-        Ok(ApiServer { host, port, server_name, tls: tls::client_config(roots.clone(), identity)?, roots, token })
+        let kept = identity.as_ref().map(|(c, k)| (c.clone(), k.clone_key()));
+        Ok(ApiServer { host, port, server_name, tls: tls::client_config(roots.clone(), identity)?, roots, token, ca_pem: ca.to_vec(), identity: kept })
     }
 
     /// A server (`https://host:port`) trusted by `ca`, to which we present `identity`
     /// and no token: a recorder's API, say.
-    pub fn with_certificate(server: &str, ca: &[u8], identity: (Vec<rustls::pki_types::CertificateDer<'static>>, rustls::pki_types::PrivateKeyDer<'static>)) -> Result<ApiServer> {
+    pub fn with_certificate(server: &str, ca: &[u8], identity: Identity) -> Result<ApiServer> {
         Self::new(server, ca, Some(identity), Token::None)
     }
 
     /// The same server, reached without any credentials of ours (no client
     /// certificate, no token): for a proxy that passes its callers' credentials on.
     pub fn anonymous(self) -> Result<ApiServer> {
-        Ok(ApiServer { tls: tls::client_config(self.roots.clone(), None)?, token: Token::None, ..self })
+        Ok(ApiServer { tls: tls::client_config(self.roots.clone(), None)?, token: Token::None, identity: None, ..self })
     }
 
     /// Opens a verified TLS connection.

@@ -4,4 +4,5 @@
 pub mod auth;
 pub mod client;
 pub mod request_info;
+pub mod rest;
 pub mod yaml;
