@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod recorders;
 pub mod request_info;
 pub mod rest;
 pub mod yaml;

@@ -6,6 +6,7 @@
 use serde_json::{json, Map, Value};
 
 use super::spec::{RecorderSpec, GROUP, VERSION};
+use crate::kube::recorders;
 
 /// Where recorders listen, in every replica.
 pub const RECORDER_PORT: u16 = 8444;
@@ -48,7 +49,7 @@ impl Recorder {
 
     /// The headless Service that names each replica.
     pub fn replicas_service(&self) -> String {
-        format!("{}-replicas", self.name)
+        recorders::replicas_service(&self.name)
     }
 
     pub fn tls_secret(&self) -> String {
@@ -61,7 +62,7 @@ impl Recorder {
 
     /// The name replica `pod`'s certificate is valid for, as the proxy checks it.
     pub fn server_name(&self, pod: &str) -> String {
-        format!("{pod}.{}.{}.svc", self.replicas_service(), self.namespace)
+        recorders::server_name(&self.namespace, &self.name, pod)
     }
 
     /// What the serving certificate covers: every replica and the Service.

@@ -26,6 +26,9 @@ pub struct Condition {
     pub message: String,
 }
 
+/// Reasons worth a Warning Event (the others are a Recorder on its way).
+const WARNINGS: &[&str] = &["Invalid", "ProvisioningFailed", "StorageUnavailable"];
+
 pub fn recorder_path(ns: &str, name: &str) -> String {
     format!("/apis/{GROUP}/{VERSION}/namespaces/{ns}/recorders/{name}")
 }
@@ -51,7 +54,7 @@ pub fn reconcile(rest: &Rest, ca: &Ca, settings: &Settings, obj: &Value) {
         return;
     }
     let was = obj["status"]["conditions"].as_array().and_then(|c| c.iter().find(|c| c["type"] == "Ready")).map(|c| c["reason"].clone());
-    if !condition.ready && was != Some(json!(condition.reason)) {
+    if WARNINGS.contains(&condition.reason) && was != Some(json!(condition.reason)) {
         event(rest, &rec, condition.reason, &condition.message);
     }
     log::info!("recorder status ns={} name={} ready={} reason={} message={}", rec.namespace, rec.name, condition.ready, condition.reason, condition.message);

@@ -6,10 +6,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-pub const GROUP: &str = "kubetape.dev";
-pub const VERSION: &str = "v1alpha1";
-/// Tags a recorder carries when its spec names none: what grants route to by default.
-pub const DEFAULT_TAG: &str = "tag:k8s";
+pub use crate::kube::recorders::{DEFAULT_TAG, GROUP, VERSION};
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]

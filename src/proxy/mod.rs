@@ -14,6 +14,7 @@
 //! of phases (`Connection::run`).
 
 mod admission;
+mod discovery;
 mod forward;
 mod metrics;
 pub mod policy;
@@ -63,6 +64,8 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 const UNAUTHENTICATED_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Once a head has started it must be complete within this (slow-loris bound).
 const HEAD_TIMEOUT: Duration = Duration::from_secs(15);
+/// Where a pod learns its own namespace.
+const NAMESPACE_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
 
 pub const FLAGS: &[Flag] = &[
     Flag { name: "listen", default: Some("0.0.0.0:8443"), help: "address to serve kubectl on" },
@@ -76,6 +79,9 @@ pub const FLAGS: &[Flag] = &[
     Flag { name: "policy", default: None, help: "policy file (JSON), reloaded on change; required in auth mode" },
     Flag { name: "recorder-cert", default: None, help: "the proxy's client certificate for recorders (PEM)" },
     Flag { name: "recorder-key", default: None, help: "the proxy's client key for recorders (PEM)" },
+    Flag { name: "recorders-from-cluster", default: Some("false"), help: "also route to the ready replicas of Recorder resources (see --recorder-namespaces)" },
+    Flag { name: "recorder-namespaces", default: None, help: "comma-separated namespaces whose Recorders may receive recordings, or * [default: the proxy's own]" },
+    Flag { name: "recorder-ca", default: None, help: "CA that issued the cluster Recorders' certificates (the operator's ca.crt); required with --recorders-from-cluster" },
     Flag { name: "recorder-timeout", default: Some("3"), help: "seconds to connect to one recorder and get the header acknowledged" },
     Flag { name: "metrics-listen", default: None, help: "address for Prometheus metrics (plain HTTP, GET /metrics)" },
     server::LIMIT_FLAGS[0],
@@ -96,6 +102,9 @@ pub struct Config {
     upstream_host: String,
     policy: Option<PathBuf>,
     recorder_identity: Option<(Vec<rustls::pki_types::CertificateDer<'static>>, rustls::pki_types::PrivateKeyDer<'static>)>,
+    /// `--recorders-from-cluster`: where to list Recorders, in which namespaces, and
+    /// the TLS to reach their replicas with.
+    discovery: Option<(crate::kube::rest::Rest, Vec<String>, Arc<rustls::ClientConfig>)>,
     recorder_timeout: Duration,
     metrics_listen: Option<String>,
     pub limits: server::Limits,
@@ -125,10 +134,11 @@ impl Config {
         if mode == Mode::Auth && client_roots.is_none() && tokens.is_none() {
             crate::bail!("--client-ca or --token-file: auth mode needs at least one way to authenticate callers");
         }
-        let upstream = match args.path("kubeconfig") {
-            Some(p) => ApiServer::from_kubeconfig(&p, args.opt("context").as_deref()).context("--kubeconfig")?,
-            None => ApiServer::in_cluster().context("--kubeconfig not given and not in a cluster")?,
+        let api_server = || match args.path("kubeconfig") {
+            Some(p) => ApiServer::from_kubeconfig(&p, args.opt("context").as_deref()).context("--kubeconfig"),
+            None => ApiServer::in_cluster().context("--kubeconfig not given and not in a cluster"),
         };
+        let upstream = api_server()?;
         // Without this, a caller with no credentials would borrow the proxy's.
         let upstream = if mode == Mode::NoAuth { upstream.anonymous()? } else { upstream };
         let policy = args.path("policy");
@@ -140,8 +150,23 @@ impl Config {
             (None, None) => None,
             _ => crate::bail!("--recorder-cert and --recorder-key go together"),
         };
+        let discovery = if args.bool("recorders-from-cluster")? {
+            let ca = args.path("recorder-ca").ok_or_else(|| Error::new("--recorder-ca: required with --recorders-from-cluster"))?;
+            let roots = tls::roots_from_pem(&tls::read_file(&ca)?, &format!("--recorder-ca {}", ca.display()))?;
+            let namespaces: Vec<String> = match args.opt("recorder-namespaces") {
+                Some(list) => list.split(',').map(|n| n.trim().to_string()).filter(|n| !n.is_empty()).collect(),
+                None => vec![std::fs::read_to_string(NAMESPACE_FILE)
+                    .map(|n| n.trim().to_string())
+                    .map_err(|e| Error::new(format!("--recorder-namespaces not given and the proxy's own namespace is unknown ({NAMESPACE_FILE}: {e})")))?],
+            };
+            let identity = recorder_identity.as_ref().map(|(c, k)| (c.clone(), k.clone_key()));
+            Some((crate::kube::rest::Rest::new(api_server()?)?, namespaces, tls::client_config(roots, identity)?))
+        } else {
+            None
+        };
         let upstream_host = upstream.host_header();
         Ok(Config {
+            discovery,
             upstream_host,
             listen: args.required("listen")?,
             mode,
@@ -166,9 +191,9 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "kubetape-proxy".into())
 }
 
-/// An API event stream for one set of recorder tags, with the policy it was last
-/// routed by.
-type RoutedSink = (Arc<Policy>, Arc<EventSink>);
+/// An API event stream for one set of recorder tags, with the policy and the cluster
+/// recorders' generation it was last routed by.
+type RoutedSink = ((Arc<Policy>, u64), Arc<EventSink>);
 
 struct State {
     config: Config,
@@ -178,10 +203,11 @@ struct State {
     event_sinks: std::sync::Mutex<std::collections::HashMap<String, RoutedSink>>,
     /// Recorders that failed lately, skipped by session starts for a while.
     recorder_health: Arc<RecorderHealth>,
+    cluster_recorders: Option<Arc<discovery::ClusterRecorders>>,
 }
 
 /// Serves until SIGTERM or SIGINT, then lets open connections finish for the grace period.
-pub fn run(config: Config) -> Result<()> {
+pub fn run(mut config: Config) -> Result<()> {
     let listener = TcpListener::bind(&config.listen).with_context(|| format!("--listen {}", config.listen))?;
     let policy = match &config.policy {
         Some(p) => PolicyHandle::watch(p.clone()).context("--policy")?,
@@ -195,7 +221,14 @@ pub fn run(config: Config) -> Result<()> {
         let m = metrics.clone();
         std::thread::Builder::new().name("metrics".into()).spawn(move || metrics::serve(l, m))?;
     }
-    let state = Arc::new(State { config, policy, life: life.clone(), metrics, event_sinks: Default::default(), recorder_health: Default::default() });
+    let cluster_recorders = match config.discovery.take() {
+        Some((rest, namespaces, tls)) => {
+            log::info!("recorders from the cluster namespaces={}", namespaces.join(","));
+            Some(discovery::ClusterRecorders::start(rest, namespaces, tls)?)
+        }
+        None => None,
+    };
+    let state = Arc::new(State { config, policy, life: life.clone(), metrics, event_sinks: Default::default(), recorder_health: Default::default(), cluster_recorders });
     let accept = {
         let state = state.clone();
         std::thread::Builder::new().name("accept".into()).spawn(move || {

@@ -153,10 +153,11 @@ impl Connection<'_> {
     fn event_sink(&self, tags: &[String]) -> Result<Arc<EventSink>> {
         let key = tags.join(",");
         let policy = self.state.policy.get();
+        let generation = self.state.cluster_recorders.as_ref().map_or(0, |c| c.generation());
         let mut sinks = self.state.event_sinks.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((seen, sink)) = sinks.get_mut(&key) {
-            if !Arc::ptr_eq(seen, &policy) {
-                *seen = policy;
+            if !Arc::ptr_eq(&seen.0, &policy) || seen.1 != generation {
+                *seen = (policy, generation);
                 // Tags that no longer name a recorder leave nowhere to send (dropped, or
                 // refused in fail-closed, as with a recorder down).
                 sink.reroute(self.recorder_targets(tags).unwrap_or_default());
@@ -165,7 +166,7 @@ impl Connection<'_> {
             return Ok(sink.clone());
         }
         let sink = EventSink::start(&key, self.recorder_targets(tags)?, self.state.metrics.events_dropped.clone());
-        sinks.insert(key, (policy, sink.clone()));
+        sinks.insert(key, ((policy, generation), sink.clone()));
         Ok(sink)
     }
 
@@ -240,7 +241,6 @@ impl Connection<'_> {
         }
     }
 
-    /// The policy's recorders that carry one of `tags` (or are named by one), in order.
     /// An attach is looked up in its pod, as the caller (impersonated, so the API
     /// server applies the caller's own rights): what it really is (`session::
     /// describe_attach`), and a probe for the exit status its stream will not carry.
@@ -277,6 +277,8 @@ impl Connection<'_> {
         }))
     }
 
+    /// The policy's recorders that carry one of `tags` (or are named by one), in
+    /// order, then the cluster's ready Recorder replicas that do.
     fn recorder_targets(&self, tags: &[String]) -> Result<Vec<RecorderTarget>> {
         let policy = self.state.policy.get();
         let base = self.state.config.policy.as_deref().and_then(|p| p.parent()).unwrap_or(std::path::Path::new("."));
@@ -288,8 +290,12 @@ impl Connection<'_> {
             };
             out.push(crate::recording::client::target(&r.name, &r.url, roots, self.state.config.recorder_identity.as_ref().map(|(c, k)| (c.clone(), k.clone_key())))?);
         }
+        if let Some(cluster) = &self.state.cluster_recorders {
+            out.extend(cluster.targets(tags));
+        }
         if out.is_empty() {
-            crate::bail!("no recorder in the policy carries tags {tags:?}");
+            let from = if self.state.cluster_recorders.is_some() { "the policy or among the cluster's ready Recorder replicas" } else { "the policy" };
+            crate::bail!("no recorder in {from} carries tags {tags:?}");
         }
         Ok(out)
     }
