@@ -12,6 +12,8 @@ use crate::kube::recorders;
 pub const RECORDER_PORT: u16 = 8444;
 /// The CN the proxy's client certificate carries; recorders let it write.
 pub const PROXY_CLIENT_CN: &str = "kubetape-proxy";
+/// The CN of the reader certificate each Recorder gets (Secret `<name>-reader`).
+pub const READER_CN: &str = "kubetape-reader";
 /// A changed configuration or certificate rolls the replicas through this annotation.
 pub const CONFIG_HASH: &str = "kubetape.dev/config-hash";
 /// Enough for a recorder to hand its sessions to another replica and upload its spool.
@@ -56,6 +58,11 @@ impl Recorder {
         format!("{}-tls", self.name)
     }
 
+    /// A client certificate that may read this Recorder's recordings through its API.
+    pub fn reader_secret(&self) -> String {
+        format!("{}-reader", self.name)
+    }
+
     pub fn config_map(&self) -> String {
         format!("{}-config", self.name)
     }
@@ -68,7 +75,14 @@ impl Recorder {
     /// What the serving certificate covers: every replica and the Service.
     pub fn certificate_names(&self) -> Vec<String> {
         let (svc, ns) = (self.replicas_service(), &self.namespace);
-        vec![format!("*.{svc}.{ns}.svc"), format!("*.{svc}.{ns}.svc.cluster.local"), format!("{}.{ns}.svc", self.name), format!("{}.{ns}.svc.cluster.local", self.name)]
+        // localhost too: readers reach a recorder through `kubectl port-forward`.
+        vec![
+            format!("*.{svc}.{ns}.svc"),
+            format!("*.{svc}.{ns}.svc.cluster.local"),
+            format!("{}.{ns}.svc", self.name),
+            format!("{}.{ns}.svc.cluster.local", self.name),
+            "localhost".into(),
+        ]
     }
 
     /// The labels that select this Recorder's replicas. Never the user's labels:
@@ -95,7 +109,7 @@ impl Recorder {
 pub fn recorder_config(rec: &Recorder) -> Value {
     let mut c = json!({
         "tls-cert": format!("{TLS_DIR}/tls.crt"), "tls-key": format!("{TLS_DIR}/tls.key"), "client-ca": format!("{TLS_DIR}/ca.crt"),
-        "storage-dir": DATA_DIR, "writers": PROXY_CLIENT_CN,
+        "storage-dir": DATA_DIR, "writers": PROXY_CLIENT_CN, "readers": READER_CN,
     });
     if let Some(s3) = &rec.spec.storage.s3 {
         c["s3-bucket"] = json!(s3.bucket);
@@ -137,10 +151,11 @@ pub fn services(rec: &Recorder) -> [Value; 2] {
     ]
 }
 
-/// The serving certificate (with the CA that also signs the proxy's client
-/// certificate, so the recorder can check its writers).
-pub fn tls_secret(rec: &Recorder, cert: &str, key: &str, ca: &str, annotations: Value) -> Value {
-    let mut meta = rec.metadata(&rec.tls_secret());
+/// A certificate Secret the Recorder owns: its serving certificate (with the CA that
+/// also signs the proxy's client certificate, so the recorder can check its
+/// writers), or its reader certificate.
+pub fn tls_secret(rec: &Recorder, name: &str, cert: &str, key: &str, ca: &str, annotations: Value) -> Value {
+    let mut meta = rec.metadata(name);
     meta["annotations"] = annotations;
     json!({"apiVersion": "v1", "kind": "Secret", "metadata": meta, "type": "kubernetes.io/tls",
            "data": {"tls.crt": b64(cert), "tls.key": b64(key), "ca.crt": b64(ca)}})

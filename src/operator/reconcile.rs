@@ -9,7 +9,7 @@ use super::build::{self, Recorder};
 use super::certs;
 use super::spec::{GROUP, VERSION};
 use crate::kube::rest::Rest;
-use crate::net::pki::Ca;
+use crate::net::pki::{Ca, Pem};
 use crate::wire::time::now_rfc3339;
 
 /// What the operator itself is told (flags).
@@ -69,17 +69,9 @@ pub fn reconcile(rest: &Rest, ca: &Ca, settings: &Settings, obj: &Value) {
 /// Applies everything the Recorder owns; gives back the live StatefulSet.
 fn provision(rest: &Rest, ca: &Ca, settings: &Settings, rec: &Recorder) -> Result<Option<Value>, String> {
     let fail = |what: &str, e: ApplyError| format!("{what}: {e}");
-    let names = rec.certificate_names();
-    let tls_path = format!("{}/{}", apply::collection("Secret", &rec.namespace), rec.tls_secret());
-    let live_tls = rest.get(&tls_path).map_err(|e| format!("secret {}: {e}", rec.tls_secret()))?;
-    let cert = if certs::still_good(live_tls.as_ref(), &names, ca) {
-        live_tls.as_ref().and_then(|s| s["data"]["tls.crt"].as_str()).unwrap_or_default().to_string()
-    } else {
-        let pem = certs::serving(ca, &names).map_err(|e| e.to_string())?;
-        apply::apply(rest, build::tls_secret(rec, &pem.cert, &pem.key, &ca.cert_pem, certs::issued_for(&names))).map_err(|e| fail("secret", e))?;
-        log::info!("recorder certificate issued ns={} name={}", rec.namespace, rec.name);
-        build::b64(&pem.cert)
-    };
+    let serving = rec.certificate_names();
+    let cert = certificate(rest, ca, rec, &rec.tls_secret(), &serving, || certs::serving(ca, &serving))?;
+    certificate(rest, ca, rec, &rec.reader_secret(), &[build::READER_CN.to_string()], || ca.client(build::READER_CN, &[]))?;
     let config = build::config_map(rec);
     let hash = build::digest(&[&config["data"].to_string(), &cert]);
     let mut objects = vec![config, build::service_account(rec)];
@@ -94,6 +86,20 @@ fn provision(rest: &Rest, ca: &Ca, settings: &Settings, rec: &Recorder) -> Resul
         }
     }
     rest.get(&format!("{}/{}", apply::collection("StatefulSet", &rec.namespace), rec.name)).map_err(|e| format!("statefulset: {e}"))
+}
+
+/// The certificate in Secret `secret`, issued by `make` when missing or no longer
+/// good for `names`; gives back the certificate (base64, as in the Secret).
+fn certificate(rest: &Rest, ca: &Ca, rec: &Recorder, secret: &str, names: &[String], make: impl Fn() -> crate::error::Result<Pem>) -> Result<String, String> {
+    let path = format!("{}/{secret}", apply::collection("Secret", &rec.namespace));
+    let live = rest.get(&path).map_err(|e| format!("secret {secret}: {e}"))?;
+    if let Some(s) = live.as_ref().filter(|s| certs::still_good(Some(s), names, ca)) {
+        return Ok(s["data"]["tls.crt"].as_str().unwrap_or_default().to_string());
+    }
+    let pem = make().map_err(|e| e.to_string())?;
+    apply::apply(rest, build::tls_secret(rec, secret, &pem.cert, &pem.key, &ca.cert_pem, certs::issued_for(names))).map_err(|e| format!("secret {secret}: {e}"))?;
+    log::info!("recorder certificate issued ns={} recorder={} secret={secret}", rec.namespace, rec.name);
+    Ok(build::b64(&pem.cert))
 }
 
 fn list_pods(rest: &Rest, rec: &Recorder) -> Vec<Value> {

@@ -590,6 +590,11 @@ impl RawClient {
     /// Connects to `addr`, trusting the kubeconfig's CA; presents its client
     /// certificate when `with_cert`.
     pub fn connect(addr: &str, kubeconfig: &Path, with_cert: bool) -> RawClient {
+        Self::connect_named(addr, "127.0.0.1", kubeconfig, with_cert)
+    }
+
+    /// [`RawClient::connect`], checking the server's certificate for `server_name`.
+    pub fn connect_named(addr: &str, server_name: &str, kubeconfig: &Path, with_cert: bool) -> RawClient {
         init_crypto();
         let ca = kubeconfig_field(kubeconfig, "certificate-authority-data");
         let roots = kubetape::net::tls::roots_from_pem(&ca, "ca").expect("roots");
@@ -599,7 +604,7 @@ impl RawClient {
             (kubetape::net::tls::certs_from_pem(&cert, "cert").expect("cert"), kubetape::net::tls::key_from_pem(&key, "key").expect("key"))
         });
         let config = kubetape::net::tls::client_config(roots, identity).expect("client config");
-        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
+        let name = rustls::pki_types::ServerName::try_from(server_name.to_string()).expect("name");
         let conn = rustls::ClientConnection::new(config, name).expect("client conn");
         let sock = TcpStream::connect(addr).expect("connect");
         sock.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
