@@ -3,9 +3,14 @@
 # authentication, RBAC and an audit log; kube-controller-manager beside them when
 # asked for.
 #
-# cluster_start DIR APISERVER_BINARY starts etcd and the apiserver, adds their pids to
-# the caller's `pids` array (the caller stops them) and sets api_port, api_addr
-# (127.0.0.1:api_port) and pki; then DIR holds admin.kubeconfig, tokens.csv
+# cluster_start DIR APISERVER_BINARY [ADDRESS] starts etcd and the apiserver, adds
+# their pids to the caller's `pids` array (the caller stops them) and sets api_port,
+# api_addr (ADDRESS:api_port) and pki. The apiserver binds ADDRESS (default
+# 127.0.0.1) and is reached there by every kubeconfig; an ADDRESS other than loopback
+# is also what it advertises in the `kubernetes` Endpoints, which refuse loopback
+# addresses (without one it advertises the address of the default route, and fails
+# to start where there is none, as in a fresh network namespace). Then DIR holds
+# admin.kubeconfig, tokens.csv
 # (admin-token for user admin in system:masters) and audit.log, and pki holds ca.crt
 # and ca.key (the cluster CA), sa.key and sa.pub (service-account tokens), kubelet.crt
 # and kubelet.key (a serving certificate for the node's kubelet).
@@ -33,6 +38,22 @@ for _ in range(64):
 else:
     s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])
 '
+}
+
+# alive PID: whether that child is still running. Not `kill -0`, which also succeeds
+# for a child that exited and was not yet waited for.
+alive() {
+  local state
+  state=$(sed -n 's/.*) \(.\).*/\1/p' "/proc/$1/stat" 2>/dev/null) || return 1
+  [ -n "$state" ] && [ "$state" != Z ]
+}
+
+# stop_pid PID: SIGTERM, up to 20 s to exit, then SIGKILL; reaps it.
+stop_pid() {
+  kill "$1" 2>/dev/null || return 0
+  for _ in $(seq 1 200); do alive "$1" || break; sleep 0.1; done
+  kill -9 "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
 }
 
 # issue NAME SUBJECT EXTENSIONS: a key and a certificate signed by the cluster CA, as
@@ -70,18 +91,20 @@ EOF
 }
 
 cluster_start() {
-  local dir=$1 apiserver=$2
+  local dir=$1 apiserver=$2 ip=${3:-127.0.0.1} pid i
   command -v etcd >/dev/null || { echo "etcd missing: scripts/build-kube-control-plane installs etcd-server" >&2; return 1; }
   command -v openssl >/dev/null || { apt-get update -qq && apt-get install -y -qq openssl; }
   cluster_dir=$dir
   etcd_port=$(free_port); peer_port=$(free_port); api_port=$(free_port)
-  api_addr="127.0.0.1:$api_port"
+  api_addr="$ip:$api_port"
+  local sans="IP:127.0.0.1,DNS:localhost,IP:10.96.0.1,DNS:kubernetes.default.svc" advertise=()
+  if [ "$ip" != 127.0.0.1 ]; then sans="IP:$ip,$sans"; advertise=(--advertise-address="$ip"); fi
 
   # --- certificates
   pki="$dir/pki"; mkdir -p "$pki"
   openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=kubetape-local-ca" \
     -keyout "$pki/ca.key" -out "$pki/ca.crt" 2>/dev/null
-  issue apiserver "/CN=kube-apiserver" "subjectAltName=IP:127.0.0.1,DNS:localhost,IP:10.96.0.1,DNS:kubernetes.default.svc
+  issue apiserver "/CN=kube-apiserver" "subjectAltName=$sans
 extendedKeyUsage=serverAuth"
   issue kubelet "/CN=kubetape-sim" "subjectAltName=IP:127.0.0.1,DNS:localhost
 extendedKeyUsage=serverAuth"
@@ -104,7 +127,7 @@ EOF
     --advertise-client-urls "http://127.0.0.1:$etcd_port" --listen-peer-urls "http://127.0.0.1:$peer_port" \
     > "$dir/etcd.log" 2>&1 &
   pids+=($!)
-  "$apiserver" --etcd-servers="http://127.0.0.1:$etcd_port" --bind-address=127.0.0.1 --secure-port="$api_port" \
+  "$apiserver" --etcd-servers="http://127.0.0.1:$etcd_port" --bind-address="$ip" "${advertise[@]}" --secure-port="$api_port" \
     --tls-cert-file="$pki/apiserver.crt" --tls-private-key-file="$pki/apiserver.key" \
     --client-ca-file="$pki/ca.crt" --token-auth-file="$dir/tokens.csv" \
     --service-account-issuer=https://kubernetes.default.svc --service-account-key-file="$pki/sa.pub" \
@@ -115,15 +138,19 @@ EOF
     --kubelet-certificate-authority="$pki/ca.crt" --kubelet-preferred-address-types=InternalIP \
     --audit-policy-file="$dir/audit-policy.yaml" --audit-log-path="$dir/audit.log" \
     > "$dir/apiserver.log" 2>&1 &
-  pids+=($!)
+  pid=$!
+  pids+=("$pid")
 
   kubectl_bin="$(dirname "$(readlink -f "$(command -v kubectl)")")/kubectl.1.32"
   for i in $(seq 1 120); do
     if k get --raw /readyz >/dev/null 2>&1; then break; fi
-    if [ "$i" = 120 ]; then echo "kube-apiserver not ready; its log:" >&2; tail -30 "$dir/apiserver.log" >&2; return 1; fi
+    # An apiserver that exited will not become ready: say so now, not after a minute.
+    if [ "$i" = 120 ] || ! alive "$pid"; then
+      echo "kube-apiserver not ready; its log:" >&2; tail -30 "$dir/apiserver.log" >&2; return 1
+    fi
     sleep 0.5
   done
-  echo "kube-apiserver ready on 127.0.0.1:$api_port" >&2
+  echo "kube-apiserver ready on $api_addr" >&2
 }
 
 k() { "$kubectl_bin" --kubeconfig "$cluster_dir/admin.kubeconfig" "$@"; }
@@ -162,7 +189,7 @@ extendedKeyUsage=serverAuth"
   # /healthz needs no credentials (--authorization-always-allow-paths' default).
   for i in $(seq 1 120); do
     if [ "$(curl -sS --max-time 2 --cacert "$pki/ca.crt" "https://127.0.0.1:$cm_port/healthz" 2>/dev/null)" = ok ]; then break; fi
-    if [ "$i" = 120 ] || ! kill -0 "$pid" 2>/dev/null; then
+    if [ "$i" = 120 ] || ! alive "$pid"; then
       echo "kube-controller-manager not healthy; its log:" >&2; tail -30 "$dir/controller-manager.log" >&2; return 1
     fi
     sleep 0.5
