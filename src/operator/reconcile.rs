@@ -93,7 +93,10 @@ fn provision(rest: &Rest, ca: &Ca, settings: &Settings, rec: &Recorder) -> Resul
 fn certificate(rest: &Rest, ca: &Ca, rec: &Recorder, secret: &str, names: &[String], make: impl Fn() -> crate::error::Result<Pem>) -> Result<String, String> {
     let path = format!("{}/{secret}", apply::collection("Secret", &rec.namespace));
     let live = rest.get(&path).map_err(|e| format!("secret {secret}: {e}"))?;
-    if let Some(s) = live.as_ref().filter(|s| certs::still_good(Some(s), names, ca)) {
+    // Only a Secret this Recorder controls is reused: one someone else made under the
+    // same name is refused by `apply` below, not served.
+    let ours = |s: &Value| s["metadata"]["ownerReferences"].as_array().is_some_and(|r| r.iter().any(|o| o["uid"] == json!(rec.uid) && o["controller"] == json!(true)));
+    if let Some(s) = live.as_ref().filter(|s| ours(s) && certs::still_good(Some(s), names, ca)) {
         return Ok(s["data"]["tls.crt"].as_str().unwrap_or_default().to_string());
     }
     let pem = make().map_err(|e| e.to_string())?;
