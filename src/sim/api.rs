@@ -14,7 +14,7 @@ use crate::recording::portforward::{CHANNEL_PORT_FORWARD, SPDY_OVER_WEBSOCKET};
 use crate::sim::discovery;
 use crate::sim::gourl;
 use crate::sim::pods::{container_env, pod_dir, start_container, start_pod, stop_pod};
-use crate::sim::process;
+use crate::sim::process::{self, Mounts};
 use crate::sim::runtime::{Container, Output};
 use crate::sim::session;
 use crate::sim::store::{self, Key, StoreError};
@@ -511,7 +511,7 @@ fn pod_subresource(cluster: &Arc<Cluster>, req: &Request, out: &mut WriteHalf, n
                         .flat_map(|f| pod["spec"][f].as_array().cloned().unwrap_or_default())
                         .find(|s| s["name"] == json!(container))
                         .unwrap_or(Value::Null);
-                    Target::Exec { argv: req.params("command"), dir, env: container_env(&spec, name) }
+                    Target::Exec { argv: req.params("command"), dir, env: container_env(&spec, name), mounts: Mounts::Host }
                 }
                 _ => {
                     let c = cluster.containers.lock().unwrap_or_else(|e| e.into_inner()).get(&(ns.into(), name.into(), container.clone())).cloned();
@@ -560,7 +560,7 @@ fn logs(cluster: &Arc<Cluster>, req: &Request, out: &mut WriteHalf, ns: &str, na
 }
 
 enum Target {
-    Exec { argv: Vec<String>, dir: std::path::PathBuf, env: Vec<(String, String)> },
+    Exec { argv: Vec<String>, dir: std::path::PathBuf, env: Vec<(String, String)>, mounts: Mounts },
     Attach(Arc<Container>),
 }
 
@@ -626,7 +626,7 @@ fn remote_command(req: &Request, out: &mut WriteHalf, target: Target) -> Reply {
             }
         };
         match target {
-            Target::Exec { argv, dir, env } => session::run_exec(argv, &dir, &env, wanted, inbound, outbound),
+            Target::Exec { argv, dir, env, mounts } => session::run_exec(argv, &dir, &env, &mounts, wanted, inbound, outbound),
             Target::Attach(c) => session::run_attach(c, wanted, inbound, outbound),
         }
     })))
@@ -710,12 +710,23 @@ fn kubelet_route(cluster: &Arc<Cluster>, req: &Request, out: &mut WriteHalf, seg
     };
     match segs {
         // `/exec/{podNamespace}/{podID}[/{uid}]/{containerName}`, GET or POST.
-        ["exec", ns, pod, _container] | ["exec", ns, pod, _, _container] if valid(&[ns, pod]) => {
+        ["exec", ns, pod, container] | ["exec", ns, pod, _, container] if valid(&[ns, pod]) => {
             known(ns, pod)?;
-            let dir = pod_dir(cluster, ns, pod);
-            std::fs::create_dir_all(&dir).map_err(|e| ApiError::new(500, e.to_string()))?;
-            let env = vec![("HOSTNAME".to_string(), pod.to_string())];
-            remote_command(req, out, Target::Exec { argv: req.params("command"), dir, env })
+            // A container the kubelet agent started: its environment, working
+            // directory and mounts. Otherwise the pod's scratch directory.
+            let key = (ns.to_string(), pod.to_string(), container.to_string());
+            let started = cluster.exec_envs.lock().unwrap_or_else(|e| e.into_inner()).get(&key).cloned();
+            let running = cluster.containers.lock().unwrap_or_else(|e| e.into_inner()).get(&key).cloned().filter(|c| c.exit_code().is_none());
+            let target = match (started, running) {
+                (Some(e), Some(c)) => Target::Exec { argv: req.params("command"), dir: e.dir, env: e.env, mounts: if e.own_mounts { Mounts::Join(c.pid()) } else { Mounts::Host } },
+                _ => {
+                    let dir = pod_dir(cluster, ns, pod);
+                    std::fs::create_dir_all(&dir).map_err(|e| ApiError::new(500, e.to_string()))?;
+                    let env = vec![("HOSTNAME".to_string(), pod.to_string())];
+                    Target::Exec { argv: req.params("command"), dir, env, mounts: Mounts::Host }
+                }
+            };
+            remote_command(req, out, target)
         }
         // `POST /run/{podNamespace}/{podID}[/{uid}]/{containerName}?cmd=...`: runs the
         // command (`cmd` split on spaces, for legacy reasons) and answers its combined

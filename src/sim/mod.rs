@@ -10,14 +10,22 @@
 
 mod api;
 mod discovery;
+mod env;
+mod expand;
 mod gourl;
 mod kubelet;
+mod netns;
+mod podrefs;
 mod pods;
+mod podstatus;
+mod podworker;
+mod probe;
 mod process;
 mod runtime;
 mod session;
 mod store;
 mod streams;
+mod volumes;
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -57,6 +65,13 @@ pub const FLAGS: &[Flag] = &[
     Flag { name: "kubeconfig", default: None, help: "kubelet mode: the API server to register a Node with and run its pods for" },
     Flag { name: "node-name", default: Some("kubetape-sim"), help: "kubelet mode: the Node's name" },
     Flag { name: "schedule", default: Some("false"), help: "kubelet mode: also bind unscheduled pods to this node (a one-node scheduler)" },
+    Flag {
+        name: "pod-cidr",
+        default: None,
+        help: "kubelet mode: give each pod an address of this IPv4 range, added to lo as a /32 (root, and refused in the host's network namespace)",
+    },
+    Flag { name: "image-map", default: None, help: "kubelet mode: IMAGE=PATH[,IMAGE=PATH...]: a container of IMAGE runs the host program PATH as its entrypoint" },
+    Flag { name: "apiserver-address", default: None, help: "kubelet mode: HOST:PORT given to pods as KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT" },
     Flag { name: "seed", default: Some("false"), help: "create namespace default with running pod web-0 (container main)" },
 ];
 
@@ -68,9 +83,76 @@ pub struct Config {
     impersonators: Vec<String>,
     kubelet: bool,
     /// Kubelet mode with an API server: register a Node and run its pods.
-    agent: Option<(crate::kube::client::ApiServer, String)>,
+    agent: Option<Agent>,
     schedule: bool,
     seed: bool,
+}
+
+/// Kubelet mode's settings for the node it runs.
+pub struct Agent {
+    api: crate::kube::client::ApiServer,
+    node: String,
+    pod_cidr: Option<netns::Cidr>,
+    /// Image → the host program that is its entrypoint.
+    images: HashMap<String, PathBuf>,
+    /// What stands in for the `kubernetes` Service's variables.
+    service_env: Vec<(String, String)>,
+}
+
+/// `IMAGE=PATH[,IMAGE=PATH...]`, each PATH an existing file.
+fn parse_image_map(s: &str) -> Result<HashMap<String, PathBuf>> {
+    let mut map = HashMap::new();
+    for pair in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (image, path) = pair.split_once('=').ok_or_else(|| Error::new(format!("--image-map {pair:?}: expected IMAGE=PATH")))?;
+        if image.is_empty() || path.is_empty() {
+            crate::bail!("--image-map {pair:?}: expected IMAGE=PATH");
+        }
+        let path = std::fs::canonicalize(path).with_context(|| format!("--image-map {image}={path}"))?;
+        if !path.is_file() {
+            crate::bail!("--image-map {image}={}: expected a program file", path.display());
+        }
+        map.insert(image.to_string(), path);
+    }
+    Ok(map)
+}
+
+/// `HOST:PORT` (`[v6]:PORT`) → the two service variables.
+fn parse_service_address(s: &str) -> Result<Vec<(String, String)>> {
+    let (host, port) = s.rsplit_once(':').ok_or_else(|| Error::new(format!("--apiserver-address {s:?}: expected HOST:PORT")))?;
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    let port: u16 = port.parse().map_err(|_| Error::new(format!("--apiserver-address {s:?}: bad port {port:?}")))?;
+    if host.is_empty() {
+        crate::bail!("--apiserver-address {s:?}: expected HOST:PORT");
+    }
+    Ok(vec![("KUBERNETES_SERVICE_HOST".into(), host.to_string()), ("KUBERNETES_SERVICE_PORT".into(), port.to_string())])
+}
+
+impl Agent {
+    fn from_args(args: &Args) -> Result<Option<Agent>> {
+        let Some(kubeconfig) = args.path("kubeconfig") else {
+            for flag in ["pod-cidr", "image-map", "apiserver-address"] {
+                if args.opt(flag).is_some() {
+                    crate::bail!("--{flag}: only for a kubelet of a real API server (--kubelet --kubeconfig FILE)");
+                }
+            }
+            return Ok(None);
+        };
+        let pod_cidr = match args.opt("pod-cidr") {
+            Some(c) => {
+                let cidr = netns::Cidr::parse(&c).context("--pod-cidr")?;
+                netns::check_private_netns()?;
+                Some(cidr)
+            }
+            None => None,
+        };
+        Ok(Some(Agent {
+            api: crate::kube::client::ApiServer::from_kubeconfig(&kubeconfig, None).context("--kubeconfig")?,
+            node: args.required("node-name")?,
+            pod_cidr,
+            images: args.opt("image-map").map(|m| parse_image_map(&m)).transpose()?.unwrap_or_default(),
+            service_env: args.opt("apiserver-address").map(|a| parse_service_address(&a)).transpose()?.unwrap_or_default(),
+        }))
+    }
 }
 
 impl Config {
@@ -101,10 +183,7 @@ impl Config {
             data_dir: std::fs::canonicalize(&data_dir).with_context(|| format!("--data-dir {}", data_dir.display()))?,
             impersonators: args.required("impersonators")?.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
             kubelet: args.bool("kubelet")?,
-            agent: match args.path("kubeconfig") {
-                Some(p) => Some((crate::kube::client::ApiServer::from_kubeconfig(&p, None).context("--kubeconfig")?, args.required("node-name")?)),
-                None => None,
-            },
+            agent: Agent::from_args(args)?,
             schedule: args.bool("schedule")?,
             seed: args.bool("seed")?,
         })
@@ -118,14 +197,18 @@ pub struct Cluster {
     config: Config,
     store: store::Store,
     containers: Mutex<HashMap<ContainerKey, Arc<runtime::Container>>>,
+    /// Kubelet mode: what an exec into each running container sees.
+    exec_envs: Mutex<HashMap<ContainerKey, podworker::ExecEnv>>,
+    /// Kubelet mode with `--pod-cidr`: which pod holds which address.
+    pod_ips: Mutex<Option<netns::Allocator>>,
 }
 
 impl Cluster {
     /// Changes a pod's `status` with `f`: in the simulator's store, or (kubelet mode)
     /// in the real API server.
-    pub fn update_pod_status(&self, ns: &str, pod: &str, f: impl FnOnce(&mut serde_json::Value)) -> Result<(), String> {
-        if let Some((api, _)) = &self.config.agent {
-            return kubelet::patch_status(api, ns, pod, f);
+    pub fn update_pod_status(&self, ns: &str, pod: &str, f: impl Fn(&mut serde_json::Value)) -> Result<(), String> {
+        if let Some(agent) = &self.config.agent {
+            return kubelet::patch_status(&agent.api, ns, pod, f);
         }
         let key = store::Key { resource: "pods".into(), namespace: ns.into(), name: pod.into() };
         self.store.update(&key, None, |o| f(&mut o["status"])).map(|_| ()).map_err(|_| format!("pod {ns}/{pod} vanished"))
@@ -134,7 +217,8 @@ impl Cluster {
 
 pub fn run(config: Config) -> Result<()> {
     let listener = TcpListener::bind(&config.listen).with_context(|| format!("--listen {}", config.listen))?;
-    let cluster = Arc::new(Cluster { config, store: store::Store::default(), containers: Mutex::new(HashMap::new()) });
+    let pod_ips = config.agent.as_ref().and_then(|a| a.pod_cidr).map(netns::Allocator::new);
+    let cluster = Arc::new(Cluster { config, store: store::Store::default(), containers: Mutex::new(HashMap::new()), exec_envs: Mutex::default(), pod_ips: Mutex::new(pod_ips) });
     api::bootstrap(&cluster)?;
     log::info!(
         "sim listening addr={} mode={} data_dir={}",
@@ -142,11 +226,13 @@ pub fn run(config: Config) -> Result<()> {
         if cluster.config.kubelet { "kubelet" } else { "apiserver" },
         cluster.config.data_dir.display()
     );
-    if let Some((api, node)) = &cluster.config.agent {
+    if let Some(agent) = &cluster.config.agent {
         let port = listener.local_addr()?.port();
-        kubelet::register_node(api, node, port)?;
-        let (cluster, node) = (cluster.clone(), node.clone());
-        std::thread::Builder::new().name("kubelet-sync".into()).spawn(move || kubelet::sync_forever(&cluster, &node))?;
+        kubelet::register_node(agent, port)?;
+        let c = cluster.clone();
+        std::thread::Builder::new().name("kubelet-sync".into()).spawn(move || kubelet::sync_forever(&c))?;
+        let c = cluster.clone();
+        std::thread::Builder::new().name("node-heartbeat".into()).spawn(move || kubelet::heartbeat_forever(&c))?;
     }
     let life = Arc::new(Lifecycle::default());
     let serving = {
@@ -162,6 +248,13 @@ pub fn run(config: Config) -> Result<()> {
     let _ = serving.join();
     for c in cluster.containers.lock().unwrap_or_else(|e| e.into_inner()).values() {
         c.kill();
+    }
+    // The pods' addresses go with the pods (the namespace may outlive this process).
+    let held = cluster.pod_ips.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(netns::Allocator::held).unwrap_or_default();
+    for ip in held {
+        if let Err(e) = netns::remove(ip) {
+            log::warn!("pod address not removed ip={ip} error={e}");
+        }
     }
     Ok(())
 }

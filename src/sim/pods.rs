@@ -7,6 +7,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use super::Cluster;
+use crate::sim::process::Mounts;
 use crate::sim::runtime::Container;
 use crate::sim::store;
 
@@ -55,7 +56,7 @@ pub fn start_container(cluster: &Arc<Cluster>, ns: &str, pod: &str, spec: &Value
     let stdin_once = spec["stdinOnce"].as_bool().unwrap_or(false);
     let exit_cluster = cluster.clone();
     let (exit_ns, exit_pod, exit_name) = (ns.to_string(), pod.to_string(), cname.clone());
-    let container = Container::start(&argv, &dir, &container_env(spec, pod), tty, stdin, stdin_once, move |code| {
+    let container = Container::start(&argv, &dir, &container_env(spec, pod), &Mounts::Host, tty, stdin, stdin_once, move |code| {
         let _ = exit_cluster.update_pod_status(&exit_ns, &exit_pod, |status| {
             let finished = store::now_rfc3339();
             if let Some(list) = status[status_field].as_array_mut() {

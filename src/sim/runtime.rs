@@ -11,7 +11,7 @@ use std::thread;
 use crossbeam_channel::{bounded, Receiver, Sender};
 
 use crate::net::sync::lock;
-use crate::sim::process::{self, Spawned};
+use crate::sim::process::{self, Mounts, Spawned};
 use crate::wire::channel::{self, TerminalSize};
 
 /// Bytes of log kept per container; older output is dropped first.
@@ -42,17 +42,20 @@ pub struct Container {
 }
 
 impl Container {
-    /// Starts `argv`; `on_exit` runs once with the exit code after all output is read.
+    /// Starts `argv` seeing `mounts`; `on_exit` runs once with the exit code after all
+    /// output is read.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         argv: &[String],
         dir: &Path,
         env: &[(String, String)],
+        mounts: &Mounts,
         tty: bool,
         stdin: bool,
         stdin_once: bool,
         on_exit: impl FnOnce(i32) + Send + 'static,
     ) -> std::io::Result<Arc<Container>> {
-        let Spawned { mut child, stdin: input, stdout, stderr, pty } = process::spawn(argv, dir, env, tty.then_some(process::DEFAULT_SIZE), stdin)?;
+        let Spawned { mut child, stdin: input, stdout, stderr, pty } = process::spawn_in(argv, dir, env, tty.then_some(process::DEFAULT_SIZE), stdin, mounts)?;
         let c = Arc::new(Container { stdin_once, pid: child.id(), stdin: Mutex::new(input), pty, state: Mutex::new(State::default()) });
         let mut readers = Vec::new();
         for (ch, file) in [(channel::STDOUT, Some(stdout)), (channel::STDERR, stderr)] {
@@ -130,5 +133,15 @@ impl Container {
 
     pub fn kill(&self) {
         process::kill_group(self.pid);
+    }
+
+    /// Asks the container's processes to stop (SIGTERM to its process group).
+    pub fn terminate(&self) {
+        process::signal_group(self.pid, libc::SIGTERM);
+    }
+
+    /// The process id of the container's first process.
+    pub fn pid(&self) -> u32 {
+        self.pid
     }
 }

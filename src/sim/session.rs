@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 
-use crate::sim::process;
+use crate::sim::process::{self, Mounts};
 use crate::sim::runtime::{Container, Output};
 use crate::sim::streams::{Inbound, Outbound, Wanted};
 use crate::wire::channel;
@@ -20,7 +20,7 @@ use crate::wire::status;
 const FIRST_RESIZE_WAIT: Duration = Duration::from_secs(1);
 
 /// Runs `argv` for one `kubectl exec`.
-pub fn run_exec(argv: Vec<String>, dir: &Path, env: &[(String, String)], wanted: Wanted, inbound: Receiver<Inbound>, out: Arc<dyn Outbound>) {
+pub fn run_exec(argv: Vec<String>, dir: &Path, env: &[(String, String)], mounts: &Mounts, wanted: Wanted, inbound: Receiver<Inbound>, out: Arc<dyn Outbound>) {
     // Start a terminal at the client's size, so the first thing a shell prints fits.
     let mut early = Vec::new();
     let mut size = process::DEFAULT_SIZE;
@@ -36,7 +36,7 @@ pub fn run_exec(argv: Vec<String>, dir: &Path, env: &[(String, String)], wanted:
             }
         }
     }
-    let spawned = match process::spawn(&argv, dir, env, wanted.tty.then_some(size), wanted.stdin) {
+    let spawned = match process::spawn_in(&argv, dir, env, wanted.tty.then_some(size), wanted.stdin, mounts) {
         Ok(s) => s,
         Err(e) => {
             let msg = format!("failed to exec in container: starting {argv:?}: {e}");
