@@ -168,14 +168,18 @@ impl<'a> Suite<'a> {
         serde_json::from_str(&self.k(&a)?).map_err(|e| format!("kubectl get {}: {e}", args.join(" ")))
     }
 
-    fn recorder(&self, name: &str) -> Result<Value, String> {
-        self.get_json(&["recorder", name, "-n", NS])
+    fn recorder_in(&self, ns: &str, name: &str) -> Result<Value, String> {
+        self.get_json(&["recorder", name, "-n", ns])
     }
 
     /// Waits for the Recorder's Ready condition (`want`) with `endpoints` endpoints.
     fn wait_recorder(&self, name: &str, want: &str, endpoints: usize) -> Result<Value, String> {
-        wait_for(WAIT, &format!("recorder {name} {want} with {endpoints} endpoints"), || {
-            let r = self.recorder(name)?;
+        self.wait_recorder_in(NS, name, want, endpoints)
+    }
+
+    fn wait_recorder_in(&self, ns: &str, name: &str, want: &str, endpoints: usize) -> Result<Value, String> {
+        wait_for(WAIT, &format!("recorder {ns}/{name} {want} with {endpoints} endpoints"), || {
+            let r = self.recorder_in(ns, name)?;
             let ready = r["status"]["conditions"].as_array().and_then(|c| c.iter().find(|c| c["type"] == "Ready")).cloned().unwrap_or(Value::Null);
             let eps = r["status"]["endpoints"].as_array().map_or(0, Vec::len);
             let current = r["status"]["observedGeneration"] == r["metadata"]["generation"];
@@ -260,10 +264,23 @@ impl<'a> Suite<'a> {
             })?;
             Ok("statefulset, services, service account, config, secrets, pod gone".into())
         });
-        self.case("the proxy follows: exec recorded in the S3 bucket", true, |s| {
+        self.case("a Recorder in another namespace with the same tag gets nothing", true, |s| {
+            // Whoever may create Recorders in their own namespace must not receive
+            // everyone's sessions by copying the tag the grants route to.
+            s.apply(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ROGUE_NS}}))?;
+            s.apply(&json!({"apiVersion": "kubetape.dev/v1alpha1", "kind": "Recorder", "metadata": {"name": "rogue", "namespace": ROGUE_NS}, "spec": {"tags": ["tag:k8s"]}}))?;
+            s.wait_recorder_in(ROGUE_NS, "rogue", "Ready", 1)?;
+            Ok("Ready in kt-install-rogue".into())
+        });
+        self.case("the proxy follows: exec recorded in the S3 bucket, not by the rogue Recorder", true, |s| {
             let marker = s.exec_marker(KUBECTL, Proto::WebSocket)?;
             let key = wait_for(WAIT, "the cast in the bucket", || s.bucket_cast_with(&marker))?;
-            Ok(key)
+            let rogue = s.recordings_of(ROGUE_NS, "rogue")?;
+            if rogue != 0 {
+                return Err(format!("the rogue Recorder holds {rogue} recordings"));
+            }
+            s.k(&["delete", "namespace", ROGUE_NS, "--wait=false"])?;
+            Ok(format!("{key}; rogue holds none"))
         });
         self.case("scaling: 3 replicas, then 1", true, |s| {
             s.k(&["-n", NS, "patch", "recorder", "durable", "--type=merge", "-p", r#"{"spec":{"replicas":3}}"#])?;
@@ -340,7 +357,9 @@ impl<'a> Suite<'a> {
             }
             Ok(format!("{casts} casts kept"))
         });
-        let _ = self.k(&["delete", "namespace", APP_NS, "--wait=false"]);
+        for ns in [APP_NS, ROGUE_NS] {
+            let _ = self.k(&["delete", "namespace", ns, "--wait=false", "--ignore-not-found"]);
+        }
     }
 
     /// The proxy's address from its Service's Endpoints.
@@ -395,30 +414,38 @@ impl<'a> Suite<'a> {
         Ok(marker)
     }
 
-    /// The cast of a recording holding `marker`, read from Recorder `name`'s API with
-    /// the reader certificate the operator issued (Secret `<name>-reader`).
-    fn recording_in(&self, name: &str, marker: &str) -> Result<String, String> {
-        let r = self.recorder(name)?;
+    /// A GET on Recorder `ns/name`'s API (its first ready replica) with the reader
+    /// certificate the operator issued it (Secret `<name>-reader`).
+    fn reader_get(&self, ns: &str, name: &str, path: &str) -> Result<String, String> {
+        let r = self.recorder_in(ns, name)?;
         let ep = &r["status"]["endpoints"][0];
         let (addr, server_name) = (ep["address"].as_str().ok_or("no endpoint")?, ep["serverName"].as_str().ok_or("no serverName")?);
-        let secret = self.get_json(&["secret", &format!("{name}-reader"), "-n", NS])?;
+        let secret = self.get_json(&["secret", &format!("{name}-reader"), "-n", ns])?;
         let field = |k: &str| secret["data"][k].as_str().map(String::from).ok_or(format!("{name}-reader has no {k}"));
-        let kc = self.tmp.0.join(format!("{name}-reader.kubeconfig"));
+        let kc = self.tmp.0.join(format!("{ns}-{name}-reader.kubeconfig"));
         let text = format!("certificate-authority-data: {}\nclient-certificate-data: {}\nclient-key-data: {}\n", field("ca.crt")?, field("tls.crt")?, field("tls.key")?);
         std::fs::write(&kc, text).map_err(|e| e.to_string())?;
-        let get = |path: &str| -> Result<String, String> {
-            let mut c = RawClient::connect_named(addr, server_name, &kc, true);
-            c.send(format!("GET {path} HTTP/1.1\r\nHost: {server_name}\r\nConnection: close\r\n\r\n").as_bytes()).map_err(|e| e.to_string())?;
-            match c.response() {
-                Some((200, body)) => Ok(body),
-                other => Err(format!("GET {path}: {other:?}")),
-            }
-        };
-        let list: Value = serde_json::from_str(&get(&format!("/v1/recordings?namespace={APP_NS}&pod=web-0"))?).map_err(|e| e.to_string())?;
+        let mut c = RawClient::connect_named(addr, server_name, &kc, true);
+        c.send(format!("GET {path} HTTP/1.1\r\nHost: {server_name}\r\nConnection: close\r\n\r\n").as_bytes()).map_err(|e| e.to_string())?;
+        match c.response() {
+            Some((200, body)) => Ok(body),
+            other => Err(format!("GET {path}: {other:?}")),
+        }
+    }
+
+    /// The recordings Recorder `ns/name` holds.
+    fn recordings_of(&self, ns: &str, name: &str) -> Result<usize, String> {
+        let list: Value = serde_json::from_str(&self.reader_get(ns, name, "/v1/recordings")?).map_err(|e| e.to_string())?;
+        list["items"].as_array().map(Vec::len).ok_or(format!("no items in {list}"))
+    }
+
+    /// The cast of a recording of web-0 holding `marker`, read from Recorder `name`'s API.
+    fn recording_in(&self, name: &str, marker: &str) -> Result<String, String> {
+        let list: Value = serde_json::from_str(&self.reader_get(NS, name, &format!("/v1/recordings?namespace={APP_NS}&pod=web-0"))?).map_err(|e| e.to_string())?;
         let items = list["items"].as_array().cloned().unwrap_or_default();
         for rec in &items {
             let Some(id) = rec["id"].as_str() else { continue };
-            let cast = get(&format!("/v1/recordings/{id}/cast"))?;
+            let cast = self.reader_get(NS, name, &format!("/v1/recordings/{id}/cast"))?;
             if cast.contains(marker) {
                 return Ok(cast);
             }
@@ -461,3 +488,5 @@ impl<'a> Suite<'a> {
 }
 
 const BUCKET: &str = "kubetape-install";
+/// A namespace whose admin makes a Recorder of their own.
+const ROGUE_NS: &str = "kt-install-rogue";
