@@ -107,7 +107,9 @@ fn parse_image_map(s: &str) -> Result<HashMap<String, PathBuf>> {
         if image.is_empty() || path.is_empty() {
             crate::bail!("--image-map {pair:?}: expected IMAGE=PATH");
         }
-        let path = std::fs::canonicalize(path).with_context(|| format!("--image-map {image}={path}"))?;
+        // Made absolute but not resolved: a multi-call program (busybox) goes by the
+        // name it is run as.
+        let path = std::path::absolute(path).with_context(|| format!("--image-map {image}={path}"))?;
         if !path.is_file() {
             crate::bail!("--image-map {image}={}: expected a program file", path.display());
         }

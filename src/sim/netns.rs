@@ -105,16 +105,27 @@ impl Allocator {
     }
 }
 
-/// Refuses to go on in the host's initial network namespace: it compares this
-/// process's network namespace with that of pid 1. (Where pid 1 itself runs in a
-/// namespace of its own, such as a container's, that namespace counts as the host's.)
+/// Where the host's network namespace is read from: pid 1's, or where that is
+/// protected (pid 1 of some VMs and sandboxes), kthreadd's (pid 2), which like every
+/// kernel thread runs in the initial namespace.
+const HOST_NETNS: [&str; 2] = ["/proc/1/ns/net", "/proc/2/ns/net"];
+
+/// Refuses to go on in the host's initial network namespace: it compares the inode
+/// of this process's network namespace with that of pid 1 (or pid 2, see
+/// [`HOST_NETNS`]). Where pid 1 itself runs in a namespace of its own, such as a
+/// container's, that namespace counts as the host's.
 pub fn check_private_netns() -> Result<()> {
-    let ns = |p: &str| std::fs::metadata(p).map(|m| m.ino()).map_err(|e| Error::new(format!("reading {p}: {e} (cannot tell whether this is the host's network namespace)")));
-    if ns("/proc/self/ns/net")? == ns("/proc/1/ns/net")? {
-        crate::bail!("--pod-cidr adds pod addresses to lo, so it is refused in the host's network namespace; run the simulator in a namespace of its own (unshare -n, as root)");
+    let ino = |p: &str| std::fs::metadata(p).map(|m| m.ino());
+    let ours = ino("/proc/self/ns/net").map_err(|e| Error::new(format!("reading /proc/self/ns/net: {e}")))?;
+    let host = HOST_NETNS.iter().find_map(|p| ino(p).ok());
+    match host {
+        None => crate::bail!("--pod-cidr: cannot read {} to tell whether this is the host's network namespace", HOST_NETNS.join(" or ")),
+        Some(h) if h == ours => {
+            crate::bail!("--pod-cidr adds pod addresses to lo, so it is refused in the host's network namespace; run the simulator in a namespace of its own (unshare -n, as root)")
+        }
+        Some(_) => {}
     }
-    let out = Command::new("ip").arg("-V").output();
-    if let Err(e) = out {
+    if let Err(e) = Command::new("ip").arg("-V").output() {
         crate::bail!("--pod-cidr: running ip: {e} (install the iproute2 package)");
     }
     Ok(())

@@ -586,6 +586,7 @@ impl Worker {
         if running.is_empty() {
             return;
         }
+        let began = Instant::now();
         if !grace.is_zero() {
             running.iter().for_each(|c| c.terminate());
             let deadline = Instant::now() + grace;
@@ -602,6 +603,7 @@ impl Worker {
                 std::thread::sleep(STOP_POLL);
             }
         }
+        log::info!("containers stopped ns={} pod={} containers={} killed={} millis={}", self.ns, self.name, running.len(), left.len(), began.elapsed().as_millis());
     }
 
     /// Forgets the pod's containers, frees its address and removes its files
