@@ -1,6 +1,7 @@
 //! `kubetape sim`: a simulated kube-apiserver (and, with `--kubelet`, the kubelet's
-//! streaming endpoints) for demos and tests. Bound to loopback only: pod commands run
-//! as host processes.
+//! streaming endpoints; with `--kubeconfig` too, the kubelet of one Node of a real
+//! API server, `kubelet` and `podworker`) for demos and tests. Bound to loopback
+//! only: pod commands run as host processes.
 //!
 //! It is faithful where kubectl looks: legacy discovery, Tables for `kubectl get`,
 //! watches with resource versions, exec/attach over SPDY/3.1 and WebSocket

@@ -570,10 +570,12 @@ impl Worker {
                 return;
             }
         }
-        match kubelet::write_pod_status(&self.agent().api, &self.ns, &self.name, &self.uid, |current| podstatus::merge(current, &desired, &store::now_rfc3339())) {
-            Ok(()) => self.written = Some((desired, Instant::now())),
-            Err(e) => log::warn!("pod status not written ns={} pod={} error={e}", self.ns, self.name),
+        log::debug!("writing pod status ns={} pod={} phase={}", self.ns, self.name, desired.phase);
+        if let Err(e) = kubelet::write_pod_status(&self.agent().api, &self.ns, &self.name, &self.uid, |current| podstatus::merge(current, &desired, &store::now_rfc3339())) {
+            log::warn!("pod status not written ns={} pod={} error={e}", self.ns, self.name);
         }
+        // Also after a failure: tried again after STATUS_RECHECK, not every tick.
+        self.written = Some((desired, Instant::now()));
     }
 
     fn all(&self) -> impl Iterator<Item = &Ctr> {
