@@ -240,6 +240,16 @@ impl<'a> Suite<'a> {
                 Ok(format!("{} bytes of cast with {marker}", cast.len()))
             });
         }
+        self.case("a Recorder in another namespace with the same tag gets nothing", true, |s| {
+            // Whoever may create Recorders in their own namespace must not receive
+            // everyone's sessions by copying the tag the grants route to.
+            s.apply(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ROGUE_NS}}))?;
+            s.apply(&json!({"apiVersion": "kubetape.dev/v1alpha1", "kind": "Recorder", "metadata": {"name": "rogue", "namespace": ROGUE_NS}, "spec": {"tags": ["tag:k8s"]}}))?;
+            // Ready before the S3 Recorder is made: a proxy that has seen that one
+            // (its sessions land in the bucket, below) has seen this one too.
+            s.wait_recorder_in(ROGUE_NS, "rogue", "Ready", 1)?;
+            Ok("Ready in kt-install-rogue".into())
+        });
         self.case("Recorder (S3, 2 replicas) Ready", true, |s| {
             s.create_bucket()?;
             s.apply(&json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "recorder-s3", "namespace": NS},
@@ -263,14 +273,6 @@ impl<'a> Suite<'a> {
                 }
             })?;
             Ok("statefulset, services, service account, config, secrets, pod gone".into())
-        });
-        self.case("a Recorder in another namespace with the same tag gets nothing", true, |s| {
-            // Whoever may create Recorders in their own namespace must not receive
-            // everyone's sessions by copying the tag the grants route to.
-            s.apply(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ROGUE_NS}}))?;
-            s.apply(&json!({"apiVersion": "kubetape.dev/v1alpha1", "kind": "Recorder", "metadata": {"name": "rogue", "namespace": ROGUE_NS}, "spec": {"tags": ["tag:k8s"]}}))?;
-            s.wait_recorder_in(ROGUE_NS, "rogue", "Ready", 1)?;
-            Ok("Ready in kt-install-rogue".into())
         });
         self.case("the proxy follows: exec recorded in the S3 bucket, not by the rogue Recorder", true, |s| {
             let marker = s.exec_marker(KUBECTL, Proto::WebSocket)?;

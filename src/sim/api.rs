@@ -719,7 +719,9 @@ fn kubelet_route(cluster: &Arc<Cluster>, req: &Request, out: &mut WriteHalf, seg
             let running = cluster.containers.lock().unwrap_or_else(|e| e.into_inner()).get(&key).cloned().filter(|c| c.exit_code().is_none());
             let target = match (started, running) {
                 (Some(e), Some(c)) => Target::Exec { argv: req.params("command"), dir: e.dir, env: e.env, mounts: if e.own_mounts { Mounts::Join(c.pid()) } else { Mounts::Host } },
-                _ => {
+                // Started here once, not running now (exited, backing off).
+                (Some(_), None) => return Err(ApiError::new(404, format!("container not found ({container:?})"))),
+                (None, _) => {
                     let dir = pod_dir(cluster, ns, pod);
                     std::fs::create_dir_all(&dir).map_err(|e| ApiError::new(500, e.to_string()))?;
                     let env = vec![("HOSTNAME".to_string(), pod.to_string())];

@@ -1,6 +1,7 @@
 //! `kubetape sim`: a simulated kube-apiserver (and, with `--kubelet`, the kubelet's
-//! streaming endpoints) for demos and tests. Bound to loopback only: pod commands run
-//! as host processes.
+//! streaming endpoints; with `--kubeconfig` too, the kubelet of one Node of a real
+//! API server, `kubelet` and `podworker`) for demos and tests. Bound to loopback
+//! only: pod commands run as host processes.
 //!
 //! It is faithful where kubectl looks: legacy discovery, Tables for `kubectl get`,
 //! watches with resource versions, exec/attach over SPDY/3.1 and WebSocket
@@ -107,7 +108,9 @@ fn parse_image_map(s: &str) -> Result<HashMap<String, PathBuf>> {
         if image.is_empty() || path.is_empty() {
             crate::bail!("--image-map {pair:?}: expected IMAGE=PATH");
         }
-        let path = std::fs::canonicalize(path).with_context(|| format!("--image-map {image}={path}"))?;
+        // Made absolute but not resolved: a multi-call program (busybox) goes by the
+        // name it is run as.
+        let path = std::path::absolute(path).with_context(|| format!("--image-map {image}={path}"))?;
         if !path.is_file() {
             crate::bail!("--image-map {image}={}: expected a program file", path.display());
         }

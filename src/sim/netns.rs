@@ -105,30 +105,36 @@ impl Allocator {
     }
 }
 
-/// Refuses to go on in the host's initial network namespace: it compares this
-/// process's network namespace with that of pid 1. (Where pid 1 itself runs in a
-/// namespace of its own, such as a container's, that namespace counts as the host's.)
-/// Where pid 1's namespace cannot be read (a sandbox may forbid it even to root), a
-/// namespace whose only interface is `lo` is taken as one made for the test: a host's
-/// has its network interfaces.
+/// Where the host's network namespace is read from: pid 1's, or where that is
+/// protected (pid 1 of some VMs and sandboxes), kthreadd's (pid 2), which like every
+/// kernel thread runs in the initial namespace.
+const HOST_NETNS: [&str; 2] = ["/proc/1/ns/net", "/proc/2/ns/net"];
+
+/// Refuses to go on in the host's initial network namespace: it compares the inode
+/// of this process's network namespace with that of pid 1 (or pid 2, see
+/// [`HOST_NETNS`]). Where pid 1 itself runs in a namespace of its own, such as a
+/// container's, that namespace counts as the host's. Where neither can be read, a
+/// namespace whose only interface is `lo` is taken as one made for the test (a
+/// host's has its network interfaces).
 pub fn check_private_netns() -> Result<()> {
-    let ns = |p: &str| std::fs::metadata(p).map(|m| m.ino());
+    let ino = |p: &str| std::fs::metadata(p).map(|m| m.ino());
+    let ours = ino("/proc/self/ns/net").map_err(|e| Error::new(format!("reading /proc/self/ns/net: {e}")))?;
     let refuse = "--pod-cidr adds pod addresses to lo, so it is refused in the host's network namespace; run the simulator in a namespace of its own (unshare -n, as root)";
-    match (ns("/proc/self/ns/net"), ns("/proc/1/ns/net")) {
-        (Ok(me), Ok(init)) if me == init => crate::bail!("{refuse}"),
-        (Ok(_), Ok(_)) => {}
-        _ => {
+    match HOST_NETNS.iter().find_map(|p| ino(p).ok()) {
+        Some(h) if h == ours => crate::bail!("{refuse}"),
+        Some(_) => {}
+        None => {
             // /proc/self/net is this namespace's view (/sys/class/net is the mounter's).
-            let dev = std::fs::read_to_string("/proc/self/net/dev")
-                .map_err(|e| Error::new(format!("reading /proc/self/net/dev: {e} (cannot tell whether this is the host's network namespace)")))?;
+            let dev = std::fs::read_to_string("/proc/self/net/dev").map_err(|e| {
+                Error::new(format!("--pod-cidr: cannot read {} nor /proc/self/net/dev ({e}) to tell whether this is the host's network namespace", HOST_NETNS.join(" or ")))
+            })?;
             let names: Vec<String> = dev.lines().skip(2).filter_map(|l| l.split_once(':').map(|(n, _)| n.trim().to_string())).collect();
             if names.iter().any(|n| n != "lo") {
                 crate::bail!("{refuse} (this one has {})", names.join(", "));
             }
         }
     }
-    let out = Command::new("ip").arg("-V").output();
-    if let Err(e) = out {
+    if let Err(e) = Command::new("ip").arg("-V").output() {
         crate::bail!("--pod-cidr: running ip: {e} (install the iproute2 package)");
     }
     Ok(())

@@ -570,10 +570,12 @@ impl Worker {
                 return;
             }
         }
-        match kubelet::write_pod_status(&self.agent().api, &self.ns, &self.name, &self.uid, |current| podstatus::merge(current, &desired, &store::now_rfc3339())) {
-            Ok(()) => self.written = Some((desired, Instant::now())),
-            Err(e) => log::warn!("pod status not written ns={} pod={} error={e}", self.ns, self.name),
+        log::debug!("writing pod status ns={} pod={} phase={}", self.ns, self.name, desired.phase);
+        if let Err(e) = kubelet::write_pod_status(&self.agent().api, &self.ns, &self.name, &self.uid, |current| podstatus::merge(current, &desired, &store::now_rfc3339())) {
+            log::warn!("pod status not written ns={} pod={} error={e}", self.ns, self.name);
         }
+        // Also after a failure: tried again after STATUS_RECHECK, not every tick.
+        self.written = Some((desired, Instant::now()));
     }
 
     fn all(&self) -> impl Iterator<Item = &Ctr> {
@@ -586,6 +588,7 @@ impl Worker {
         if running.is_empty() {
             return;
         }
+        let began = Instant::now();
         if !grace.is_zero() {
             running.iter().for_each(|c| c.terminate());
             let deadline = Instant::now() + grace;
@@ -602,6 +605,7 @@ impl Worker {
                 std::thread::sleep(STOP_POLL);
             }
         }
+        log::info!("containers stopped ns={} pod={} containers={} killed={} millis={}", self.ns, self.name, running.len(), left.len(), began.elapsed().as_millis());
     }
 
     /// Forgets the pod's containers, frees its address and removes its files

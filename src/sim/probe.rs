@@ -328,4 +328,27 @@ mod tests {
         server.join().unwrap();
         assert!(tcp_socket("127.0.0.1", port, t).is_err(), "nothing listens any more");
     }
+
+    #[test]
+    fn https_probes_skip_certificate_verification() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        // A certificate for another name, from a CA nobody trusts.
+        let pem = crate::net::pki::Ca::new("untrusted").unwrap().server("elsewhere.example", &["elsewhere.example"]).unwrap();
+        let chain = crate::net::tls::certs_from_pem(pem.cert.as_bytes(), "cert").unwrap();
+        let key = crate::net::tls::key_from_pem(pem.key.as_bytes(), "key").unwrap();
+        let config = crate::net::tls::server_config(chain, key, None).unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (sock, _) = listener.accept().unwrap();
+            let conn = Conn::accept_tls(sock, &config, Duration::from_secs(5)).unwrap();
+            let mut input = Input::new(conn.read);
+            let head = input.read_head(http::parse_request, MAX_PROBE_HEAD, Duration::from_secs(5), Duration::from_secs(5)).unwrap().unwrap();
+            let mut out = conn.write;
+            out.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").unwrap();
+            head.target
+        });
+        assert_eq!(http_get(true, "127.0.0.1", port, "/healthz", &[], Duration::from_secs(5)), Ok(()));
+        assert_eq!(server.join().unwrap(), "/healthz");
+    }
 }
