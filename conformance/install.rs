@@ -455,15 +455,20 @@ impl<'a> Suite<'a> {
         Err(format!("no recording of web-0 holds {marker} among {} recordings", items.len()))
     }
 
-    fn bucket(&self) -> Result<Box<s3::Bucket>, String> {
+    /// The endpoint's region and the credentials the Recorder's Secret carries.
+    fn s3_access(&self) -> Result<(s3::Region, s3::creds::Credentials), String> {
         let region = s3::Region::Custom { region: "kubetape-1".into(), endpoint: self.args.s3_endpoint.clone() };
         let creds = s3::creds::Credentials::new(Some("kubetape"), Some("kubetape-secret"), None, None, None).map_err(|e| e.to_string())?;
+        Ok((region, creds))
+    }
+
+    fn bucket(&self) -> Result<Box<s3::Bucket>, String> {
+        let (region, creds) = self.s3_access()?;
         Ok(s3::Bucket::new(BUCKET, region, creds).map_err(|e| e.to_string())?.with_path_style())
     }
 
     fn create_bucket(&self) -> Result<(), String> {
-        let region = s3::Region::Custom { region: "kubetape-1".into(), endpoint: self.args.s3_endpoint.clone() };
-        let creds = s3::creds::Credentials::new(Some("kubetape"), Some("kubetape-secret"), None, None, None).map_err(|e| e.to_string())?;
+        let (region, creds) = self.s3_access()?;
         match s3::Bucket::create_with_path_style(BUCKET, region, creds, s3::BucketConfiguration::default()) {
             Ok(_) => Ok(()),
             Err(e) if e.to_string().contains("BucketAlready") => Ok(()),

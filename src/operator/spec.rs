@@ -121,6 +121,9 @@ impl RecorderSpec {
         let mut out = Vec::new();
         // The StatefulSet's pods are `<name>-<ordinal>` and its Services
         // `<name>-replicas`: all must stay valid DNS labels.
+        if !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+            out.push(format!("metadata.name: {name:?} must be a DNS label (lower-case letters, digits and dashes: it names the replicas' pods and host names)"));
+        }
         if name.len() > MAX_NAME {
             out.push(format!("metadata.name: at most {MAX_NAME} characters (the replicas' host names are built from it), found {}", name.len()));
         }
@@ -235,6 +238,8 @@ mod tests {
         }
         assert!(!p.contains("tag:ok-1") && !p.contains("team"), "{p}");
         assert!(spec(serde_json::json!({"storage": {"filesystem": {"persistentVolumeClaim": {"size": "ten"}}}})).problems("a")[0].contains("quantity"));
+        // A dotted name would make host names that are not the replicas'.
+        assert!(spec(serde_json::json!({})).problems("main-0.main-replicas.kubetape-system")[0].contains("DNS label"));
         assert!(quantity_ok("10Gi") && quantity_ok("500M") && !quantity_ok("Gi") && !quantity_ok("1.5Gi"));
     }
 }
