@@ -122,7 +122,8 @@ rules:
 - level: Metadata
 EOF
 
-  # --- etcd and kube-apiserver
+  # --- etcd and kube-apiserver. Owner references are checked as hardened clusters
+  # do: whoever blocks an owner's deletion must be allowed to update its finalizers.
   etcd --data-dir "$dir/etcd" --listen-client-urls "http://127.0.0.1:$etcd_port" \
     --advertise-client-urls "http://127.0.0.1:$etcd_port" --listen-peer-urls "http://127.0.0.1:$peer_port" \
     > "$dir/etcd.log" 2>&1 &
@@ -133,7 +134,7 @@ EOF
     --service-account-issuer=https://kubernetes.default.svc --service-account-key-file="$pki/sa.pub" \
     --service-account-signing-key-file="$pki/sa.key" --api-audiences=https://kubernetes.default.svc \
     --service-cluster-ip-range=10.96.0.0/24 --authorization-mode=RBAC \
-    --disable-admission-plugins=ServiceAccount \
+    --disable-admission-plugins=ServiceAccount --enable-admission-plugins=OwnerReferencesPermissionEnforcement \
     --kubelet-client-certificate="$pki/apiserver-kubelet-client.crt" --kubelet-client-key="$pki/apiserver-kubelet-client.key" \
     --kubelet-certificate-authority="$pki/ca.crt" --kubelet-preferred-address-types=InternalIP \
     --audit-policy-file="$dir/audit-policy.yaml" --audit-log-path="$dir/audit.log" \

@@ -262,8 +262,10 @@ impl<'a> Suite<'a> {
             s.exhibits.push_str(&format!("\n`kubectl get recorders -A`:\n\n```\n{rows}\n```\n"));
             Ok(format!("endpoints {}", r["status"]["endpoints"].as_array().map_or(0, Vec::len)))
         });
-        self.case("deleting Recorder main garbage-collects what it owned", true, |s| {
-            s.k(&["-n", NS, "delete", "recorder", "main", "--wait=true", "--timeout=60s"])?;
+        self.case("deleting Recorder main (foreground) garbage-collects what it owned", true, |s| {
+            // Foreground: the Recorder stays, being deleted, until what it owns is
+            // gone; an operator that re-made those objects would keep it forever.
+            s.k(&["-n", NS, "delete", "recorder", "main", "--cascade=foreground", "--wait=true", "--timeout=90s"])?;
             wait_for(WAIT, "garbage collection", || {
                 let left = s.k(&["-n", NS, "get", "statefulset,service,serviceaccount,configmap,secret,pod", "-l", "app.kubernetes.io/instance=main", "-o", "name"])?;
                 if left.is_empty() {
@@ -281,8 +283,18 @@ impl<'a> Suite<'a> {
             if rogue != 0 {
                 return Err(format!("the rogue Recorder holds {rogue} recordings"));
             }
+            // The same CA signed every Recorder's reader certificate: the rogue's
+            // must not read the bucket's recordings through the durable replicas.
+            match s.read_as((NS, "durable"), (ROGUE_NS, "rogue"), "/v1/recordings")? {
+                Some((403, _)) => {}
+                other => return Err(format!("the rogue's reader certificate read Recorder durable: {other:?}")),
+            }
+            let own = s.recordings_of(NS, "durable")?;
+            if own == 0 {
+                return Err("Recorder durable's own reader certificate lists no recordings".into());
+            }
             s.k(&["delete", "namespace", ROGUE_NS, "--wait=false"])?;
-            Ok(format!("{key}; rogue holds none"))
+            Ok(format!("{key}; rogue holds none, and its reader certificate gets 403 from durable"))
         });
         self.case("scaling: 3 replicas, then 1", true, |s| {
             s.k(&["-n", NS, "patch", "recorder", "durable", "--type=merge", "-p", r#"{"spec":{"replicas":3}}"#])?;
@@ -324,6 +336,8 @@ impl<'a> Suite<'a> {
             wait_for(WAIT, "a recording after the roll", || s.bucket_cast_with(&marker))?;
             Ok(format!("{images}; recorded after the roll"))
         });
+        self.case("a claim of 1024Mi stays put; a new claim size replaces the StatefulSet", false, |s| s.claim_template_changes());
+        self.case("the operator's and the proxy's accounts hold only what they need", false, |s| s.least_privilege());
         self.case("a bad spec gets its condition and a Warning event", false, |s| {
             s.apply(&json!({"apiVersion": "kubetape.dev/v1alpha1", "kind": "Recorder", "metadata": {"name": "bad", "namespace": NS}, "spec": {"replicas": 2}}))?;
             let r = s.wait_recorder("bad", "Invalid", 0)?;
@@ -361,6 +375,85 @@ impl<'a> Suite<'a> {
         });
         for ns in [APP_NS, ROGUE_NS] {
             let _ = self.k(&["delete", "namespace", ns, "--wait=false", "--ignore-not-found"]);
+        }
+    }
+
+    /// Quantities the API server stores in its own spelling (`1024Mi` as `1Gi`) are
+    /// no change: the StatefulSet keeps its uid and generation over passes that
+    /// reconciled it; a new claim size replaces it, and its pod is adopted.
+    fn claim_template_changes(&mut self) -> Step {
+        let spec = json!({"storage": {"filesystem": {"persistentVolumeClaim": {"size": "1024Mi"}}}, "resources": {"requests": {"cpu": "0.05", "memory": "65536Ki"}}});
+        self.apply(&json!({"apiVersion": "kubetape.dev/v1alpha1", "kind": "Recorder", "metadata": {"name": "claims", "namespace": NS}, "spec": spec}))?;
+        self.wait_recorder("claims", "Ready", 1)?;
+        let sts = |s: &Self| s.get_json(&["statefulset", "claims", "-n", NS]);
+        let first = sts(self)?;
+        // Each new generation of the Recorder is observed only by a pass that
+        // applied its StatefulSet first: two of them, then the StatefulSet is looked at.
+        for tag in ["tag:claims-a", "tag:claims-b"] {
+            self.k(&["-n", NS, "patch", "recorder", "claims", "--type=merge", "-p", &json!({"spec": {"tags": [tag]}}).to_string()])?;
+            self.wait_recorder("claims", "Ready", 1)?;
+        }
+        let later = sts(self)?;
+        let id = |v: &Value| (v["metadata"]["uid"].clone(), v["metadata"]["generation"].clone());
+        if id(&first) != id(&later) {
+            return Err(format!("the StatefulSet changed with no change to the spec: {:?} then {:?}", id(&first), id(&later)));
+        }
+        self.k(&["-n", NS, "patch", "recorder", "claims", "--type=merge", "-p", r#"{"spec":{"storage":{"filesystem":{"persistentVolumeClaim":{"size":"2Gi"}}}}}"#])?;
+        let replaced = wait_for(WAIT, "a new StatefulSet with the new claim size", || {
+            let now = sts(self)?;
+            let size = now["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"].clone();
+            if now["metadata"]["uid"] != first["metadata"]["uid"] && size == "2Gi" {
+                Ok(now)
+            } else {
+                Err(format!("uid {} size {size}", now["metadata"]["uid"]))
+            }
+        })?;
+        self.wait_recorder("claims", "Ready", 1)?;
+        let failures = self.k(&["-n", NS, "get", "events", "--field-selector", "involvedObject.name=claims,type=Warning", "-o", "jsonpath={.items[*].message}"])?;
+        if !failures.is_empty() {
+            return Err(format!("Warning events for Recorder claims: {failures}"));
+        }
+        self.k(&["-n", NS, "delete", "recorder", "claims", "--wait=true", "--timeout=90s"])?;
+        Ok(format!("uid {} kept over 2 passes, then {}", first["metadata"]["uid"], replaced["metadata"]["uid"]))
+    }
+
+    /// What the API server's RBAC lets each account do, asked as that account. The
+    /// cases above prove the granted rights suffice; these, that no more is granted.
+    fn least_privilege(&mut self) -> Step {
+        let sa = |name: &str| format!("--as=system:serviceaccount:{NS}:{name}");
+        let cases: &[(&str, &[&str], bool)] = &[
+            ("kubetape-operator", &["update", "recorders.kubetape.dev", "--subresource=finalizers", "-n", APP_NS], true),
+            ("kubetape-operator", &["delete", "statefulsets", "-n", APP_NS], true),
+            ("kubetape-operator", &["list", "secrets", "-n", APP_NS], false),
+            ("kubetape-operator", &["delete", "secrets", "-n", APP_NS], false),
+            ("kubetape-operator", &["create", "pods", "-n", APP_NS], false),
+            ("kubetape-operator", &["create", "pods/exec", "-n", APP_NS], false),
+            ("kubetape-operator", &["update", "recorders.kubetape.dev", "-n", APP_NS], false),
+            ("kubetape-proxy", &["impersonate", "uids.authentication.k8s.io"], true),
+            ("kubetape-proxy", &["list", "recorders.kubetape.dev", "-n", NS], true),
+            ("kubetape-proxy", &["get", "secrets", "-n", NS], false),
+            ("kubetape-proxy", &["create", "pods/exec", "-n", APP_NS], false),
+            ("kubetape-proxy", &["impersonate", "userextras.authentication.k8s.io/scopes"], false),
+        ];
+        let mut wrong = Vec::new();
+        for (account, ask, want) in cases {
+            let mut args = vec!["auth".to_string(), "can-i".to_string()];
+            args.extend(ask.iter().map(|a| a.to_string()));
+            args.push(sa(account));
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let out = self.admin.run_timeout(&args, None, Duration::from_secs(60));
+            let answer = out.stdout_str().trim().to_string();
+            if answer != "yes" && answer != "no" {
+                return Err(format!("kubectl {}: {}", args.join(" "), out.describe()));
+            }
+            if (answer == "yes") != *want {
+                wrong.push(format!("{account} {}: {answer}", ask.join(" ")));
+            }
+        }
+        if wrong.is_empty() {
+            Ok(format!("{} rights asked, each as expected", cases.len()))
+        } else {
+            Err(wrong.join("; "))
         }
     }
 
@@ -419,9 +512,19 @@ impl<'a> Suite<'a> {
     /// A GET on Recorder `ns/name`'s API (its first ready replica) with the reader
     /// certificate the operator issued it (Secret `<name>-reader`).
     fn reader_get(&self, ns: &str, name: &str, path: &str) -> Result<String, String> {
-        let r = self.recorder_in(ns, name)?;
+        match self.read_as((ns, name), (ns, name), path)? {
+            Some((200, body)) => Ok(body),
+            other => Err(format!("GET {path}: {other:?}")),
+        }
+    }
+
+    /// A GET on Recorder `at`'s API with the reader certificate of Recorder `cert_of`
+    /// (each is `(namespace, name)`): the status and body it answered.
+    fn read_as(&self, at: (&str, &str), cert_of: (&str, &str), path: &str) -> Result<Option<(u16, String)>, String> {
+        let r = self.recorder_in(at.0, at.1)?;
         let ep = &r["status"]["endpoints"][0];
         let (addr, server_name) = (ep["address"].as_str().ok_or("no endpoint")?, ep["serverName"].as_str().ok_or("no serverName")?);
+        let (ns, name) = cert_of;
         let secret = self.get_json(&["secret", &format!("{name}-reader"), "-n", ns])?;
         let field = |k: &str| secret["data"][k].as_str().map(String::from).ok_or(format!("{name}-reader has no {k}"));
         let kc = self.tmp.0.join(format!("{ns}-{name}-reader.kubeconfig"));
@@ -429,10 +532,7 @@ impl<'a> Suite<'a> {
         std::fs::write(&kc, text).map_err(|e| e.to_string())?;
         let mut c = RawClient::connect_named(addr, server_name, &kc, true);
         c.send(format!("GET {path} HTTP/1.1\r\nHost: {server_name}\r\nConnection: close\r\n\r\n").as_bytes()).map_err(|e| e.to_string())?;
-        match c.response() {
-            Some((200, body)) => Ok(body),
-            other => Err(format!("GET {path}: {other:?}")),
-        }
+        Ok(c.response())
     }
 
     /// The recordings Recorder `ns/name` holds.

@@ -5,6 +5,7 @@
 
 use serde_json::{json, Value};
 
+use super::quantity;
 use crate::kube::rest::{CallError, Rest};
 
 /// The digest of what was last applied, so a field removed from the spec is noticed
@@ -16,8 +17,9 @@ pub enum Applied {
     Created,
     Updated,
     Unchanged,
-    /// Replaced: a field the API server will not change in place did change.
-    Recreated,
+    /// Being replaced: a field the API server will not change in place did change,
+    /// so the old object is deleted and the new one made when it is gone.
+    Replacing,
 }
 
 #[derive(Debug)]
@@ -74,12 +76,27 @@ pub fn apply(rest: &Rest, mut want: Value) -> Result<Applied, ApplyError> {
     if live["metadata"]["annotations"][APPLIED] == json!(digest) && contains(&live, &want) {
         return Ok(Applied::Unchanged);
     }
+    if !live["metadata"]["deletionTimestamp"].is_null() {
+        // Made again once the garbage collector has let it go (a create before
+        // then is a conflict).
+        return Ok(Applied::Replacing);
+    }
     if kind == "StatefulSet" && !same_immutable(&live, &want) {
-        // Its pods are orphaned, not deleted: the new StatefulSet adopts them (same
+        // Its pods are orphaned, not deleted: the next StatefulSet adopts them (same
         // selector) and rolls them one by one.
-        rest.delete(&path, "Orphan")?;
-        rest.create(&coll, &want)?;
-        return Ok(Applied::Recreated);
+        log::info!("recorder object replacing ns={ns} object={kind} {name}: its claim template changed, which the API server will not update in place");
+        match rest.delete(&path, "Orphan") {
+            Err(e) if e.code() != Some(404) => return Err(e.into()),
+            _ => return Ok(Applied::Replacing),
+        }
+    }
+    if kind == "StatefulSet" {
+        // They hold what is wanted (`same_immutable`): sent back as stored, since
+        // any difference, even `1Gi` for `1024Mi`, is an update the server refuses.
+        match live["spec"].get("volumeClaimTemplates") {
+            Some(claims) => want["spec"]["volumeClaimTemplates"] = claims.clone(),
+            None => drop(want["spec"].as_object_mut().and_then(|s| s.remove("volumeClaimTemplates"))),
+        }
     }
     let mut next = live.clone();
     overlay(&mut next, &want, &kind);
@@ -100,20 +117,24 @@ fn foreign_controller(live: &Value, want: &Value) -> Option<String> {
 
 /// What a StatefulSet cannot change in place.
 fn same_immutable(live: &Value, want: &Value) -> bool {
-    let vct = |v: &Value| {
-        v["spec"]["volumeClaimTemplates"]
-            .as_array()
-            .map(|a| a.iter().map(|c| (c["metadata"]["name"].clone(), c["spec"]["resources"].clone(), c["spec"]["storageClassName"].clone())).collect::<Vec<_>>())
-            .unwrap_or_default()
-    };
-    ["serviceName", "podManagementPolicy", "selector"].iter().all(|f| want["spec"][f].is_null() || contains(&live["spec"][f], &want["spec"][f])) && vct(live) == vct(want)
+    let claims = |v: &Value| v["spec"]["volumeClaimTemplates"].clone();
+    ["serviceName", "podManagementPolicy", "selector"].iter().all(|f| want["spec"][f].is_null() || contains(&live["spec"][f], &want["spec"][f]))
+        && contains(&claims(live), &claims(want))
 }
 
 /// Whether every field of `want` holds the same value in `live` (fields only `live`
 /// has, such as defaults, do not matter). Arrays must match element by element.
 pub fn contains(live: &Value, want: &Value) -> bool {
     match (live, want) {
-        (Value::Object(l), Value::Object(w)) => w.iter().all(|(k, wv)| l.get(k).is_some_and(|lv| contains(lv, wv))),
+        (Value::Object(l), Value::Object(w)) => w.iter().all(|(k, wv)| {
+            l.get(k).is_some_and(|lv| match (k.as_str(), lv, wv) {
+                // The API server stores quantities its own way (`1024Mi` as `1Gi`).
+                ("requests" | "limits", Value::Object(lq), Value::Object(wq)) => {
+                    wq.iter().all(|(name, w)| lq.get(name).is_some_and(|l| l == w || quantity::same(&scalar(l), &scalar(w))))
+                }
+                _ => contains(lv, wv),
+            })
+        }),
         (Value::Array(l), Value::Array(w)) => l.len() == w.len() && l.iter().zip(w).all(|(lv, wv)| contains(lv, wv)),
         // The API server writes some integers back as strings (and intstr ports).
         (Value::String(l), Value::Number(w)) | (Value::Number(w), Value::String(l)) => *l == w.to_string(),
@@ -121,12 +142,21 @@ pub fn contains(live: &Value, want: &Value) -> bool {
     }
 }
 
+/// A quantity as text, whether written as a string or a bare number.
+fn scalar(v: &Value) -> String {
+    v.as_str().map(String::from).unwrap_or_else(|| v.to_string())
+}
+
 /// Writes `want` over `live`: maps merge (so the server's fields stay), lists and the
 /// parts that are wholly ours (a pod template, a Secret's data) are replaced.
 fn overlay(live: &mut Value, want: &Value, kind: &str) {
     let wholly_ours: &[&[&str]] = match kind {
-        "StatefulSet" => &[&["spec", "template"], &["spec", "volumeClaimTemplates"]],
+        // Not the claim templates: those cannot change in place, and one that
+        // differs replaces the whole StatefulSet (`same_immutable`).
+        "StatefulSet" => &[&["spec", "template"]],
         "Secret" | "ConfigMap" => &[&["data"]],
+        // An annotation removed from `spec.pod.serviceAccount.annotations` must go.
+        "ServiceAccount" => &[&["metadata", "annotations"]],
         _ => &[],
     };
     merge(live, want, &mut Vec::new(), wholly_ours);
@@ -179,6 +209,13 @@ mod tests {
     }
 
     #[test]
+    fn a_service_account_annotation_removed_from_the_spec_goes() {
+        let mut live = json!({"metadata": {"name": "r", "annotations": {"iam.example/role": "old", "kubetape.dev/applied": "1"}}, "secrets": [{"name": "t"}]});
+        overlay(&mut live, &json!({"metadata": {"name": "r", "annotations": {"kubetape.dev/applied": "2"}}}), "ServiceAccount");
+        assert_eq!(live, json!({"metadata": {"name": "r", "annotations": {"kubetape.dev/applied": "2"}}, "secrets": [{"name": "t"}]}));
+    }
+
+    #[test]
     fn objects_of_another_owner_are_not_taken_over() {
         let ours = json!({"metadata": {"ownerReferences": [{"controller": true, "uid": "u1", "kind": "Recorder", "name": "a"}]}});
         let theirs = json!({"metadata": {"ownerReferences": [{"controller": true, "uid": "u2", "kind": "Recorder", "name": "b"}]}});
@@ -194,5 +231,23 @@ mod tests {
         assert!(same_immutable(&a, &a));
         assert!(!same_immutable(&a, &b));
         assert!(!same_immutable(&a, &json!({"spec": {"serviceName": "r"}})));
+        assert!(!same_immutable(&json!({"spec": {"serviceName": "r"}}), &a));
+    }
+
+    #[test]
+    fn quantities_are_compared_as_the_api_server_stores_them() {
+        // What the API server gives back for a claim of 1024Mi and a container
+        // asking for 0.5 CPU and 1024Mi: the same, so nothing is rolled or recreated.
+        let want = json!({"spec": {"volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": {"resources": {"requests": {"storage": "1024Mi"}}}}],
+                                   "template": {"spec": {"containers": [{"resources": {"requests": {"cpu": 0.5, "memory": "1024Mi"}, "limits": {"memory": "2Gi"}}}]}}}});
+        let live = json!({"spec": {"volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": {"resources": {"requests": {"storage": "1Gi"}}, "volumeMode": "Filesystem", "storageClassName": "standard"}, "status": {"phase": "Pending"}}],
+                                   "template": {"spec": {"containers": [{"resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "2Gi"}}}]}}}});
+        assert!(contains(&live, &want) && same_immutable(&live, &want));
+        let mut more = want.clone();
+        more["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"] = json!("3Gi");
+        assert!(!contains(&live, &more));
+        let mut bigger = want;
+        bigger["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] = json!("2Gi");
+        assert!(!same_immutable(&live, &bigger));
     }
 }

@@ -12,8 +12,9 @@ use crate::kube::recorders;
 pub const RECORDER_PORT: u16 = 8444;
 /// The CN the proxy's client certificate carries; recorders let it write.
 pub const PROXY_CLIENT_CN: &str = "kubetape-proxy";
-/// The CN of the reader certificate each Recorder gets (Secret `<name>-reader`).
-pub const READER_CN: &str = "kubetape-reader";
+/// The CN of the reader certificate each Recorder gets (Secret `<name>-reader`),
+/// before `namespace/name`: one CA issues them all, so each must name its Recorder.
+const READER_CN_PREFIX: &str = "kubetape-reader:";
 /// A changed configuration or certificate rolls the replicas through this annotation.
 pub const CONFIG_HASH: &str = "kubetape.dev/config-hash";
 /// Enough for a recorder to hand its sessions to another replica and upload its spool.
@@ -63,6 +64,12 @@ impl Recorder {
         format!("{}-reader", self.name)
     }
 
+    /// The only reader this Recorder's replicas let in: a reader certificate of
+    /// another Recorder (the same CA signed it) must not read these recordings.
+    pub fn reader_cn(&self) -> String {
+        format!("{READER_CN_PREFIX}{}/{}", self.namespace, self.name)
+    }
+
     pub fn config_map(&self) -> String {
         format!("{}-config", self.name)
     }
@@ -109,7 +116,7 @@ impl Recorder {
 pub fn recorder_config(rec: &Recorder) -> Value {
     let mut c = json!({
         "tls-cert": format!("{TLS_DIR}/tls.crt"), "tls-key": format!("{TLS_DIR}/tls.key"), "client-ca": format!("{TLS_DIR}/ca.crt"),
-        "storage-dir": DATA_DIR, "writers": PROXY_CLIENT_CN, "readers": READER_CN,
+        "storage-dir": DATA_DIR, "writers": PROXY_CLIENT_CN, "readers": rec.reader_cn(),
     });
     if let Some(s3) = &rec.spec.storage.s3 {
         c["s3-bucket"] = json!(s3.bucket);

@@ -61,7 +61,8 @@ pub fn ensure_ca(rest: &Rest, namespace: &str) -> Result<Ca> {
 pub fn still_good(existing: Option<&Value>, names: &[String], ca: &Ca) -> bool {
     let Some(s) = existing else { return false };
     let issued: u64 = s["metadata"]["annotations"][ISSUED].as_str().and_then(|t| t.parse().ok()).unwrap_or(0);
-    let fresh = now() < issued + (LEAF_DAYS - RENEW_BEFORE_DAYS) * 86_400;
+    // An issue time in the future (a garbled or forged annotation) is not fresh.
+    let fresh = now().checked_sub(issued).is_some_and(|age| age < (LEAF_DAYS - RENEW_BEFORE_DAYS) * 86_400);
     s["metadata"]["annotations"][NAMES].as_str() == Some(names.join(",").as_str()) && fresh && data(s, "ca.crt").as_deref() == Some(ca.cert_pem.as_str())
 }
 
@@ -98,4 +99,21 @@ pub fn ensure_proxy_secret(rest: &Rest, ca: &Ca, namespace: &str, name: &str, na
     };
     log::info!("proxy certificates issued secret={namespace}/{name} names={}", names.join(","));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_certificate_is_reissued_when_old_renamed_or_dated_in_the_future() {
+        let ca = Ca::new("test").unwrap();
+        let names = vec!["a.ns.svc".to_string()];
+        let secret = |issued: u64, names: &str| json!({"metadata": {"annotations": {NAMES: names, ISSUED: issued.to_string()}}, "data": {"ca.crt": crate::wire::base64::encode(ca.cert_pem.as_bytes())}});
+        assert!(still_good(Some(&secret(now() - 86_400, "a.ns.svc")), &names, &ca));
+        assert!(!still_good(Some(&secret(now() - (LEAF_DAYS - RENEW_BEFORE_DAYS) * 86_400, "a.ns.svc")), &names, &ca));
+        assert!(!still_good(Some(&secret(now() - 86_400, "b.ns.svc")), &names, &ca));
+        assert!(!still_good(Some(&secret(u64::MAX, "a.ns.svc")), &names, &ca));
+        assert!(!still_good(None, &names, &ca));
+    }
 }

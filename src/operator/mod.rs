@@ -11,6 +11,7 @@
 mod apply;
 pub mod build;
 mod certs;
+mod quantity;
 mod reconcile;
 pub mod spec;
 

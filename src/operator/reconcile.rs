@@ -41,13 +41,20 @@ pub fn reconcile(rest: &Rest, ca: &Ca, settings: &Settings, obj: &Value) {
             return;
         }
     };
+    // Being deleted: the garbage collector is removing what it owns (first, under
+    // foreground deletion); making it again would keep the Recorder forever.
+    if !obj["metadata"]["deletionTimestamp"].is_null() {
+        return;
+    }
     let problems = rec.spec.problems(&rec.name);
     let outcome = if problems.is_empty() { provision(rest, ca, settings, &rec).map_err(|e| ("ProvisioningFailed", e)) } else { Err(("Invalid", problems.join("; "))) };
     // Replicas that run go on being endpoints whatever the spec now says.
-    let pods = list_pods(rest, &rec);
-    let (condition, sts) = match outcome {
-        Ok(sts) => (readiness(&rec, sts.as_ref(), &pods), sts),
-        Err((reason, message)) => (Condition { ready: false, reason, message }, None),
+    let sts = rest.get(&format!("{}/{}", apply::collection("StatefulSet", &rec.namespace), rec.name)).ok().flatten();
+    let pods = replicas(list_pods(rest, &rec), sts.as_ref(), &obj["status"]);
+    let condition = match outcome {
+        // No StatefulSet to judge readiness by until its replacement is made.
+        Ok(replacing) => readiness(&rec, sts.as_ref().filter(|_| !replacing), &pods),
+        Err((reason, message)) => Condition { ready: false, reason, message },
     };
     let status = status(&rec, &condition, sts.as_ref(), &pods, obj["status"].get("conditions"));
     if canonical_status(&obj["status"]) == canonical_status(&status) {
@@ -66,26 +73,30 @@ pub fn reconcile(rest: &Rest, ca: &Ca, settings: &Settings, obj: &Value) {
     }
 }
 
-/// Applies everything the Recorder owns; gives back the live StatefulSet.
-fn provision(rest: &Rest, ca: &Ca, settings: &Settings, rec: &Recorder) -> Result<Option<Value>, String> {
+/// Applies everything the Recorder owns; gives back whether its StatefulSet is
+/// being replaced.
+fn provision(rest: &Rest, ca: &Ca, settings: &Settings, rec: &Recorder) -> Result<bool, String> {
     let fail = |what: &str, e: ApplyError| format!("{what}: {e}");
     let serving = rec.certificate_names();
     let cert = certificate(rest, ca, rec, &rec.tls_secret(), &serving, || certs::serving(ca, &serving))?;
-    certificate(rest, ca, rec, &rec.reader_secret(), &[build::READER_CN.to_string()], || ca.client(build::READER_CN, &[]))?;
+    let reader = rec.reader_cn();
+    certificate(rest, ca, rec, &rec.reader_secret(), std::slice::from_ref(&reader), || ca.client(&reader, &[]))?;
     let config = build::config_map(rec);
     let hash = build::digest(&[&config["data"].to_string(), &cert]);
     let mut objects = vec![config, build::service_account(rec)];
     objects.extend(build::services(rec));
     let image = rec.spec.image.clone().unwrap_or_else(|| settings.default_image.clone());
     objects.push(build::stateful_set(rec, &image, &hash));
+    let mut replacing = false;
     for obj in objects {
         let what = format!("{} {}", obj["kind"].as_str().unwrap_or("?"), obj["metadata"]["name"].as_str().unwrap_or("?"));
         match apply::apply(rest, obj).map_err(|e| fail(&what, e))? {
             Applied::Unchanged => {}
+            Applied::Replacing => replacing = true,
             done => log::info!("recorder object {done:?} ns={} recorder={} object={what}", rec.namespace, rec.name),
         }
     }
-    rest.get(&format!("{}/{}", apply::collection("StatefulSet", &rec.namespace), rec.name)).map_err(|e| format!("statefulset: {e}"))
+    Ok(replacing)
 }
 
 /// The certificate in Secret `secret`, issued by `make` when missing or no longer
@@ -111,6 +122,22 @@ fn list_pods(rest: &Rest, rec: &Recorder) -> Vec<Value> {
         Ok(Some(list)) => list["items"].as_array().cloned().unwrap_or_default(),
         _ => Vec::new(),
     }
+}
+
+/// The pods that are this Recorder's replicas: those its StatefulSet controls, not
+/// merely any pod carrying its labels (anyone who may create pods in the namespace
+/// could otherwise make themselves an endpoint). While the StatefulSet is replaced,
+/// its orphaned pods stay endpoints if they were before.
+pub fn replicas(pods: Vec<Value>, sts: Option<&Value>, old_status: &Value) -> Vec<Value> {
+    let sts_uid = sts.map(|s| s["metadata"]["uid"].clone()).filter(|u| u.is_string());
+    let controller = |p: &Value| p["metadata"]["ownerReferences"].as_array().and_then(|r| r.iter().find(|o| o["controller"] == json!(true)).map(|o| o["uid"].clone()));
+    let was_endpoint = |p: &Value| old_status["endpoints"].as_array().is_some_and(|e| e.iter().any(|e| e["name"] == p["metadata"]["name"]));
+    pods.into_iter()
+        .filter(|p| match controller(p) {
+            Some(uid) => Some(&uid) == sts_uid.as_ref(),
+            None => was_endpoint(p),
+        })
+        .collect()
 }
 
 fn pod_ready(pod: &Value) -> bool {
@@ -212,7 +239,25 @@ mod tests {
     }
 
     fn pod(name: &str, ip: &str, ready: bool) -> Value {
-        json!({"metadata": {"name": name}, "status": {"phase": "Running", "podIP": ip, "conditions": [{"type": "Ready", "status": if ready {"True"} else {"False"}}]}})
+        json!({"metadata": {"name": name, "ownerReferences": [{"kind": "StatefulSet", "uid": "sts-1", "controller": true}]},
+               "status": {"phase": "Running", "podIP": ip, "conditions": [{"type": "Ready", "status": if ready {"True"} else {"False"}}]}})
+    }
+
+    #[test]
+    fn only_pods_the_stateful_set_controls_are_replicas() {
+        let sts = json!({"metadata": {"uid": "sts-1"}});
+        let mut impostor = pod("main-7", "10.244.0.9", true);
+        impostor["metadata"]["ownerReferences"][0]["uid"] = json!("someone-else");
+        let mut unowned = pod("main-8", "10.244.0.10", true);
+        unowned["metadata"]["ownerReferences"] = json!([]);
+        let mut orphaned = pod("main-0", "10.244.0.2", true);
+        orphaned["metadata"].as_object_mut().unwrap().remove("ownerReferences");
+        let names = |v: Vec<Value>| v.iter().map(|p| p["metadata"]["name"].as_str().unwrap().to_string()).collect::<Vec<_>>();
+        let all = vec![pod("main-1", "10.244.0.3", true), impostor, unowned, orphaned];
+        assert_eq!(names(replicas(all.clone(), Some(&sts), &json!({}))), ["main-1"]);
+        // Replaced: the old pods are orphaned for a while; those that were endpoints stay.
+        let before = json!({"endpoints": [{"name": "main-0"}]});
+        assert_eq!(names(replicas(all, None, &before)), ["main-0"]);
     }
 
     fn sts(ready: i64) -> Value {

@@ -6,6 +6,8 @@
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::quantity;
+
 pub use crate::kube::recorders::{DEFAULT_TAG, GROUP, VERSION};
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -153,9 +155,12 @@ impl RecorderSpec {
             }
         }
         if let Some(Filesystem { persistent_volume_claim: Some(c) }) = &self.storage.filesystem {
-            if !quantity_ok(&c.size) {
+            if !quantity::positive(&c.size) {
                 out.push(format!("spec.storage.filesystem.persistentVolumeClaim.size: expected a quantity such as 10Gi, found {:?}", c.size));
             }
+        }
+        if let Some(r) = &self.resources {
+            out.extend(resources_problems(r));
         }
         for t in self.tags() {
             if !tag_ok(&t) {
@@ -185,10 +190,24 @@ fn tag_ok(t: &str) -> bool {
     chars.next().is_some_and(|c| c.is_ascii_alphabetic()) && chars.all(|c| c.is_ascii_alphanumeric() || c == '-')
 }
 
-/// A Kubernetes quantity as PVC sizes are written: digits, then an optional suffix.
-fn quantity_ok(q: &str) -> bool {
-    let digits = q.bytes().take_while(|b| b.is_ascii_digit()).count();
-    digits > 0 && matches!(&q[digits..], "" | "k" | "M" | "G" | "T" | "P" | "Ki" | "Mi" | "Gi" | "Ti" | "Pi")
+/// `spec.resources` as a container's: `requests` and `limits`, each of quantities.
+fn resources_problems(r: &Value) -> Vec<String> {
+    let Some(r) = r.as_object() else { return vec![format!("spec.resources: expected requests and limits, found {r}")] };
+    let mut out = Vec::new();
+    for (part, amounts) in r {
+        let Some(amounts) = amounts.as_object().filter(|_| part == "requests" || part == "limits") else {
+            out.push(format!("spec.resources.{part}: expected requests or limits, each a map of quantities"));
+            continue;
+        };
+        for (name, q) in amounts {
+            // The API server takes a bare number as well as a string.
+            let text = q.as_str().map(String::from).or_else(|| q.as_number().map(|n| n.to_string()));
+            if text.is_none_or(|t| quantity::parse(&t).is_none_or(|v| v < 0)) {
+                out.push(format!("spec.resources.{part}.{name}: expected a quantity such as 500m or 64Mi, found {q}"));
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -240,6 +259,7 @@ mod tests {
         assert!(spec(serde_json::json!({"storage": {"filesystem": {"persistentVolumeClaim": {"size": "ten"}}}})).problems("a")[0].contains("quantity"));
         // A dotted name would make host names that are not the replicas'.
         assert!(spec(serde_json::json!({})).problems("main-0.main-replicas.kubetape-system")[0].contains("DNS label"));
-        assert!(quantity_ok("10Gi") && quantity_ok("500M") && !quantity_ok("Gi") && !quantity_ok("1.5Gi"));
+        let bad = spec(serde_json::json!({"resources": {"requests": {"memory": "lots", "cpu": 1}, "limit": {}}})).problems("a").join("\n");
+        assert!(bad.contains("spec.resources.requests.memory") && bad.contains("spec.resources.limit:") && !bad.contains("cpu"), "{bad}");
     }
 }
