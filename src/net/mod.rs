@@ -1,7 +1,7 @@
 //! Sockets: TLS set-up, split connections, body readers, tunnels, the accept loop,
-//! termination signals, certificate generation, bounded configuration reads, and the
-//! one request-head loop (`head`) and WebSocket frame reader (`websocket`) every server
-//! and client here uses.
+//! termination signals, certificate generation, bounded configuration reads, values
+//! rebuilt when their files are replaced (`reload`), and the one request-head loop
+//! (`head`) and WebSocket frame reader (`websocket`) every server and client here uses.
 
 pub mod body;
 pub mod conn;
@@ -10,6 +10,7 @@ pub mod hangup;
 pub mod head;
 pub mod pki;
 pub mod random;
+pub mod reload;
 pub mod server;
 pub mod signal;
 pub mod sync;

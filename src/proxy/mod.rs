@@ -14,6 +14,7 @@
 //! of phases (`Connection::run`).
 
 mod admission;
+mod certs;
 mod discovery;
 mod forward;
 mod metrics;
@@ -36,8 +37,9 @@ use crate::kube::client::ApiServer;
 use crate::net::conn::{Conn, Input, WriteHalf};
 use crate::net::hangup::HangupWatch;
 use crate::net::head::HeadLimits;
+use crate::net::reload::Reloading;
 use crate::net::server::{self, Admission, Lifecycle};
-use crate::net::{signal, tls, tunnel};
+use crate::net::{signal, tunnel};
 use crate::record::event::{FILE_TRANSFER, PORT_FORWARD};
 use crate::record::protocol::Outcome;
 use crate::recording::events_client::EventSink;
@@ -45,6 +47,7 @@ use crate::recording::health::RecorderHealth;
 use crate::recording::{portforward, transfer};
 use crate::wire::http::{self, BodyLength, RequestHead};
 use admission::{Admitted, Caller, LocalReply, Route};
+use certs::{CertFiles, Certs};
 use forward::{Capture, Exchange, Upstream};
 use policy::{FailMode, Policy, PolicyHandle};
 use recorders::{EventPlan, FollowUp, SessionStart};
@@ -69,7 +72,7 @@ const NAMESPACE_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/name
 
 pub const FLAGS: &[Flag] = &[
     Flag { name: "listen", default: Some("0.0.0.0:8443"), help: "address to serve kubectl on" },
-    Flag { name: "tls-cert", default: None, help: "serving certificate chain (PEM), required" },
+    Flag { name: "tls-cert", default: None, help: "serving certificate chain (PEM), required; this and the other certificate files are reloaded on change" },
     Flag { name: "tls-key", default: None, help: "serving private key (PEM), required" },
     Flag { name: "client-ca", default: None, help: "CA that signs client certificates (CN user, O groups)" },
     Flag { name: "token-file", default: None, help: "static tokens: token,user,uid,\"group1,group2\"" },
@@ -94,17 +97,17 @@ pub const FLAGS: &[Flag] = &[
 pub struct Config {
     pub listen: String,
     pub mode: Mode,
-    server_tls: Arc<rustls::ServerConfig>,
+    /// The serving config and the identity towards recorders, rebuilt when renewed.
+    certs: Arc<Reloading<Certs>>,
     tokens: Option<TokenFile>,
     /// Shared with the lookups a session makes after its connection's thread moved on.
     upstream: Arc<ApiServer>,
     /// `upstream.host_header()`, computed once rather than per request.
     upstream_host: String,
     policy: Option<PathBuf>,
-    recorder_identity: Option<(Vec<rustls::pki_types::CertificateDer<'static>>, rustls::pki_types::PrivateKeyDer<'static>)>,
-    /// `--recorders-from-cluster`: where to list Recorders, in which namespaces, and
-    /// the TLS to reach their replicas with.
-    discovery: Option<(crate::kube::rest::Rest, Vec<String>, Arc<rustls::ClientConfig>)>,
+    /// `--recorders-from-cluster`: where to list Recorders, and in which namespaces
+    /// (the TLS to reach their replicas with is in `certs`).
+    discovery: Option<(crate::kube::rest::Rest, Vec<String>)>,
     recorder_timeout: Duration,
     metrics_listen: Option<String>,
     pub limits: server::Limits,
@@ -119,19 +122,14 @@ impl Config {
             "noauth" => Mode::NoAuth,
             other => crate::bail!("--mode: expected auth or noauth, found {other:?}"),
         };
-        let cert_path = args.required_path("tls-cert")?;
-        let key_path = args.required_path("tls-key")?;
-        let chain = tls::certs_from_pem(&tls::read_file(&cert_path)?, &format!("--tls-cert {}", cert_path.display()))?;
-        let key = tls::key_from_pem(&tls::read_file(&key_path)?, &format!("--tls-key {}", key_path.display()))?;
-        let client_roots = match args.path("client-ca") {
-            Some(p) => Some((tls::roots_from_pem(&tls::read_file(&p)?, &format!("--client-ca {}", p.display()))?, tls::ClientAuth::Optional)),
-            None => None,
-        };
+        let cert = args.required_path("tls-cert")?;
+        let key = args.required_path("tls-key")?;
+        let client_ca = args.path("client-ca");
         let tokens = match args.path("token-file") {
             Some(p) => Some(TokenFile::load(&p).context("--token-file")?),
             None => None,
         };
-        if mode == Mode::Auth && client_roots.is_none() && tokens.is_none() {
+        if mode == Mode::Auth && client_ca.is_none() && tokens.is_none() {
             crate::bail!("--client-ca or --token-file: auth mode needs at least one way to authenticate callers");
         }
         let api_server = || match args.path("kubeconfig") {
@@ -145,22 +143,25 @@ impl Config {
         if mode == Mode::Auth && policy.is_none() {
             crate::bail!("--policy: required in auth mode (callers who match no grant are refused)");
         }
-        let recorder_identity = match (args.path("recorder-cert"), args.path("recorder-key")) {
-            (Some(c), Some(k)) => Some((tls::certs_from_pem(&tls::read_file(&c)?, "--recorder-cert")?, tls::key_from_pem(&tls::read_file(&k)?, "--recorder-key")?)),
+        let recorder = match (args.path("recorder-cert"), args.path("recorder-key")) {
+            (Some(c), Some(k)) => Some((c, k)),
             (None, None) => None,
             _ => crate::bail!("--recorder-cert and --recorder-key go together"),
         };
-        let discovery = if args.bool("recorders-from-cluster")? {
-            let ca = args.path("recorder-ca").ok_or_else(|| Error::new("--recorder-ca: required with --recorders-from-cluster"))?;
-            let roots = tls::roots_from_pem(&tls::read_file(&ca)?, &format!("--recorder-ca {}", ca.display()))?;
+        let from_cluster = args.bool("recorders-from-cluster")?;
+        let recorder_ca = match from_cluster {
+            true => Some(args.path("recorder-ca").ok_or_else(|| Error::new("--recorder-ca: required with --recorders-from-cluster"))?),
+            false => None,
+        };
+        let certs = CertFiles { cert, key, client_ca, recorder, recorder_ca }.load()?;
+        let discovery = if from_cluster {
             let namespaces: Vec<String> = match args.opt("recorder-namespaces") {
                 Some(list) => list.split(',').map(|n| n.trim().to_string()).filter(|n| !n.is_empty()).collect(),
                 None => vec![std::fs::read_to_string(NAMESPACE_FILE)
                     .map(|n| n.trim().to_string())
                     .map_err(|e| Error::new(format!("--recorder-namespaces not given and the proxy's own namespace is unknown ({NAMESPACE_FILE}: {e})")))?],
             };
-            let identity = recorder_identity.as_ref().map(|(c, k)| (c.clone(), k.clone_key()));
-            Some((crate::kube::rest::Rest::new(api_server()?)?, namespaces, tls::client_config(roots, identity)?))
+            Some((crate::kube::rest::Rest::new(api_server()?)?, namespaces))
         } else {
             None
         };
@@ -170,11 +171,10 @@ impl Config {
             upstream_host,
             listen: args.required("listen")?,
             mode,
-            server_tls: tls::server_config(chain, key, client_roots)?,
+            certs,
             tokens,
             upstream: Arc::new(upstream),
             policy,
-            recorder_identity,
             recorder_timeout: match args.parsed("recorder-timeout")? {
                 0 => crate::bail!("--recorder-timeout: expected at least 1 second, found 0"),
                 secs => Duration::from_secs(secs),
@@ -191,9 +191,9 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "kubetape-proxy".into())
 }
 
-/// An API event stream for one set of recorder tags, with the policy and the cluster
-/// recorders' generation it was last routed by.
-type RoutedSink = ((Arc<Policy>, u64), Arc<EventSink>);
+/// An API event stream for one set of recorder tags, with what it was last routed by:
+/// the policy, the cluster recorders' generation and the certificates' generation.
+type RoutedSink = ((Arc<Policy>, u64, u64), Arc<EventSink>);
 
 struct State {
     config: Config,
@@ -222,9 +222,9 @@ pub fn run(mut config: Config) -> Result<()> {
         std::thread::Builder::new().name("metrics".into()).spawn(move || metrics::serve(l, m))?;
     }
     let cluster_recorders = match config.discovery.take() {
-        Some((rest, namespaces, tls)) => {
+        Some((rest, namespaces)) => {
             log::info!("recorders from the cluster namespaces={}", namespaces.join(","));
-            Some(discovery::ClusterRecorders::start(rest, namespaces, tls)?)
+            Some(discovery::ClusterRecorders::start(rest, namespaces, config.certs.clone())?)
         }
         None => None,
     };
@@ -256,7 +256,8 @@ struct Client {
 
 fn handle_connection(state: &State, sock: TcpStream, id: u64, admission: &Admission) {
     let peer = sock.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-    let conn = match Conn::accept_tls(sock, &state.config.server_tls, TLS_HANDSHAKE_TIMEOUT) {
+    // The serving config as renewed now; an open connection keeps the one it started with.
+    let conn = match Conn::accept_tls(sock, &state.config.certs.get().server, TLS_HANDSHAKE_TIMEOUT) {
         Ok(c) => c,
         Err(e) => {
             log::debug!("handshake failed conn={id} peer={peer} error={e}");

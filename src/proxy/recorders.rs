@@ -149,24 +149,27 @@ impl Connection<'_> {
 
     /// The event stream to the recorders carrying `tags`, started on first use.
     /// The event stream for a set of recorder tags, sent where the policy says now:
-    /// after a reload its recorders are looked up again, and the stream follows.
+    /// after a reload its recorders are looked up again, and the stream follows; after
+    /// a certificate renewal it connects anew with the renewed client certificate.
     fn event_sink(&self, tags: &[String]) -> Result<Arc<EventSink>> {
         let key = tags.join(",");
         let policy = self.state.policy.get();
         let generation = self.state.cluster_recorders.as_ref().map_or(0, |c| c.generation());
+        // A renewed client certificate reaches a long-lived stream by a reroute too.
+        let certs = self.state.config.certs.generation();
         let mut sinks = self.state.event_sinks.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((seen, sink)) = sinks.get_mut(&key) {
-            if !Arc::ptr_eq(&seen.0, &policy) || seen.1 != generation {
-                *seen = (policy, generation);
+            if !Arc::ptr_eq(&seen.0, &policy) || seen.1 != generation || seen.2 != certs {
+                *seen = (policy, generation, certs);
                 // Tags that no longer name a recorder leave nowhere to send (dropped, or
                 // refused in fail-closed, as with a recorder down).
                 sink.reroute(self.recorder_targets(tags).unwrap_or_default());
-                log::info!("api event stream follows the policy tags={key}");
+                log::info!("api event stream rerouted: the policy, the cluster's recorders or the certificates changed tags={key}");
             }
             return Ok(sink.clone());
         }
         let sink = EventSink::start(&key, self.recorder_targets(tags)?, self.state.metrics.events_dropped.clone());
-        sinks.insert(key, ((policy, generation), sink.clone()));
+        sinks.insert(key, ((policy, generation, certs), sink.clone()));
         Ok(sink)
     }
 
@@ -282,13 +285,14 @@ impl Connection<'_> {
     fn recorder_targets(&self, tags: &[String]) -> Result<Vec<RecorderTarget>> {
         let policy = self.state.policy.get();
         let base = self.state.config.policy.as_deref().and_then(|p| p.parent()).unwrap_or(std::path::Path::new("."));
+        let certs = self.state.config.certs.get();
         let mut out = Vec::new();
         for r in policy.recorders.iter().filter(|r| tags.iter().any(|t| r.tags.contains(t) || &r.name == t)) {
             let roots = match &r.ca_file {
                 Some(f) => tls::roots_from_pem(&tls::read_file(&base.join(f))?, &format!("recorder {} caFile", r.name))?,
                 None => crate::bail!("recorder {}: caFile is required", r.name),
             };
-            out.push(crate::recording::client::target(&r.name, &r.url, roots, self.state.config.recorder_identity.as_ref().map(|(c, k)| (c.clone(), k.clone_key())))?);
+            out.push(crate::recording::client::target(&r.name, &r.url, roots, certs.identity())?);
         }
         if let Some(cluster) = &self.state.cluster_recorders {
             out.extend(cluster.targets(tags));

@@ -135,8 +135,8 @@ impl EventSink {
         sink
     }
 
-    /// Sends to `targets` from now on (a policy reload changed them): the writer lets
-    /// what it sent be acknowledged, then connects anew.
+    /// Sends to `targets` from now on (a policy reload or a certificate renewal changed
+    /// them): the writer lets what it sent be acknowledged, then connects anew.
     pub fn reroute(&self, targets: Vec<RecorderTarget>) {
         *lock(&self.targets) = Arc::new(targets);
         self.routing.fetch_add(1, Ordering::SeqCst);
@@ -356,7 +356,7 @@ fn writer(sink: &Arc<EventSink>) {
         lock(&sink.pending).unacked_frames = 0;
         sink.lost(last_sent, sent.saturating_sub(acked));
         if rerouted {
-            log::info!("api event stream rerouted by the policy; reconnecting");
+            log::info!("api event stream rerouted (policy, cluster recorders or certificates); reconnecting");
             continue;
         }
         log::warn!("api event stream lost; reconnecting");
