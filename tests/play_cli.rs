@@ -188,3 +188,21 @@ fn ls_and_play_stop_quietly_when_their_reader_goes_away() {
         assert_eq!((out.status.code(), stderr(&out).as_str()), (Some(0), ""), "{args:?} | head");
     }
 }
+
+#[test]
+fn text_shows_the_lines_as_the_terminal_left_them() {
+    let dir = TempDir::new("play-text");
+    let store = FsStore::open(&dir.0).expect("a store");
+    // A prompt, a password typed then erased, a word drawn right half first, colour.
+    let outputs: [&[u8]; 4] = [b"$ hunter2", b"\x08\x08\x08\x08\x08\x08\x08\x1b[K", b"ls\r\n\x1b[3;4Hld\x1b[3;1Hwor\r\n", b"\x1b[1;31mred\x1b[0m\r\n$ "];
+    let file = started(&store, "s-text", &outputs);
+    drop(file);
+    let out = kubetape(&["play", "--text"], Some(&cast_path(&dir.0, "s-text")));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "$ ls\n\nworld\nred\n$\n");
+    // The plain text shows what was sent, password and escape codes included.
+    let plain = kubetape(&["play"], Some(&cast_path(&dir.0, "s-text")));
+    assert!(String::from_utf8_lossy(&plain.stdout).contains("hunter2"));
+    let both = kubetape(&["play", "--text", "--raw", "stdout"], Some(&cast_path(&dir.0, "s-text")));
+    assert_eq!((both.status.code(), stderr(&both).as_str()), (Some(2), "kubetape play: --text and --raw: give one of them\n"));
+}

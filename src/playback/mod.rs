@@ -3,12 +3,15 @@
 //! on stderr when the recording is not whole: still being recorded, truncated,
 //! interrupted, or ending in a torn line. `--raw` then exits non-zero after writing
 //! what there is, since those are not all of the stream's bytes.
+//! `--text` shows instead the lines as the session's terminal finally showed them
+//! (`screen`: escape sequences resolved, erased text gone).
 //! `kubetape ls`: lists the recordings in a recorder's storage directory.
 //! `kubetape play --recorder URL --id ID [--follow]` fetches (follows) one from a
 //! recorder's API instead (`follow`). Both stop quietly when their reader goes away
 //! (`| head`).
 
 mod follow;
+pub mod screen;
 
 use std::io::{self, Write};
 use std::path::Path;
@@ -29,10 +32,18 @@ pub const FLAGS: &[Flag] = &[
     Flag { name: "cert", default: None, help: "with --recorder: a reader's client certificate (PEM)" },
     Flag { name: "key", default: None, help: "with --recorder: that certificate's key (PEM)" },
     Flag { name: "follow", default: Some("false"), help: "with --recorder: print a running session as it is recorded, until it ends" },
+    Flag {
+        name: "text",
+        default: Some("false"),
+        help: "print the session's lines as its terminal finally showed them (escape sequences resolved, erased text gone): what search sees",
+    },
 ];
 
 pub fn run(args: &Args) -> Result<()> {
     if args.opt("recorder").is_some() {
+        if args.bool("text")? {
+            crate::bail!("--text: reads a --file (a recorder's API is not rendered yet)");
+        }
         return follow::run(args, &mut std::io::stdout().lock());
     }
     let path = args.required_path("file")?;
@@ -42,6 +53,10 @@ pub fn run(args: &Args) -> Result<()> {
         Some("stderr") => Some(("stderr", STDERR)),
         Some(other) => crate::bail!("--raw: expected stdout or stderr, found {other:?}"),
     };
+    let text = args.bool("text")?;
+    if text && raw.is_some() {
+        crate::bail!("--text and --raw: give one of them");
+    }
     let at = || format!("--file {}", path.display());
     // The sidecar before the cast: one that says `complete` was written after the last line.
     let meta = sidecar(&path)?;
@@ -58,6 +73,7 @@ pub fn run(args: &Args) -> Result<()> {
     let mut out = io::stdout().lock();
     until_the_reader_leaves(match raw {
         Some((_, stream)) => out.write_all(&asciicast::stream_bytes(&items, stream)).map_err(Error::from),
+        None if text => write_screen_text(&mut out, &recording.header, &items).with_context(at),
         None => write_text(&mut out, &items),
     })?;
     match raw {
@@ -73,6 +89,22 @@ fn write_text(out: &mut impl Write, items: &[Item<'_>]) -> Result<()> {
             Item::Output(o) => out.write_all(o.text.as_bytes())?,
             Item::Other(ev) if ev.code == "m" => exit_marker(out, &ev.data)?,
             Item::Other(_) => {}
+        }
+    }
+    Ok(out.flush()?)
+}
+
+/// The session's lines as its terminal finally showed them, then its exit status.
+fn write_screen_text(out: &mut impl Write, header: &Value, items: &[Item<'_>]) -> Result<()> {
+    let rendered = screen::render(header, items).map_err(Error::new)?;
+    for line in rendered.text() {
+        writeln!(out, "{line}")?;
+    }
+    for item in items {
+        if let Item::Other(ev) = item {
+            if ev.code == "m" && ev.data.starts_with("exit:") {
+                writeln!(out, "[kubetape: {}]", ev.data)?;
+            }
         }
     }
     Ok(out.flush()?)

@@ -140,10 +140,12 @@ pub fn output_lines(seconds: f64, stream: u8, piece: &Piece) -> String {
     }
 }
 
-/// One event of a recording: its line number (from 1, the header's), code and data.
+/// One event of a recording: its line number (from 1, the header's), time (seconds
+/// from the start), code and data.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Event {
     pub line: usize,
+    pub seconds: f64,
     pub code: String,
     pub data: String,
 }
@@ -177,17 +179,18 @@ fn events<'a>(lines: impl Iterator<Item = (usize, &'a str)>) -> Result<Vec<Event
     for (i, l) in lines.filter(|(_, l)| !l.trim().is_empty()) {
         let line = i + 1;
         let ev: Value = serde_json::from_str(l).map_err(|e| format!("line {line}: {e}"))?;
-        match (ev[0].is_number(), ev[1].as_str(), ev[2].as_str()) {
-            (true, Some(code), Some(data)) if ev.as_array().map(Vec::len) == Some(3) => out.push(Event { line, code: code.into(), data: data.into() }),
+        match (ev[0].as_f64(), ev[1].as_str(), ev[2].as_str()) {
+            (Some(seconds), Some(code), Some(data)) if ev.as_array().map(Vec::len) == Some(3) => out.push(Event { line, seconds, code: code.into(), data: data.into() }),
             _ => return Err(format!("line {line}: not an event ([seconds, code, data])")),
         }
     }
     Ok(out)
 }
 
-/// One piece of a recording's output: its stream, its exact bytes, the text shown.
+/// One piece of a recording's output: when, its stream, its exact bytes, the text shown.
 #[derive(Debug, PartialEq)]
 pub struct Output<'a> {
+    pub at: f64,
     pub stream: u8,
     pub bytes: Cow<'a, [u8]>,
     pub text: Cow<'a, str>,
@@ -223,7 +226,7 @@ pub fn items(events: &[Event]) -> Result<Vec<Item<'_>>, String> {
                 Some((_, bytes)) => Cow::Owned(bytes),
                 None => Cow::Borrowed(ev.data.as_bytes()),
             };
-            out.push(Item::Output(Output { stream, bytes, text: Cow::Borrowed(&ev.data) }));
+            out.push(Item::Output(Output { at: ev.seconds, stream, bytes, text: Cow::Borrowed(&ev.data) }));
             continue;
         };
         if let Some((line, _)) = waiting {
@@ -233,20 +236,21 @@ pub fn items(events: &[Event]) -> Result<Vec<Item<'_>>, String> {
         if ev.code == VERBATIM {
             *waiting = Some((ev.line, bytes));
         } else {
-            out.push(lossy(stream, bytes));
+            out.push(lossy(ev.seconds, stream, bytes));
         }
     }
     // A recording cut between a `v` event and its text: the bytes were output all the same.
     let mut cut: Vec<(u8, (usize, Vec<u8>))> = [STDOUT, STDERR].into_iter().zip(verbatim).filter_map(|(s, v)| Some((s, v?))).collect();
     cut.sort_by_key(|(_, (line, _))| *line);
-    out.extend(cut.into_iter().map(|(stream, (_, bytes))| lossy(stream, bytes)));
+    let last = events.last().map_or(0.0, |e| e.seconds);
+    out.extend(cut.into_iter().map(|(stream, (_, bytes))| lossy(last, stream, bytes)));
     Ok(out)
 }
 
 /// Bytes no text event shows, shown as `String::from_utf8_lossy` shows them.
-fn lossy(stream: u8, bytes: Vec<u8>) -> Item<'static> {
+fn lossy(at: f64, stream: u8, bytes: Vec<u8>) -> Item<'static> {
     let text = Cow::Owned(String::from_utf8_lossy(&bytes).into_owned());
-    Item::Output(Output { stream, bytes: Cow::Owned(bytes), text })
+    Item::Output(Output { at, stream, bytes: Cow::Owned(bytes), text })
 }
 
 /// The base64 of a `v` or `b` event of `stream`.
@@ -380,7 +384,7 @@ mod tests {
     #[test]
     fn parse_wants_a_header_and_events_and_leaves_a_torn_line_out() {
         let rec = parse(format!("{HEADER}[0.1, \"o\", \"a\"]\n\n[0.2, \"o\", \"b").as_bytes()).unwrap();
-        assert_eq!(rec.events, vec![Event { line: 2, code: "o".into(), data: "a".into() }]);
+        assert_eq!(rec.events, vec![Event { line: 2, seconds: 0.1, code: "o".into(), data: "a".into() }]);
         assert_eq!(rec.torn, "[0.2, \"o\", \"b".len());
         let bad: [(&[u8], &str); 9] = [
             (b"", "not an asciicast v2 recording"),
