@@ -147,7 +147,7 @@ fn server_minor(k: &Kubectl) -> Result<u32, String> {
 }
 
 /// Sets up namespaces, RBAC, the proxy's service account and a test pod.
-fn setup(admin: Kubectl, fill: bool, id: &str) -> Result<(Fixture, String), String> {
+fn setup(admin: Kubectl, fill: bool, id: &str) -> Result<(Fixture, Tokens), String> {
     if fill {
         fill_aggregated_roles(&admin)?;
     }
@@ -203,8 +203,26 @@ fn setup(admin: Kubectl, fill: bool, id: &str) -> Result<(Fixture, String), Stri
         let out = admin.run_timeout(&["wait", "--for=condition=Ready", &format!("pod/{pod}"), "-n", n, "--timeout=120s"], None, Duration::from_secs(130));
         must(out, &format!("waiting for pod {n}/{pod}"))?;
     }
+    // The recorder's identity: it asks the cluster who a viewer's token belongs to
+    // and what they may watch (TokenReview, SubjectAccessReview: auth-delegator).
+    let delegator = format!("kubetape-recorder-{id}");
+    fx.cluster_objects.push(("clusterrolebinding".into(), delegator.clone()));
+    apply(&admin, &json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "kubetape-recorder", "namespace": ns}}))?;
+    apply(
+        &admin,
+        &json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": delegator},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:auth-delegator"},
+        "subjects": [{"kind": "ServiceAccount", "name": "kubetape-recorder", "namespace": ns}]}),
+    )?;
     let token = must(admin.run(&["create", "token", "kubetape-proxy", "-n", &ns, "--duration=2h"]), "create token")?;
-    Ok((fx, token))
+    let recorder_token = must(admin.run(&["create", "token", "kubetape-recorder", "-n", &ns, "--duration=2h"]), "create token")?;
+    Ok((fx, Tokens { proxy: token, recorder: recorder_token }))
+}
+
+/// The service-account tokens the proxy and the recorder reach the cluster with.
+struct Tokens {
+    proxy: String,
+    recorder: String,
 }
 
 /// The admin kubeconfig's server and CA, for building other kubeconfigs.
@@ -219,15 +237,17 @@ struct Proxy {
     _proxy: Spawned,
     /// Taken (and so killed) by the fail-closed events case, which runs last.
     recorder: std::sync::Mutex<Option<Spawned>>,
+    recorder_addr: String,
     dir: TempDir,
 }
 
-fn start_proxy(admin: &Kubectl, token: &str) -> Result<Proxy, String> {
+fn start_proxy(admin: &Kubectl, tokens: &Tokens) -> Result<Proxy, String> {
     let dir = TempDir::new("conformance");
     let d = |f: &str| dir.0.join(f);
     let (server, cluster_ca) = server_and_ca(admin)?;
     let w = |p: PathBuf, text: &str| std::fs::write(&p, text).map_err(|e| format!("{}: {e}", p.display()));
-    w(d("upstream.kubeconfig"), &kubeconfig(&server, &cluster_ca, "kubetape-proxy", Credential::Token(token)))?;
+    w(d("upstream.kubeconfig"), &kubeconfig(&server, &cluster_ca, "kubetape-proxy", Credential::Token(&tokens.proxy)))?;
+    w(d("recorder.kubeconfig"), &kubeconfig(&server, &cluster_ca, "kubetape-recorder", Credential::Token(&tokens.recorder)))?;
     let ca = Ca::new("kubetape-conformance-proxy-ca").map_err(|e| e.to_string())?;
     let serving = ca.server("kubetape-proxy", &["127.0.0.1", "localhost"]).map_err(|e| e.to_string())?;
     w(d("proxy-ca.pem"), &ca.cert_pem)?;
@@ -271,6 +291,9 @@ fn start_proxy(admin: &Kubectl, token: &str) -> Result<Proxy, String> {
         &p("recorder-ca.pem"),
         "--storage-dir",
         &p("recordings"),
+        "--viewers-from-cluster",
+        "--kubeconfig",
+        &p("recorder.kubeconfig"),
     ]
     .iter()
     .map(|s| s.to_string())
@@ -301,13 +324,16 @@ fn start_proxy(admin: &Kubectl, token: &str) -> Result<Proxy, String> {
     .collect();
     let child = Spawned::start(&args, &d("proxy.log"));
     wait_for_port(port);
-    Ok(Proxy { _proxy: child, recorder: std::sync::Mutex::new(Some(recorder)), dir })
+    // Viewers reach the recorder with a token and no certificate; this trusts it.
+    w(d("recorder-viewer.kubeconfig"), &format!("certificate-authority-data: {}\n", kubetape::wire::base64::encode(rca.cert_pem.as_bytes())))?;
+    Ok(Proxy { _proxy: child, recorder: std::sync::Mutex::new(Some(recorder)), recorder_addr: format!("127.0.0.1:{rport}"), dir })
 }
 
 type CaseFn = fn(&Ctx<'_>) -> Result<(), String>;
 
 struct Ctx<'a> {
     proxy: &'a Proxy,
+    admin: Kubectl,
     audit_log: Option<PathBuf>,
     dave: Kubectl,
     recordings: PathBuf,
@@ -600,6 +626,114 @@ fn smuggling_never_reaches_the_api_server(c: &Ctx<'_>) -> Result<(), String> {
     Ok(())
 }
 
+/// `check` again every 200 ms until it gives something or `timeout` passes.
+fn poll<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A GET on the recorder's API with `token` as a bearer token (no certificate).
+fn viewer_get(c: &Ctx<'_>, token: Option<&str>, path: &str) -> Result<(u16, String), String> {
+    let mut k = support::RawClient::connect_named(&c.proxy.recorder_addr, "127.0.0.1", &c.proxy.dir.0.join("recorder-viewer.kubeconfig"), false);
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    k.send(format!("GET {path} HTTP/1.1\r\nHost: recorder\r\n{auth}Connection: close\r\n\r\n").as_bytes()).map_err(|e| e.to_string())?;
+    k.response().ok_or_else(|| format!("GET {path}: no response"))
+}
+
+fn items(body: &str) -> Result<Vec<Value>, String> {
+    let v: Value = serde_json::from_str(body).map_err(|e| format!("{e}: {body}"))?;
+    v["items"].as_array().cloned().ok_or_else(|| format!("no items in {body}"))
+}
+
+/// Viewers authenticated by the cluster (TokenReview of a service-account token) and
+/// authorised by its RBAC (SubjectAccessReview for get on recordings.kubetape.dev in
+/// the recording's namespace), judged by what the recorder's API answers them.
+fn viewers_by_token_and_rbac(c: &Ctx<'_>) -> Result<(), String> {
+    // A recording in the other namespace (carol is an admin through the proxy).
+    let marker = format!("elsewhere-{}", kubetape::net::random::hex(4));
+    must(c.carol.run(&["exec", "-n", &c.other, "elsewhere", "--", "echo", &marker]), "carol exec in the other namespace")?;
+    let role = format!("kubetape-recording-viewer-{}", c.id);
+    let result = (|| {
+        for sa in ["viewer-alice", "viewer-bob"] {
+            apply(&c.admin, &json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": sa, "namespace": c.ns}}))?;
+        }
+        apply(
+            &c.admin,
+            &json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": role},
+            "rules": [{"apiGroups": ["kubetape.dev"], "resources": ["recordings"], "verbs": ["get"]}]}),
+        )?;
+        apply(
+            &c.admin,
+            &json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "viewer-alice", "namespace": c.ns},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+            "subjects": [{"kind": "ServiceAccount", "name": "viewer-alice", "namespace": c.ns}]}),
+        )?;
+        let token = |sa: &str| must(c.admin.run(&["create", "token", sa, "-n", &c.ns, "--duration=1h"]), "create token");
+        let (alice, bob) = (token("viewer-alice")?, token("viewer-bob")?);
+        // The other namespace's recording, found with its marker among the files.
+        let other_id = poll(Duration::from_secs(20), || {
+            std::fs::read_dir(&c.recordings).ok()?.flatten().flat_map(|d| std::fs::read_dir(d.path()).into_iter().flatten().flatten()).find_map(|f| {
+                let p = f.path();
+                std::fs::read_to_string(&p).ok().filter(|t| p.extension().is_some_and(|e| e == "cast") && t.contains(&marker))?;
+                p.file_stem().map(|s| s.to_string_lossy().into_owned())
+            })
+        })
+        .ok_or("carol's session in the other namespace was not recorded")?;
+        // alice sees her namespace's recordings and none of the other's, and reads them.
+        let (code, body) = poll(Duration::from_secs(20), || viewer_get(c, Some(&alice), "/v1/recordings").ok().filter(|(code, _)| *code == 200)).ok_or("alice's list")?;
+        let listed = items(&body)?;
+        let own: Vec<&Value> = listed.iter().filter(|m| m["session"]["namespace"] == json!(c.ns)).collect();
+        if code != 200 || own.is_empty() || own.len() != listed.len() {
+            return Err(format!("alice listed {} recordings, {} of them in {}", listed.len(), own.len(), c.ns));
+        }
+        let id = own[0]["id"].as_str().ok_or("no id")?;
+        match viewer_get(c, Some(&alice), &format!("/v1/recordings/{id}/cast"))? {
+            (200, cast) if serde_json::from_str::<Value>(cast.lines().next().unwrap_or_default()).is_ok_and(|h| h["version"] == 2) => {}
+            other => return Err(format!("alice's cast of {id}: {other:?}")),
+        }
+        for path in [format!("/v1/recordings/{other_id}"), format!("/v1/recordings/{other_id}/cast")] {
+            match viewer_get(c, Some(&alice), &path)? {
+                (403, body) if !body.contains(&marker) => {}
+                other => return Err(format!("alice got {path} of namespace {}: {other:?}", c.other)),
+            }
+        }
+        let events = items(&viewer_get(c, Some(&alice), "/v1/events")?.1)?;
+        if events.is_empty() || events.iter().any(|e| e["namespace"] != json!(c.ns)) {
+            return Err(format!("alice's events: {} of them, namespaces {:?}", events.len(), events.iter().map(|e| e["namespace"].clone()).collect::<Vec<_>>()));
+        }
+        // bob has no binding: nothing; a made-up token and none at all: 401.
+        let bob_list = items(&viewer_get(c, Some(&bob), "/v1/recordings")?.1)?;
+        if !bob_list.is_empty() {
+            return Err(format!("bob listed {} recordings", bob_list.len()));
+        }
+        match viewer_get(c, Some(&bob), &format!("/v1/recordings/{id}/cast"))? {
+            (403, _) => {}
+            other => return Err(format!("bob's cast of {id}: {other:?}")),
+        }
+        for token in [Some("not-a-token"), None] {
+            match viewer_get(c, token, "/v1/recordings")? {
+                (401, _) => {}
+                other => return Err(format!("token {token:?}: {other:?}")),
+            }
+        }
+        // A binding taken away stops working within the recorder's cache time.
+        must(c.admin.run(&["delete", "rolebinding", "viewer-alice", "-n", &c.ns]), "delete alice's binding")?;
+        poll(Duration::from_secs(30), || viewer_get(c, Some(&alice), "/v1/recordings").ok().and_then(|(_, b)| items(&b).ok()).filter(|l| l.is_empty()))
+            .ok_or("alice still lists recordings after her binding went")?;
+        Ok(())
+    })();
+    let _ = c.admin.run(&["delete", "clusterrole", &role, "--ignore-not-found"]);
+    result
+}
+
 const REAL_CASES: &[(&str, CaseFn)] = &[
     ("encoded exec paths, nodes/proxy", encoded_exec_paths),
     ("smuggling via Connection", smuggling_never_reaches_the_api_server),
@@ -610,6 +744,7 @@ const REAL_CASES: &[(&str, CaseFn)] = &[
     ("auth can-i for the caller", can_i_answers_for_the_caller),
     ("chunked list (--chunk-size)", chunked_list),
     ("CRD and custom resources", crd_through_proxy),
+    ("viewers: tokens and RBAC", viewers_by_token_and_rbac),
     ("events fail-closed, unaudited", events_fail_closed),
 ];
 
@@ -667,14 +802,14 @@ fn run(args: &Args) -> (String, Tally) {
             return (table, tally);
         }
     };
-    let (fixture, token) = match setup(admin.clone(), args.fill_aggregated_roles, &id) {
+    let (fixture, tokens) = match setup(admin.clone(), args.fill_aggregated_roles, &id) {
         Ok(s) => s,
         Err(e) => {
             row(&mut table, "setup", "-", Err(e), None);
             return (table, tally);
         }
     };
-    let proxy = match start_proxy(&admin, &token) {
+    let proxy = match start_proxy(&admin, &tokens) {
         Ok(p) => p,
         Err(e) => {
             row(&mut table, "start proxy", "-", Err(e), None);
@@ -696,6 +831,7 @@ fn run(args: &Args) -> (String, Tally) {
     }
     let ctx = Ctx {
         proxy: &proxy,
+        admin: admin.clone(),
         audit_log: args.audit_log.clone(),
         dave: kc("dave", Proto::WebSocket),
         recordings: proxy.dir.0.join("recordings"),

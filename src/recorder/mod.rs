@@ -5,12 +5,16 @@
 //! and Prometheus metrics.
 //!
 //! Who may do what is decided by the client certificate's CN: `--writers` may stream
-//! sessions, `--readers` may use the API and metrics. Health checks are open.
+//! sessions, `--readers` may use the API and metrics. With `--viewers-from-cluster`, a
+//! Kubernetes bearer token may use the API too, for the recordings of the namespaces
+//! RBAC lets its user watch (`viewers`). Health checks are open.
 
 mod ingest;
 mod live;
 mod metrics;
 mod reads;
+mod search;
+pub mod viewers;
 
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
@@ -22,6 +26,8 @@ use serde_json::{json, Value};
 
 use crate::args::{Args, Flag};
 use crate::error::{Context, Error, Result};
+use crate::kube::client::ApiServer;
+use crate::kube::rest::Rest;
 use crate::net::conn::{Conn, Input, ReadHalf, WriteHalf};
 use crate::net::head::HeadLimits;
 use crate::net::server::{self, Lifecycle};
@@ -39,6 +45,7 @@ use crate::wire::status;
 use live::Live;
 use metrics::Metrics;
 use reads::Sent;
+use viewers::Access;
 
 /// Readers following running recordings at once; one more is answered 503.
 pub use live::MAX_FOLLOWERS;
@@ -69,6 +76,12 @@ pub const FLAGS: &[Flag] = &[
     Flag { name: "writers", default: Some("kubetape-proxy"), help: "comma-separated client certificate CNs that may write recordings" },
     Flag { name: "readers", default: None, help: "comma-separated client certificate CNs that may read recordings and metrics" },
     Flag { name: "storage-dir", default: None, help: "directory to keep recordings in, required" },
+    Flag {
+        name: "viewers-from-cluster",
+        default: Some("false"),
+        help: "let Kubernetes bearer tokens read the API: TokenReview, then SubjectAccessReview for get on recordings.kubetape.dev in each recording's namespace",
+    },
+    Flag { name: "kubeconfig", default: None, help: "with --viewers-from-cluster: the API server to ask, and the recorder's credentials [default: in-cluster]" },
     server::LIMIT_FLAGS[0],
     server::LIMIT_FLAGS[1],
     server::LIMIT_FLAGS[2],
@@ -91,6 +104,7 @@ pub struct Config {
     storage_dir: PathBuf,
     limits: server::Limits,
     s3: Option<S3Config>,
+    viewers: Option<viewers::Viewers>,
 }
 
 fn names(v: Option<String>) -> Vec<String> {
@@ -112,6 +126,17 @@ impl Config {
             storage_dir: args.required_path("storage-dir")?,
             limits: server::Limits::from_args(args)?,
             s3: S3Config::from_args(args)?,
+            viewers: match (args.bool("viewers-from-cluster")?, args.path("kubeconfig")) {
+                (false, None) => None,
+                (false, Some(_)) => crate::bail!("--kubeconfig: only used with --viewers-from-cluster"),
+                (true, path) => {
+                    let api = match path {
+                        Some(p) => ApiServer::from_kubeconfig(&p, None).context("--kubeconfig")?,
+                        None => ApiServer::in_cluster().context("--viewers-from-cluster: --kubeconfig not given and not in a cluster")?,
+                    };
+                    Some(viewers::Viewers::new(Rest::new(api)?))
+                }
+            },
         })
     }
 }
@@ -130,6 +155,8 @@ struct State {
     /// Held while a resume replaces a recording's spool files and while the uploader
     /// removes an uploaded one, so neither undoes the other.
     spool_files: std::sync::Mutex<()>,
+    /// What each recording's terminal showed, for search.
+    renderings: search::Renderings,
 }
 
 impl State {
@@ -190,7 +217,17 @@ pub fn run(config: Config) -> Result<()> {
         c.replica.get_or_insert_with(|| format!("{}-{}", crate::net::host_name(), addr.port()));
         Arc::new(S3::new(c))
     });
-    let state = Arc::new(State { config, store, events, metrics: Metrics::default(), live: Live::default(), s3, hand_off: Default::default(), spool_files: Default::default() });
+    let state = Arc::new(State {
+        config,
+        store,
+        events,
+        metrics: Metrics::default(),
+        live: Live::default(),
+        s3,
+        hand_off: Default::default(),
+        spool_files: Default::default(),
+        renderings: Default::default(),
+    });
     // The bucket is reached in the background: a recorder whose S3 settings are wrong
     // serves (not ready, saying why) instead of crash-looping, and spools meanwhile.
     let uploader = match &state.s3 {
@@ -291,6 +328,21 @@ fn handle_connection(state: &Arc<State>, sock: TcpStream, id: u64, admission: &s
                 Err((403, format!("{cn:?} may not {}", if r == Role::Writer { "write recordings" } else { "read recordings" })))
             }
         };
+        // Whose recordings this request may read: a reader certificate all, a viewer's
+        // token those RBAC lets its user watch.
+        let read_access = || -> Result<Access, (u16, String)> {
+            if cn.as_ref().is_some_and(|cn| state.config.readers.contains(cn)) {
+                return Ok(Access::All);
+            }
+            match (&state.config.viewers, head.headers.get_str("authorization").and_then(viewers::bearer)) {
+                (Some(v), Some(token)) => match v.authenticate(token) {
+                    Ok(Some(viewer)) => Ok(Access::Viewer(viewer)),
+                    Ok(None) => Err((401, "the cluster did not accept the bearer token".into())),
+                    Err(e) => Err(unchecked(&e)),
+                },
+                _ => role(Role::Reader).map(|()| Access::All),
+            }
+        };
         let path = head.path().to_string();
         let result = match (head.method.as_str(), path.as_str()) {
             ("GET", "/healthz") => out.write_all(&http::response(200, "text/plain", b"ok")).map_err(|e| (500, e.to_string())),
@@ -315,16 +367,19 @@ fn handle_connection(state: &Arc<State>, sock: TcpStream, id: u64, admission: &s
                 }
                 Err(e) => Err(e),
             },
-            ("GET", p) if p == EVENTS_PATH => role(Role::Reader).and_then(|()| query_events(state, &head, &mut out)),
+            ("GET", p) if p == EVENTS_PATH => read_access().and_then(|access| query_events(state, &head, &access, &mut out)),
+            ("GET", "/v1/search") => read_access().and_then(|access| serve_search(state, &head, &access, &mut out)),
             ("GET", "/metrics") => role(Role::Reader).and_then(|()| {
                 let text = state.metrics.render(state.s3.as_ref().map(|s| &s.stats));
                 out.write_all(&http::response(200, "text/plain; version=0.0.4", text.as_bytes())).map_err(|e| (500, e.to_string()))
             }),
-            ("GET", p) if p == "/v1/recordings" || p.starts_with("/v1/recordings/") => match role(Role::Reader).and_then(|()| serve_api(state, &head, &input.half, &mut out)) {
-                // Part of a body went out: nothing more can be said on this connection.
-                Ok(Sent::Broken) => return,
-                other => other.map(|_| ()),
-            },
+            ("GET", p) if p == "/v1/recordings" || p.starts_with("/v1/recordings/") => {
+                match read_access().and_then(|access| serve_api(state, &head, &access, &input.half, &mut out)) {
+                    // Part of a body went out: nothing more can be said on this connection.
+                    Ok(Sent::Broken) => return,
+                    other => other.map(|_| ()),
+                }
+            }
             _ => Err((404, "not found".into())),
         };
         if let Err((code, msg)) = result {
@@ -335,25 +390,44 @@ fn handle_connection(state: &Arc<State>, sock: TcpStream, id: u64, admission: &s
     }
 }
 
-fn serve_api(state: &State, head: &RequestHead, peer: &ReadHalf, out: &mut WriteHalf) -> Result<Sent, (u16, String)> {
+/// The cluster could not say whether a viewer may read: 503, never a yes.
+fn unchecked(e: &str) -> (u16, String) {
+    log::warn!("viewer not checked error={e}");
+    (503, "the cluster could not be asked whether this viewer may read recordings; try again".into())
+}
+
+/// Whether `access` may read the recordings of `namespace`.
+fn may_view(state: &State, access: &Access, namespace: &str) -> Result<bool, (u16, String)> {
+    access.may_view(state.config.viewers.as_ref(), namespace).map_err(|e| unchecked(&e))
+}
+
+/// The recordings `access` may read that the query's filters (`user`, `namespace`,
+/// `pod`, `since`, `until`) keep, newest first.
+fn listed<'q>(state: &State, access: &Access, param: &impl Fn(&str) -> Option<&'q str>) -> Result<Vec<SessionMeta>, (u16, String)> {
+    let list: Vec<SessionMeta> = state
+        .recordings()?
+        .list()
+        .map_err(|e| (500, e.to_string()))?
+        .into_iter()
+        .map(|m| state.live.current(m))
+        .filter(|m| param("user").is_none_or(|u| m.user() == u))
+        .filter(|m| param("namespace").is_none_or(|n| m.namespace() == n))
+        .filter(|m| param("pod").is_none_or(|p| m.pod() == p))
+        .filter(|m| param("since").is_none_or(|s| m.started.as_str() >= s))
+        .filter(|m| param("until").is_none_or(|u| m.started.as_str() <= u))
+        .collect();
+    // Asked once per namespace (the answers are cached), not per recording.
+    list.into_iter().filter_map(|m| may_view(state, access, m.namespace()).map(|yes| yes.then_some(m)).transpose()).collect()
+}
+
+fn serve_api(state: &State, head: &RequestHead, access: &Access, peer: &ReadHalf, out: &mut WriteHalf) -> Result<Sent, (u16, String)> {
     let internal = |e: Error| (500, e.to_string());
     let io = |e: std::io::Error| (500, e.to_string());
     let rest = head.path().trim_start_matches("/v1/recordings").trim_start_matches('/');
     let q = http::query_pairs(head.query());
     let param = |k: &str| q.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     if rest.is_empty() {
-        let list: Vec<SessionMeta> = state
-            .recordings()?
-            .list()
-            .map_err(internal)?
-            .into_iter()
-            .map(|m| state.live.current(m))
-            .filter(|m| param("user").is_none_or(|u| m.user() == u))
-            .filter(|m| param("namespace").is_none_or(|n| m.namespace() == n))
-            .filter(|m| param("pod").is_none_or(|p| m.pod() == p))
-            .filter(|m| param("since").is_none_or(|s| m.started.as_str() >= s))
-            .filter(|m| param("until").is_none_or(|u| m.started.as_str() <= u))
-            .collect();
+        let list = listed(state, access, &param)?;
         return reply(out, 200, &json!({"items": list})).map(|()| Sent::Whole).map_err(io);
     }
     let (id, cast) = match rest.split_once('/') {
@@ -361,6 +435,10 @@ fn serve_api(state: &State, head: &RequestHead, peer: &ReadHalf, out: &mut Write
         Some(_) => return Err((404, "not found".into())),
         None => (rest, false),
     };
+    let meta = state.recordings()?.meta(id).map_err(internal)?.ok_or((404, format!("recording {id:?} not found")))?;
+    if !may_view(state, access, meta.namespace())? {
+        return Err((403, format!("you may not watch recordings of namespace {:?} (RBAC: get on recordings.kubetape.dev there)", meta.namespace())));
+    }
     if cast {
         // Only durable whole lines are served, of a running session too.
         return match param("follow") {
@@ -369,17 +447,39 @@ fn serve_api(state: &State, head: &RequestHead, peer: &ReadHalf, out: &mut Write
             Some(other) => Err((400, format!("follow: expected true or false, found {other:?}"))),
         };
     }
-    let meta = state.recordings()?.meta(id).map_err(internal)?.ok_or((404, format!("recording {id:?} not found")))?;
     let meta = state.live.current(meta);
     reply(out, 200, &serde_json::to_value(&meta).unwrap_or(Value::Null)).map(|()| Sent::Whole).map_err(io)
 }
 
-fn query_events(state: &State, head: &RequestHead, out: &mut WriteHalf) -> Result<(), (u16, String)> {
+fn serve_search(state: &State, head: &RequestHead, access: &Access, out: &mut WriteHalf) -> Result<(), (u16, String)> {
+    let q = http::query_pairs(head.query());
+    let param = |k: &str| q.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let words = search::words(param("q").unwrap_or_default())?;
+    let found = search::search(state, &listed(state, access, &param)?, &words)?;
+    reply(out, 200, &found).map_err(|e| (500, e.to_string()))
+}
+
+fn query_events(state: &State, head: &RequestHead, access: &Access, out: &mut WriteHalf) -> Result<(), (u16, String)> {
     let q = http::query_pairs(head.query());
     let param = |k: &str| q.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     let limit = param("limit").and_then(|l| l.parse().ok()).unwrap_or(1000usize).min(100_000);
-    let keep = |e: &ApiEvent| e.matches(param("user"), param("verb"), param("resource"), param("namespace"), param("since"), param("until"));
+    // A viewer sees the events of the namespaces they may watch; the first refusal to
+    // answer from the cluster fails the whole query rather than leave events out.
+    let unanswered = std::cell::RefCell::new(None);
+    let keep = |e: &ApiEvent| {
+        e.matches(param("user"), param("verb"), param("resource"), param("namespace"), param("since"), param("until"))
+            && match may_view(state, access, &e.request.namespace) {
+                Ok(yes) => yes,
+                Err(err) => {
+                    unanswered.borrow_mut().get_or_insert(err);
+                    false
+                }
+            }
+    };
     let events = crate::storage::query_events(&state.events, state.bucket()?, keep, limit).map_err(|e| (500, e.to_string()))?;
+    if let Some(err) = unanswered.into_inner() {
+        return Err(err);
+    }
     let io = |e: std::io::Error| (500, e.to_string());
     if param("format") == Some("audit") {
         // audit.k8s.io/v1 Event lines, oldest first, as audit log files are.

@@ -91,7 +91,8 @@ pub(super) enum Sent {
 }
 
 /// `GET .../cast`: the durable bytes now, as one response.
-pub(super) fn snapshot(state: &State, id: &str, out: &mut WriteHalf) -> Result<Sent, Refusal> {
+/// The cast file and how many of its bytes may be read now.
+fn durable(state: &State, id: &str) -> Result<(Cast, u64), Refusal> {
     let (file, extent) = open(state, id)?;
     let end = match extent {
         Extent::Live(p) => p.seen().durable,
@@ -99,6 +100,23 @@ pub(super) fn snapshot(state: &State, id: &str, out: &mut WriteHalf) -> Result<S
     };
     // A file cut short behind our back is served as it is, never with a false length.
     let end = end.min(file.size().map_err(|e| (500, e.to_string()))?);
+    Ok((file, end))
+}
+
+/// The bytes of recording `id` durable now, whole (for rendering), and their count.
+pub(super) fn durable_bytes(state: &State, id: &str) -> Result<Vec<u8>, Refusal> {
+    let (file, end) = durable(state, id)?;
+    let mut bytes = Vec::with_capacity(usize::try_from(end).unwrap_or(0));
+    copy(&file, 0, end, &mut |piece| {
+        bytes.extend_from_slice(piece);
+        Ok(())
+    })
+    .map_err(|e| (500, e.to_string()))?;
+    Ok(bytes)
+}
+
+pub(super) fn snapshot(state: &State, id: &str, out: &mut WriteHalf) -> Result<Sent, Refusal> {
+    let (file, end) = durable(state, id)?;
     out.write_all(&head(Some(end))).map_err(|e| (500, e.to_string()))?;
     Ok(match copy(&file, 0, end, &mut |piece| out.write_all(piece)) {
         Ok(()) => Sent::Whole,

@@ -1,0 +1,116 @@
+//! `GET /v1/search?q=WORDS` (with the list's filters): where in which recordings the
+//! words were shown on the terminal, searched in the rendered text
+//! (`playback::screen`), not in the raw output: a word drawn with cursor moves is
+//! found, escape sequences never match, and a word typed then erased is found at the
+//! moment it was on the screen. Each recording's rendering is kept (by its durable
+//! length, so a running session is rendered again once it grew), within a bound.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use serde_json::{json, Value};
+
+use super::{reads, State};
+use crate::net::sync::lock;
+use crate::playback::screen::{self, Shown};
+use crate::record::protocol::SessionMeta;
+use crate::wire::asciicast;
+
+/// Hits given per recording; `truncated` says when there were more.
+const HITS_PER_RECORDING: usize = 20;
+/// Rendered text kept for searches, in bytes; past this the cache starts over.
+const CACHE_BYTES: usize = 256 * 1024 * 1024;
+/// The longest query: search words, not documents.
+const MAX_QUERY: usize = 256;
+
+type Refusal = (u16, String);
+
+/// Renderings of recordings by id: the durable length they were made from, and what
+/// each screen row showed.
+#[derive(Default)]
+pub struct Renderings {
+    entries: Mutex<(usize, HashMap<String, (usize, Arc<Vec<Shown>>)>)>,
+}
+
+impl Renderings {
+    fn history(&self, state: &State, id: &str) -> Result<Arc<Vec<Shown>>, Refusal> {
+        let bytes = reads::durable_bytes(state, id)?;
+        if let Some((_, h)) = lock(&self.entries).1.get(id).filter(|(len, _)| *len == bytes.len()) {
+            return Ok(h.clone());
+        }
+        let history = Arc::new(render(&bytes).map_err(|e| (500, format!("recording {id}: {e}")))?);
+        let size: usize = history.iter().map(|s| s.text.len() + std::mem::size_of::<Shown>()).sum();
+        let mut e = lock(&self.entries);
+        if e.0 + size > CACHE_BYTES {
+            *e = (0, HashMap::new());
+        }
+        if let Some((_, old)) = e.1.insert(id.to_string(), (bytes.len(), history.clone())) {
+            e.0 = e.0.saturating_sub(old.iter().map(|s| s.text.len() + std::mem::size_of::<Shown>()).sum());
+        }
+        e.0 += size;
+        Ok(history)
+    }
+}
+
+fn render(cast: &[u8]) -> Result<Vec<Shown>, String> {
+    let recording = asciicast::parse(cast)?;
+    let items = asciicast::items(&recording.events)?;
+    Ok(screen::render(&recording.header, &items)?.history)
+}
+
+/// The words of a query, lower-cased: a row matches when it holds every one.
+pub fn words(q: &str) -> Result<Vec<String>, Refusal> {
+    if q.len() > MAX_QUERY {
+        return Err((400, format!("q: at most {MAX_QUERY} bytes")));
+    }
+    let words: Vec<String> = q.split_whitespace().map(str::to_lowercase).collect();
+    if words.is_empty() {
+        return Err((400, "q: give the words to search for".into()));
+    }
+    Ok(words)
+}
+
+/// The rows of `history` that show every word, as hits, at most `limit`.
+pub fn hits<'h>(history: &'h [Shown], words: &[String], limit: usize) -> (Vec<&'h Shown>, bool) {
+    let mut found = history.iter().filter(|s| {
+        let text = s.text.to_lowercase();
+        words.iter().all(|w| text.contains(w.as_str()))
+    });
+    let hits: Vec<&Shown> = found.by_ref().take(limit).collect();
+    let more = found.next().is_some();
+    (hits, more)
+}
+
+/// The search's answer over `recordings` (already filtered to what the caller may read).
+pub fn search(state: &State, recordings: &[SessionMeta], words: &[String]) -> Result<Value, Refusal> {
+    let mut items = Vec::new();
+    for m in recordings {
+        let history = state.renderings.history(state, &m.id)?;
+        let (hits, truncated) = hits(&history, words, HITS_PER_RECORDING);
+        if hits.is_empty() {
+            continue;
+        }
+        items.push(json!({
+            "id": m.id, "started": m.started, "status": m.status, "user": m.user(), "namespace": m.namespace(), "pod": m.pod(),
+            "hits": hits.iter().map(|h| json!({"at": h.at, "text": h.text})).collect::<Vec<_>>(), "truncated": truncated,
+        }));
+    }
+    Ok(json!({"items": items}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_row_matches_when_it_shows_every_word() {
+        let history = vec![Shown { at: 1.0, text: "$ kubectl get pods".into() }, Shown { at: 2.0, text: "Pods: 3".into() }, Shown { at: 3.0, text: "get PODS".into() }];
+        let (h, more) = hits(&history, &words("GET pods").unwrap(), 10);
+        assert_eq!(h.iter().map(|s| s.at).collect::<Vec<_>>(), [1.0, 3.0]);
+        assert!(!more);
+        let (h, more) = hits(&history, &words("pods").unwrap(), 2);
+        assert_eq!((h.len(), more), (2, true));
+        assert_eq!(words("  ").unwrap_err().0, 400);
+        assert_eq!(words(&"x".repeat(MAX_QUERY + 1)).unwrap_err().0, 400);
+    }
+}
