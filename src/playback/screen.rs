@@ -77,10 +77,8 @@ pub fn render(header: &Value, items: &[Item<'_>]) -> Result<Rendered, String> {
     let mut history = History::default();
     for item in items {
         match item {
-            // A line at a time: a chunk of many lines would otherwise be noted only as
-            // the screen it left, and what scrolled past within it never.
             Item::Output(o) => {
-                for piece in o.text.split_inclusive('\n') {
+                for piece in pieces(&o.text) {
                     let rows = terminal.feed_with(piece, &mut dirty);
                     history.note(&terminal, &rows, o.at);
                 }
@@ -95,6 +93,24 @@ pub fn render(header: &Value, items: &[Item<'_>]) -> Result<Rendered, String> {
         }
     }
     Ok(Rendered { terminal, history: history.shown })
+}
+
+/// A chunk of output cut where the screen is worth looking at: after each line (what
+/// scrolls past within one chunk is seen), and before each backspace and escape
+/// sequence (what a chunk writes and then erases or overwrites is seen before it
+/// goes). The emulator keeps its parser's state across pieces, so a cut never
+/// changes what is drawn.
+fn pieces(text: &str) -> impl Iterator<Item = &str> {
+    let mut rest = text;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let cut = rest.char_indices().skip(1).find(|&(i, c)| c == '\x08' || c == '\x1b' || rest.as_bytes()[i - 1] == b'\n').map_or(rest.len(), |(i, _)| i);
+        let (piece, after) = rest.split_at(cut);
+        rest = after;
+        Some(piece)
+    })
 }
 
 /// The rows' texts as last noted, to tell a new text from one that only moved.
@@ -158,6 +174,16 @@ mod tests {
         assert_eq!(r.text(), ["$ ls", "file", "$"]);
         assert!(!r.text().join("\n").contains("hunter2"));
         assert_eq!(r.find("hunter2").iter().map(|s| s.at).collect::<Vec<_>>(), [1.0]);
+    }
+
+    #[test]
+    fn what_one_write_shows_and_then_erases_is_in_the_history() {
+        let r = rendered(&[(0.1, "o", "$ hunter2\x08\x08\x08\x08\x08\x08\x08\x1b[Kls\r\n")]);
+        assert_eq!(r.text(), ["$ ls"]);
+        assert_eq!(r.find("hunter2").len(), 1);
+        let cuts: Vec<&str> = pieces("a\nb\x08c\x1b[1md\n").collect();
+        assert_eq!(cuts, ["a\n", "b", "\x08c", "\x1b[1md\n"]);
+        assert_eq!(pieces("").count(), 0);
     }
 
     #[test]

@@ -92,7 +92,7 @@ pub(super) enum Sent {
 
 /// `GET .../cast`: the durable bytes now, as one response.
 /// The cast file and how many of its bytes may be read now.
-fn durable(state: &State, id: &str) -> Result<(Cast, u64), Refusal> {
+pub(super) fn durable(state: &State, id: &str) -> Result<(Cast, u64), Refusal> {
     let (file, extent) = open(state, id)?;
     let end = match extent {
         Extent::Live(p) => p.seen().durable,
@@ -103,11 +103,10 @@ fn durable(state: &State, id: &str) -> Result<(Cast, u64), Refusal> {
     Ok((file, end))
 }
 
-/// The bytes of recording `id` durable now, whole (for rendering), and their count.
-pub(super) fn durable_bytes(state: &State, id: &str) -> Result<Vec<u8>, Refusal> {
-    let (file, end) = durable(state, id)?;
+/// The first `end` bytes of `file`, whole (for rendering).
+pub(super) fn read_whole(file: &Cast, end: u64) -> Result<Vec<u8>, Refusal> {
     let mut bytes = Vec::with_capacity(usize::try_from(end).unwrap_or(0));
-    copy(&file, 0, end, &mut |piece| {
+    copy(file, 0, end, &mut |piece| {
         bytes.extend_from_slice(piece);
         Ok(())
     })

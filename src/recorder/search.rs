@@ -25,29 +25,44 @@ const MAX_QUERY: usize = 256;
 
 type Refusal = (u16, String);
 
-/// Renderings of recordings by id: the durable length they were made from, and what
-/// each screen row showed.
+/// One recording's rendering: the durable length it was made from, what each screen
+/// row showed, and what that holds in memory.
+struct Rendering {
+    from_len: usize,
+    history: Arc<Vec<Shown>>,
+    size: usize,
+}
+
+/// Renderings of recordings by id, and the bytes they hold together.
+#[derive(Default)]
+struct Kept {
+    size: usize,
+    by_id: HashMap<String, Rendering>,
+}
+
 #[derive(Default)]
 pub struct Renderings {
-    entries: Mutex<(usize, HashMap<String, (usize, Arc<Vec<Shown>>)>)>,
+    kept: Mutex<Kept>,
 }
 
 impl Renderings {
     fn history(&self, state: &State, id: &str) -> Result<Arc<Vec<Shown>>, Refusal> {
-        let bytes = reads::durable_bytes(state, id)?;
-        if let Some((_, h)) = lock(&self.entries).1.get(id).filter(|(len, _)| *len == bytes.len()) {
-            return Ok(h.clone());
+        // Looked up by the durable length before anything is read: a search over many
+        // recordings reads only those that are new or grew.
+        let (file, end) = reads::durable(state, id)?;
+        let from_len = usize::try_from(end).map_err(|_| (500, format!("recording {id} is too large to render")))?;
+        if let Some(r) = lock(&self.kept).by_id.get(id).filter(|r| r.from_len == from_len) {
+            return Ok(r.history.clone());
         }
+        let bytes = reads::read_whole(&file, end)?;
         let history = Arc::new(render(&bytes).map_err(|e| (500, format!("recording {id}: {e}")))?);
-        let size: usize = history.iter().map(|s| s.text.len() + std::mem::size_of::<Shown>()).sum();
-        let mut e = lock(&self.entries);
-        if e.0 + size > CACHE_BYTES {
-            *e = (0, HashMap::new());
+        let size = history.iter().map(|s| s.text.len() + std::mem::size_of::<Shown>()).sum();
+        let mut kept = lock(&self.kept);
+        if kept.size + size > CACHE_BYTES {
+            *kept = Kept::default();
         }
-        if let Some((_, old)) = e.1.insert(id.to_string(), (bytes.len(), history.clone())) {
-            e.0 = e.0.saturating_sub(old.iter().map(|s| s.text.len() + std::mem::size_of::<Shown>()).sum());
-        }
-        e.0 += size;
+        let old = kept.by_id.insert(id.to_string(), Rendering { from_len, history: history.clone(), size });
+        kept.size = kept.size + size - old.map_or(0, |o| o.size);
         Ok(history)
     }
 }
