@@ -724,8 +724,49 @@ fn viewers_by_token_and_rbac(c: &Ctx<'_>) -> Result<(), String> {
                 other => return Err(format!("token {token:?}: {other:?}")),
             }
         }
-        // A binding taken away stops working within the recorder's cache time.
-        must(c.admin.run(&["delete", "rolebinding", "viewer-alice", "-n", &c.ns]), "delete alice's binding")?;
+        // A session alice follows as it runs: it prints, then waits a minute.
+        let running = format!("running-{}", kubetape::net::random::hex(4));
+        let mut session = c
+            .alice
+            .command(&["exec", "-n", &c.ns, "web-0", "--", "sh", "-c", &format!("echo {running}; sleep 60")])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let followed = (|| {
+            let running_id = poll(Duration::from_secs(30), || {
+                let list = items(&viewer_get(c, Some(&alice), "/v1/recordings").ok()?.1).ok()?;
+                list.iter().find(|m| m["status"] == "recording" && m["session"]["command"].to_string().contains(&running)).and_then(|m| m["id"].as_str().map(String::from))
+            })
+            .ok_or("alice's running session is not listed as recording")?;
+            let mut k = support::RawClient::connect_named(&c.proxy.recorder_addr, "127.0.0.1", &c.proxy.dir.0.join("recorder-viewer.kubeconfig"), false);
+            k.stream.sock.set_read_timeout(Some(Duration::from_secs(45))).map_err(|e| e.to_string())?;
+            k.send(format!("GET /v1/recordings/{running_id}/cast?follow=true HTTP/1.1\r\nHost: recorder\r\nAuthorization: Bearer {alice}\r\n\r\n").as_bytes())
+                .map_err(|e| e.to_string())?;
+            let (head, rest) = k.head().ok_or("no answer to alice's follow")?;
+            if head.status != 200 {
+                return Err(format!("alice's follow: {}", head.status));
+            }
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                let whole = k.body(&head, rest, |piece| got.extend_from_slice(piece));
+                let _ = tx.send((whole, got));
+            });
+            // The binding goes while the session runs: the stream must stop, unfinished.
+            must(c.admin.run(&["delete", "rolebinding", "viewer-alice", "-n", &c.ns]), "delete alice's binding")?;
+            let (whole, got) = rx.recv_timeout(Duration::from_secs(40)).map_err(|_| "alice's follow went on after her binding went".to_string())?;
+            let text = String::from_utf8_lossy(&got);
+            if whole == Some(true) || !text.contains(&running) {
+                return Err(format!("alice's follow ended whole={whole:?} with {} bytes", got.len()));
+            }
+            Ok(())
+        })();
+        let _ = session.kill();
+        let _ = session.wait();
+        followed?;
+        // And the binding gone stops the rest within the recorder's cache time.
         poll(Duration::from_secs(30), || viewer_get(c, Some(&alice), "/v1/recordings").ok().and_then(|(_, b)| items(&b).ok()).filter(|l| l.is_empty()))
             .ok_or("alice still lists recordings after her binding went")?;
         Ok(())

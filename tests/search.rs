@@ -54,7 +54,7 @@ fn search_finds_words_as_the_terminal_showed_them() {
 
     // "31m" and "2J" stand only in escape sequences; words of both sessions at once in none.
     for q in ["31m", "2J", &format!("{drawn}+{erased}")] {
-        assert_eq!(search(&demo, q), (200, serde_json::json!({"items": []})), "{q}");
+        assert_eq!(search(&demo, q), (200, serde_json::json!({"items": [], "unsearched": []})), "{q}");
     }
     assert_eq!(search(&demo, "").0, 400);
     // Readers only, as for the rest of the API.

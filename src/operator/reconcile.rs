@@ -49,8 +49,20 @@ pub fn reconcile(rest: &Rest, ca: &Ca, settings: &Settings, obj: &Value) {
     let problems = rec.spec.problems(&rec.name);
     let outcome = if problems.is_empty() { provision(rest, ca, settings, &rec).map_err(|e| ("ProvisioningFailed", e)) } else { Err(("Invalid", problems.join("; "))) };
     // Replicas that run go on being endpoints whatever the spec now says.
-    let sts = rest.get(&format!("{}/{}", apply::collection("StatefulSet", &rec.namespace), rec.name)).ok().flatten();
-    let pods = replicas(list_pods(rest, &rec), sts.as_ref(), &obj["status"]);
+    // What the status is judged by; when it cannot be read, the status stays as it
+    // is this pass (empty endpoints would send the proxies' sessions nowhere).
+    let read = rest
+        .get(&format!("{}/{}", apply::collection("StatefulSet", &rec.namespace), rec.name))
+        .map_err(|e| format!("statefulset: {e}"))
+        .and_then(|sts| Ok((sts, list_pods(rest, &rec)?)));
+    let (sts, pods) = match read {
+        Ok(r) => r,
+        Err(e) => {
+            log::warn!("recorder status not judged ns={} name={} error={e}", rec.namespace, rec.name);
+            return;
+        }
+    };
+    let pods = replicas(pods, sts.as_ref(), &obj["status"]);
     let condition = match outcome {
         // No StatefulSet to judge readiness by until its replacement is made.
         Ok(replacing) => readiness(&rec, sts.as_ref().filter(|_| !replacing), &pods),
@@ -116,11 +128,11 @@ fn certificate(rest: &Rest, ca: &Ca, rec: &Recorder, secret: &str, names: &[Stri
     Ok(build::b64(&pem.cert))
 }
 
-fn list_pods(rest: &Rest, rec: &Recorder) -> Vec<Value> {
+fn list_pods(rest: &Rest, rec: &Recorder) -> Result<Vec<Value>, String> {
     let selector = format!("app.kubernetes.io/name%3Dkubetape-recorder%2Capp.kubernetes.io/instance%3D{}", rec.name);
     match rest.get(&format!("/api/v1/namespaces/{}/pods?labelSelector={selector}", rec.namespace)) {
-        Ok(Some(list)) => list["items"].as_array().cloned().unwrap_or_default(),
-        _ => Vec::new(),
+        Ok(list) => Ok(list.and_then(|l| l["items"].as_array().cloned()).unwrap_or_default()),
+        Err(e) => Err(format!("pods: {e}")),
     }
 }
 

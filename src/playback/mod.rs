@@ -96,7 +96,7 @@ fn write_text(out: &mut impl Write, items: &[Item<'_>]) -> Result<()> {
 
 /// The session's lines as its terminal finally showed them, then its exit status.
 fn write_screen_text(out: &mut impl Write, header: &Value, items: &[Item<'_>]) -> Result<()> {
-    let rendered = screen::render(header, items).map_err(Error::new)?;
+    let rendered = screen::render(header, items, screen::Purpose::Text).map_err(Error::new)?;
     for line in rendered.text() {
         writeln!(out, "{line}")?;
     }

@@ -9,7 +9,7 @@
 //! and when it first did, which is what search looks through: the erased word is
 //! there, at the time it was shown.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 use avt::observer::DirtyRows;
 use avt::Terminal;
@@ -20,11 +20,30 @@ use crate::wire::asciicast::Item;
 /// The size asciicast assumes when the header names none.
 const DEFAULT_SIZE: (usize, usize) = (80, 24);
 /// A recording is peer input: a header or resize asking for a larger terminal gets
-/// this one (the cells are allocated up front).
-const MAX_SIZE: (usize, usize) = (1000, 500);
-/// Lines kept above the screen for [`Rendered::text`]; older ones are dropped (the
-/// history keeps them), so a session that printed gigabytes is not held whole.
-const SCROLLBACK: usize = 100_000;
+/// this one (the cells are allocated up front, and kept per scrollback line).
+const MAX_SIZE: (usize, usize) = (500, 200);
+/// Lines kept above the screen for [`Rendered::text`]; older ones are dropped.
+const SCROLLBACK: usize = 10_000;
+/// Search renders on a terminal at most this large (wider text wraps, as it would).
+const SEARCH_SIZE: (usize, usize) = (300, 100);
+/// What rendering one recording for search may cost: cells of rows looked at (a line
+/// scrolling a full 80x24 screen costs 1,920), resizes (each re-wraps the screen) and
+/// the history's text. Past any of them the rest of the recording is not searched,
+/// and [`Rendered::truncated`] says so.
+const SEARCH_CELLS: usize = 400_000_000;
+const SEARCH_RESIZES: usize = 1_000;
+const SEARCH_HISTORY_BYTES: usize = 16 * 1024 * 1024;
+
+/// What a rendering is for, and so what it may cost.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Purpose {
+    /// `play --text`: the lines as they finally stood, scrollback kept; the cost is
+    /// the caller's own.
+    Text,
+    /// Search, on a recorder serving many: the history only, no scrollback, a
+    /// bounded screen and a budget.
+    Search,
+}
 
 /// A text a screen row showed, and when it first did (seconds from the start).
 #[derive(Clone, Debug, PartialEq)]
@@ -37,6 +56,8 @@ pub struct Rendered {
     terminal: Terminal,
     /// Every new text a row came to show, in order.
     pub history: Vec<Shown>,
+    /// Why the recording was not rendered to its end, when it was not (search's budget).
+    pub truncated: Option<&'static str>,
 }
 
 impl Rendered {
@@ -70,35 +91,60 @@ fn resize_event(data: &str) -> Option<(usize, usize)> {
 
 /// Runs a recording's output (both streams: a terminal shows stderr too) through the
 /// emulator, following its resizes.
-pub fn render(header: &Value, items: &[Item<'_>]) -> Result<Rendered, String> {
-    let (cols, rows) = size(header["width"].as_u64(), header["height"].as_u64()).unwrap_or(DEFAULT_SIZE);
-    let mut terminal = Terminal::with_scrollback(cols, rows, Some(SCROLLBACK)).map_err(|e| e.to_string())?;
+pub fn render(header: &Value, items: &[Item<'_>], purpose: Purpose) -> Result<Rendered, String> {
+    let bound = |(c, r): (usize, usize)| match purpose {
+        Purpose::Text => (c, r),
+        Purpose::Search => (c.min(SEARCH_SIZE.0), r.min(SEARCH_SIZE.1)),
+    };
+    let (cols, rows) = bound(size(header["width"].as_u64(), header["height"].as_u64()).unwrap_or(DEFAULT_SIZE));
+    let scrollback = if purpose == Purpose::Text { SCROLLBACK } else { 0 };
+    let mut terminal = Terminal::with_scrollback(cols, rows, Some(scrollback)).map_err(|e| e.to_string())?;
     let mut dirty = DirtyRows::new();
     let mut history = History::default();
-    for item in items {
+    let (mut cells, mut resizes) = (0usize, 0usize);
+    let over = |cells: usize, resizes: usize, history: &History| match purpose {
+        Purpose::Text => None,
+        Purpose::Search if cells > SEARCH_CELLS => Some("the rest was not searched: it redraws more than search renders per recording"),
+        Purpose::Search if resizes > SEARCH_RESIZES => Some("the rest was not searched: it resizes the terminal more than search follows per recording"),
+        Purpose::Search if history.bytes > SEARCH_HISTORY_BYTES => Some("the rest was not searched: it shows more text than search keeps per recording"),
+        Purpose::Search => None,
+    };
+    let mut truncated = None;
+    'items: for item in items {
         match item {
             Item::Output(o) => {
                 for piece in pieces(&o.text) {
                     let rows = terminal.feed_with(piece, &mut dirty);
+                    cells += rows.len() * terminal.size().0;
                     history.note(&terminal, &rows, o.at);
+                    truncated = over(cells, resizes, &history);
+                    if truncated.is_some() {
+                        break 'items;
+                    }
                 }
             }
             Item::Other(ev) if ev.code == "r" => {
-                if let Some((cols, rows)) = resize_event(&ev.data) {
+                if let Some(size) = resize_event(&ev.data) {
+                    let (cols, rows) = bound(size);
                     let changed = terminal.resize_with(cols, rows, &mut dirty);
+                    resizes += 1;
                     history.note(&terminal, &changed, ev.seconds);
+                    truncated = over(cells, resizes, &history);
+                    if truncated.is_some() {
+                        break 'items;
+                    }
                 }
             }
             Item::Other(_) => {}
         }
     }
-    Ok(Rendered { terminal, history: history.shown })
+    Ok(Rendered { terminal, history: history.shown, truncated })
 }
 
 /// A chunk of output cut where the screen is worth looking at: after each line (what
-/// scrolls past within one chunk is seen), and before each backspace and escape
-/// sequence (what a chunk writes and then erases or overwrites is seen before it
-/// goes). The emulator keeps its parser's state across pieces, so a cut never
+/// scrolls past within one chunk is seen), and before each backspace, carriage
+/// return and escape sequence (what a chunk writes and then erases or overwrites is
+/// seen before it goes). The emulator keeps its parser's state across pieces, so a cut never
 /// changes what is drawn.
 fn pieces(text: &str) -> impl Iterator<Item = &str> {
     let mut rest = text;
@@ -106,7 +152,7 @@ fn pieces(text: &str) -> impl Iterator<Item = &str> {
         if rest.is_empty() {
             return None;
         }
-        let cut = rest.char_indices().skip(1).find(|&(i, c)| c == '\x08' || c == '\x1b' || rest.as_bytes()[i - 1] == b'\n').map_or(rest.len(), |(i, _)| i);
+        let cut = rest.char_indices().skip(1).find(|&(i, c)| matches!(c, '\x08' | '\x1b' | '\r') || rest.as_bytes()[i - 1] == b'\n').map_or(rest.len(), |(i, _)| i);
         let (piece, after) = rest.split_at(cut);
         rest = after;
         Some(piece)
@@ -117,26 +163,51 @@ fn pieces(text: &str) -> impl Iterator<Item = &str> {
 #[derive(Default)]
 struct History {
     rows: Vec<String>,
+    /// How many rows hold each text now.
+    on_screen: HashMap<String, usize>,
     shown: Vec<Shown>,
+    /// The text `shown` holds.
+    bytes: usize,
 }
 
 impl History {
-    /// Notes the texts of the `changed` rows. A text another row already showed is
-    /// a line scrolling, not a new one: scrolling output is noted once per line, not
-    /// once per row it passes through.
+    /// Notes the texts of the `changed` rows. A text a row already showed is a line
+    /// scrolling, not a new one: scrolling output is noted once per line, not once
+    /// per row it passes through.
     fn note(&mut self, terminal: &Terminal, changed: &[usize], at: f64) {
+        if changed.is_empty() {
+            return;
+        }
         let screen = terminal.screen();
         let (_, height) = terminal.size();
-        self.rows.resize(height, String::new());
-        let before: HashSet<&str> = self.rows.iter().map(String::as_str).collect();
-        let now: Vec<(usize, String)> = changed.iter().filter_map(|&r| Some((r, screen.line(r)?.text().trim_end().to_string()))).filter(|(r, _)| *r < height).collect();
-        for (_, text) in &now {
-            if !text.is_empty() && !before.contains(text.as_str()) && self.shown.last().is_none_or(|s| s.text != *text) {
+        if self.rows.len() != height {
+            for gone in self.rows.drain(height.min(self.rows.len())..) {
+                forget(&mut self.on_screen, &gone);
+            }
+            self.rows.resize(height, String::new());
+        }
+        for &r in changed.iter().filter(|&&r| r < height) {
+            let Some(text) = screen.line(r).map(|l| l.text().trim_end().to_string()) else { continue };
+            if text == self.rows[r] {
+                continue;
+            }
+            if !text.is_empty() && !self.on_screen.contains_key(&text) && self.shown.last().is_none_or(|s| s.text != text) {
+                self.bytes += text.len();
                 self.shown.push(Shown { at, text: text.clone() });
             }
+            *self.on_screen.entry(text.clone()).or_default() += 1;
+            let old = std::mem::replace(&mut self.rows[r], text);
+            forget(&mut self.on_screen, &old);
         }
-        for (r, text) in now {
-            self.rows[r] = text;
+    }
+}
+
+/// One row fewer holds `text`.
+fn forget(on_screen: &mut HashMap<String, usize>, text: &str) {
+    if let Some(n) = on_screen.get_mut(text) {
+        *n -= 1;
+        if *n == 0 {
+            on_screen.remove(text);
         }
     }
 }
@@ -154,7 +225,7 @@ mod tests {
         }
         let rec = asciicast::parse(cast.as_bytes()).unwrap();
         let items = asciicast::items(&rec.events).unwrap();
-        render(&rec.header, &items).unwrap()
+        render(&rec.header, &items, Purpose::Text).unwrap()
     }
 
     #[test]
@@ -183,7 +254,39 @@ mod tests {
         assert_eq!(r.find("hunter2").len(), 1);
         let cuts: Vec<&str> = pieces("a\nb\x08c\x1b[1md\n").collect();
         assert_eq!(cuts, ["a\n", "b", "\x08c", "\x1b[1md\n"]);
+        assert_eq!(pieces("a\rb\r\n").collect::<Vec<_>>(), ["a", "\rb", "\r\n"]);
         assert_eq!(pieces("").count(), 0);
+    }
+
+    #[test]
+    fn what_a_carriage_return_overwrites_is_in_the_history() {
+        let r = rendered(&[(0.1, "o", "password: hunter2\rpassword: *******\r\n")]);
+        assert_eq!(r.text(), ["password: *******"]);
+        assert_eq!(r.find("hunter2").len(), 1);
+    }
+
+    fn search_render(header: Value, events: &[(f64, &str, String)]) -> Rendered {
+        let events: Vec<asciicast::Event> =
+            events.iter().enumerate().map(|(i, (t, c, d))| asciicast::Event { line: i + 2, seconds: *t, code: c.to_string(), data: d.clone() }).collect();
+        render(&header, &asciicast::items(&events).unwrap(), Purpose::Search).unwrap()
+    }
+
+    #[test]
+    fn search_renders_within_a_budget_a_recorded_user_cannot_raise() {
+        // A huge terminal asked for by the header and by resizes: search's screen.
+        let r = search_render(serde_json::json!({"width": 1000, "height": 500}), &[(0.1, "r", "1000x500".into()), (0.2, "o", "x".into())]);
+        assert_eq!(r.terminal.size(), SEARCH_SIZE);
+        assert_eq!(r.truncated, None);
+        // A flood of resizes stops the rendering, and says so.
+        let flood: Vec<(f64, &str, String)> = (0..SEARCH_RESIZES + 5).map(|i| (i as f64, "r", format!("{}x24", 40 + i % 2))).collect();
+        let r = search_render(serde_json::json!({}), &flood);
+        assert!(r.truncated.is_some_and(|t| t.contains("resizes")), "{:?}", r.truncated);
+        // Rows redrawn over and over: the history stops growing at its bound.
+        let row = "y".repeat(299);
+        let redraws: Vec<(f64, &str, String)> = (0..60_000).map(|i| (0.1, "o", format!("\x1b[H{row}{}", i % 10))).collect();
+        let r = search_render(serde_json::json!({"width": 300, "height": 100}), &redraws);
+        assert!(r.truncated.is_some_and(|t| t.contains("more text")), "{:?}", r.truncated);
+        assert!(r.history.iter().map(|s| s.text.len()).sum::<usize>() <= SEARCH_HISTORY_BYTES + 300);
     }
 
     #[test]
@@ -202,7 +305,7 @@ mod tests {
         assert_eq!(r.terminal.size(), (1, 1));
         assert_eq!(resize_event("100000x100000"), Some(MAX_SIZE));
         assert_eq!(size(None, Some(3)), None);
-        let huge = render(&serde_json::json!({"width": u64::MAX, "height": 0}), &[]).unwrap();
+        let huge = render(&serde_json::json!({"width": u64::MAX, "height": 0}), &[], Purpose::Text).unwrap();
         assert_eq!(huge.terminal.size(), (MAX_SIZE.0, 1));
     }
 }

@@ -128,7 +128,9 @@ pub(super) fn snapshot(state: &State, id: &str, out: &mut WriteHalf) -> Result<S
 
 /// `GET .../cast?follow=true`: everything durable, then each sync's new lines, until
 /// the session ends; then the last chunk.
-pub(super) fn follow(state: &State, id: &str, peer: &ReadHalf, out: &mut WriteHalf) -> Result<Sent, Refusal> {
+/// `still_allowed` is asked before each piece sent and at every idle check: a viewer
+/// whose token or RBAC binding went away stops being sent the session.
+pub(super) fn follow(state: &State, id: &str, peer: &ReadHalf, out: &mut WriteHalf, still_allowed: &dyn Fn() -> bool) -> Result<Sent, Refusal> {
     let Some(_place) = state.live.follower() else {
         return Err((503, format!("{MAX_FOLLOWERS} readers are following recordings already, try again later")));
     };
@@ -142,6 +144,9 @@ pub(super) fn follow(state: &State, id: &str, peer: &ReadHalf, out: &mut WriteHa
             Extent::Live(p) => p.wait_past(sent, FOLLOW_PEER_CHECK),
             Extent::Done(n) => Seen { durable: *n, ended: true },
         };
+        if !still_allowed() {
+            break Err(io::Error::new(io::ErrorKind::PermissionDenied, "the reader may no longer watch this recording"));
+        }
         if seen.durable > sent {
             if let Err(e) = copy(&file, sent, seen.durable, &mut |piece| out.write_all(&http::encode_chunk(piece))) {
                 break Err(e);

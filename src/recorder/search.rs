@@ -25,12 +25,21 @@ const MAX_QUERY: usize = 256;
 
 type Refusal = (u16, String);
 
+/// Bytes of one recording read for search; a longer one is searched this far.
+const MAX_CAST_BYTES: u64 = 64 * 1024 * 1024;
+
 /// One recording's rendering: the durable length it was made from, what each screen
-/// row showed, and what that holds in memory.
+/// row showed, why it stopped short (if it did), and what that holds in memory.
 struct Rendering {
-    from_len: usize,
-    history: Arc<Vec<Shown>>,
+    from_len: u64,
+    found: Arc<Found>,
     size: usize,
+}
+
+/// What search knows of one recording.
+pub struct Found {
+    pub history: Vec<Shown>,
+    pub truncated: Option<&'static str>,
 }
 
 /// Renderings of recordings by id, and the bytes they hold together.
@@ -43,34 +52,50 @@ struct Kept {
 #[derive(Default)]
 pub struct Renderings {
     kept: Mutex<Kept>,
+    /// Held while rendering: one at a time, so searches at once share the cores
+    /// with ingest rather than take them (and a recording asked for by two renders once).
+    rendering: Mutex<()>,
 }
 
 impl Renderings {
-    fn history(&self, state: &State, id: &str) -> Result<Arc<Vec<Shown>>, Refusal> {
+    fn kept(&self, id: &str, from_len: u64) -> Option<Arc<Found>> {
+        lock(&self.kept).by_id.get(id).filter(|r| r.from_len == from_len).map(|r| r.found.clone())
+    }
+
+    /// What recording `id` showed, rendered now unless kept from an earlier search.
+    fn found(&self, state: &State, id: &str) -> Result<Arc<Found>, Refusal> {
         // Looked up by the durable length before anything is read: a search over many
         // recordings reads only those that are new or grew.
         let (file, end) = reads::durable(state, id)?;
-        let from_len = usize::try_from(end).map_err(|_| (500, format!("recording {id} is too large to render")))?;
-        if let Some(r) = lock(&self.kept).by_id.get(id).filter(|r| r.from_len == from_len) {
-            return Ok(r.history.clone());
+        if let Some(f) = self.kept(id, end) {
+            return Ok(f);
         }
-        let bytes = reads::read_whole(&file, end)?;
-        let history = Arc::new(render(&bytes).map_err(|e| (500, format!("recording {id}: {e}")))?);
-        let size = history.iter().map(|s| s.text.len() + std::mem::size_of::<Shown>()).sum();
+        let _one_at_a_time = lock(&self.rendering);
+        if let Some(f) = self.kept(id, end) {
+            return Ok(f);
+        }
+        let bytes = reads::read_whole(&file, end.min(MAX_CAST_BYTES))?;
+        let mut found = render(&bytes).map_err(|e| (500, format!("recording {id}: {e}")))?;
+        if end > MAX_CAST_BYTES {
+            found.truncated = found.truncated.or(Some("the rest was not searched: the recording is longer than search reads"));
+        }
+        let size = found.history.iter().map(|s| s.text.len() + std::mem::size_of::<Shown>()).sum();
+        let found = Arc::new(found);
         let mut kept = lock(&self.kept);
         if kept.size + size > CACHE_BYTES {
             *kept = Kept::default();
         }
-        let old = kept.by_id.insert(id.to_string(), Rendering { from_len, history: history.clone(), size });
+        let old = kept.by_id.insert(id.to_string(), Rendering { from_len: end, found: found.clone(), size });
         kept.size = kept.size + size - old.map_or(0, |o| o.size);
-        Ok(history)
+        Ok(found)
     }
 }
 
-fn render(cast: &[u8]) -> Result<Vec<Shown>, String> {
+fn render(cast: &[u8]) -> Result<Found, String> {
     let recording = asciicast::parse(cast)?;
     let items = asciicast::items(&recording.events)?;
-    Ok(screen::render(&recording.header, &items)?.history)
+    let r = screen::render(&recording.header, &items, screen::Purpose::Search)?;
+    Ok(Found { history: r.history, truncated: r.truncated })
 }
 
 /// The words of a query, lower-cased: a row matches when it holds every one.
@@ -96,21 +121,31 @@ pub fn hits<'h>(history: &'h [Shown], words: &[String], limit: usize) -> (Vec<&'
     (hits, more)
 }
 
-/// The search's answer over `recordings` (already filtered to what the caller may read).
-pub fn search(state: &State, recordings: &[SessionMeta], words: &[String]) -> Result<Value, Refusal> {
-    let mut items = Vec::new();
+/// The search's answer over `recordings` (already filtered to what the caller may
+/// read). A recording that cannot be read or rendered (one whose recorder never wrote
+/// a line, one removed meanwhile) is listed in `unsearched` with why, and the search
+/// goes on.
+pub fn search(state: &State, recordings: &[SessionMeta], words: &[String]) -> Value {
+    let (mut items, mut unsearched) = (Vec::new(), Vec::new());
     for m in recordings {
-        let history = state.renderings.history(state, &m.id)?;
-        let (hits, truncated) = hits(&history, words, HITS_PER_RECORDING);
+        let found = match state.renderings.found(state, &m.id) {
+            Ok(f) => f,
+            Err((_, why)) => {
+                unsearched.push(json!({"id": m.id, "reason": why}));
+                continue;
+            }
+        };
+        let (hits, more) = hits(&found.history, words, HITS_PER_RECORDING);
         if hits.is_empty() {
             continue;
         }
         items.push(json!({
             "id": m.id, "started": m.started, "status": m.status, "user": m.user(), "namespace": m.namespace(), "pod": m.pod(),
-            "hits": hits.iter().map(|h| json!({"at": h.at, "text": h.text})).collect::<Vec<_>>(), "truncated": truncated,
+            "hits": hits.iter().map(|h| json!({"at": h.at, "text": h.text})).collect::<Vec<_>>(), "truncated": more,
+            "searchedPart": found.truncated,
         }));
     }
-    Ok(json!({"items": items}))
+    json!({"items": items, "unsearched": unsearched})
 }
 
 #[cfg(test)]

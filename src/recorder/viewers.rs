@@ -29,6 +29,9 @@ const CACHE_FOR: Duration = Duration::from_secs(10);
 const CACHE_MAX: usize = 4096;
 /// A bearer token longer than this is refused unasked.
 const MAX_TOKEN: usize = 16 * 1024;
+/// TokenReviews in flight at once; more are answered 503 unasked, so callers with
+/// made-up tokens cannot have the recorder flood the API server.
+const MAX_REVIEWS_IN_FLIGHT: usize = 8;
 
 /// Who a token belongs to, as the API server said.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -92,7 +95,15 @@ impl<K: std::hash::Hash + Eq, V: Clone> Cache<K, V> {
     }
 
     fn get(&self, k: &K) -> Option<V> {
-        lock(&self.entries).get(k).filter(|(at, _)| at.elapsed() < CACHE_FOR).map(|(_, v)| v.clone())
+        let mut e = lock(&self.entries);
+        match e.get(k) {
+            Some((at, v)) if at.elapsed() < CACHE_FOR => Some(v.clone()),
+            Some(_) => {
+                e.remove(k);
+                None
+            }
+            None => None,
+        }
     }
 
     fn put(&self, k: K, v: V) {
@@ -111,8 +122,9 @@ impl<K: std::hash::Hash + Eq, V: Clone> Cache<K, V> {
 pub enum Access {
     /// A reader certificate: all of them.
     All,
-    /// A viewer's token: those of the namespaces RBAC lets them watch.
-    Viewer(Viewer),
+    /// A viewer's token: those of the namespaces RBAC lets them watch. The token is
+    /// kept for the request only, to ask again during a long one (a follow).
+    Viewer(Viewer, String),
 }
 
 impl Access {
@@ -121,8 +133,19 @@ impl Access {
     pub fn may_view(&self, viewers: Option<&Viewers>, namespace: &str) -> Result<bool, String> {
         match (self, viewers) {
             (Access::All, _) => Ok(true),
-            (Access::Viewer(v), Some(viewers)) => viewers.may_view(v, namespace),
-            (Access::Viewer(_), None) => Ok(false),
+            (Access::Viewer(v, _), Some(viewers)) => viewers.may_view(v, namespace),
+            (Access::Viewer(..), None) => Ok(false),
+        }
+    }
+
+    /// [`Access::may_view`] asked again later in a request: the token must still be
+    /// accepted, as the same user, and the namespace still allowed. An unanswered
+    /// question is a no here: the request is already under way.
+    pub fn still_may_view(&self, viewers: Option<&Viewers>, namespace: &str) -> bool {
+        match (self, viewers) {
+            (Access::All, _) => true,
+            (Access::Viewer(v, token), Some(viewers)) => viewers.authenticate(token).is_ok_and(|now| now.as_ref() == Some(v)) && viewers.may_view(v, namespace).unwrap_or(false),
+            (Access::Viewer(..), None) => false,
         }
     }
 }
@@ -130,24 +153,47 @@ impl Access {
 /// TokenReview and SubjectAccessReview against the cluster (`--viewers-from-cluster`).
 pub struct Viewers {
     rest: Rest,
-    tokens: Cache<String, Option<Viewer>>,
+    /// By the token's SHA-256: the cache never holds a token.
+    tokens: Cache<[u8; 32], Option<Viewer>>,
     access: Cache<(Viewer, String), bool>,
+    reviews_in_flight: std::sync::atomic::AtomicUsize,
+}
+
+/// Gives back a TokenReview's place when it is done.
+struct InFlight<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 impl Viewers {
     pub fn new(rest: Rest) -> Viewers {
-        Viewers { rest, tokens: Cache::new(), access: Cache::new() }
+        Viewers { rest, tokens: Cache::new(), access: Cache::new(), reviews_in_flight: Default::default() }
     }
 
     /// Who `token` belongs to; `Ok(None)` when the API server does not accept it.
     pub fn authenticate(&self, token: &str) -> Result<Option<Viewer>, String> {
-        if let Some(v) = self.tokens.get(&token.to_string()) {
+        let key: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref().try_into().map_err(|_| "SHA-256 is 32 bytes".to_string())?;
+        if let Some(v) = self.tokens.get(&key) {
             return Ok(v);
         }
+        let _place = self.review_place()?;
         let answer = self.rest.create("/apis/authentication.k8s.io/v1/tokenreviews", &token_review(token)).map_err(|e| format!("TokenReview: {e}"))?;
         let viewer = viewer_from(&answer);
-        self.tokens.put(token.to_string(), viewer.clone());
+        self.tokens.put(key, viewer.clone());
         Ok(viewer)
+    }
+
+    fn review_place(&self) -> Result<InFlight<'_>, String> {
+        use std::sync::atomic::Ordering;
+        let taken = self.reviews_in_flight.fetch_add(1, Ordering::AcqRel);
+        let place = InFlight(&self.reviews_in_flight);
+        if taken >= MAX_REVIEWS_IN_FLIGHT {
+            return Err(format!("{MAX_REVIEWS_IN_FLIGHT} token reviews are in flight already"));
+        }
+        Ok(place)
     }
 
     /// Whether `viewer` may watch the recordings of `namespace`.
