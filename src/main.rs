@@ -1,6 +1,6 @@
 fn main() {
-    // The process-wide TLS provider, before any TLS is set up (ring, the only one linked).
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    // The process-wide TLS provider, before any TLS is set up.
+    kubetape::net::tls::install_provider();
     // Before any thread starts, so sigwait(2) in one thread sees every SIGTERM.
     if let Err(e) = kubetape::net::signal::block_termination() {
         eprintln!("kubetape: blocking signals: {e}");

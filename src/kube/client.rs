@@ -267,9 +267,7 @@ mod tests {
 
     #[test]
     fn generated_kubeconfigs_read_back() {
-        // As main does: rust-s3's HTTPS client links aws-lc-rs beside ring, so rustls
-        // no longer picks a provider by itself.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        crate::net::tls::install_provider();
         let ca = crate::net::pki::Ca::new("test-ca").unwrap();
         let alice = ca.client("alice", &["sre"]).unwrap();
         for cred in [Credential::Cert(&alice), Credential::Token("t0k")] {

@@ -189,7 +189,7 @@ mod tests {
     }
 
     fn serving(dir: &Path, every: Duration) -> Reloading<Served> {
-        crate::net::testutil::init_crypto();
+        crate::net::tls::install_provider();
         let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
         let build = {
             let (cert, key) = (cert.clone(), key.clone());

@@ -48,9 +48,3 @@ pub fn cut(bytes: &[u8], a: usize, b: usize) -> Vec<Vec<u8>> {
     let (a, b) = (a.min(bytes.len()), b.min(bytes.len()).max(a.min(bytes.len())));
     vec![bytes[..a].to_vec(), bytes[a..b].to_vec(), bytes[b..].to_vec()]
 }
-
-/// As main does: rust-s3's HTTPS client links aws-lc-rs beside ring, so rustls no
-/// longer picks a provider by itself.
-pub fn init_crypto() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}

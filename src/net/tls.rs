@@ -10,6 +10,13 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 use crate::error::{Context, Error, Result};
 
+/// Installs ring as the process's TLS provider (once; later calls do nothing).
+/// Needed explicitly: rust-s3's HTTPS client links aws-lc-rs beside ring, so rustls
+/// no longer picks one by itself.
+pub fn install_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 pub fn certs_from_pem(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>> {
     let certs = CertificateDer::pem_slice_iter(pem).collect::<std::result::Result<Vec<_>, _>>().map_err(|e| Error::new(format!("{what}: {e}")))?;
     if certs.is_empty() {

@@ -70,12 +70,6 @@ impl Rendered {
         }
         lines
     }
-
-    /// Where `word` was shown: each row text holding it (case-insensitive), in order.
-    pub fn find(&self, word: &str) -> Vec<&Shown> {
-        let needle = word.to_lowercase();
-        self.history.iter().filter(|s| s.text.to_lowercase().contains(&needle)).collect()
-    }
 }
 
 /// `COLSxROWS`, as the header's `width`/`height` and an `r` event give it, within bounds.
@@ -216,6 +210,14 @@ fn forget(on_screen: &mut HashMap<String, usize>, text: &str) {
 mod tests {
     use super::*;
     use crate::wire::asciicast;
+
+    impl Rendered {
+        /// Where `word` was shown (case-insensitive), as search looks.
+        fn find(&self, word: &str) -> Vec<&Shown> {
+            let needle = word.to_lowercase();
+            self.history.iter().filter(|s| s.text.to_lowercase().contains(&needle)).collect()
+        }
+    }
 
     fn rendered(events: &[(f64, &str, &str)]) -> Rendered {
         let mut cast = String::from("{\"version\": 2, \"width\": 40, \"height\": 5}\n");

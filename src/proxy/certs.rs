@@ -100,7 +100,7 @@ mod tests {
 
     #[test]
     fn a_recorder_key_that_does_not_match_is_refused() {
-        crate::net::testutil::init_crypto();
+        crate::net::tls::install_provider();
         let dir = std::env::temp_dir().join(format!("kubetape-certs-{}", crate::net::random::hex(8)));
         std::fs::create_dir_all(&dir).unwrap();
         let ca = Ca::new("certs-test").unwrap();

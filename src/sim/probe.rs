@@ -331,7 +331,7 @@ mod tests {
 
     #[test]
     fn https_probes_skip_certificate_verification() {
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        crate::net::tls::install_provider();
         // A certificate for another name, from a CA nobody trusts.
         let pem = crate::net::pki::Ca::new("untrusted").unwrap().server("elsewhere.example", &["elsewhere.example"]).unwrap();
         let chain = crate::net::tls::certs_from_pem(pem.cert.as_bytes(), "cert").unwrap();

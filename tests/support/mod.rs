@@ -13,17 +13,12 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::Once;
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_kubetape");
 
-static PROVIDER: Once = Once::new();
-
 pub fn init_crypto() {
-    PROVIDER.call_once(|| {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
+    kubetape::net::tls::install_provider();
 }
 
 /// A fresh directory under the system temp dir, removed on drop.
