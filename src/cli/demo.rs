@@ -174,6 +174,16 @@ pub fn run(args: &Args) -> Result<()> {
     let carol_token = crate::net::random::hex(32);
     write(&dir.join("tokens.csv"), &format!("{carol_token},carol,carol-uid,\"sre\"\n"))?;
     write(&dir.join("carol.kubeconfig"), &kubeconfig(&proxy_url, &proxy_ca.cert_pem, "carol", Credential::Token(&carol_token)))?;
+    // Tokens for the recorder's web UI, as `kubectl create token` would give: the
+    // cluster lets alice watch recordings and bob none (`--recording-viewers`).
+    let viewer_tokens = [("alice", crate::net::random::hex(32)), ("bob", crate::net::random::hex(32))];
+    let lines: String = viewer_tokens.iter().map(|(user, token)| format!("{token},{user},{user}-uid,\"viewers\"\n")).collect();
+    write(&dir.join("viewer-tokens.csv"), &lines)?;
+    for (user, token) in &viewer_tokens {
+        write(&dir.join(format!("{user}.token")), &format!("{token}\n"))?;
+    }
+    let recorder_api = cluster_ca.client("kubetape-recorder", &[])?;
+    write(&dir.join("recorder-cluster.kubeconfig"), &kubeconfig(&sim_url, &cluster_ca.cert_pem, "kubetape-recorder", Credential::Cert(&recorder_api)))?;
 
     let p = |name: &str| pki.join(name).display().to_string();
     let s = |v: &str| v.to_string();
@@ -194,6 +204,10 @@ pub fn run(args: &Args) -> Result<()> {
                 s("--data-dir"),
                 dir.join("sim-data").display().to_string(),
                 s("--seed"),
+                s("--token-file"),
+                dir.join("viewer-tokens.csv").display().to_string(),
+                s("--recording-viewers"),
+                s("alice"),
             ],
         )?);
         components.push(start(
@@ -214,6 +228,10 @@ pub fn run(args: &Args) -> Result<()> {
                 s("auditor"),
                 s("--storage-dir"),
                 dir.join("recordings").display().to_string(),
+                s("--ui"),
+                s("--viewers-from-cluster"),
+                s("--kubeconfig"),
+                dir.join("recorder-cluster.kubeconfig").display().to_string(),
             ],
         )?);
         components.push(start(
@@ -280,6 +298,9 @@ pub fn run(args: &Args) -> Result<()> {
     println!("  The recorder's API is https://127.0.0.1:{recorder_port}, for the reader certificate:");
     println!("    curl --cacert {d}/pki/recorder-ca.pem --cert {d}/pki/recorder-reader.pem --key {d}/pki/recorder-reader-key.pem \\");
     println!("      https://127.0.0.1:{recorder_port}/v1/recordings");
+    println!("  The recorder's web UI is https://localhost:{recorder_port}/ (its CA: {d}/pki/recorder-ca.pem); sign in with a token:");
+    println!("    alice may watch every namespace's sessions: {d}/alice.token");
+    println!("    bob may watch none:                         {d}/bob.token");
     println!("  Proxy metrics: http://127.0.0.1:{metrics_port}/metrics");
     println!("  Edit {d}/policy.json to change grants; logs are in {d}/*.log.\n\nCtrl-C stops everything.");
     let _ = std::io::stdout().flush();

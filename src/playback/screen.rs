@@ -15,7 +15,7 @@ use avt::observer::DirtyRows;
 use avt::Terminal;
 use serde_json::Value;
 
-use crate::wire::asciicast::Item;
+use crate::wire::asciicast::{self, Item};
 
 /// The size asciicast assumes when the header names none.
 const DEFAULT_SIZE: (usize, usize) = (80, 24);
@@ -94,6 +94,9 @@ pub fn render(header: &Value, items: &[Item<'_>], purpose: Purpose) -> Result<Re
     let scrollback = if purpose == Purpose::Text { SCROLLBACK } else { 0 };
     let mut terminal = Terminal::with_scrollback(cols, rows, Some(scrollback)).map_err(|e| e.to_string())?;
     let mut dirty = DirtyRows::new();
+    if asciicast::without_terminal(header) {
+        terminal.feed_with(asciicast::NEWLINE_MODE, &mut dirty);
+    }
     let mut history = History::default();
     let (mut cells, mut resizes) = (0usize, 0usize);
     let over = |cells: usize, resizes: usize, history: &History| match purpose {

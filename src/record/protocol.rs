@@ -78,6 +78,18 @@ pub enum Status {
     Interrupted,
 }
 
+impl Status {
+    /// As the API writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Recording => "recording",
+            Status::Complete => "complete",
+            Status::Truncated => "truncated",
+            Status::Interrupted => "interrupted",
+        }
+    }
+}
+
 /// The metadata sidecar of one recording, and what the JSON API lists.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]

@@ -7,7 +7,10 @@
 //! Who may do what is decided by the client certificate's CN: `--writers` may stream
 //! sessions, `--readers` may use the API and metrics. With `--viewers-from-cluster`, a
 //! Kubernetes bearer token may use the API too, for the recordings of the namespaces
-//! RBAC lets its user watch (`viewers`). Health checks are open.
+//! RBAC lets its user watch (`viewers`). With `--ui`, the recorder also serves its web
+//! UI, where such a viewer signs in once and a cookie stands for the token (`web`).
+//! Every read of a recording's output is itself recorded (`views`). Health checks
+//! and the UI's pages (which hold no recording data) are open.
 
 mod ingest;
 mod live;
@@ -15,6 +18,8 @@ mod metrics;
 mod reads;
 mod search;
 pub mod viewers;
+mod views;
+mod web;
 
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
@@ -44,13 +49,16 @@ use crate::wire::http::{self, RequestHead};
 use crate::wire::status;
 use live::Live;
 use metrics::Metrics;
-use reads::Sent;
+use reads::{Form, Sent};
 use viewers::Access;
+use views::{View, Views};
 
 /// Readers following running recordings at once; one more is answered 503.
 pub use live::MAX_FOLLOWERS;
 
 const MAX_HEAD: usize = 64 * 1024;
+/// The most recordings one list answer holds (`limit`); more are had with `offset`.
+const MAX_PAGE: usize = 10_000;
 /// Proxies and readers need milliseconds; the slot is in the bounded unauthenticated
 /// pool meanwhile.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -82,6 +90,7 @@ pub const FLAGS: &[Flag] = &[
         help: "let Kubernetes bearer tokens read the API: TokenReview, then SubjectAccessReview for get on recordings.kubetape.dev in each recording's namespace",
     },
     Flag { name: "kubeconfig", default: None, help: "with --viewers-from-cluster: the API server to ask, and the recorder's credentials [default: in-cluster]" },
+    Flag { name: "ui", default: Some("false"), help: "serve the web UI at / (viewers sign in with a token: needs --viewers-from-cluster)" },
     server::LIMIT_FLAGS[0],
     server::LIMIT_FLAGS[1],
     server::LIMIT_FLAGS[2],
@@ -105,6 +114,7 @@ pub struct Config {
     limits: server::Limits,
     s3: Option<S3Config>,
     viewers: Option<viewers::Viewers>,
+    ui: bool,
 }
 
 fn names(v: Option<String>) -> Vec<String> {
@@ -137,6 +147,7 @@ impl Config {
                     Some(viewers::Viewers::new(Rest::new(api)?))
                 }
             },
+            ui: args.bool("ui")?,
         })
     }
 }
@@ -157,6 +168,10 @@ struct State {
     spool_files: std::sync::Mutex<()>,
     /// What each recording's terminal showed, for search.
     renderings: search::Renderings,
+    /// Who watched which recording.
+    views: Views,
+    /// The web UI's signed-in browsers.
+    sessions: web::Sessions,
 }
 
 impl State {
@@ -210,6 +225,7 @@ impl upload::Spool for State {
 pub fn run(config: Config) -> Result<()> {
     let store = FsStore::open(&config.storage_dir).context("--storage-dir")?;
     let events = EventLog::open(&config.storage_dir).context("--storage-dir")?;
+    let views = Views::open(&config.storage_dir).context("--storage-dir")?;
     let listener = TcpListener::bind(&config.listen).with_context(|| format!("--listen {}", config.listen))?;
     let addr = listener.local_addr()?;
     log::info!("recorder listening addr={addr} storage={}", config.storage_dir.display());
@@ -227,6 +243,8 @@ pub fn run(config: Config) -> Result<()> {
         hand_off: Default::default(),
         spool_files: Default::default(),
         renderings: Default::default(),
+        views,
+        sessions: Default::default(),
     });
     // The bucket is reached in the background: a recorder whose S3 settings are wrong
     // serves (not ready, saying why) instead of crash-looping, and spools meanwhile.
@@ -282,7 +300,21 @@ enum Role {
 }
 
 fn reply(out: &mut WriteHalf, code: u16, body: &Value) -> std::io::Result<()> {
-    out.write_all(&http::response(code, "application/json", body.to_string().as_bytes()))
+    respond(out, code, "application/json", body.to_string().as_bytes(), &[])
+}
+
+/// A whole response, with the security headers and `extra`.
+fn respond(out: &mut WriteHalf, code: u16, content_type: &str, body: &[u8], extra: &[(&str, String)]) -> std::io::Result<()> {
+    let mut head = http::ResponseHead::new(code);
+    head.headers.push("Content-Type", content_type);
+    head.headers.push("Content-Length", body.len().to_string());
+    web::security_headers(&mut head.headers);
+    for (name, value) in extra {
+        head.headers.push(name, value.as_str());
+    }
+    let mut bytes = head.encode();
+    bytes.extend_from_slice(body);
+    out.write_all(&bytes)
 }
 
 fn handle_connection(state: &Arc<State>, sock: TcpStream, id: u64, admission: &server::Admission) {
@@ -329,25 +361,36 @@ fn handle_connection(state: &Arc<State>, sock: TcpStream, id: u64, admission: &s
             }
         };
         // Whose recordings this request may read: a reader certificate all, a viewer's
-        // token those RBAC lets its user watch.
+        // token (or the browser session standing for one) those RBAC lets its user watch.
         let read_access = || -> Result<Access, (u16, String)> {
-            if cn.as_ref().is_some_and(|cn| state.config.readers.contains(cn)) {
-                return Ok(Access::All);
+            if let Some(cn) = cn.as_ref().filter(|cn| state.config.readers.contains(cn)) {
+                return Ok(Access::Reader(cn.clone()));
             }
-            if head.headers.count("authorization") > 1 {
-                return Err((400, "more than one Authorization header".into()));
-            }
-            match (&state.config.viewers, head.headers.get_str("authorization").and_then(viewers::bearer)) {
-                (Some(v), Some(token)) => match v.authenticate(token) {
-                    Ok(Some(viewer)) => Ok(Access::Viewer(viewer, token.to_string())),
-                    Ok(None) => Err((401, "the cluster did not accept the bearer token".into())),
-                    Err(e) => Err(unchecked(&e)),
-                },
-                _ => role(Role::Reader).map(|()| Access::All),
+            // Neither: `role` says what is missing (no certificate, or the wrong one).
+            let missing = || role(Role::Reader).and(Err((401, "a reader certificate or a viewer's token is required".to_string())));
+            let Some(v) = &state.config.viewers else { return missing() };
+            let Some(token) = viewer_token(state, &head)? else { return missing() };
+            match v.authenticate(&token) {
+                Ok(Some(viewer)) => Ok(Access::Viewer(viewer, token)),
+                Ok(None) => Err((401, "the cluster did not accept the bearer token".into())),
+                Err(e) => Err(unchecked(&e)),
             }
         };
         let path = head.path().to_string();
         let result = match (head.method.as_str(), path.as_str()) {
+            ("GET", p) if state.config.ui && web::asset(p).is_some() => {
+                let asset = web::asset(p).unwrap_or(web::Asset { content_type: "", body: b"" });
+                out.write_all(&[web::asset_head(&asset).as_slice(), asset.body].concat()).map_err(|e| (500, e.to_string()))
+            }
+            ("POST", "/ui/login") if state.config.ui => sign_in(state, &head, &mut out),
+            ("POST", "/ui/logout") if state.config.ui => sign_out(state, &head, &mut out),
+            ("GET", "/v1/whoami") => read_access().and_then(|access| {
+                let me = match &access {
+                    Access::Reader(cn) => json!({"kind": "reader", "name": cn}),
+                    Access::Viewer(v, _) => json!({"kind": "viewer", "name": v.name, "groups": v.groups}),
+                };
+                reply(&mut out, 200, &me).map_err(|e| (500, e.to_string()))
+            }),
             ("GET", "/healthz") => out.write_all(&http::response(200, "text/plain", b"ok")).map_err(|e| (500, e.to_string())),
             ("GET", "/readyz") => {
                 let (code, text) = match state.unready() {
@@ -377,7 +420,7 @@ fn handle_connection(state: &Arc<State>, sock: TcpStream, id: u64, admission: &s
                 out.write_all(&http::response(200, "text/plain; version=0.0.4", text.as_bytes())).map_err(|e| (500, e.to_string()))
             }),
             ("GET", p) if p == "/v1/recordings" || p.starts_with("/v1/recordings/") => {
-                match read_access().and_then(|access| serve_api(state, &head, &access, &input.half, &mut out)) {
+                match read_access().and_then(|access| serve_api(state, &head, &access, &peer, &input.half, &mut out)) {
                     // Part of a body went out: nothing more can be said on this connection.
                     Ok(Sent::Broken) => return,
                     other => other.map(|_| ()),
@@ -393,6 +436,66 @@ fn handle_connection(state: &Arc<State>, sock: TcpStream, id: u64, admission: &s
     }
 }
 
+/// The viewer's token: from the `Authorization` header, or the browser session the
+/// cookie stands for. `None` when the request carries neither.
+fn viewer_token(state: &State, head: &RequestHead) -> Result<Option<String>, (u16, String)> {
+    if head.headers.count("authorization") > 1 {
+        return Err((400, "more than one Authorization header".into()));
+    }
+    if let Some(token) = head.headers.get_str("authorization").and_then(viewers::bearer) {
+        return Ok(Some(token.to_string()));
+    }
+    match web::session_cookie(&head.headers) {
+        Ok(None) => Ok(None),
+        Ok(Some(id)) => state.sessions.token(id).map(Some).ok_or((401, "the browser session has ended; sign in again".into())),
+        Err(()) => Err((400, format!("more than one {} cookie", web::COOKIE))),
+    }
+}
+
+/// `POST /ui/login` with `Authorization: Bearer TOKEN`: a browser session for a token
+/// the cluster accepts.
+fn sign_in(state: &State, head: &RequestHead, out: &mut WriteHalf) -> Result<(), (u16, String)> {
+    if !web::same_origin(&head.headers) {
+        return Err((403, "sign-in from another origin".into()));
+    }
+    let Some(v) = &state.config.viewers else {
+        return Err((400, "this recorder takes no tokens (it was started without --viewers-from-cluster); use a reader certificate".into()));
+    };
+    if head.headers.count("authorization") != 1 {
+        return Err((400, "sign in with one Authorization: Bearer header".into()));
+    }
+    let token = head.headers.get_str("authorization").and_then(viewers::bearer).ok_or((400, "sign in with Authorization: Bearer TOKEN".to_string()))?;
+    let viewer = match v.authenticate(token) {
+        Ok(Some(viewer)) => viewer,
+        Ok(None) => return Err((401, "the cluster did not accept the token".into())),
+        Err(e) => return Err(unchecked(&e)),
+    };
+    let id = state.sessions.open(token).map_err(|e| (503, e))?;
+    log::info!("ui sign-in user={}", viewer.name);
+    let body = json!({"kind": "viewer", "name": viewer.name, "groups": viewer.groups}).to_string();
+    respond(out, 200, "application/json", body.as_bytes(), &[("Set-Cookie", web::set_cookie(&id))]).map_err(|e| (500, e.to_string()))
+}
+
+fn sign_out(state: &State, head: &RequestHead, out: &mut WriteHalf) -> Result<(), (u16, String)> {
+    if !web::same_origin(&head.headers) {
+        return Err((403, "sign-out from another origin".into()));
+    }
+    if let Ok(Some(id)) = web::session_cookie(&head.headers) {
+        state.sessions.close(id);
+    }
+    respond(out, 200, "application/json", b"{}", &[("Set-Cookie", web::clear_cookie())]).map_err(|e| (500, e.to_string()))
+}
+
+/// Notes that `access` is about to read recording `id`'s output; refuses the read
+/// when that cannot be written, so nobody watches unrecorded.
+fn note_view(state: &State, access: &Access, id: &str, how: &str, peer: &str) -> Result<(), (u16, String)> {
+    let view = View { at: crate::wire::time::rfc3339_millis(std::time::SystemTime::now()), recording: id.into(), by: access.who(), how: how.into(), source_address: peer.into() };
+    state.views.note(&view).map_err(|e| {
+        log::error!("could not record a view, refusing it id={id} error={e}");
+        (503, format!("this read could not be recorded ({e}); try again"))
+    })
+}
+
 /// The cluster could not say whether a viewer may read: 503, never a yes.
 fn unchecked(e: &str) -> (u16, String) {
     log::warn!("viewer not checked error={e}");
@@ -404,9 +507,12 @@ fn may_view(state: &State, access: &Access, namespace: &str) -> Result<bool, (u1
     access.may_view(state.config.viewers.as_ref(), namespace).map_err(|e| unchecked(&e))
 }
 
-/// The recordings `access` may read that the query's filters (`user`, `namespace`,
-/// `pod`, `since`, `until`) keep, newest first.
+/// The recordings `access` may read that the query's filters keep, newest first:
+/// `user`, `group`, `namespace`, `pod`, `container`, `type` (exec, attach, ...),
+/// `status`, and `since`/`until` on the start time.
 fn listed<'q>(state: &State, access: &Access, param: &impl Fn(&str) -> Option<&'q str>) -> Result<Vec<SessionMeta>, (u16, String)> {
+    let text = |m: &SessionMeta, at: &str| m.session.pointer(at).and_then(Value::as_str).unwrap_or_default().to_string();
+    let in_group = |m: &SessionMeta, g: &str| m.session.pointer("/user/groups").and_then(Value::as_array).is_some_and(|gs| gs.iter().any(|x| x == g));
     let list: Vec<SessionMeta> = state
         .recordings()?
         .list()
@@ -414,8 +520,12 @@ fn listed<'q>(state: &State, access: &Access, param: &impl Fn(&str) -> Option<&'
         .into_iter()
         .map(|m| state.live.current(m))
         .filter(|m| param("user").is_none_or(|u| m.user() == u))
+        .filter(|m| param("group").is_none_or(|g| in_group(m, g)))
         .filter(|m| param("namespace").is_none_or(|n| m.namespace() == n))
         .filter(|m| param("pod").is_none_or(|p| m.pod() == p))
+        .filter(|m| param("container").is_none_or(|c| text(m, "/container") == c))
+        .filter(|m| param("type").is_none_or(|t| text(m, "/type") == t))
+        .filter(|m| param("status").is_none_or(|s| m.status.as_str() == s))
         .filter(|m| param("since").is_none_or(|s| m.started.as_str() >= s))
         .filter(|m| param("until").is_none_or(|u| m.started.as_str() <= u))
         .collect();
@@ -423,35 +533,58 @@ fn listed<'q>(state: &State, access: &Access, param: &impl Fn(&str) -> Option<&'
     list.into_iter().filter_map(|m| may_view(state, access, m.namespace()).map(|yes| yes.then_some(m)).transpose()).collect()
 }
 
-fn serve_api(state: &State, head: &RequestHead, access: &Access, peer: &ReadHalf, out: &mut WriteHalf) -> Result<Sent, (u16, String)> {
+/// `limit` and `offset` of a list query: a page of at most [`MAX_PAGE`].
+fn page<'q>(param: &impl Fn(&str) -> Option<&'q str>) -> Result<(usize, usize), (u16, String)> {
+    let number = |k: &str, default: usize| match param(k) {
+        None => Ok(default),
+        Some(v) => v.parse::<usize>().map_err(|_| (400, format!("{k}: expected a whole number, found {v:?}"))),
+    };
+    Ok((number("offset", 0)?, number("limit", MAX_PAGE)?.min(MAX_PAGE)))
+}
+
+fn serve_api(state: &State, head: &RequestHead, access: &Access, peer_addr: &str, peer: &ReadHalf, out: &mut WriteHalf) -> Result<Sent, (u16, String)> {
     let internal = |e: Error| (500, e.to_string());
     let io = |e: std::io::Error| (500, e.to_string());
     let rest = head.path().trim_start_matches("/v1/recordings").trim_start_matches('/');
     let q = http::query_pairs(head.query());
     let param = |k: &str| q.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     if rest.is_empty() {
+        let (offset, limit) = page(&param)?;
         let list = listed(state, access, &param)?;
-        return reply(out, 200, &json!({"items": list})).map(|()| Sent::Whole).map_err(io);
+        let total = list.len();
+        let items: Vec<SessionMeta> = list.into_iter().skip(offset).take(limit).collect();
+        return reply(out, 200, &json!({"items": items, "total": total, "offset": offset})).map(|()| Sent::Whole).map_err(io);
     }
-    let (id, cast) = match rest.split_once('/') {
-        Some((id, "cast")) => (id, true),
-        Some(_) => return Err((404, "not found".into())),
-        None => (rest, false),
-    };
+    let (id, part) = rest.split_once('/').unwrap_or((rest, ""));
+    if !matches!(part, "" | "cast" | "live" | "views") {
+        return Err((404, "not found".into()));
+    }
     let meta = state.recordings()?.meta(id).map_err(internal)?.ok_or((404, format!("recording {id:?} not found")))?;
     if !may_view(state, access, meta.namespace())? {
         return Err((403, format!("you may not watch recordings of namespace {:?} (RBAC: get on recordings.kubetape.dev there)", meta.namespace())));
     }
-    if cast {
-        // Only durable whole lines are served, of a running session too.
-        return match param("follow") {
-            None | Some("false") => reads::snapshot(state, id, out),
-            Some("true") => {
-                let namespace = meta.namespace().to_string();
-                reads::follow(state, id, peer, out, &|| access.still_may_view(state.config.viewers.as_ref(), &namespace))
-            }
-            Some(other) => Err((400, format!("follow: expected true or false, found {other:?}"))),
-        };
+    let namespace = meta.namespace().to_string();
+    let still_may_view = || access.still_may_view(state.config.viewers.as_ref(), &namespace);
+    // Only durable whole lines are served, of a running session too.
+    match (part, param("follow")) {
+        ("cast", None | Some("false")) => {
+            note_view(state, access, id, "cast", peer_addr)?;
+            return reads::snapshot(state, id, out);
+        }
+        ("cast", Some("true")) => {
+            note_view(state, access, id, "follow", peer_addr)?;
+            return reads::follow(state, id, peer, out, Form::Cast, &still_may_view);
+        }
+        ("cast", Some(other)) => return Err((400, format!("follow: expected true or false, found {other:?}"))),
+        ("live", _) => {
+            note_view(state, access, id, "live", peer_addr)?;
+            return reads::follow(state, id, peer, out, Form::EventStream, &still_may_view);
+        }
+        ("views", _) => {
+            let views = state.views.of(id).map_err(io)?;
+            return reply(out, 200, &json!({"items": views})).map(|()| Sent::Whole).map_err(io);
+        }
+        _ => {}
     }
     let meta = state.live.current(meta);
     reply(out, 200, &serde_json::to_value(&meta).unwrap_or(Value::Null)).map(|()| Sent::Whole).map_err(io)
@@ -474,6 +607,8 @@ fn query_events(state: &State, head: &RequestHead, access: &Access, out: &mut Wr
     let unanswered = std::cell::RefCell::new(None);
     let keep = |e: &ApiEvent| {
         e.matches(param("user"), param("verb"), param("resource"), param("namespace"), param("since"), param("until"))
+            && param("session").is_none_or(|s| e.session_id.as_deref() == Some(s))
+            && param("status").is_none_or(|s| e.status.is_some_and(|c| c.to_string() == s))
             // After one unanswered check, no more: the answer is 503 anyway, and a
             // failing API server is not asked once per event.
             && unanswered.borrow().is_none()

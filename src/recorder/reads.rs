@@ -3,7 +3,10 @@
 //! `?follow=true` streams it from the start (chunked) and then each new line as it
 //! becomes durable, until the session ends.
 //!
-//! Both read the cast file, never the ingest: a follower waits on its session's
+//! `GET /v1/recordings/{id}/live` is the same follow as a `text/event-stream` of the
+//! cast's lines, which asciinema-player's `eventsource` driver plays as they come.
+//!
+//! All read the cast file, never the ingest: a follower waits on its session's
 //! [`Progress`] (woken after every sync) and copies from its own file handle, so a
 //! reader that stops reading blocks only its own thread, for at most
 //! [`FOLLOW_WRITE_TIMEOUT`].
@@ -17,6 +20,7 @@ use super::State;
 use crate::net::conn::{ReadHalf, WriteHalf};
 use crate::record::protocol::Status;
 use crate::storage::{Cast, Recordings};
+use crate::wire::asciicast;
 use crate::wire::http::{self, ResponseHead};
 
 const CONTENT_TYPE: &str = "application/x-asciicast";
@@ -72,9 +76,10 @@ fn copy(file: &Cast, from: u64, to: u64, send: &mut impl FnMut(&[u8]) -> io::Res
     Ok(())
 }
 
-fn head(content_length: Option<u64>) -> Vec<u8> {
+fn head(content_type: &str, content_length: Option<u64>) -> Vec<u8> {
     let mut head = ResponseHead::new(200);
-    head.headers.push("Content-Type", CONTENT_TYPE);
+    head.headers.push("Content-Type", content_type);
+    super::web::security_headers(&mut head.headers);
     match content_length {
         Some(n) => head.headers.push("Content-Length", n.to_string()),
         None => head.headers.push("Transfer-Encoding", "chunked"),
@@ -116,7 +121,7 @@ pub(super) fn read_whole(file: &Cast, end: u64) -> Result<Vec<u8>, Refusal> {
 
 pub(super) fn snapshot(state: &State, id: &str, out: &mut WriteHalf) -> Result<Sent, Refusal> {
     let (file, end) = durable(state, id)?;
-    out.write_all(&head(Some(end))).map_err(|e| (500, e.to_string()))?;
+    out.write_all(&head(CONTENT_TYPE, Some(end))).map_err(|e| (500, e.to_string()))?;
     Ok(match copy(&file, 0, end, &mut |piece| out.write_all(piece)) {
         Ok(()) => Sent::Whole,
         Err(e) => {
@@ -126,18 +131,71 @@ pub(super) fn snapshot(state: &State, id: &str, out: &mut WriteHalf) -> Result<S
     })
 }
 
-/// `GET .../cast?follow=true`: everything durable, then each sync's new lines, until
-/// the session ends; then the last chunk.
+/// How a follow sends the cast.
+#[derive(Clone, Copy)]
+pub(super) enum Form {
+    /// Its bytes, as they are.
+    Cast,
+    /// Server-sent events: the header as `{"cols","rows"}`, then each event line, then
+    /// event `done`.
+    EventStream,
+}
+
+/// Turns a cast's bytes, in pieces cut anywhere, into server-sent events.
+#[derive(Default)]
+struct EventStream {
+    pending: Vec<u8>,
+    header_seen: bool,
+}
+
+impl EventStream {
+    fn messages(&mut self, piece: &[u8]) -> Vec<u8> {
+        self.pending.extend_from_slice(piece);
+        let Some(end) = self.pending.iter().rposition(|b| *b == b'\n') else { return Vec::new() };
+        let mut out = Vec::new();
+        for line in self.pending[..=end].split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let data = if self.header_seen {
+                // An event line is one JSON array: no newline inside, safe as one `data:`.
+                line.to_vec()
+            } else {
+                self.header_seen = true;
+                let h: serde_json::Value = serde_json::from_slice(line).unwrap_or_default();
+                let init = asciicast::without_terminal(&h).then_some(asciicast::NEWLINE_MODE);
+                serde_json::json!({"cols": h["width"], "rows": h["height"], "init": init}).to_string().into_bytes()
+            };
+            out.extend_from_slice(b"data: ");
+            out.extend_from_slice(&data);
+            out.extend_from_slice(b"\n\n");
+        }
+        self.pending.drain(..=end);
+        out
+    }
+}
+
+/// `GET .../cast?follow=true` (and `.../live`, as [`Form::EventStream`]): everything
+/// durable, then each sync's new lines, until the session ends; then the last chunk.
 /// `still_allowed` is asked before each piece sent and at every idle check: a viewer
 /// whose token or RBAC binding went away stops being sent the session.
-pub(super) fn follow(state: &State, id: &str, peer: &ReadHalf, out: &mut WriteHalf, still_allowed: &dyn Fn() -> bool) -> Result<Sent, Refusal> {
+pub(super) fn follow(state: &State, id: &str, peer: &ReadHalf, out: &mut WriteHalf, form: Form, still_allowed: &dyn Fn() -> bool) -> Result<Sent, Refusal> {
     let Some(_place) = state.live.follower() else {
         return Err((503, format!("{MAX_FOLLOWERS} readers are following recordings already, try again later")));
     };
     let (file, extent) = open(state, id)?;
     // The write half's socket is this one: the timeout bounds a client that stopped reading.
     peer.shutdown_handle().and_then(|s| s.set_write_timeout(Some(FOLLOW_WRITE_TIMEOUT))).map_err(|e| (500, e.to_string()))?;
-    out.write_all(&head(None)).map_err(|e| (500, e.to_string()))?;
+    let content_type = match form {
+        Form::Cast => CONTENT_TYPE,
+        Form::EventStream => "text/event-stream",
+    };
+    out.write_all(&head(content_type, None)).map_err(|e| (500, e.to_string()))?;
+    let mut events = EventStream::default();
+    let mut send = |piece: &[u8]| match form {
+        Form::Cast => out.write_all(&http::encode_chunk(piece)),
+        Form::EventStream => match events.messages(piece) {
+            m if m.is_empty() => Ok(()),
+            m => out.write_all(&http::encode_chunk(&m)),
+        },
+    };
     let mut sent = 0;
     let result = loop {
         let seen = match &extent {
@@ -148,7 +206,7 @@ pub(super) fn follow(state: &State, id: &str, peer: &ReadHalf, out: &mut WriteHa
             break Err(io::Error::new(io::ErrorKind::PermissionDenied, "the reader may no longer watch this recording"));
         }
         if seen.durable > sent {
-            if let Err(e) = copy(&file, sent, seen.durable, &mut |piece| out.write_all(&http::encode_chunk(piece))) {
+            if let Err(e) = copy(&file, sent, seen.durable, &mut send) {
                 break Err(e);
             }
             sent = seen.durable;
@@ -156,6 +214,11 @@ pub(super) fn follow(state: &State, id: &str, peer: &ReadHalf, out: &mut WriteHa
             break Err(io::Error::new(io::ErrorKind::ConnectionAborted, "the reader went away"));
         }
         if seen.ended {
+            if matches!(form, Form::EventStream) {
+                if let Err(e) = out.write_all(&http::encode_chunk(b"event: done\ndata: {}\n\n")) {
+                    break Err(e);
+                }
+            }
             break out.write_all(http::LAST_CHUNK);
         }
     };
@@ -167,4 +230,24 @@ pub(super) fn follow(state: &State, id: &str, peer: &ReadHalf, out: &mut WriteHa
             Sent::Broken
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cast_becomes_events_whatever_the_pieces() {
+        let cast = b"{\"version\":2,\"width\":100,\"height\":30,\"kubetape\":{\"tty\":true}}\n[0.5,\"o\",\"a\\nb\"]\n[1.0,\"r\",\"80x24\"]\n";
+        let want = "data: {\"cols\":100,\"init\":null,\"rows\":30}\n\ndata: [0.5,\"o\",\"a\\nb\"]\n\ndata: [1.0,\"r\",\"80x24\"]\n\n";
+        for cut in 1..cast.len() {
+            let mut es = EventStream::default();
+            let mut got = es.messages(&cast[..cut]);
+            got.extend(es.messages(&cast[cut..]));
+            assert_eq!(String::from_utf8(got).unwrap(), want, "cut at {cut}");
+        }
+        let mut es = EventStream::default();
+        let first = String::from_utf8(es.messages(b"{\"width\":80,\"height\":24,\"kubetape\":{\"tty\":false}}\n")).unwrap();
+        assert_eq!(first, "data: {\"cols\":80,\"init\":\"\\u001b[20h\",\"rows\":24}\n\n", "no terminal: line feeds return the carriage");
+    }
 }

@@ -120,8 +120,8 @@ impl<K: std::hash::Hash + Eq, V: Clone> Cache<K, V> {
 
 /// Whose recordings a request may read.
 pub enum Access {
-    /// A reader certificate: all of them.
-    All,
+    /// A reader certificate (its CN): all of them.
+    Reader(String),
     /// A viewer's token: those of the namespaces RBAC lets them watch. The token is
     /// kept for the request only, to ask again during a long one (a follow).
     Viewer(Viewer, String),
@@ -132,9 +132,17 @@ impl Access {
     /// could not be asked (never taken as a yes).
     pub fn may_view(&self, viewers: Option<&Viewers>, namespace: &str) -> Result<bool, String> {
         match (self, viewers) {
-            (Access::All, _) => Ok(true),
+            (Access::Reader(_), _) => Ok(true),
             (Access::Viewer(v, _), Some(viewers)) => viewers.may_view(v, namespace),
             (Access::Viewer(..), None) => Ok(false),
+        }
+    }
+
+    /// Who this is, as the record of views names them.
+    pub fn who(&self) -> String {
+        match self {
+            Access::Reader(cn) => format!("certificate:{cn}"),
+            Access::Viewer(v, _) => v.name.clone(),
         }
     }
 
@@ -143,7 +151,7 @@ impl Access {
     /// question is a no here: the request is already under way.
     pub fn still_may_view(&self, viewers: Option<&Viewers>, namespace: &str) -> bool {
         match (self, viewers) {
-            (Access::All, _) => true,
+            (Access::Reader(_), _) => true,
             (Access::Viewer(v, token), Some(viewers)) => viewers.authenticate(token).is_ok_and(|now| now.as_ref() == Some(v)) && viewers.may_view(v, namespace).unwrap_or(false),
             (Access::Viewer(..), None) => false,
         }

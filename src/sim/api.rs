@@ -128,6 +128,24 @@ pub fn route(cluster: &Arc<Cluster>, req: &Request, out: &mut WriteHalf) -> Repl
             });
             ok_json(out, 201, &review)
         }
+        ("POST", ["apis", "authentication.k8s.io", "v1", "tokenreviews"]) => {
+            let mut review = json_body(req)?;
+            let user = review["spec"]["token"].as_str().and_then(|t| cluster.config.tokens.lookup(t));
+            review["status"] = match user {
+                Some(u) => json!({"authenticated": true, "user": {"username": u.name, "uid": u.uid, "groups": u.groups}}),
+                None => json!({"authenticated": false, "error": "invalid bearer token"}),
+            };
+            ok_json(out, 201, &review)
+        }
+        ("POST", ["apis", "authorization.k8s.io", "v1", "subjectaccessreviews"]) => {
+            let mut review = json_body(req)?;
+            let (spec, attrs) = (&review["spec"], &review["spec"]["resourceAttributes"]);
+            let recordings = attrs["group"] == "kubetape.dev" && attrs["resource"] == "recordings";
+            let allowed = !recordings || spec["user"].as_str().is_some_and(|u| cluster.config.recording_viewers.iter().any(|v| v == u));
+            review["status"] =
+                json!({"allowed": allowed, "reason": if recordings { "kubetape sim: --recording-viewers" } else { "kubetape sim authorizes every authenticated user" }});
+            ok_json(out, 201, &review)
+        }
         ("POST", ["apis", "authorization.k8s.io", "v1", "selfsubjectaccessreviews"]) => {
             // kubectl 1.32 sends this one as protobuf; the answer needs nothing from it.
             let mut review = json_body(req).unwrap_or_else(|_| json!({"kind": "SelfSubjectAccessReview", "apiVersion": "authorization.k8s.io/v1", "metadata": {}, "spec": {}}));

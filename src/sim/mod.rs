@@ -74,6 +74,11 @@ pub const FLAGS: &[Flag] = &[
     Flag { name: "image-map", default: None, help: "kubelet mode: IMAGE=PATH[,IMAGE=PATH...]: a container of IMAGE runs the host program PATH as its entrypoint" },
     Flag { name: "apiserver-address", default: None, help: "kubelet mode: HOST:PORT given to pods as KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT" },
     Flag { name: "seed", default: Some("false"), help: "create namespace default with running pod web-0 (container main)" },
+    Flag {
+        name: "recording-viewers",
+        default: None,
+        help: "comma-separated users a SubjectAccessReview allows get on recordings.kubetape.dev in every namespace (no one else; every other review is allowed)",
+    },
 ];
 
 pub struct Config {
@@ -87,6 +92,7 @@ pub struct Config {
     agent: Option<Agent>,
     schedule: bool,
     seed: bool,
+    recording_viewers: Vec<String>,
 }
 
 /// Kubelet mode's settings for the node it runs.
@@ -189,6 +195,7 @@ impl Config {
             agent: Agent::from_args(args)?,
             schedule: args.bool("schedule")?,
             seed: args.bool("seed")?,
+            recording_viewers: args.opt("recording-viewers").map(|v| v.split(',').map(|u| u.trim().to_string()).filter(|u| !u.is_empty()).collect()).unwrap_or_default(),
         })
     }
 }

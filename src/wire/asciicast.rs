@@ -30,6 +30,16 @@ use crate::wire::base64;
 pub const STDOUT: u8 = 1;
 pub const STDERR: u8 = 2;
 
+/// Sets the terminal's newline mode (LNM), in which a line feed also returns the
+/// carriage. A session without a terminal writes bare `\n` (no pty turned it into
+/// `\r\n`), so its output is shown in this mode, as a terminal running it would.
+pub const NEWLINE_MODE: &str = "\x1b[20h";
+
+/// Whether a recording's session had no terminal, from its header's `kubetape` object.
+pub fn without_terminal(header: &Value) -> bool {
+    header["kubetape"]["tty"] == Value::Bool(false)
+}
+
 /// The exact bytes of the text event after it, which shows them lossily. Not a code
 /// asciicast v2 or v3 defines (v3 took `x` for the exit status), so players skip it.
 const VERBATIM: &str = "v";

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod capture;
 pub mod matrix;
 pub mod s3;
