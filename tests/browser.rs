@@ -61,8 +61,8 @@ fn a_viewer_watches_sessions_in_the_browser() {
     assert!(out.status.success(), "{}", out.describe());
     let drawn = recording_with(&demo, &right);
     // Two lines three seconds apart, for the player's timing; and markup, which must stay text.
-    let (first, second, markup) = (format!("first{hex}"), format!("second{hex}"), format!("<img id=xss{hex} src=x>"));
-    let out = alice.run(&["exec", "web-0", "--", "sh", "-c", &format!("echo {first}; echo '{markup}'; sleep 3; echo {second}")]);
+    let (first, second, markup, stderr) = (format!("first{hex}"), format!("second{hex}"), format!("<img id=xss{hex} src=x>"), format!("stderr{hex}"));
+    let out = alice.run(&["exec", "web-0", "--", "sh", "-c", &format!("echo {first}; echo '{markup}'; echo {stderr} >&2; sleep 3; echo {second}")]);
     assert!(out.status.success(), "{}", out.describe());
     let timed = recording_with(&demo, &second);
     let timed_id = timed["id"].as_str().expect("id").to_string();
@@ -120,7 +120,7 @@ fn a_viewer_watches_sessions_in_the_browser() {
     }
     // Seeking back to second 1: the first line, not yet the second.
     b.script("kubetape.player.seek(1.0)", json!([]));
-    b.wait_text("#player .ap-term", "the screen at 1 s", |t| t.contains(&first) && !t.contains(&second));
+    b.wait_text("#player .ap-term", "the screen at 1 s", |t| t.contains(&first) && t.contains(&stderr) && !t.contains(&second));
     b.screenshot("player-mid-session");
     // Play from there: time moves on, and the second line comes.
     b.click("#player .ap-playback-button");

@@ -152,6 +152,12 @@ impl ApiServer {
         Self::new(server, ca, Some(identity), Token::None)
     }
 
+    /// A server (`https://host:port`) trusted by `ca`, to which we present the bearer
+    /// token in `token_file` (read per connection): a recorder's API, for a viewer.
+    pub fn with_token_file(server: &str, ca: &[u8], token_file: PathBuf) -> Result<ApiServer> {
+        Self::new(server, ca, None, Token::File(token_file))
+    }
+
     /// The same server, reached without any credentials of ours (no client
     /// certificate, no token): for a proxy that passes its callers' credentials on.
     pub fn anonymous(self) -> Result<ApiServer> {

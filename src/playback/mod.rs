@@ -1,52 +1,69 @@
-//! `kubetape play`: prints a recording's output, or recovers one stream's exact bytes
-//! (`--raw stdout` turns a recorded `kubectl cp` download back into its tar), and says
-//! on stderr when the recording is not whole: still being recorded, truncated,
-//! interrupted, or ending in a torn line. `--raw` then exits non-zero after writing
-//! what there is, since those are not all of the stream's bytes.
-//! `--text` shows instead the lines as the session's terminal finally showed them
-//! (`screen`: escape sequences resolved, erased text gone).
+//! `kubetape play`: plays a recording's output at the session's pace on a terminal
+//! (`player`: `--speed`, `--idle-limit`, space pauses, q quits) and all at once into a
+//! pipe, or recovers one stream's exact bytes (`--raw stdout` turns a recorded
+//! `kubectl cp` download back into its tar), and says on stderr when the recording is
+//! not whole: still being recorded, truncated, interrupted, or ending in a torn line.
+//! `--raw` then exits non-zero after writing what there is, since those are not all
+//! of the stream's bytes. `--text` shows instead the lines as the session's terminal
+//! finally showed them (`screen`: escape sequences resolved, erased text gone).
 //! `kubetape ls`: lists the recordings in a recorder's storage directory.
-//! `kubetape play --recorder URL --id ID [--follow]` fetches (follows) one from a
-//! recorder's API instead (`follow`). Both stop quietly when their reader goes away
-//! (`| head`).
+//! With `--recorder URL` both read a recorder's API instead (`remote`), with a reader
+//! certificate or a viewer's token; `play --follow` prints a running session as it
+//! is recorded. All stop quietly when their reader goes away (`| head`).
 
-mod follow;
+mod player;
+mod remote;
 pub mod screen;
 
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
 use std::path::Path;
 
 use serde_json::Value;
 
 use crate::args::{Args, Flag};
 use crate::error::{Context, Error, Result};
-use crate::record::protocol::{SessionMeta, Status};
+use crate::record::protocol::{valid_id, SessionMeta, Status};
 use crate::wire::asciicast::{self, Item, STDERR, STDOUT};
+use player::Pace;
+use remote::Recorder;
 
 pub const FLAGS: &[Flag] = &[
     Flag { name: "file", default: None, help: "the .cast file, required unless --recorder is given; its <id>.json sidecar beside it says whether the recording is complete" },
     Flag { name: "raw", default: None, help: "stdout or stderr: write that stream's exact bytes instead of the session's text; fails unless the recording is whole" },
-    Flag { name: "recorder", default: None, help: "a recorder's URL (https://HOST:PORT): fetch the recording --id from its API instead of --file" },
+    remote::FLAGS[0],
     Flag { name: "id", default: None, help: "with --recorder: the session id" },
-    Flag { name: "ca", default: None, help: "with --recorder: the CA that signed its serving certificate (PEM)" },
-    Flag { name: "cert", default: None, help: "with --recorder: a reader's client certificate (PEM)" },
-    Flag { name: "key", default: None, help: "with --recorder: that certificate's key (PEM)" },
+    remote::FLAGS[1],
+    remote::FLAGS[2],
+    remote::FLAGS[3],
+    remote::FLAGS[4],
     Flag { name: "follow", default: Some("false"), help: "with --recorder: print a running session as it is recorded, until it ends" },
     Flag {
         name: "text",
         default: Some("false"),
         help: "print the session's lines as its terminal finally showed them (escape sequences resolved, erased text gone): what search sees",
     },
+    Flag { name: "speed", default: None, help: "play at this multiple of the session's pace [default: 1 on a terminal (space pauses, q quits); all at once into a pipe]" },
+    Flag { name: "idle-limit", default: None, help: "while playing, cut pauses longer than this many seconds to it" },
 ];
 
-pub fn run(args: &Args) -> Result<()> {
-    if args.opt("recorder").is_some() {
-        if args.bool("text")? {
-            crate::bail!("--text: reads a --file (a recorder's API is not rendered yet)");
-        }
-        return follow::run(args, &mut std::io::stdout().lock());
+/// A number of seconds or a speed: finite and above zero.
+fn positive(args: &Args, flag: &str) -> Result<Option<f64>> {
+    match args.opt(flag) {
+        None => Ok(None),
+        Some(v) => match v.parse::<f64>() {
+            Ok(n) if n.is_finite() && n > 0.0 => Ok(Some(n)),
+            _ => crate::bail!("--{flag}: expected a number above 0, found {v:?}"),
+        },
     }
-    let path = args.required_path("file")?;
+}
+
+/// Where a recording came from: as errors say it (`at`), and as notes do (`name`).
+struct Source {
+    at: String,
+    name: String,
+}
+
+pub fn run(args: &Args) -> Result<()> {
     let raw = match args.opt("raw").as_deref() {
         None => None,
         Some("stdout") => Some(("stdout", STDOUT)),
@@ -57,24 +74,66 @@ pub fn run(args: &Args) -> Result<()> {
     if text && raw.is_some() {
         crate::bail!("--text and --raw: give one of them");
     }
-    let at = || format!("--file {}", path.display());
-    // The sidecar before the cast: one that says `complete` was written after the last line.
-    let meta = sidecar(&path)?;
-    let data = std::fs::read(&path).with_context(at)?;
-    let recording = asciicast::parse(&data).map_err(Error::new).with_context(at)?;
-    let items = asciicast::items(&recording.events).map_err(Error::new).with_context(at)?;
+    let (speed, idle_limit) = (positive(args, "speed")?, positive(args, "idle-limit")?);
+    let follow = args.bool("follow")?;
+    let recorder = Recorder::from_args(args)?;
+    let (meta, data, source) = match (&recorder, args.path("file")) {
+        (Some(_), Some(_)) => crate::bail!("--recorder: --file goes without it"),
+        (Some(r), None) => {
+            let id = args.required("id")?;
+            if !valid_id(&id) {
+                crate::bail!("--id {id:?}: expected a session id ([A-Za-z0-9-], at most 64 characters)");
+            }
+            if follow {
+                if raw.is_some() || text || speed.is_some() || idle_limit.is_some() {
+                    crate::bail!("--follow prints the session as it is recorded: --raw, --text, --speed and --idle-limit are for what is recorded already");
+                }
+                return until_the_reader_leaves(r.follow(&id, &mut io::stdout().lock()));
+            }
+            let (meta, data) = r.recording(&id)?;
+            (Some(meta), data, Source { at: format!("recording {id}"), name: format!("recording {id}") })
+        }
+        (None, path) => {
+            if follow || args.opt("id").is_some() {
+                crate::bail!("--follow and --id: only used with --recorder");
+            }
+            let path = path.ok_or_else(|| Error::new("--file (or --recorder and --id) is required"))?;
+            // The sidecar before the cast: one that says `complete` was written after the last line.
+            let meta = sidecar(&path)?;
+            let data = std::fs::read(&path).with_context(|| format!("--file {}", path.display()))?;
+            (meta, data, Source { at: format!("--file {}", path.display()), name: path.display().to_string() })
+        }
+    };
+    let recording = asciicast::parse(&data).map_err(Error::new).with_context(|| source.at.clone())?;
+    let items = asciicast::items(&recording.events).map_err(Error::new).with_context(|| source.at.clone())?;
     let gaps = gaps(meta.as_ref(), &recording, data.len());
     if meta.is_none() {
-        eprintln!("kubetape play: {}: no sidecar beside it, so whether the recording is complete is not known", path.display());
+        eprintln!("kubetape play: {}: no sidecar beside it, so whether the recording is complete is not known", source.name);
     }
     for gap in &gaps {
-        eprintln!("kubetape play: {}: {gap}", path.display());
+        eprintln!("kubetape play: {}: {gap}", source.name);
+    }
+    // At the session's pace when asked, or when a person is watching.
+    let pace = match (speed, raw.is_none() && !text && io::stdout().is_terminal()) {
+        (Some(speed), _) => Some(Pace { speed, idle_limit }),
+        (None, true) => Some(Pace { speed: 1.0, idle_limit }),
+        (None, false) => None,
+    };
+    if pace.is_some() && (raw.is_some() || text) {
+        crate::bail!("--speed: plays the session's output; --raw and --text print at once");
+    }
+    if pace.is_none() && idle_limit.is_some() {
+        crate::bail!("--idle-limit: only while playing (on a terminal, or with --speed)");
     }
     let mut out = io::stdout().lock();
-    until_the_reader_leaves(match raw {
-        Some((_, stream)) => out.write_all(&asciicast::stream_bytes(&items, stream)).map_err(Error::from),
-        None if text => write_screen_text(&mut out, &recording.header, &items).with_context(at),
-        None => write_text(&mut out, &items),
+    until_the_reader_leaves(match (raw, pace) {
+        (Some((_, stream)), _) => out.write_all(&asciicast::stream_bytes(&items, stream)).map_err(Error::from),
+        (None, _) if text => write_screen_text(&mut out, &recording.header, &items).with_context(|| source.at.clone()),
+        (None, Some(pace)) => {
+            let (_terminal, keys) = player::keyboard();
+            player::play(&items, pace, &keys, &mut out).map(|_| ())
+        }
+        (None, None) => write_text(&mut out, &items),
     })?;
     match raw {
         Some((name, _)) if !gaps.is_empty() => crate::bail!("--raw {name}: not all of the stream's bytes: {}", gaps.join("; ")),
@@ -172,7 +231,12 @@ fn until_the_reader_leaves(written: Result<()>) -> Result<()> {
 }
 
 pub const LS_FLAGS: &[Flag] = &[
-    Flag { name: "storage-dir", default: None, help: "the recorder's --storage-dir, required" },
+    Flag { name: "storage-dir", default: None, help: "the recorder's --storage-dir, required unless --recorder is given" },
+    remote::FLAGS[0],
+    remote::FLAGS[1],
+    remote::FLAGS[2],
+    remote::FLAGS[3],
+    remote::FLAGS[4],
     Flag { name: "user", default: None, help: "only this user's sessions" },
     Flag { name: "namespace", default: None, help: "only sessions in this namespace" },
     Flag { name: "pod", default: None, help: "only sessions in this pod" },
@@ -180,23 +244,29 @@ pub const LS_FLAGS: &[Flag] = &[
 
 /// Lists recordings, newest first: id, start, status, who, where, what.
 pub fn ls(args: &Args) -> Result<()> {
-    let dir = args.required_path("storage-dir")?;
-    if !dir.is_dir() {
-        crate::bail!("--storage-dir {}: not a directory", dir.display());
-    }
-    let store = crate::storage::fs::FsStore::open_read_only(&dir);
     let (user, ns, pod) = (args.opt("user"), args.opt("namespace"), args.opt("pod"));
-    let recordings = store.list().context("--storage-dir")?;
+    let recordings = match (Recorder::from_args(args)?, args.path("storage-dir")) {
+        (Some(_), Some(_)) => crate::bail!("--recorder: --storage-dir goes without it"),
+        // The recorder filters, and lists only what this reader or viewer may watch.
+        (Some(r), None) => r.list(&remote::query(&[("user", user.as_deref()), ("namespace", ns.as_deref()), ("pod", pod.as_deref())]))?,
+        (None, dir) => {
+            let dir = dir.ok_or_else(|| Error::new("--storage-dir (or --recorder) is required"))?;
+            if !dir.is_dir() {
+                crate::bail!("--storage-dir {}: not a directory", dir.display());
+            }
+            let store = crate::storage::fs::FsStore::open_read_only(&dir);
+            let all = store.list().context("--storage-dir")?;
+            all.into_iter()
+                .filter(|m| user.as_deref().is_none_or(|u| m.user() == u) && ns.as_deref().is_none_or(|n| m.namespace() == n) && pod.as_deref().is_none_or(|p| m.pod() == p))
+                .collect()
+        }
+    };
     let mut out = io::stdout().lock();
     until_the_reader_leaves((|| {
         writeln!(out, "{:<30} {:<20} {:<11} {:<10} {:<28} COMMAND", "ID", "STARTED", "STATUS", "USER", "NAMESPACE/POD")?;
         for m in recordings {
-            if user.as_deref().is_some_and(|u| m.user() != u) || ns.as_deref().is_some_and(|n| m.namespace() != n) || pod.as_deref().is_some_and(|p| m.pod() != p) {
-                continue;
-            }
             let command: Vec<&str> = m.session["command"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
-            let status = format!("{:?}", m.status).to_lowercase();
-            writeln!(out, "{:<30} {:<20} {:<11} {:<10} {:<28} {}", m.id, m.started, status, m.user(), format!("{}/{}", m.namespace(), m.pod()), command.join(" "))?;
+            writeln!(out, "{:<30} {:<20} {:<11} {:<10} {:<28} {}", m.id, m.started, m.status.as_str(), m.user(), format!("{}/{}", m.namespace(), m.pod()), command.join(" "))?;
         }
         Ok(out.flush()?)
     })())

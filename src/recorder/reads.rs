@@ -155,8 +155,15 @@ impl EventStream {
         let mut out = Vec::new();
         for line in self.pending[..=end].split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
             let data = if self.header_seen {
-                // An event line is one JSON array: no newline inside, safe as one `data:`.
-                line.to_vec()
+                // An event line is one JSON array: no newline inside, safe as one
+                // `data:`. Players know `o` only: stderr (`e`) shows as output too.
+                match serde_json::from_slice::<serde_json::Value>(line) {
+                    Ok(mut ev) if ev[1] == "e" => {
+                        ev[1] = "o".into();
+                        ev.to_string().into_bytes()
+                    }
+                    _ => line.to_vec(),
+                }
             } else {
                 self.header_seen = true;
                 let h: serde_json::Value = serde_json::from_slice(line).unwrap_or_default();
@@ -238,8 +245,8 @@ mod tests {
 
     #[test]
     fn a_cast_becomes_events_whatever_the_pieces() {
-        let cast = b"{\"version\":2,\"width\":100,\"height\":30,\"kubetape\":{\"tty\":true}}\n[0.5,\"o\",\"a\\nb\"]\n[1.0,\"r\",\"80x24\"]\n";
-        let want = "data: {\"cols\":100,\"init\":null,\"rows\":30}\n\ndata: [0.5,\"o\",\"a\\nb\"]\n\ndata: [1.0,\"r\",\"80x24\"]\n\n";
+        let cast = b"{\"version\":2,\"width\":100,\"height\":30,\"kubetape\":{\"tty\":true}}\n[0.5,\"o\",\"a\\nb\"]\n[1.0,\"r\",\"80x24\"]\n[1.5,\"e\",\"oops\"]\n";
+        let want = "data: {\"cols\":100,\"init\":null,\"rows\":30}\n\ndata: [0.5,\"o\",\"a\\nb\"]\n\ndata: [1.0,\"r\",\"80x24\"]\n\ndata: [1.5,\"o\",\"oops\"]\n\n";
         for cut in 1..cast.len() {
             let mut es = EventStream::default();
             let mut got = es.messages(&cast[..cut]);

@@ -353,13 +353,18 @@ function eventTable(items, empty) {
 
 // The recording as the player's data, fetched once per page (each fetch is a view the
 // recorder records). A session without a terminal wrote bare line feeds: newline mode
-// shows them as its terminal would have.
+// shows them as a terminal would have.
 async function loadCast(id) {
   const r = await fetch(`/v1/recordings/${encodeURIComponent(id)}/cast`, { credentials: "same-origin" });
   if (!r.ok) throw new ApiError(r.status, r.statusText);
   const lines = (await r.text()).split("\n").filter((l) => l.startsWith("{") || l.startsWith("["));
   const header = JSON.parse(lines[0]);
-  const events = lines.slice(1).filter((l) => l.startsWith("[")).map((l) => JSON.parse(l));
+  // The player knows `o` only: stderr (`e`) shows as output, as on the terminal.
+  const events = lines
+    .slice(1)
+    .filter((l) => l.startsWith("["))
+    .map((l) => JSON.parse(l))
+    .map((e) => (e[1] === "e" ? [e[0], "o", e[2]] : e));
   if (header.kubetape && header.kubetape.tty === false) events.unshift([0, "o", "\u001b[20h"]);
   return [header, ...events];
 }
