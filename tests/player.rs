@@ -156,7 +156,7 @@ fn kubetape(demo: &Demo, args: &[&str]) -> std::process::Output {
     c.output().expect("running kubetape")
 }
 
-fn as_viewer<'a>(demo: &'a Demo, user: &str) -> [String; 2] {
+fn as_viewer(demo: &Demo, user: &str) -> [String; 2] {
     ["--token-file".into(), demo.path(&format!("{user}.token")).display().to_string()]
 }
 
