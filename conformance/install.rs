@@ -296,6 +296,7 @@ impl<'a> Suite<'a> {
             s.k(&["delete", "namespace", ROGUE_NS, "--wait=false"])?;
             Ok(format!("{key}; rogue holds none, and its reader certificate gets 403 from durable"))
         });
+        self.case("enableUI: the recorder serves its web UI to viewers the cluster's RBAC allows", true, |s| s.web_ui());
         self.case("scaling: 3 replicas, then 1", true, |s| {
             s.k(&["-n", NS, "patch", "recorder", "durable", "--type=merge", "-p", r#"{"spec":{"replicas":3}}"#])?;
             s.wait_recorder("durable", "Ready", 3)?;
@@ -417,37 +418,119 @@ impl<'a> Suite<'a> {
         Ok(format!("uid {} kept over 2 passes, then {}", first["metadata"]["uid"], replaced["metadata"]["uid"]))
     }
 
+    /// `enableUI` on Recorder durable: its pods get a token and its account the
+    /// auth-delegator binding; a viewer whose token the API server's TokenReview
+    /// accepts and whose RoleBinding allows `get recordings.kubetape.dev` in the app's
+    /// namespace signs in (cookie) and reads there, one without it reads nothing, and
+    /// the read is recorded as a view. Turned off, the binding goes and the UI with it.
+    fn web_ui(&mut self) -> Step {
+        let binding = "kubetape-recorder-viewers:kubetape-system:durable";
+        for sa in ["ui-alice", "ui-bob"] {
+            self.apply(&json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": sa, "namespace": APP_NS}}))?;
+        }
+        self.apply(&json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "recording-viewer", "namespace": APP_NS},
+                           "rules": [{"apiGroups": ["kubetape.dev"], "resources": ["recordings"], "verbs": ["get"]}]}))?;
+        self.apply(&json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "ui-alice-views", "namespace": APP_NS},
+                           "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "recording-viewer"},
+                           "subjects": [{"kind": "ServiceAccount", "name": "ui-alice", "namespace": APP_NS}]}))?;
+        let token = |sa: &str| must(self.admin.run(&["create", "token", sa, "-n", APP_NS, "--duration=1h"]), "create token");
+        let (alice, bob) = (token("ui-alice")?, token("ui-bob")?);
+        self.k(&["-n", NS, "patch", "recorder", "durable", "--type=merge", "-p", r#"{"spec":{"enableUI":true}}"#])?;
+        let bound = wait_for(WAIT, "the viewers binding", || self.get_json(&["clusterrolebinding", binding]))?;
+        if bound["roleRef"]["name"] != "system:auth-delegator" || bound["subjects"] != json!([{"kind": "ServiceAccount", "name": "durable", "namespace": NS}]) {
+            return Err(format!("binding {bound}"));
+        }
+        // Served once the replicas have rolled to the new config.
+        let page = wait_for(WAIT, "the web UI", || match self.viewer_call("GET", "/", "")? {
+            (200, headers, body) if body.contains("kubetape") && headers.contains("default-src 'none'") => Ok(body),
+            other => Err(format!("GET /: {other:?}")),
+        })?;
+        let (code, headers, body) = self.viewer_call("POST", "/ui/login", &format!("Authorization: Bearer {alice}\r\n"))?;
+        let cookie = headers.lines().find_map(|l| l.strip_prefix("Set-Cookie: ")).and_then(|c| c.split(';').next()).map(String::from);
+        let Some(cookie) = cookie.filter(|_| code == 200) else { return Err(format!("alice's sign-in: {code} {body}")) };
+        let (code, _, list) = self.viewer_call("GET", &format!("/v1/recordings?namespace={APP_NS}"), &format!("Cookie: {cookie}\r\n"))?;
+        let list: Value = serde_json::from_str(&list).map_err(|e| format!("{code} {list}: {e}"))?;
+        let id = list["items"][0]["id"].as_str().map(String::from).ok_or(format!("alice lists nothing: {list}"))?;
+        match self.viewer_call("GET", &format!("/v1/recordings/{id}/cast"), &format!("Cookie: {cookie}\r\n"))? {
+            (200, _, cast) if cast.contains("kt-install-") => {}
+            other => return Err(format!("alice's read of {id}: {other:?}")),
+        }
+        let bob_auth = format!("Authorization: Bearer {bob}\r\n");
+        match (self.viewer_call("GET", "/v1/recordings", &bob_auth)?, self.viewer_call("GET", &format!("/v1/recordings/{id}/cast"), &bob_auth)?) {
+            ((200, _, none), (403, _, refused)) if none.contains(r#""items":[]"#) && !refused.contains("kt-install-") => {}
+            other => return Err(format!("bob, without a binding: {other:?}")),
+        }
+        let views = self.reader_get(NS, "durable", &format!("/v1/recordings/{id}/views"))?;
+        if !views.contains(&format!("system:serviceaccount:{APP_NS}:ui-alice")) || views.contains("ui-bob") {
+            return Err(format!("views of {id}: {views}"));
+        }
+        self.k(&["-n", NS, "patch", "recorder", "durable", "--type=merge", "-p", r#"{"spec":{"enableUI":false}}"#])?;
+        wait_for(WAIT, "the viewers binding removed", || match self.k(&["get", "clusterrolebinding", binding, "--ignore-not-found", "-o", "name"])? {
+            gone if gone.is_empty() => Ok(()),
+            left => Err(left),
+        })?;
+        wait_for(WAIT, "the web UI off", || match self.viewer_call("GET", "/", "")? {
+            (404, _, _) => Ok(()),
+            other => Err(format!("GET /: {other:?}")),
+        })?;
+        Ok(format!("{} bytes of page; ui-alice read {id} with a cookie, ui-bob got none and 403; the view recorded; binding and UI gone when turned off", page.len()))
+    }
+
+    /// A request to Recorder durable's first endpoint without a client certificate, as
+    /// a browser makes it: the status, the head's fields as text, and the body.
+    fn viewer_call(&self, method: &str, path: &str, headers: &str) -> Result<(u16, String, String), String> {
+        let r = self.recorder_in(NS, "durable")?;
+        let ep = &r["status"]["endpoints"][0];
+        let (addr, server_name) = (ep["address"].as_str().ok_or("no endpoint")?, ep["serverName"].as_str().ok_or("no serverName")?);
+        let secret = self.get_json(&["secret", "durable-tls", "-n", NS])?;
+        let ca = secret["data"]["ca.crt"].as_str().ok_or("durable-tls has no ca.crt")?;
+        let kc = self.tmp.0.join("durable-viewer.kubeconfig");
+        std::fs::write(&kc, format!("certificate-authority-data: {ca}\n")).map_err(|e| e.to_string())?;
+        let mut c = RawClient::connect_named(addr, server_name, &kc, false);
+        let origin = format!("https://{server_name}");
+        c.send(format!("{method} {path} HTTP/1.1\r\nHost: {server_name}\r\nOrigin: {origin}\r\n{headers}Connection: close\r\n\r\n").as_bytes()).map_err(|e| e.to_string())?;
+        let (head, rest) = c.head().ok_or(format!("{method} {path}: no answer"))?;
+        let mut body = Vec::new();
+        c.body(&head, rest, |piece| body.extend_from_slice(piece));
+        let fields: String = head.headers.0.iter().map(|h| format!("{}: {}\n", h.name, String::from_utf8_lossy(&h.value))).collect();
+        Ok((head.status, fields, String::from_utf8_lossy(&body).into_owned()))
+    }
+
     /// What the API server's RBAC lets each account do, asked by SubjectAccessReview
     /// (exact group and resource, unlike `kubectl auth can-i`'s parsing of a resource
     /// the server does not serve). The cases above prove the granted rights suffice;
     /// these, that no more is granted.
     fn least_privilege(&mut self) -> Step {
-        // account, verb, group, resource, subresource, namespace, allowed
-        let cases: &[(&str, &str, &str, &str, &str, &str, bool)] = &[
-            ("kubetape-operator", "update", "kubetape.dev", "recorders", "finalizers", APP_NS, true),
-            ("kubetape-operator", "delete", "apps", "statefulsets", "", APP_NS, true),
-            ("kubetape-operator", "list", "", "secrets", "", APP_NS, false),
-            ("kubetape-operator", "delete", "", "secrets", "", APP_NS, false),
-            ("kubetape-operator", "create", "", "pods", "", APP_NS, false),
-            ("kubetape-operator", "create", "", "pods", "exec", APP_NS, false),
-            ("kubetape-operator", "update", "kubetape.dev", "recorders", "", APP_NS, false),
-            ("kubetape-proxy", "impersonate", "authentication.k8s.io", "uids", "", "", true),
-            ("kubetape-proxy", "impersonate", "", "users", "", "", true),
-            ("kubetape-proxy", "list", "kubetape.dev", "recorders", "", NS, true),
-            ("kubetape-proxy", "get", "", "secrets", "", NS, false),
-            ("kubetape-proxy", "create", "", "pods", "exec", APP_NS, false),
-            ("kubetape-proxy", "impersonate", "authentication.k8s.io", "userextras", "scopes", "", false),
+        // account, verb, group, resource, subresource, namespace, name, allowed
+        let cases: &[(&str, &str, &str, &str, &str, &str, &str, bool)] = &[
+            ("kubetape-operator", "update", "kubetape.dev", "recorders", "finalizers", APP_NS, "", true),
+            ("kubetape-operator", "delete", "apps", "statefulsets", "", APP_NS, "", true),
+            ("kubetape-operator", "list", "", "secrets", "", APP_NS, "", false),
+            ("kubetape-operator", "delete", "", "secrets", "", APP_NS, "", false),
+            ("kubetape-operator", "create", "", "pods", "", APP_NS, "", false),
+            ("kubetape-operator", "create", "", "pods", "exec", APP_NS, "", false),
+            ("kubetape-operator", "update", "kubetape.dev", "recorders", "", APP_NS, "", false),
+            ("kubetape-proxy", "impersonate", "authentication.k8s.io", "uids", "", "", "", true),
+            ("kubetape-proxy", "impersonate", "", "users", "", "", "", true),
+            ("kubetape-proxy", "list", "kubetape.dev", "recorders", "", NS, "", true),
+            ("kubetape-proxy", "get", "", "secrets", "", NS, "", false),
+            ("kubetape-proxy", "create", "", "pods", "exec", APP_NS, "", false),
+            ("kubetape-proxy", "impersonate", "authentication.k8s.io", "userextras", "scopes", "", "", false),
+            ("kubetape-operator", "bind", "rbac.authorization.k8s.io", "clusterroles", "", "", "system:auth-delegator", true),
+            ("kubetape-operator", "bind", "rbac.authorization.k8s.io", "clusterroles", "", "", "cluster-admin", false),
+            ("kubetape-operator", "escalate", "rbac.authorization.k8s.io", "clusterroles", "", "", "", false),
+            ("kubetape-operator", "create", "rbac.authorization.k8s.io", "rolebindings", "", APP_NS, "", false),
         ];
         let mut wrong = Vec::new();
-        for (account, verb, group, resource, subresource, namespace, want) in cases {
+        for (account, verb, group, resource, subresource, namespace, name, want) in cases {
             let review = json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "spec": {
                 "user": format!("system:serviceaccount:{NS}:{account}"),
                 "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{NS}"), "system:authenticated"],
-                "resourceAttributes": {"verb": verb, "group": group, "resource": resource, "subresource": subresource, "namespace": namespace}}});
+                "resourceAttributes": {"verb": verb, "group": group, "resource": resource, "subresource": subresource, "namespace": namespace, "name": name}}});
             let out = must(self.admin.run_timeout(&["create", "-o", "json", "-f", "-"], Some(review.to_string().as_bytes()), Duration::from_secs(60)), "SubjectAccessReview")?;
             let allowed = serde_json::from_str::<Value>(&out).map_err(|e| e.to_string())?["status"]["allowed"] == json!(true);
             if allowed != *want {
-                wrong.push(format!("{account} {verb} {resource}{}{subresource} in {group:?}: allowed={allowed}", if subresource.is_empty() { "" } else { "/" }));
+                wrong.push(format!("{account} {verb} {resource}{}{subresource} {name} in {group:?}: allowed={allowed}", if subresource.is_empty() { "" } else { "/" }));
             }
         }
         if wrong.is_empty() {

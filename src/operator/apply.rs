@@ -46,6 +46,9 @@ impl From<CallError> for ApplyError {
 
 /// `/api/v1/namespaces/NS/services` and the like, for the kinds the operator owns.
 pub fn collection(kind: &str, namespace: &str) -> String {
+    if kind == "ClusterRoleBinding" {
+        return VIEWERS_BINDINGS.into();
+    }
     let (prefix, plural) = match kind {
         "StatefulSet" => ("/apis/apps/v1", "statefulsets"),
         "Service" => ("/api/v1", "services"),
@@ -57,6 +60,8 @@ pub fn collection(kind: &str, namespace: &str) -> String {
     };
     format!("{prefix}/namespaces/{namespace}/{plural}")
 }
+
+pub const VIEWERS_BINDINGS: &str = "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings";
 
 /// Applies `want` (a whole object with kind, namespace and name).
 pub fn apply(rest: &Rest, mut want: Value) -> Result<Applied, ApplyError> {

@@ -26,6 +26,11 @@ const S3_CA_DIR: &str = "/etc/kubetape/s3-ca";
 const DATA_DIR: &str = "/data";
 /// The image's user (the Dockerfile's `USER 65532:65532`).
 const NONROOT: u64 = 65532;
+/// What a recorder serving viewers needs: create on tokenreviews and subjectaccessreviews.
+pub const AUTH_DELEGATOR: &str = "system:auth-delegator";
+/// The labels of a viewers binding naming its Recorder.
+pub const VIEWERS_OF_NAMESPACE: &str = "kubetape.dev/recorder-namespace";
+pub const VIEWERS_OF_NAME: &str = "kubetape.dev/recorder-name";
 
 /// A Recorder as read from the API server.
 #[derive(Clone, Debug)]
@@ -118,6 +123,11 @@ pub fn recorder_config(rec: &Recorder) -> Value {
         "tls-cert": format!("{TLS_DIR}/tls.crt"), "tls-key": format!("{TLS_DIR}/tls.key"), "client-ca": format!("{TLS_DIR}/ca.crt"),
         "storage-dir": DATA_DIR, "writers": PROXY_CLIENT_CN, "readers": rec.reader_cn(),
     });
+    if rec.spec.enable_ui {
+        // Viewers sign in with their Kubernetes tokens, checked with the pod's own.
+        c["ui"] = json!(true);
+        c["viewers-from-cluster"] = json!(true);
+    }
     if let Some(s3) = &rec.spec.storage.s3 {
         c["s3-bucket"] = json!(s3.bucket);
         c["s3-path-style"] = json!(s3.path_style.to_string());
@@ -144,8 +154,29 @@ pub fn service_account(rec: &Recorder) -> Value {
     if !rec.spec.pod.service_account.annotations.is_empty() {
         meta["annotations"] = Value::Object(rec.spec.pod.service_account.annotations.clone());
     }
-    // The recorder never calls the Kubernetes API: no token at all.
+    // A recorder calls the Kubernetes API only for viewers (`enableUI`), and then its
+    // pods mount a token themselves.
     json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta, "automountServiceAccountToken": false})
+}
+
+/// The ClusterRoleBinding of a Recorder with `enableUI`: its service account may ask
+/// the cluster about viewers (TokenReview, SubjectAccessReview: `system:auth-delegator`).
+/// Cluster-scoped, so no owner reference; the operator removes it (by its labels) once
+/// the Recorder is gone or no longer has `enableUI`.
+pub fn viewers_binding(rec: &Recorder) -> Value {
+    json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": viewers_binding_name(&rec.namespace, &rec.name), "labels": {
+            "app.kubernetes.io/managed-by": "kubetape-operator", VIEWERS_OF_NAMESPACE: rec.namespace, VIEWERS_OF_NAME: rec.name,
+        }},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": AUTH_DELEGATOR},
+        "subjects": [{"kind": "ServiceAccount", "name": rec.name, "namespace": rec.namespace}],
+    })
+}
+
+/// Names never collide: `:` is in neither a namespace's nor a Recorder's name.
+pub fn viewers_binding_name(namespace: &str, name: &str) -> String {
+    format!("kubetape-recorder-viewers:{namespace}:{name}")
 }
 
 /// The Service for readers, and the headless one whose DNS names the replicas.
@@ -245,7 +276,7 @@ pub fn stateful_set(rec: &Recorder, image: &str, config_hash: &str) -> Value {
     annotations.insert(CONFIG_HASH.into(), json!(config_hash));
     let mut pod = json!({
         "serviceAccountName": rec.name,
-        "automountServiceAccountToken": false,
+        "automountServiceAccountToken": spec.enable_ui,
         "enableServiceLinks": false,
         "terminationGracePeriodSeconds": GRACE_SECONDS,
         "securityContext": spec.pod.security_context.clone().unwrap_or_else(|| json!({
@@ -367,6 +398,21 @@ mod tests {
         let name = rec.server_name("main-1");
         assert_eq!(name, "main-1.main-replicas.kubetape-system.svc");
         assert!(rec.certificate_names().iter().any(|n| n.strip_prefix("*.").is_some_and(|rest| name.split_once('.').map(|x| x.1) == Some(rest))));
+    }
+
+    #[test]
+    fn enable_ui_turns_viewers_on_with_a_token_and_the_auth_delegator_binding() {
+        let off = recorder(json!({}));
+        let on = recorder(json!({"enableUI": true}));
+        assert!(recorder_config(&off).get("ui").is_none() && recorder_config(&off).get("viewers-from-cluster").is_none());
+        assert_eq!((&recorder_config(&on)["ui"], &recorder_config(&on)["viewers-from-cluster"]), (&json!(true), &json!(true)));
+        let pod = |r: &Recorder| stateful_set(r, "i", "h")["spec"]["template"]["spec"]["automountServiceAccountToken"].clone();
+        assert_eq!((pod(&off), pod(&on)), (json!(false), json!(true)), "a token only for a recorder that asks about viewers");
+        let b = viewers_binding(&on);
+        assert_eq!(b["roleRef"]["name"], AUTH_DELEGATOR);
+        assert_eq!(b["subjects"], json!([{"kind": "ServiceAccount", "name": "main", "namespace": "kubetape-system"}]));
+        assert_eq!(b["metadata"]["name"], "kubetape-recorder-viewers:kubetape-system:main");
+        assert_ne!(viewers_binding_name("a-b", "c"), viewers_binding_name("a", "b-c"));
     }
 
     #[test]

@@ -106,8 +106,32 @@ fn pass(config: &Config, settings: &reconcile::Settings) -> Result<()> {
     certs::ensure_proxy_secret(rest, &ca, &config.namespace, &config.proxy_secret, &config.proxy_names)?;
     let list =
         rest.get(&format!("/apis/{}/{}/recorders", spec::GROUP, spec::VERSION))?.ok_or_else(|| Error::new("the Recorder resource is not installed (apply vendor-manifests/)"))?;
-    for obj in list["items"].as_array().into_iter().flatten() {
+    let recorders = list["items"].as_array().map(Vec::as_slice).unwrap_or_default();
+    for obj in recorders {
         reconcile::reconcile(rest, &ca, settings, obj);
+    }
+    remove_stale_viewers_bindings(rest, recorders)
+}
+
+/// Deletes the viewers bindings (`build::viewers_binding`) of Recorders that are gone,
+/// being deleted, or without `enableUI`: cluster-scoped, they have no owner to be
+/// garbage-collected with.
+fn remove_stale_viewers_bindings(rest: &Rest, recorders: &[serde_json::Value]) -> Result<()> {
+    let wanted: Vec<String> = recorders
+        .iter()
+        .filter(|r| r["spec"]["enableUI"] == true && r["metadata"]["deletionTimestamp"].is_null())
+        .map(|r| build::viewers_binding_name(r["metadata"]["namespace"].as_str().unwrap_or_default(), r["metadata"]["name"].as_str().unwrap_or_default()))
+        .collect();
+    let selector = format!("app.kubernetes.io/managed-by=kubetape-operator,{}", build::VIEWERS_OF_NAME);
+    let Some(bindings) = rest.get(&format!("{}?labelSelector={}", apply::VIEWERS_BINDINGS, selector.replace(',', "%2C").replace('/', "%2F")))? else { return Ok(()) };
+    for b in bindings["items"].as_array().into_iter().flatten() {
+        let name = b["metadata"]["name"].as_str().unwrap_or_default();
+        if !wanted.iter().any(|w| w == name) {
+            log::info!("removing viewers binding name={name}: its Recorder is gone or has no enableUI");
+            if let Err(e) = rest.delete(&format!("{}/{name}", apply::VIEWERS_BINDINGS), "Background") {
+                log::warn!("viewers binding not removed name={name} error={e}");
+            }
+        }
     }
     Ok(())
 }

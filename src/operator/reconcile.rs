@@ -99,6 +99,9 @@ fn provision(rest: &Rest, ca: &Ca, settings: &Settings, rec: &Recorder) -> Resul
     objects.extend(build::services(rec));
     let image = rec.spec.image.clone().unwrap_or_else(|| settings.default_image.clone());
     objects.push(build::stateful_set(rec, &image, &hash));
+    if rec.spec.enable_ui {
+        objects.push(build::viewers_binding(rec));
+    }
     let mut replacing = false;
     for obj in objects {
         let what = format!("{} {}", obj["kind"].as_str().unwrap_or("?"), obj["metadata"]["name"].as_str().unwrap_or("?"));
