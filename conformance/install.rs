@@ -444,6 +444,11 @@ impl<'a> Suite<'a> {
         let page = wait_for(WAIT, "the web UI", || match self.viewer_call("GET", "/", "")? {
             (200, headers, body) if body.contains("kubetape") && headers.contains("default-src 'none'") => Ok(body),
             other => Err(format!("GET /: {other:?}")),
+        })
+        .map_err(|e| {
+            let pods = self.k(&["-n", NS, "get", "pods", "-l", "app.kubernetes.io/instance=durable", "-o", "wide"]).unwrap_or_else(|e| e);
+            let log = self.k(&["-n", NS, "logs", "durable-0", "--tail=20"]).unwrap_or_else(|e| e);
+            format!("{e}\npods:\n{pods}\ndurable-0's log:\n{log}")
         })?;
         let (code, headers, body) = self.viewer_call("POST", "/ui/login", &format!("Authorization: Bearer {alice}\r\n"))?;
         let cookie = headers.lines().find_map(|l| l.strip_prefix("Set-Cookie: ")).and_then(|c| c.split(';').next()).map(String::from);

@@ -8,6 +8,7 @@
 mod support;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde_json::{json, Value};
 use support::browser::{Browser, PAGE_WAIT};
@@ -67,6 +68,26 @@ fn a_viewer_watches_sessions_in_the_browser() {
     let timed = recording_with(&demo, &second);
     let timed_id = timed["id"].as_str().expect("id").to_string();
 
+    // A recorded user asking for a 65535x65535 terminal, to make their session
+    // unplayable: the player gets at most what `play` renders, and shows what followed.
+    let hidden = format!("hidden{hex}");
+    let cmdline = format!("stty cols 65535 rows 65535; {} exec -it web-0 -- sh -c 'sleep 0.5; echo {hidden}'", alice.bin.display());
+    let out = support::wait_with_timeout(
+        std::process::Command::new("script")
+            .args(["-qec", &cmdline, "/dev/null"])
+            .env("KUBECONFIG", demo.path("kubeconfig"))
+            .env("HOME", std::env::temp_dir())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("script(1): install bsdutils"),
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "{}", out.describe());
+    let huge = recording_with(&demo, &hidden);
+    assert!(demo.recordings().iter().any(|(m, cast)| m["id"] == huge["id"] && cast.contains("65535x65535")), "the cast holds the huge resize");
+
     let b = Browser::start(&shots());
     // Signing in: a made-up token is refused; alice's opens a session held in a cookie
     // the page's scripts cannot read.
@@ -83,7 +104,7 @@ fn a_viewer_watches_sessions_in_the_browser() {
     assert!(!b.script("return document.cookie", json!([])).as_str().unwrap_or_default().contains("kubetape"), "HttpOnly: not in document.cookie");
 
     // The list, filtered.
-    let list = b.wait_text("main", "the recordings list", |t| t.contains("web-0") && t.contains("of 2"));
+    let list = b.wait_text("main", "the recordings list", |t| t.contains("web-0") && t.contains("of 3"));
     assert!(list.contains("alice"), "{list}");
     b.screenshot("list");
     b.type_into("input[name=user]", "nobody");
@@ -91,7 +112,10 @@ fn a_viewer_watches_sessions_in_the_browser() {
     b.wait_text("#count", "an empty filter", |t| t == "No recordings");
     b.type_into("input[name=user]", "alice");
     b.keys(ENTER);
-    b.wait_text("#count", "alice's recordings", |t| t == "1–2 of 2");
+    b.wait_text("#count", "alice's recordings", |t| t == "1–3 of 3");
+    // The huge terminal plays, clamped, to its end.
+    b.go(&format!("{}#/r/{}?t=30", ui(&demo), huge["id"].as_str().unwrap_or_default()));
+    b.wait_text("#player .ap-term", "the session that asked for a huge terminal", |t| t.contains(&hidden));
 
     // Search, from the keyboard: the redrawn word is found whole, in its own session.
     b.go(&format!("{}#/search", ui(&demo)));
@@ -101,6 +125,9 @@ fn a_viewer_watches_sessions_in_the_browser() {
     assert!(results.contains(&word), "{results}");
     assert_eq!(b.script("return [...document.querySelectorAll('section.result')].map(s => s.dataset.id)", json!([])), json!([drawn["id"]]));
     b.screenshot("search");
+    // A hit shows what the terminal showed: the recording it came from was viewed.
+    let (_, views) = demo.recorder_get(Some("recorder-reader"), &format!("/v1/recordings/{}/views", drawn["id"].as_str().unwrap_or_default()));
+    assert!(views.contains(r#""how":"search""#) && views.contains(r#""name":"alice""#), "{views}");
     // What the recorded user wrote stays text: the markup shows, and makes no element.
     b.go(&format!("{}#/search?q=xss{hex}", ui(&demo)));
     let shown = b.wait_text("main", "the markup's hit", |t| t.contains("1 recording"));
@@ -138,7 +165,7 @@ fn a_viewer_watches_sessions_in_the_browser() {
     let (code, views) = demo.recorder_get(Some("recorder-reader"), &format!("/v1/recordings/{timed_id}/views"));
     assert_eq!(code, 200, "{views}");
     let views: Value = serde_json::from_str(&views).expect("views JSON");
-    assert!(views["items"].as_array().is_some_and(|v| v.iter().any(|v| v["by"] == "alice" && v["how"] == "cast")), "{views}");
+    assert!(views["items"].as_array().is_some_and(|v| v.iter().any(|v| v["by"] == json!({"kind": "user", "name": "alice", "uid": "alice-uid"}) && v["how"] == "cast")), "{views}");
 
     // Events, filtered, and exported as audit.k8s.io/v1.
     b.go(&format!("{}#/events", ui(&demo)));

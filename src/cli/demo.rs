@@ -22,8 +22,11 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long children get to exit after SIGTERM before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
+/// Writes a demo file readable by its owner only: many hold keys or tokens.
 fn write(path: &Path, text: &str) -> Result<()> {
-    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(text.as_bytes()).with_context(|| format!("writing {}", path.display()))
 }
 
 fn free_port() -> Result<u16> {
@@ -126,7 +129,13 @@ pub fn run(args: &Args) -> Result<()> {
         Some(d) => d,
         None => fresh_dir(),
     };
+    let made = !dir.exists();
     std::fs::create_dir_all(&dir).with_context(|| format!("--dir {}", dir.display()))?;
+    if made {
+        // Its owner's only (a directory given that already existed is left as it is).
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).with_context(|| format!("--dir {}", dir.display()))?;
+    }
     let dir = std::fs::canonicalize(&dir)?;
     let _ = std::fs::remove_file(dir.join("ready"));
     let pki = dir.join("pki");

@@ -26,6 +26,10 @@ const S3_CA_DIR: &str = "/etc/kubetape/s3-ca";
 const DATA_DIR: &str = "/data";
 /// The image's user (the Dockerfile's `USER 65532:65532`).
 const NONROOT: u64 = 65532;
+/// Where a pod's API credentials are looked for (`ApiServer::in_cluster`).
+const API_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+/// The lifetime of the recorder's projected token (the kubelet renews it).
+const API_TOKEN_SECONDS: u64 = 3607;
 /// What a recorder serving viewers needs: create on tokenreviews and subjectaccessreviews.
 pub const AUTH_DELEGATOR: &str = "system:auth-delegator";
 /// The labels of a viewers binding naming its Recorder.
@@ -155,7 +159,7 @@ pub fn service_account(rec: &Recorder) -> Value {
         meta["annotations"] = Value::Object(rec.spec.pod.service_account.annotations.clone());
     }
     // A recorder calls the Kubernetes API only for viewers (`enableUI`), and then its
-    // pods mount a token themselves.
+    // pods mount a bound token of their own (`stateful_set`).
     json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta, "automountServiceAccountToken": false})
 }
 
@@ -216,6 +220,15 @@ pub fn stateful_set(rec: &Recorder, image: &str, config_hash: &str) -> Value {
         json!({"name": "tls", "mountPath": TLS_DIR, "readOnly": true}),
         json!({"name": "data", "mountPath": DATA_DIR}),
     ];
+    if spec.enable_ui {
+        // Asking the cluster about viewers: a bound, expiring token, as the proxy's.
+        volumes.push(json!({"name": "api", "projected": {"sources": [
+            {"serviceAccountToken": {"path": "token", "expirationSeconds": API_TOKEN_SECONDS}},
+            {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+            {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}]}},
+        ]}}));
+        mounts.push(json!({"name": "api", "mountPath": API_DIR, "readOnly": true}));
+    }
     let mut claims = Vec::new();
     match (&spec.storage.s3, &spec.storage.filesystem) {
         (Some(s3), _) => {
@@ -276,7 +289,7 @@ pub fn stateful_set(rec: &Recorder, image: &str, config_hash: &str) -> Value {
     annotations.insert(CONFIG_HASH.into(), json!(config_hash));
     let mut pod = json!({
         "serviceAccountName": rec.name,
-        "automountServiceAccountToken": spec.enable_ui,
+        "automountServiceAccountToken": false,
         "enableServiceLinks": false,
         "terminationGracePeriodSeconds": GRACE_SECONDS,
         "securityContext": spec.pod.security_context.clone().unwrap_or_else(|| json!({
@@ -406,8 +419,13 @@ mod tests {
         let on = recorder(json!({"enableUI": true}));
         assert!(recorder_config(&off).get("ui").is_none() && recorder_config(&off).get("viewers-from-cluster").is_none());
         assert_eq!((&recorder_config(&on)["ui"], &recorder_config(&on)["viewers-from-cluster"]), (&json!(true), &json!(true)));
-        let pod = |r: &Recorder| stateful_set(r, "i", "h")["spec"]["template"]["spec"]["automountServiceAccountToken"].clone();
-        assert_eq!((pod(&off), pod(&on)), (json!(false), json!(true)), "a token only for a recorder that asks about viewers");
+        let api = |r: &Recorder| {
+            let pod = stateful_set(r, "i", "h")["spec"]["template"]["spec"].clone();
+            assert_eq!(pod["automountServiceAccountToken"], json!(false));
+            pod["volumes"].as_array().unwrap().iter().find(|v| v["name"] == "api").map(|v| v["projected"]["sources"][0].clone())
+        };
+        assert_eq!(api(&off), None, "no token for a recorder that never asks the cluster");
+        assert_eq!(api(&on), Some(json!({"serviceAccountToken": {"path": "token", "expirationSeconds": API_TOKEN_SECONDS}})));
         let b = viewers_binding(&on);
         assert_eq!(b["roleRef"]["name"], AUTH_DELEGATOR);
         assert_eq!(b["subjects"], json!([{"kind": "ServiceAccount", "name": "main", "namespace": "kubetape-system"}]));

@@ -21,7 +21,7 @@ use crate::wire::asciicast::{self, Item};
 const DEFAULT_SIZE: (usize, usize) = (80, 24);
 /// A recording is peer input: a header or resize asking for a larger terminal gets
 /// this one (the cells are allocated up front, and kept per scrollback line).
-const MAX_SIZE: (usize, usize) = (500, 200);
+pub const MAX_SIZE: (usize, usize) = (500, 200);
 /// Lines kept above the screen for [`Rendered::text`]; older ones are dropped.
 const SCROLLBACK: usize = 10_000;
 /// Search renders on a terminal at most this large (wider text wraps, as it would).
@@ -73,12 +73,12 @@ impl Rendered {
 }
 
 /// `COLSxROWS`, as the header's `width`/`height` and an `r` event give it, within bounds.
-fn size(cols: Option<u64>, rows: Option<u64>) -> Option<(usize, usize)> {
+pub fn size(cols: Option<u64>, rows: Option<u64>) -> Option<(usize, usize)> {
     let clamp = |v: u64, max: usize| usize::try_from(v).map_or(max, |v| v.clamp(1, max));
     Some((clamp(cols?, MAX_SIZE.0), clamp(rows?, MAX_SIZE.1)))
 }
 
-fn resize_event(data: &str) -> Option<(usize, usize)> {
+pub fn resize_event(data: &str) -> Option<(usize, usize)> {
     let (c, r) = data.split_once('x')?;
     size(c.trim().parse().ok(), r.trim().parse().ok())
 }

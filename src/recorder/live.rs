@@ -25,6 +25,18 @@ use crate::record::protocol::{SessionMeta, Status};
 /// handful, and this keeps followers to a small share of `--max-connections`, which the
 /// proxies writing sessions need.
 pub const MAX_FOLLOWERS: usize = 16;
+/// Places only reader certificates may take, so token viewers cannot crowd them out.
+const READERS_ONLY: usize = 4;
+/// Follows (and live views) one token viewer may have open at once.
+pub const MAX_FOLLOWS_PER_VIEWER: usize = 4;
+
+/// Who holds the follow places.
+#[derive(Default)]
+struct Places {
+    total: usize,
+    /// Per token viewer (their name and uid).
+    viewers: HashMap<String, usize>,
+}
 
 /// How far a recording can be read now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,7 +81,7 @@ impl Progress {
 #[derive(Default)]
 pub struct Live {
     sessions: Mutex<HashMap<String, Arc<Progress>>>,
-    followers: AtomicUsize,
+    places: Mutex<Places>,
 }
 
 impl Live {
@@ -102,17 +114,44 @@ impl Live {
     }
 
     /// A follower's place, or `None` when [`MAX_FOLLOWERS`] are following already.
-    pub fn follower(&self) -> Option<Follower<'_>> {
-        self.followers.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < MAX_FOLLOWERS).then_some(n + 1)).ok().map(|_| Follower(self))
+    /// A token `viewer` (`None`: a reader certificate) gets one only below
+    /// `MAX_FOLLOWERS - READERS_ONLY` in all and [`MAX_FOLLOWS_PER_VIEWER`] of their own.
+    pub fn follower(&self, viewer: Option<&str>) -> Option<Follower<'_>> {
+        let mut p = lock(&self.places);
+        let viewers: usize = p.viewers.values().sum();
+        let room = match viewer {
+            None => p.total < MAX_FOLLOWERS,
+            Some(v) => p.total < MAX_FOLLOWERS && viewers < MAX_FOLLOWERS - READERS_ONLY && p.viewers.get(v).copied().unwrap_or(0) < MAX_FOLLOWS_PER_VIEWER,
+        };
+        if !room {
+            return None;
+        }
+        p.total += 1;
+        if let Some(v) = viewer {
+            *p.viewers.entry(v.to_string()).or_default() += 1;
+        }
+        Some(Follower { live: self, viewer: viewer.map(String::from) })
     }
 }
 
 /// Held while a follow response is open.
-pub struct Follower<'a>(&'a Live);
+pub struct Follower<'a> {
+    live: &'a Live,
+    viewer: Option<String>,
+}
 
 impl Drop for Follower<'_> {
     fn drop(&mut self) {
-        self.0.followers.fetch_sub(1, Ordering::SeqCst);
+        let mut p = lock(&self.live.places);
+        p.total -= 1;
+        if let Some(v) = &self.viewer {
+            if let Some(n) = p.viewers.get_mut(v) {
+                *n -= 1;
+                if *n == 0 {
+                    p.viewers.remove(v);
+                }
+            }
+        }
     }
 }
 
@@ -211,6 +250,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn one_viewer_cannot_take_every_follow_place() {
+        let live = Live::default();
+        let alice: Vec<_> = (0..MAX_FOLLOWS_PER_VIEWER).map(|_| live.follower(Some("alice/1")).expect("alice's place")).collect();
+        assert!(live.follower(Some("alice/1")).is_none(), "alice has her share");
+        let others: Vec<_> = (0..).map_while(|i| live.follower(Some(&format!("viewer-{}/{i}", i / MAX_FOLLOWS_PER_VIEWER)))).collect();
+        assert_eq!(alice.len() + others.len(), MAX_FOLLOWERS - READERS_ONLY, "viewers leave the readers' places");
+        let readers: Vec<_> = (0..READERS_ONLY).map(|_| live.follower(None).expect("a reader's place")).collect();
+        assert!(live.follower(None).is_none(), "{MAX_FOLLOWERS} in all");
+        drop(alice);
+        assert!(live.follower(Some("alice/1")).is_some(), "places come back");
+        drop((others, readers));
+        assert_eq!(lock(&live.places).total, 0);
+        assert!(lock(&live.places).viewers.is_empty());
+    }
+
+    #[test]
     fn followers_wake_on_progress_and_on_the_end() {
         let live = Live::default();
         let publisher = live.start("s1", 10);
@@ -244,9 +299,9 @@ mod tests {
     #[test]
     fn followers_are_bounded() {
         let live = Live::default();
-        let held: Vec<_> = (0..MAX_FOLLOWERS).map(|_| live.follower().unwrap()).collect();
-        assert!(live.follower().is_none());
+        let held: Vec<_> = (0..MAX_FOLLOWERS).map(|_| live.follower(None).unwrap()).collect();
+        assert!(live.follower(None).is_none());
         drop(held);
-        assert!(live.follower().is_some());
+        assert!(live.follower(None).is_some());
     }
 }

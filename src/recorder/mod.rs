@@ -371,6 +371,9 @@ fn handle_connection(state: &Arc<State>, sock: TcpStream, id: u64, admission: &s
             let Some(v) = &state.config.viewers else { return missing() };
             let Some(token) = viewer_token(state, &head)? else { return missing() };
             match v.authenticate(&token) {
+                // A viewer the cluster knows: out of reach of the unauthenticated
+                // pool's eviction, as a certificate is.
+                Ok(Some(_)) if !admission.authenticated() => Err((503, "too many open connections, try again".into())),
                 Ok(Some(viewer)) => Ok(Access::Viewer(viewer, token)),
                 Ok(None) => Err((401, "the cluster did not accept the bearer token".into())),
                 Err(e) => Err(unchecked(&e)),
@@ -414,7 +417,7 @@ fn handle_connection(state: &Arc<State>, sock: TcpStream, id: u64, admission: &s
                 Err(e) => Err(e),
             },
             ("GET", p) if p == EVENTS_PATH => read_access().and_then(|access| query_events(state, &head, &access, &mut out)),
-            ("GET", "/v1/search") => read_access().and_then(|access| serve_search(state, &head, &access, &mut out)),
+            ("GET", "/v1/search") => read_access().and_then(|access| serve_search(state, &head, &access, &peer, &mut out)),
             ("GET", "/metrics") => role(Role::Reader).and_then(|()| {
                 let text = state.metrics.render(state.s3.as_ref().map(|s| &s.stats));
                 out.write_all(&http::response(200, "text/plain; version=0.0.4", text.as_bytes())).map_err(|e| (500, e.to_string()))
@@ -447,6 +450,9 @@ fn viewer_token(state: &State, head: &RequestHead) -> Result<Option<String>, (u1
     }
     match web::session_cookie(&head.headers) {
         Ok(None) => Ok(None),
+        // The cookie goes with any request from the same site (another port of this
+        // host, say): only the UI's own pages, or a typed address, may use it.
+        Ok(Some(_)) if !web::from_the_ui(&head.headers) => Err((403, "a browser session serves only the recorder's own pages".into())),
         Ok(Some(id)) => state.sessions.token(id).map(Some).ok_or((401, "the browser session has ended; sign in again".into())),
         Err(()) => Err((400, format!("more than one {} cookie", web::COOKIE))),
     }
@@ -470,8 +476,12 @@ fn sign_in(state: &State, head: &RequestHead, out: &mut WriteHalf) -> Result<(),
         Ok(None) => return Err((401, "the cluster did not accept the token".into())),
         Err(e) => return Err(unchecked(&e)),
     };
-    let id = state.sessions.open(token).map_err(|e| (503, e))?;
-    log::info!("ui sign-in user={}", viewer.name);
+    // A browser signing in again leaves no session behind.
+    if let Ok(Some(old)) = web::session_cookie(&head.headers) {
+        state.sessions.close(old);
+    }
+    let id = state.sessions.open(token, &format!("{}/{}", viewer.name, viewer.uid)).map_err(|e| (503, e))?;
+    log::debug!("ui sign-in user={}", viewer.name);
     let body = json!({"kind": "viewer", "name": viewer.name, "groups": viewer.groups}).to_string();
     respond(out, 200, "application/json", body.as_bytes(), &[("Set-Cookie", web::set_cookie(&id))]).map_err(|e| (500, e.to_string()))
 }
@@ -571,14 +581,15 @@ fn serve_api(state: &State, head: &RequestHead, access: &Access, peer_addr: &str
             note_view(state, access, id, "cast", peer_addr)?;
             return reads::snapshot(state, id, out);
         }
-        ("cast", Some("true")) => {
-            note_view(state, access, id, "follow", peer_addr)?;
-            return reads::follow(state, id, peer, out, Form::Cast, &still_may_view);
-        }
-        ("cast", Some(other)) => return Err((400, format!("follow: expected true or false, found {other:?}"))),
-        ("live", _) => {
-            note_view(state, access, id, "live", peer_addr)?;
-            return reads::follow(state, id, peer, out, Form::EventStream, &still_may_view);
+        ("cast", Some(other)) if other != "true" => return Err((400, format!("follow: expected true or false, found {other:?}"))),
+        ("cast" | "live", _) => {
+            let (form, how) = if part == "live" { (Form::EventStream, "live") } else { (Form::Cast, "follow") };
+            let viewer = match access {
+                Access::Viewer(v, _) => Some(format!("{}/{}", v.name, v.uid)),
+                Access::Reader(_) => None,
+            };
+            let noted = || note_view(state, access, id, how, peer_addr);
+            return reads::follow(state, id, peer, out, reads::Follow { form, viewer: viewer.as_deref(), noted: &noted, still_allowed: &still_may_view });
         }
         ("views", _) => {
             let views = state.views.of(id).map_err(io)?;
@@ -590,11 +601,15 @@ fn serve_api(state: &State, head: &RequestHead, access: &Access, peer_addr: &str
     reply(out, 200, &serde_json::to_value(&meta).unwrap_or(Value::Null)).map(|()| Sent::Whole).map_err(io)
 }
 
-fn serve_search(state: &State, head: &RequestHead, access: &Access, out: &mut WriteHalf) -> Result<(), (u16, String)> {
+fn serve_search(state: &State, head: &RequestHead, access: &Access, peer: &str, out: &mut WriteHalf) -> Result<(), (u16, String)> {
     let q = http::query_pairs(head.query());
     let param = |k: &str| q.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     let words = search::words(param("q").unwrap_or_default())?;
     let found = search::search(state, &listed(state, access, &param)?, &words);
+    // Hits are what the terminal showed: each recording they come from is viewed.
+    for id in found["items"].as_array().into_iter().flatten().filter_map(|i| i["id"].as_str()) {
+        note_view(state, access, id, "search", peer)?;
+    }
     reply(out, 200, &found).map_err(|e| (500, e.to_string()))
 }
 

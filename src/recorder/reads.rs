@@ -15,9 +15,10 @@ use std::io::{self, Write};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::live::{Progress, Seen, MAX_FOLLOWERS};
+use super::live::{Progress, Seen, MAX_FOLLOWERS, MAX_FOLLOWS_PER_VIEWER};
 use super::State;
 use crate::net::conn::{ReadHalf, WriteHalf};
+use crate::playback::screen;
 use crate::record::protocol::Status;
 use crate::storage::{Cast, Recordings};
 use crate::wire::asciicast;
@@ -150,25 +151,36 @@ struct EventStream {
 
 impl EventStream {
     fn messages(&mut self, piece: &[u8]) -> Vec<u8> {
+        let before = self.pending.len();
         self.pending.extend_from_slice(piece);
-        let Some(end) = self.pending.iter().rposition(|b| *b == b'\n') else { return Vec::new() };
+        // Only the new piece can hold the line end that was missing.
+        let Some(end) = piece.iter().rposition(|b| *b == b'\n').map(|i| before + i) else { return Vec::new() };
         let mut out = Vec::new();
         for line in self.pending[..=end].split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
             let data = if self.header_seen {
                 // An event line is one JSON array: no newline inside, safe as one
                 // `data:`. Players know `o` only: stderr (`e`) shows as output too.
+                // A resize is peer input: the player gets at most what `play` renders.
                 match serde_json::from_slice::<serde_json::Value>(line) {
                     Ok(mut ev) if ev[1] == "e" => {
                         ev[1] = "o".into();
                         ev.to_string().into_bytes()
                     }
+                    Ok(mut ev) if ev[1] == "r" => match ev[2].as_str().and_then(screen::resize_event) {
+                        Some((cols, rows)) => {
+                            ev[2] = format!("{cols}x{rows}").into();
+                            ev.to_string().into_bytes()
+                        }
+                        None => continue,
+                    },
                     _ => line.to_vec(),
                 }
             } else {
                 self.header_seen = true;
                 let h: serde_json::Value = serde_json::from_slice(line).unwrap_or_default();
                 let init = asciicast::without_terminal(&h).then_some(asciicast::NEWLINE_MODE);
-                serde_json::json!({"cols": h["width"], "rows": h["height"], "init": init}).to_string().into_bytes()
+                let (cols, rows) = screen::size(h["width"].as_u64(), h["height"].as_u64()).unwrap_or((80, 24));
+                serde_json::json!({"cols": cols, "rows": rows, "init": init}).to_string().into_bytes()
             };
             out.extend_from_slice(b"data: ");
             out.extend_from_slice(&data);
@@ -183,10 +195,27 @@ impl EventStream {
 /// durable, then each sync's new lines, until the session ends; then the last chunk.
 /// `still_allowed` is asked before each piece sent and at every idle check: a viewer
 /// whose token or RBAC binding went away stops being sent the session.
-pub(super) fn follow(state: &State, id: &str, peer: &ReadHalf, out: &mut WriteHalf, form: Form, still_allowed: &dyn Fn() -> bool) -> Result<Sent, Refusal> {
-    let Some(_place) = state.live.follower() else {
-        return Err((503, format!("{MAX_FOLLOWERS} readers are following recordings already, try again later")));
+/// `viewer`: a token viewer's name (`None`: a reader certificate), whose follows are
+/// counted apart. `noted` records the view, once a place is had and before anything
+/// is sent.
+pub(super) struct Follow<'a> {
+    pub form: Form,
+    pub viewer: Option<&'a str>,
+    pub noted: &'a dyn Fn() -> Result<(), Refusal>,
+    pub still_allowed: &'a dyn Fn() -> bool,
+}
+
+pub(super) fn follow(state: &State, id: &str, peer: &ReadHalf, out: &mut WriteHalf, how: Follow<'_>) -> Result<Sent, Refusal> {
+    let Follow { form, viewer, noted, still_allowed } = how;
+    let Some(_place) = state.live.follower(viewer) else {
+        let whose = if viewer.is_some() {
+            format!("you have {MAX_FOLLOWS_PER_VIEWER} follows open, or viewers hold every place viewers may")
+        } else {
+            format!("{MAX_FOLLOWERS} readers are following recordings already")
+        };
+        return Err((503, format!("{whose}; try again later")));
     };
+    noted()?;
     let (file, extent) = open(state, id)?;
     // The write half's socket is this one: the timeout bounds a client that stopped reading.
     peer.shutdown_handle().and_then(|s| s.set_write_timeout(Some(FOLLOW_WRITE_TIMEOUT))).map_err(|e| (500, e.to_string()))?;
@@ -245,8 +274,8 @@ mod tests {
 
     #[test]
     fn a_cast_becomes_events_whatever_the_pieces() {
-        let cast = b"{\"version\":2,\"width\":100,\"height\":30,\"kubetape\":{\"tty\":true}}\n[0.5,\"o\",\"a\\nb\"]\n[1.0,\"r\",\"80x24\"]\n[1.5,\"e\",\"oops\"]\n";
-        let want = "data: {\"cols\":100,\"init\":null,\"rows\":30}\n\ndata: [0.5,\"o\",\"a\\nb\"]\n\ndata: [1.0,\"r\",\"80x24\"]\n\ndata: [1.5,\"o\",\"oops\"]\n\n";
+        let cast = b"{\"version\":2,\"width\":100,\"height\":30,\"kubetape\":{\"tty\":true}}\n[0.5,\"o\",\"a\\nb\"]\n[1.0,\"r\",\"80x24\"]\n[1.5,\"e\",\"oops\"]\n[1.6,\"r\",\"65535x65535\"]\n[1.7,\"r\",\"junk\"]\n";
+        let want = "data: {\"cols\":100,\"init\":null,\"rows\":30}\n\ndata: [0.5,\"o\",\"a\\nb\"]\n\ndata: [1.0,\"r\",\"80x24\"]\n\ndata: [1.5,\"o\",\"oops\"]\n\ndata: [1.6,\"r\",\"500x200\"]\n\n";
         for cut in 1..cast.len() {
             let mut es = EventStream::default();
             let mut got = es.messages(&cast[..cut]);
@@ -255,6 +284,8 @@ mod tests {
         }
         let mut es = EventStream::default();
         let first = String::from_utf8(es.messages(b"{\"width\":80,\"height\":24,\"kubetape\":{\"tty\":false}}\n")).unwrap();
+        let mut huge = EventStream::default();
+        assert_eq!(String::from_utf8(huge.messages(b"{\"width\":100000,\"height\":9}\n")).unwrap(), "data: {\"cols\":500,\"init\":null,\"rows\":9}\n\n");
         assert_eq!(first, "data: {\"cols\":80,\"init\":\"\\u001b[20h\",\"rows\":24}\n\n", "no terminal: line feeds return the carriage");
     }
 }

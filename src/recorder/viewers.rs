@@ -139,11 +139,12 @@ impl Access {
     }
 
     /// Who this is, as the record of views names them.
-    pub fn who(&self) -> String {
-        match self {
-            Access::Reader(cn) => format!("certificate:{cn}"),
-            Access::Viewer(v, _) => v.name.clone(),
-        }
+    pub fn who(&self) -> super::views::By {
+        let (kind, name, uid) = match self {
+            Access::Reader(cn) => ("certificate", cn, ""),
+            Access::Viewer(v, _) => ("user", &v.name, v.uid.as_str()),
+        };
+        super::views::By { kind: kind.into(), name: name.clone(), uid: uid.into() }
     }
 
     /// [`Access::may_view`] asked again later in a request: the token must still be

@@ -26,8 +26,12 @@ use crate::wire::http::{Headers, ResponseHead};
 pub const COOKIE: &str = "__Host-kubetape";
 /// How long a browser session lasts, however active.
 pub const SESSION_LIFETIME: Duration = Duration::from_secs(8 * 3600);
-/// Browser sessions at once; past this (expired ones pruned first) sign-ins get 503.
+/// Browser sessions at once; past this (expired ones pruned first) a sign-in ends the
+/// oldest session, so a full table never locks viewers out.
 const MAX_SESSIONS: usize = 10_000;
+/// Browser sessions of one user at once; a further sign-in ends their oldest. One
+/// token signing in over and over cannot fill the table.
+const MAX_SESSIONS_EACH: usize = 8;
 /// Bytes of randomness in a session's cookie.
 const SESSION_ID_BYTES: usize = 32;
 
@@ -40,6 +44,7 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'
 /// sniffed into another type, never framed, and links never leak the page's address.
 pub fn security_headers(h: &mut Headers) {
     h.push("Cache-Control", "no-store");
+    h.push("Cross-Origin-Resource-Policy", "same-origin");
     h.push("X-Content-Type-Options", "nosniff");
     h.push("Referrer-Policy", "no-referrer");
     h.push("X-Frame-Options", "DENY");
@@ -114,8 +119,17 @@ pub fn same_origin(headers: &Headers) -> bool {
     }
 }
 
+/// Whether a request made with the session cookie comes from the UI's own pages (or
+/// the address bar): `Sec-Fetch-Site` says so in every browser that sends it; a
+/// request without it is not a current browser's, and SameSite covers older ones.
+pub fn from_the_ui(headers: &Headers) -> bool {
+    headers.get_str("sec-fetch-site").is_none_or(|site| site == "same-origin" || site == "none")
+}
+
 struct Session {
     token: String,
+    /// Who the cluster said the token is (name and uid).
+    owner: String,
     opened: Instant,
 }
 
@@ -138,19 +152,28 @@ fn key(id: &str) -> [u8; 32] {
 }
 
 impl Sessions {
-    /// A new session for `token` (already accepted by the cluster): its cookie value.
-    pub fn open(&self, token: &str) -> Result<String, String> {
+    /// A new session for `token`, which the cluster accepted as `owner`: its cookie
+    /// value. The owner's oldest session ends past [`MAX_SESSIONS_EACH`], the oldest of
+    /// all past [`MAX_SESSIONS`].
+    pub fn open(&self, token: &str, owner: &str) -> Result<String, String> {
         let mut bytes = [0u8; SESSION_ID_BYTES];
         self.random.fill(&mut bytes).map_err(|_| "the system gave no random bytes".to_string())?;
         let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         let mut open = lock(&self.open);
-        if open.len() >= MAX_SESSIONS {
-            open.retain(|_, s| s.opened.elapsed() < SESSION_LIFETIME);
-            if open.len() >= MAX_SESSIONS {
-                return Err(format!("{MAX_SESSIONS} browser sessions are open; try again later"));
+        let oldest =
+            |open: &HashMap<[u8; 32], Session>, of: Option<&str>| open.iter().filter(|(_, s)| of.is_none_or(|o| s.owner == o)).min_by_key(|(_, s)| s.opened).map(|(k, _)| *k);
+        if open.values().filter(|s| s.owner == owner).count() >= MAX_SESSIONS_EACH {
+            if let Some(k) = oldest(&open, Some(owner)) {
+                open.remove(&k);
             }
         }
-        open.insert(key(&id), Session { token: token.to_string(), opened: Instant::now() });
+        if open.len() >= MAX_SESSIONS {
+            open.retain(|_, s| s.opened.elapsed() < SESSION_LIFETIME);
+            if let Some(k) = oldest(&open, None).filter(|_| open.len() >= MAX_SESSIONS) {
+                open.remove(&k);
+            }
+        }
+        open.insert(key(&id), Session { token: token.to_string(), owner: owner.to_string(), opened: Instant::now() });
         Ok(id)
     }
 
@@ -188,7 +211,7 @@ mod tests {
     #[test]
     fn a_session_stands_for_its_token_until_closed() {
         let s = Sessions::default();
-        let (a, b) = (s.open("token-a").unwrap(), s.open("token-b").unwrap());
+        let (a, b) = (s.open("token-a", "alice").unwrap(), s.open("token-b", "bob").unwrap());
         assert_ne!(a, b);
         assert_eq!(a.len(), 2 * SESSION_ID_BYTES);
         assert_eq!(s.token(&a).as_deref(), Some("token-a"));
@@ -203,10 +226,29 @@ mod tests {
     #[test]
     fn an_expired_session_is_gone() {
         let s = Sessions::default();
-        let id = s.open("t").unwrap();
+        let id = s.open("t", "alice").unwrap();
         lock(&s.open).values_mut().for_each(|x| x.opened -= SESSION_LIFETIME);
         assert_eq!(s.token(&id), None);
         assert!(lock(&s.open).is_empty(), "and forgotten");
+    }
+
+    #[test]
+    fn one_user_signing_in_again_and_again_cannot_fill_the_table() {
+        let s = Sessions::default();
+        let alice = s.open("a", "alice").unwrap();
+        let first = s.open("b", "bob").unwrap();
+        let bobs: Vec<String> = (0..1000).map(|_| s.open("b", "bob").unwrap()).collect();
+        assert_eq!(lock(&s.open).len(), 1 + MAX_SESSIONS_EACH, "bob holds at most {MAX_SESSIONS_EACH}");
+        assert_eq!(s.token(&first), None, "bob's oldest went first");
+        assert!(bobs[bobs.len() - MAX_SESSIONS_EACH..].iter().all(|b| s.token(b).is_some()));
+        assert_eq!(s.token(&alice).as_deref(), Some("a"), "alice kept hers");
+        // A full table ends its oldest session rather than refuse a sign-in.
+        for i in 0..MAX_SESSIONS {
+            s.open("t", &format!("user-{i}")).unwrap();
+        }
+        assert_eq!(lock(&s.open).len(), MAX_SESSIONS);
+        assert_eq!(s.token(&alice), None);
+        assert!(s.open("c", "carol").is_ok());
     }
 
     #[test]
@@ -235,6 +277,16 @@ mod tests {
         assert!(!same_origin(&headers(&[("Host", "rec:8444"), ("Origin", "http://rec:8444")])), "not over plain HTTP");
         assert!(!same_origin(&headers(&[("Origin", "https://rec:8444")])));
         assert!(same_origin(&headers(&[("Host", "rec:8444")])), "no Origin: not a browser");
+    }
+
+    #[test]
+    fn the_cookie_serves_only_the_uis_own_pages() {
+        assert!(from_the_ui(&headers(&[("Sec-Fetch-Site", "same-origin")])));
+        assert!(from_the_ui(&headers(&[("Sec-Fetch-Site", "none")])), "typed into the address bar");
+        assert!(from_the_ui(&headers(&[])));
+        for site in ["same-site", "cross-site"] {
+            assert!(!from_the_ui(&headers(&[("Sec-Fetch-Site", site)])), "{site}: an <img> on another port of this host");
+        }
     }
 
     #[test]

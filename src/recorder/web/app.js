@@ -351,6 +351,15 @@ function eventTable(items, empty) {
   );
 }
 
+// A recorded terminal size is what the recorded user chose: the player gets at most
+// what `kubetape play` renders (a 65535x65535 resize would stall it).
+const MAX_COLS = 500, MAX_ROWS = 200;
+
+function clampSize(cols, rows) {
+  const clamp = (v, max, dflt) => (Number.isFinite(v) ? Math.min(Math.max(1, Math.floor(v)), max) : dflt);
+  return [clamp(cols, MAX_COLS, 80), clamp(rows, MAX_ROWS, 24)];
+}
+
 // The recording as the player's data, fetched once per page (each fetch is a view the
 // recorder records). A session without a terminal wrote bare line feeds: newline mode
 // shows them as a terminal would have.
@@ -364,7 +373,13 @@ async function loadCast(id) {
     .slice(1)
     .filter((l) => l.startsWith("["))
     .map((l) => JSON.parse(l))
-    .map((e) => (e[1] === "e" ? [e[0], "o", e[2]] : e));
+    .map((e) => (e[1] === "e" ? [e[0], "o", e[2]] : e))
+    .flatMap((e) => {
+      if (e[1] !== "r") return [e];
+      const m = /^(\d+)x(\d+)$/.exec(String(e[2]).trim());
+      return m ? [[e[0], "r", clampSize(Number(m[1]), Number(m[2])).join("x")]] : [];
+    });
+  [header.width, header.height] = clampSize(header.width, header.height);
   if (header.kubetape && header.kubetape.tty === false) events.unshift([0, "o", "\u001b[20h"]);
   return [header, ...events];
 }
@@ -439,7 +454,7 @@ async function session(id, params) {
           "table",
           { id: "views" },
           el("thead", {}, el("tr", {}, ["When", "Who", "How", "From"].map((h) => el("th", { text: h })))),
-          el("tbody", {}, views.items.map((v) => el("tr", {}, el("td", { text: when(v.at) }), el("td", { text: v.by }), el("td", { text: v.how }), el("td", { class: "mono", text: v.sourceAddress }))))
+          el("tbody", {}, views.items.map((v) => el("tr", {}, el("td", { text: when(v.at) }), el("td", { text: v.by.kind === "certificate" ? `${v.by.name} (reader certificate)` : v.by.name }), el("td", { text: v.how }), el("td", { class: "mono", text: v.sourceAddress }))))
         )
       )
     );
@@ -490,7 +505,13 @@ async function render() {
     state.player.dispose();
     state.player = null;
   }
-  const { parts, params } = route();
+  let parts, params;
+  try {
+    ({ parts, params } = route());
+  } catch (e) {
+    // A hand-typed hash that does not decode.
+    ({ parts, params } = { parts: [], params: new URLSearchParams() });
+  }
   const section = parts[0] === "search" ? "search" : parts[0] === "events" ? "events" : "recordings";
   for (const a of document.querySelectorAll("nav a")) {
     if (a.dataset.nav === section) a.setAttribute("aria-current", "page");

@@ -4,6 +4,8 @@
 //! serves it itself, so an air-gapped recorder needs nothing from outside.
 //!
 //! `KUBETAPE_WEB_PLAYER=DIR` takes the player's `dist/bundle` from DIR instead.
+//! Whichever it came from, what is embedded must match `player.sha256`: a cache or a
+//! directory someone altered cannot put other scripts into the recorder's pages.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -14,7 +16,7 @@ const PLAYER_FILES: [&str; 2] = ["asciinema-player.min.js", "asciinema-player.cs
 const BUNDLE: &str = "node_modules/asciinema-player/dist/bundle";
 
 fn main() {
-    for f in ["package.json", "package-lock.json"] {
+    for f in ["package.json", "package-lock.json", "player.sha256"] {
         println!("cargo:rerun-if-changed={WEB}/{f}");
     }
     println!("cargo:rerun-if-env-changed=KUBETAPE_WEB_PLAYER");
@@ -27,6 +29,13 @@ fn main() {
         if let Err(e) = std::fs::copy(bundle.join(f), out.join(f)) {
             fail(&format!("{}: {e}", bundle.join(f).display()));
         }
+    }
+    let sums = std::fs::canonicalize(Path::new(WEB).join("player.sha256")).unwrap_or_else(|e| fail(&format!("{WEB}/player.sha256: {e}")));
+    let checked = Command::new("sha256sum").arg("--check").arg("--quiet").arg(&sums).current_dir(&out).status();
+    match checked {
+        Ok(s) if s.success() => {}
+        Ok(_) => fail(&format!("the files from {} do not match {WEB}/player.sha256", bundle.display())),
+        Err(e) => fail(&format!("running sha256sum (coreutils): {e}")),
     }
 }
 
