@@ -491,7 +491,9 @@ impl<'a> Suite<'a> {
         let ca = secret["data"]["ca.crt"].as_str().ok_or("durable-tls has no ca.crt")?;
         let kc = self.tmp.0.join("durable-viewer.kubeconfig");
         std::fs::write(&kc, format!("certificate-authority-data: {ca}\n")).map_err(|e| e.to_string())?;
-        let mut c = RawClient::connect_named(addr, server_name, &kc, false);
+        // While the replicas roll, the endpoint may be a pod that is going away.
+        std::net::TcpStream::connect(addr).map_err(|e| format!("{addr}: {e}"))?;
+        let mut c = std::panic::catch_unwind(|| RawClient::connect_named(addr, server_name, &kc, false)).map_err(|_| format!("{addr}: TLS connection failed"))?;
         let origin = format!("https://{server_name}");
         c.send(format!("{method} {path} HTTP/1.1\r\nHost: {server_name}\r\nOrigin: {origin}\r\n{headers}Connection: close\r\n\r\n").as_bytes()).map_err(|e| e.to_string())?;
         let (head, rest) = c.head().ok_or(format!("{method} {path}: no answer"))?;
