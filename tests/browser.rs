@@ -157,6 +157,9 @@ fn a_viewer_watches_sessions_in_the_browser() {
         t => Err(format!("playing: time {t}, started at {before}")),
     });
     b.wait_text("#player .ap-term", "played to the second line", |t| t.contains(&second));
+    // A new speed reloads the player where it was.
+    b.script("const s = document.getElementById('speed'); s.value = '4'; s.dispatchEvent(new Event('change'));", json!([]));
+    b.wait_text("#player .ap-term", "the player at 4x, where it was", |t| t.contains(&second));
     // The session's API requests (linked by session id) and who watched it.
     let requests = b.wait_text("main", "the session's API requests", |t| t.contains("pods/exec web-0"));
     assert!(requests.contains("alice"), "{requests}");
@@ -204,6 +207,8 @@ fn a_viewer_watches_sessions_in_the_browser() {
     b.set_size(390, 844);
     b.go(&format!("{}#/r/{timed_id}", ui(&demo)));
     b.wait_text("main", "the session on a phone", |t| t.contains(&timed_id));
+    // Opened without a time: the screen as the session left it, before playing.
+    b.wait_text("#player .ap-term", "the last screen", |t| t.contains(&first) && t.contains(&second));
     let overflow = b.script("return document.documentElement.scrollWidth - window.innerWidth", json!([]));
     assert!(overflow.as_i64().is_some_and(|o| o <= 0), "nothing wider than the screen: {overflow}");
     b.screenshot("session-phone");

@@ -399,14 +399,19 @@ async function session(id, params) {
   // Opened at a search hit's time: idle time is kept, so the timeline is the recording's.
   const idle = el("input", { type: "checkbox", id: "idle", checked: !params.has("t") });
   // The poster shows the screen at `at` before playing starts.
-  const cast = loadCast(id);
-  const load = (at) =>
+  const cast = await loadCast(id);
+  // Before playing, the screen as the session left it (or at the hit's time).
+  const end = cast.length > 1 ? cast[cast.length - 1][0] : 0;
+  const load = (at, poster) =>
     makePlayer(
       holder,
-      { data: () => cast },
-      { startAt: at, poster: `npt:${at}`, speed: Number(speed.value), idleTimeLimit: idle.checked ? 2 : undefined, preload: true }
+      { data: cast },
+      { startAt: at, poster: `npt:${poster}`, speed: Number(speed.value), idleTimeLimit: idle.checked ? 2 : undefined, preload: true }
     );
-  const reload = () => load(state.player ? state.player.getCurrentTime() : startAt);
+  const reload = async () => {
+    const now = (await (state.player ? state.player.getCurrentTime() : startAt)) || 0;
+    load(now, now);
+  };
   speed.addEventListener("change", reload);
   idle.addEventListener("change", reload);
   const controls = el(
@@ -430,7 +435,7 @@ async function session(id, params) {
     el("h2", { text: "Who watched this recording" }),
     viewsBox
   );
-  load(startAt);
+  load(startAt, params.has("t") ? startAt : end);
   holder.querySelector(".ap-wrapper")?.focus();
   const [events, views] = await Promise.all([api("/v1/events?" + query({ session: id, limit: 500 })).catch((e) => e), api(`/v1/recordings/${encodeURIComponent(id)}/views`).catch((e) => e)]);
   if (events instanceof Error) eventsBox.replaceChildren(el("p", { class: "error", text: events.message }));
