@@ -238,9 +238,11 @@ fn a_viewer_without_rights_sees_nothing() {
     let id = recording_with(&demo, &secret)["id"].as_str().expect("id").to_string();
 
     let b = Browser::start(&shots());
-    // Without signing in: the page, but no data.
+    // Without signing in: the page, but no data; no error yet, and no sign-out button.
     b.go(&ui(&demo));
     b.wait_text("main", "the sign-in form", |t| t.contains("Sign in"));
+    assert_eq!(b.text("main .error"), "", "nothing has failed yet");
+    assert_eq!(b.script("return getComputedStyle(document.getElementById('signout')).display", json!([])), json!("none"));
     for path in ["/v1/recordings", &format!("/v1/recordings/{id}"), &format!("/v1/recordings/{id}/cast"), &format!("/v1/search?q={secret}")] {
         let (code, body) = page_fetch(&b, path);
         assert_eq!(code, 401, "{path}: {body}");

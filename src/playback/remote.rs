@@ -129,7 +129,8 @@ impl Recorder {
     pub fn list(&self, query: &str) -> Result<Vec<SessionMeta>> {
         let mut all: Vec<SessionMeta> = Vec::new();
         loop {
-            let page = self.json(&format!("/v1/recordings?{query}&offset={}", all.len()))?;
+            let offset = format!("offset={}", all.len());
+            let page = self.json(&format!("/v1/recordings?{}", if query.is_empty() { offset } else { format!("{query}&{offset}") }))?;
             let items: Vec<SessionMeta> = serde_json::from_value(page["items"].clone()).context("GET /v1/recordings: not a list of recordings")?;
             let total = page["total"].as_u64().unwrap_or(0) as usize;
             let last = items.is_empty();

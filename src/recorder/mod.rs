@@ -366,10 +366,16 @@ fn handle_connection(state: &Arc<State>, sock: TcpStream, id: u64, admission: &s
             if let Some(cn) = cn.as_ref().filter(|cn| state.config.readers.contains(cn)) {
                 return Ok(Access::Reader(cn.clone()));
             }
-            // Neither: `role` says what is missing (no certificate, or the wrong one).
-            let missing = || role(Role::Reader).and(Err((401, "a reader certificate or a viewer's token is required".to_string())));
-            let Some(v) = &state.config.viewers else { return missing() };
-            let Some(token) = viewer_token(state, &head)? else { return missing() };
+            // Neither: without viewers `role` says what is missing (no certificate, or
+            // the wrong one); with them, a token is the other way in.
+            let Some(v) = &state.config.viewers else { return role(Role::Reader).map(|()| Access::Reader(String::new())) };
+            let Some(token) = viewer_token(state, &head)? else {
+                return match (&cn, head.headers.get_str("authorization")) {
+                    (_, Some(_)) => Err((401, "the Authorization header is not a well-formed Bearer token".into())),
+                    (Some(cn), None) => Err((403, format!("{cn:?} may not read recordings, and no viewer's token was given"))),
+                    (None, None) => Err((401, "sign in: a reader certificate or a viewer's token is required".into())),
+                };
+            };
             match v.authenticate(&token) {
                 // A viewer the cluster knows: out of reach of the unauthenticated
                 // pool's eviction, as a certificate is.
@@ -571,7 +577,8 @@ fn serve_api(state: &State, head: &RequestHead, access: &Access, peer_addr: &str
     }
     let meta = state.recordings()?.meta(id).map_err(internal)?.ok_or((404, format!("recording {id:?} not found")))?;
     if !may_view(state, access, meta.namespace())? {
-        return Err((403, format!("you may not watch recordings of namespace {:?} (RBAC: get on recordings.kubetape.dev there)", meta.namespace())));
+        // Not which namespace: that would tell a viewer where a recording they may not see is.
+        return Err((403, "you may not watch this recording (RBAC: get on recordings.kubetape.dev in its namespace)".into()));
     }
     let namespace = meta.namespace().to_string();
     let still_may_view = || access.still_may_view(state.config.viewers.as_ref(), &namespace);

@@ -211,7 +211,7 @@ pub(super) fn follow(state: &State, id: &str, peer: &ReadHalf, out: &mut WriteHa
         let whose = if viewer.is_some() {
             format!("you have {MAX_FOLLOWS_PER_VIEWER} follows open, or viewers hold every place viewers may")
         } else {
-            format!("{MAX_FOLLOWERS} readers are following recordings already")
+            format!("{MAX_FOLLOWERS} follows are open already")
         };
         return Err((503, format!("{whose}; try again later")));
     };

@@ -2,8 +2,8 @@
 //! a recording's terminal output (the cast, a follow, the UI's live view, a search
 //! hit's text) first appends a line to `views/<id>.jsonl` in the storage directory
 //! and syncs it; when that cannot be written, the read is refused, so nobody watches
-//! unrecorded. The same viewer reading the same recording the same way again within
-//! [`COALESCE`] is the view already recorded (a player reloading, a search typed
+//! unrecorded. The same viewer reading the same recording the same way from the same
+//! address again within [`COALESCE`] is the view already recorded (a player reloading, a search typed
 //! word by word), so one viewer cannot grow the record without bound.
 //! `GET /v1/recordings/{id}/views` lists a recording's views for those who may watch it.
 
@@ -51,8 +51,8 @@ pub struct View {
 
 pub struct Views {
     dir: PathBuf,
-    /// When each (viewer, recording, how) was last written.
-    recent: Mutex<HashMap<(By, String, String), Instant>>,
+    /// When each (viewer, recording, how, source IP) was last written.
+    recent: Mutex<HashMap<(By, String, String, String), Instant>>,
 }
 
 impl Views {
@@ -69,7 +69,9 @@ impl Views {
 
     /// Appends `view`, durably, unless it repeats one written within [`COALESCE`].
     pub fn note(&self, view: &View) -> std::io::Result<()> {
-        let key = (view.by.clone(), view.recording.clone(), view.how.clone());
+        // By the source's IP, not its port: a new connection is not a new viewer.
+        let ip = view.source_address.rsplit_once(':').map_or(view.source_address.as_str(), |(ip, _)| ip).to_string();
+        let key = (view.by.clone(), view.recording.clone(), view.how.clone(), ip);
         let mut recent = lock(&self.recent);
         if recent.get(&key).is_some_and(|at| at.elapsed() < COALESCE) {
             return Ok(());
@@ -142,8 +144,13 @@ mod tests {
         for _ in 0..100 {
             views.note(&view("a", by("user", "alice"), "cast")).unwrap();
         }
+        views.note(&View { source_address: "10.0.0.9:2".into(), ..view("a", by("user", "alice"), "cast") }).unwrap();
         let seen = |v: &Views, id: &str| v.of(id).unwrap().into_iter().map(|v| format!("{}:{} {}", v.by.kind, v.by.name, v.how)).collect::<Vec<_>>();
-        assert_eq!(seen(&views, "a"), ["user:alice live", "certificate:auditor cast", "user:alice cast"], "a repeat within a minute is the same view");
+        assert_eq!(
+            seen(&views, "a"),
+            ["user:alice cast", "user:alice live", "certificate:auditor cast", "user:alice cast"],
+            "a repeat within a minute is the same view, unless from elsewhere"
+        );
         assert!(views.of("never-viewed").unwrap().is_empty());
         // A torn last line, as a crash mid-write leaves; then a restart.
         OpenOptions::new().append(true).open(views.path("b")).unwrap().write_all(b"{\"at\":\"2026").unwrap();

@@ -91,7 +91,8 @@ function status(m) {
 }
 
 function failure(e) {
-  if (e.status === 401) return signIn(e.message);
+  // Not signed in yet: the form, without an error; signed in and refused: why.
+  if (e.status === 401) return signIn(state.me ? e.message : "");
   const text = e.status === 403 ? `Not allowed: ${e.message}` : `${e.status || ""} ${e.message}`;
   show(el("p", { class: "error", role: "alert", text }));
 }
@@ -334,7 +335,8 @@ function eventRows(items) {
       el("td", { text: when(e.received) }),
       el("td", { text: (e.user && e.user.name) || "" }),
       el("td", { text: e.verb }),
-      el("td", { class: "mono", text: [e.resource, e.subresource].filter(Boolean).join("/") + (e.name ? ` ${e.name}` : "") }),
+      el("td", { class: "mono", text: e.resource ? [e.resource, e.subresource].filter(Boolean).join("/") + (e.name ? ` ${e.name}` : "") : e.path }),
+      el("td", { class: "hide-narrow", text: e.stage || "" }),
       el("td", { text: e.namespace || "" }),
       el("td", { text: e.status ?? "" }),
       el("td", {}, e.session_id || e.sessionId ? el("a", { href: `#/r/${e.session_id || e.sessionId}`, text: "session" }) : "")
@@ -347,7 +349,7 @@ function eventTable(items, empty) {
   return el(
     "div",
     { class: "table-wrap" },
-    el("table", {}, el("thead", {}, el("tr", {}, ["Received", "User", "Verb", "Resource", "Namespace", "Status", ""].map((h) => el("th", { text: h })))), el("tbody", {}, eventRows(items)))
+    el("table", {}, el("thead", {}, el("tr", {}, ["Received", "User", "Verb", "Resource", "Stage", "Namespace", "Status", ""].map((h) => el("th", { class: h === "Stage" ? "hide-narrow" : null, text: h })))), el("tbody", {}, eventRows(items)))
   );
 }
 
