@@ -368,7 +368,7 @@ fn handle_connection(state: &Arc<State>, sock: TcpStream, id: u64, admission: &s
             }
             // Neither: without viewers `role` says what is missing (no certificate, or
             // the wrong one); with them, a token is the other way in.
-            let Some(v) = &state.config.viewers else { return role(Role::Reader).map(|()| Access::Reader(String::new())) };
+            let Some(v) = &state.config.viewers else { return Err(role(Role::Reader).err().unwrap_or((401, "a reader certificate is required".into()))) };
             let Some(token) = viewer_token(state, &head)? else {
                 return match (&cn, head.headers.get_str("authorization")) {
                     (_, Some(_)) => Err((401, "the Authorization header is not a well-formed Bearer token".into())),
@@ -386,11 +386,14 @@ fn handle_connection(state: &Arc<State>, sock: TcpStream, id: u64, admission: &s
             }
         };
         let path = head.path().to_string();
-        let result = match (head.method.as_str(), path.as_str()) {
-            ("GET", p) if state.config.ui && web::asset(p).is_some() => {
-                let asset = web::asset(p).unwrap_or(web::Asset { content_type: "", body: b"" });
-                out.write_all(&[web::asset_head(&asset).as_slice(), asset.body].concat()).map_err(|e| (500, e.to_string()))
+        // The UI's pages hold no recording data: open to all, under their policy.
+        if let Some(a) = (state.config.ui && head.method == "GET").then(|| web::asset(&path)).flatten() {
+            if respond(&mut out, 200, a.content_type, a.body, &[("Content-Security-Policy", web::CONTENT_SECURITY_POLICY.into())]).is_err() {
+                return;
             }
+            continue;
+        }
+        let result = match (head.method.as_str(), path.as_str()) {
             ("POST", "/ui/login") if state.config.ui => sign_in(state, &head, &mut out),
             ("POST", "/ui/logout") if state.config.ui => sign_out(state, &head, &mut out),
             ("GET", "/v1/whoami") => read_access().and_then(|access| {

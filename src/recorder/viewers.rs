@@ -77,6 +77,14 @@ pub fn allowed(review: &Value) -> bool {
     review["status"]["allowed"] == json!(true) && review["status"]["denied"] != json!(true)
 }
 
+/// The SHA-256 of a secret (a token, a session cookie): what caches and maps keep
+/// instead of it.
+pub(super) fn sha256(secret: &str) -> [u8; 32] {
+    let mut k = [0u8; 32];
+    k.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, secret.as_bytes()).as_ref());
+    k
+}
+
 /// The token of an `Authorization: Bearer` value.
 pub fn bearer(authorization: &str) -> Option<&str> {
     let (scheme, token) = authorization.trim().split_once(' ')?;
@@ -184,7 +192,7 @@ impl Viewers {
 
     /// Who `token` belongs to; `Ok(None)` when the API server does not accept it.
     pub fn authenticate(&self, token: &str) -> Result<Option<Viewer>, String> {
-        let key: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref().try_into().map_err(|_| "SHA-256 is 32 bytes".to_string())?;
+        let key = sha256(token);
         if let Some(v) = self.tokens.get(&key) {
             return Ok(v);
         }

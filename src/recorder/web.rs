@@ -17,11 +17,11 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use ring::digest::{digest, SHA256};
 use ring::rand::{SecureRandom, SystemRandom};
 
+use super::viewers::sha256;
 use crate::net::sync::lock;
-use crate::wire::http::{Headers, ResponseHead};
+use crate::wire::http::Headers;
 
 pub const COOKIE: &str = "__Host-kubetape";
 /// How long a browser session lasts, however active.
@@ -66,16 +66,6 @@ pub fn asset(path: &str) -> Option<Asset> {
         _ => return None,
     };
     Some(Asset { content_type, body })
-}
-
-/// An asset's response head: the policy above, and the security headers.
-pub fn asset_head(a: &Asset) -> Vec<u8> {
-    let mut head = ResponseHead::new(200);
-    head.headers.push("Content-Type", a.content_type);
-    head.headers.push("Content-Length", a.body.len().to_string());
-    head.headers.push("Content-Security-Policy", CONTENT_SECURITY_POLICY);
-    security_headers(&mut head.headers);
-    head.encode()
 }
 
 /// The `Set-Cookie` value that opens a browser session.
@@ -145,12 +135,6 @@ impl Default for Sessions {
     }
 }
 
-fn key(id: &str) -> [u8; 32] {
-    let mut k = [0u8; 32];
-    k.copy_from_slice(digest(&SHA256, id.as_bytes()).as_ref());
-    k
-}
-
 impl Sessions {
     /// A new session for `token`, which the cluster accepted as `owner`: its cookie
     /// value. The owner's oldest session ends past [`MAX_SESSIONS_EACH`], the oldest of
@@ -173,14 +157,14 @@ impl Sessions {
                 open.remove(&k);
             }
         }
-        open.insert(key(&id), Session { token: token.to_string(), owner: owner.to_string(), opened: Instant::now() });
+        open.insert(sha256(&id), Session { token: token.to_string(), owner: owner.to_string(), opened: Instant::now() });
         Ok(id)
     }
 
     /// The token a live session stands for.
     pub fn token(&self, id: &str) -> Option<String> {
         let mut open = lock(&self.open);
-        let k = key(id);
+        let k = sha256(id);
         match open.get(&k) {
             Some(s) if s.opened.elapsed() < SESSION_LIFETIME => Some(s.token.clone()),
             Some(_) => {
@@ -192,7 +176,7 @@ impl Sessions {
     }
 
     pub fn close(&self, id: &str) {
-        lock(&self.open).remove(&key(id));
+        lock(&self.open).remove(&sha256(id));
     }
 }
 
